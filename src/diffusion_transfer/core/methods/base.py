@@ -1,0 +1,167 @@
+"""What a fine-tuning method is, and the registry that builds one by name.
+
+A method is a loss callable in the style of NVlabs/edm ``training/loss.py``::
+
+    terms = loss_fn(student, images, teacher=None, generator=None)
+    terms["loss"].backward()          # scalar with grad
+    terms["diffusion"], ...           # detached named terms for logging
+
+``images`` are ``(B, 3, H, W)`` in ``[-1, 1]``; ``generator`` (a
+``torch.Generator``) drives every random draw of the loss (timesteps, noise) so
+that the same seed gives the same run.
+
+:func:`build_method` turns ``(name, params, schedule)`` into a :class:`Method`
+holding the loss plus what the training set-up needs to know: whether a frozen
+teacher (the source model) must be passed, and whether the student starts from
+the source weights or from a random init.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+
+from ..schedule import NoiseSchedule, constant_weight, ddpm_weight, min_snr_weight, p2_weight
+
+__all__ = [
+    "WEIGHTINGS",
+    "LossFn",
+    "Method",
+    "build_method",
+    "method_names",
+    "randn",
+    "sample_timesteps",
+    "timestep_weight",
+]
+
+LossFn = Callable[..., dict[str, torch.Tensor]]
+WEIGHTINGS = ("constant", "p2", "min_snr")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A built method: the loss, whether it needs the frozen source model as
+    ``teacher``, and how the student is initialised (``"source"`` weights or
+    ``"random"``)."""
+
+    name: str
+    loss_fn: LossFn
+    needs_teacher: bool
+    init: Literal["source", "random"]
+
+
+# --- shared helpers ----------------------------------------------------------
+
+
+def _gen_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
+    return generator.device if generator is not None else fallback
+
+
+def randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, returned on
+    ``like``'s device with ``like``'s dtype."""
+    noise = torch.randn(shape, generator=generator, device=_gen_device(generator, like.device))
+    return noise.to(device=like.device, dtype=like.dtype)
+
+
+def sample_timesteps(
+    n: int, num_timesteps: int, like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """t ~ U{0, ..., T-1}, shape (n,), int64 on ``like``'s device."""
+    t = torch.randint(0, num_timesteps, (n,), generator=generator, device=_gen_device(generator, like.device))
+    return t.to(like.device)
+
+
+def check_float(name: str, value: Any, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def timestep_weight(
+    schedule: NoiseSchedule,
+    t: torch.Tensor,
+    weighting: str,
+    *,
+    gamma: float = 1.0,
+    k: float = 1.0,
+    min_snr_gamma: float = 5.0,
+    include_ddpm_weight: bool = False,
+) -> torch.Tensor:
+    """Per-sample weight w(t), float32 on ``t``'s device.
+
+    ``"p2"``: 1 / (k + SNR(t))^gamma; ``"constant"``: 1; ``"min_snr"``:
+    min(SNR(t), min_snr_gamma). With ``include_ddpm_weight`` the result is
+    multiplied by w_t = (1 - beta_t)(1 - abar_t) / beta_t (SDFT Eq. 2/4).
+    """
+    if weighting == "p2":
+        w = p2_weight(schedule, t, k=k, gamma=gamma)
+    elif weighting == "constant":
+        w = constant_weight(schedule, t)
+    elif weighting == "min_snr":
+        w = min_snr_weight(schedule, t, gamma=min_snr_gamma)
+    else:
+        raise ValueError(f"weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}")
+    if include_ddpm_weight:
+        w = w * ddpm_weight(schedule, t)
+    return w.to(t.device)
+
+
+def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over all but the batch dimension of (a - b)^2, in float32."""
+    return (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
+
+
+# --- registry ---------------------------------------------------------------
+
+
+def _build_scratch(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .naive import DenoisingLoss
+
+    return Method("scratch", DenoisingLoss(schedule, **params), needs_teacher=False, init="random")
+
+
+def _build_naive(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .naive import DenoisingLoss
+
+    return Method("naive", DenoisingLoss(schedule, **params), needs_teacher=False, init="source")
+
+
+def _build_sdft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .sdft import SDFTLoss
+
+    return Method("sdft", SDFTLoss.from_params(schedule, params), needs_teacher=True, init="source")
+
+
+_REGISTRY: dict[str, Callable[[dict[str, Any], NoiseSchedule], Method]] = {
+    "scratch": _build_scratch,
+    "naive": _build_naive,
+    "sdft": _build_sdft,
+}
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_method(name: str, params: dict[str, Any] | None, schedule: NoiseSchedule) -> Method:
+    """Build the method ``name`` from its hyperparameters ``params``.
+
+    Unknown names and unknown or invalid parameters raise ``ValueError``
+    naming them, before any compute."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known methods: {method_names()}")
+    params = dict(params or {})
+    try:
+        return _REGISTRY[name](params, schedule)
+    except TypeError as exc:  # unexpected keyword argument
+        raise ValueError(f"invalid parameters for method {name!r}: {exc}") from exc

@@ -1,0 +1,227 @@
+"""SDFT: Self-Distillation based Fine-Tuning (Hur et al., Eq. 3-6).
+
+The student eps^trg starts from the source model eps^src (the frozen teacher)
+and is trained on the target images with
+
+    L = L_diff + lambda_distill * L_distill + lambda_aux * L_aux          (6)
+
+    L_diff    = E[ mean_pix (eps - eps^trg(x_t, t))^2 ]                  (L_simple)
+    L_distill = E_t[ w_distill(t) * mean_pix (eps^src(x_t, t) - eps^trg(x_t, t))^2 ]   (3)
+    L_aux     = E_t'[ w_aux(t') * mean_pix (eps^src(x_T, t') - eps^trg(x_T, t'))^2 ]   (5)
+
+where x_t = q_sample(target images, t, eps) and x_T ~ N(0, I) is pure noise fed
+at timestep t'. The weights are P2-style (Eq. 4):
+
+    w(t) = w_t / (k + SNR(t))^gamma,   w_t = (1 - beta_t)(1 - abar_t) / beta_t
+
+with ``gamma_distill`` / ``gamma_aux`` (a large gamma_aux makes w_aux ~ 0 at
+small t, where pure-noise inputs are meaningless). Ablation weightings:
+``weighting="constant"`` (w = 1) and ``"min_snr"`` (min(SNR, 5)).
+Expectations over the batch are means; the paper's squared norm is a mean over
+pixels here (a constant factor, the same for every term).
+
+Two variants are selectable; the PAPER is the default:
+
+* ``variant="paper"`` -- ``include_ddpm_weight=True`` (the w_t factor of Eq. 4),
+  ``aux_input="independent"`` (fresh pure noise x_T and its own uniformly
+  sampled t'), teacher in the student's precision.
+* ``variant="authors_code"`` -- what the authors' released code does:
+  ``include_ddpm_weight=False`` (w(t) = 1/(k+SNR)^gamma only),
+  ``aux_input="shared"`` (the auxiliary input is the very noise tensor eps that
+  built x_t, at the same t), and the teacher run in half precision without
+  gradients (``teacher_dtype="half"``: float16 on CUDA, bfloat16 on CPU).
+
+Hyperparameters (Table 5): class defaults are MetFaces (lambda 0.1 / 0.1,
+gamma 3 / 3); :data:`SDFT_PAPER_DEFAULTS` also holds AAHQ (lambda 0.1 / 0.3,
+gamma 50 / 50). Select one with ``preset`` in :meth:`SDFTLoss.from_params`.
+
+Efficiency: ONE student forward over the concatenated batch [x_t; x_aux] (2B)
+serves L_diff, L_distill and L_aux, and ONE teacher forward over the same 2B
+batch runs inside ``torch.no_grad()``: no gradient ever reaches the teacher.
+
+Random draws, in order, from ``generator``: t (B), eps (B,3,H,W); then, for
+``aux_input="independent"``, x_T (B,3,H,W) and t' (B).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from ..models.unet import predict_eps
+from ..schedule import NoiseSchedule
+from .base import WEIGHTINGS, check_choice, check_float, per_sample_mse, randn, sample_timesteps, timestep_weight
+
+__all__ = ["SDFTLoss", "SDFT_PAPER_DEFAULTS", "SDFT_VARIANTS"]
+
+SDFT_PAPER_DEFAULTS: dict[str, dict[str, float]] = {
+    "metfaces": {"lambda_distill": 0.1, "lambda_aux": 0.1, "gamma_distill": 3.0, "gamma_aux": 3.0},
+    "aahq": {"lambda_distill": 0.1, "lambda_aux": 0.3, "gamma_distill": 50.0, "gamma_aux": 50.0},
+}
+
+SDFT_VARIANTS: dict[str, dict[str, Any]] = {
+    "paper": {"include_ddpm_weight": True, "aux_input": "independent", "teacher_dtype": None},
+    "authors_code": {"include_ddpm_weight": False, "aux_input": "shared", "teacher_dtype": "half"},
+}
+
+AUX_INPUTS = ("independent", "shared")
+_TEACHER_DTYPES: dict[str, torch.dtype | None] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+class SDFTLoss:
+    """The SDFT loss (paper variant by default, MetFaces hyperparameters).
+
+    Returns ``{"loss", "diffusion", "distill", "aux"}``; the named terms are
+    detached and already include w(t) but not the lambdas.
+    """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        lambda_distill: float = 0.1,
+        lambda_aux: float = 0.1,
+        gamma_distill: float = 3.0,
+        gamma_aux: float = 3.0,
+        k: float = 1.0,
+        weighting: str = "p2",
+        min_snr_gamma: float = 5.0,
+        include_ddpm_weight: bool = True,
+        aux_input: str = "independent",
+        teacher_dtype: str | torch.dtype | None = None,
+    ) -> None:
+        self.schedule = schedule
+        self.lambda_distill = check_float("lambda_distill", lambda_distill)
+        self.lambda_aux = check_float("lambda_aux", lambda_aux)
+        self.gamma_distill = check_float("gamma_distill", gamma_distill)
+        self.gamma_aux = check_float("gamma_aux", gamma_aux)
+        self.k = check_float("k", k)
+        self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
+        self.min_snr_gamma = check_float("min_snr_gamma", min_snr_gamma)
+        if not isinstance(include_ddpm_weight, bool):
+            raise ValueError(f"include_ddpm_weight must be true or false, got {include_ddpm_weight!r}")
+        self.include_ddpm_weight = include_ddpm_weight
+        self.aux_input = check_choice("aux_input", aux_input, AUX_INPUTS)
+        if teacher_dtype is not None and not isinstance(teacher_dtype, torch.dtype):
+            if teacher_dtype != "half" and teacher_dtype not in _TEACHER_DTYPES:
+                raise ValueError(
+                    f"teacher_dtype must be null, 'half' or one of {sorted(_TEACHER_DTYPES)}, got {teacher_dtype!r}"
+                )
+        self.teacher_dtype = teacher_dtype
+
+    @classmethod
+    def from_params(cls, schedule: NoiseSchedule, params: dict[str, Any] | None = None) -> SDFTLoss:
+        """Build from a parameter dict. ``preset`` ("metfaces" | "aahq") fills
+        the Table 5 hyperparameters and ``variant`` ("paper" |
+        "authors_code") the implementation options; explicit keys override."""
+        params = dict(params or {})
+        merged: dict[str, Any] = {}
+        preset = params.pop("preset", None)
+        if preset is not None:
+            if preset not in SDFT_PAPER_DEFAULTS:
+                raise ValueError(f"sdft preset must be one of {sorted(SDFT_PAPER_DEFAULTS)}, got {preset!r}")
+            merged.update(SDFT_PAPER_DEFAULTS[preset])
+        variant = params.pop("variant", None)
+        if variant is not None:
+            if variant not in SDFT_VARIANTS:
+                raise ValueError(f"sdft variant must be one of {sorted(SDFT_VARIANTS)}, got {variant!r}")
+            merged.update(SDFT_VARIANTS[variant])
+        merged.update(params)
+        allowed = set(cls.__init__.__code__.co_varnames[2 : cls.__init__.__code__.co_argcount])
+        unknown = sorted(set(merged) - allowed)
+        if unknown:
+            raise ValueError(f"unknown sdft parameter(s) {unknown}; allowed: {sorted(allowed | {'preset', 'variant'})}")
+        return cls(schedule, **merged)
+
+    # -- weights ---------------------------------------------------------------
+
+    def weight_distill(self, t: torch.Tensor) -> torch.Tensor:
+        return timestep_weight(
+            self.schedule, t, self.weighting, gamma=self.gamma_distill, k=self.k,
+            min_snr_gamma=self.min_snr_gamma, include_ddpm_weight=self.include_ddpm_weight,
+        )
+
+    def weight_aux(self, t: torch.Tensor) -> torch.Tensor:
+        return timestep_weight(
+            self.schedule, t, self.weighting, gamma=self.gamma_aux, k=self.k,
+            min_snr_gamma=self.min_snr_gamma, include_ddpm_weight=self.include_ddpm_weight,
+        )
+
+    # -- teacher ---------------------------------------------------------------
+
+    def _teacher_autocast(self, device: torch.device) -> tuple[contextlib.AbstractContextManager, torch.dtype | None]:
+        dt = self.teacher_dtype
+        if dt == "half":
+            dt = torch.float16 if device.type == "cuda" else torch.bfloat16
+        elif isinstance(dt, str):
+            dt = _TEACHER_DTYPES[dt]
+        if dt is None or dt == torch.float32:
+            return contextlib.nullcontext(), None
+        return torch.autocast(device_type=device.type, dtype=dt), dt
+
+    @torch.no_grad()
+    def teacher_eps(self, teacher: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps^src(x, t) in float32, without gradients."""
+        if teacher.training:
+            teacher.eval()
+        ctx, dt = self._teacher_autocast(x.device)
+        if dt is None:
+            p = next(teacher.parameters(), None)
+            if p is not None and p.dtype != x.dtype:
+                x = x.to(p.dtype)
+        with ctx:
+            out = predict_eps(teacher, x, t)
+        return out.float()
+
+    # -- loss ------------------------------------------------------------------
+
+    def __call__(
+        self,
+        student: torch.nn.Module,
+        images: torch.Tensor,
+        teacher: torch.nn.Module | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        if teacher is None:
+            raise ValueError("SDFT needs the frozen source model: pass it as teacher=")
+        b = images.shape[0]
+        t = sample_timesteps(b, self.schedule.num_timesteps, images, generator)
+        noise = randn(tuple(images.shape), images, generator)
+        x_t = self.schedule.q_sample(images, t, noise)
+        if self.aux_input == "independent":
+            x_aux = randn(tuple(images.shape), images, generator)
+            t_aux = sample_timesteps(b, self.schedule.num_timesteps, images, generator)
+        else:  # authors' code: the noise that built x_t, at the same t
+            x_aux, t_aux = noise, t
+
+        x = torch.cat([x_t, x_aux])
+        tt = torch.cat([t, t_aux])
+        eps_s = predict_eps(student, x, tt)  # ONE student forward over 2B
+        eps_src = self.teacher_eps(teacher, x, tt)  # ONE teacher forward over 2B, no grad
+
+        diffusion = per_sample_mse(eps_s[:b], noise).mean()
+        distill = (self.weight_distill(t) * per_sample_mse(eps_s[:b], eps_src[:b])).mean()
+        aux = (self.weight_aux(t_aux) * per_sample_mse(eps_s[b:], eps_src[b:])).mean()
+        loss = diffusion + self.lambda_distill * distill + self.lambda_aux * aux
+        return {"loss": loss, "diffusion": diffusion.detach(), "distill": distill.detach(), "aux": aux.detach()}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {
+            "lambda_distill": self.lambda_distill, "lambda_aux": self.lambda_aux,
+            "gamma_distill": self.gamma_distill, "gamma_aux": self.gamma_aux, "k": self.k,
+            "weighting": self.weighting, "min_snr_gamma": self.min_snr_gamma,
+            "include_ddpm_weight": self.include_ddpm_weight, "aux_input": self.aux_input,
+            "teacher_dtype": str(self.teacher_dtype) if self.teacher_dtype is not None else None,
+        }
+
+    def __repr__(self) -> str:
+        return "SDFTLoss(" + ", ".join(f"{k}={v!r}" for k, v in self.params.items()) + ")"

@@ -1,0 +1,193 @@
+"""Build, load and save the diffusers ``UNet2DModel`` used everywhere, and read
+its noise prediction.
+
+* :func:`build_unet` -- a fresh (random-init) UNet from a dict of
+  ``UNet2DModel`` keyword arguments, validated before anything is allocated.
+* :func:`load_unet` -- a local ``save_pretrained`` folder or, where the network
+  allows, a Hugging Face hub id. Offline (``HF_HUB_OFFLINE=1``) or with the hub
+  unreachable it fails fast with :class:`ModelLoadError` naming the path/id and
+  how to provide the weights.
+* :func:`save_unet` -- ``save_pretrained`` (safetensors) into a temporary
+  sibling folder, then an atomic swap into place: a crash never leaves a
+  half-written model folder behind.
+* :func:`predict_eps` -- ``model(x_t, t).sample``, keeping only the eps half of
+  a learned-variance (6-channel) output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import UNet2DModel
+
+__all__ = [
+    "ModelLoadError",
+    "build_unet",
+    "learns_variance",
+    "load_unet",
+    "predict_eps",
+    "save_unet",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the path/id and the fix."""
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    # DDP / accelerate wrappers keep the real module under ``.module``.
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def build_unet(config: dict[str, Any]) -> UNet2DModel:
+    """A randomly initialised ``UNet2DModel(**config)``.
+
+    ``out_channels`` must be 3 (eps) or 6 (eps + learned variance);
+    ``sample_size`` must be a positive int (or a pair of them).
+    """
+    if not isinstance(config, dict):
+        raise ValueError(f"UNet config must be a dict of UNet2DModel arguments, got {type(config).__name__}")
+    cfg = dict(config)
+    if "sample_size" not in cfg:
+        raise ValueError("UNet config is missing 'sample_size' (the image resolution, e.g. 32)")
+    size = cfg["sample_size"]
+    sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise ValueError(f"UNet config 'sample_size' must be a positive int, got {size!r}")
+    in_ch = cfg.setdefault("in_channels", 3)
+    if in_ch != 3:
+        raise ValueError(f"UNet config 'in_channels' must be 3 (RGB), got {in_ch!r}")
+    out_ch = cfg.setdefault("out_channels", 3)
+    if out_ch not in (3, 6):
+        raise ValueError(
+            f"UNet config 'out_channels' must be 3 (eps) or 6 (eps + learned variance), got {out_ch!r}"
+        )
+    for key in ("block_out_channels", "down_block_types", "up_block_types"):
+        if key in cfg and isinstance(cfg[key], list):
+            cfg[key] = tuple(cfg[key])
+    try:
+        return UNet2DModel(**cfg)
+    except TypeError as exc:  # unknown keyword
+        raise ValueError(f"invalid UNet config: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"invalid UNet config: {exc}") from exc
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _how_to(source: str) -> str:
+    return (
+        f"Put a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors, "
+        f"as written by save_pretrained / save_unet) at {source!r}, or set the parameter to such a folder."
+    )
+
+
+def _load_folder(folder: Path) -> UNet2DModel:
+    if not (folder / CONFIG_NAME).is_file() and (folder / "unet" / CONFIG_NAME).is_file():
+        folder = folder / "unet"  # a pipeline folder: use its unet/ subfolder
+    if not (folder / CONFIG_NAME).is_file():
+        raise ModelLoadError(f"UNet folder {str(folder)!r} has no {CONFIG_NAME}. {_how_to(str(folder))}")
+    if not any((folder / name).is_file() for name in WEIGHT_NAMES):
+        raise ModelLoadError(
+            f"UNet folder {str(folder)!r} has no weights file (expected {WEIGHT_NAMES[0]} "
+            f"or {WEIGHT_NAMES[1]}). {_how_to(str(folder))}"
+        )
+    try:
+        return UNet2DModel.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # corrupt weights, mismatched config, ...
+        raise ModelLoadError(f"could not load the UNet from {str(folder)!r}: {exc}") from exc
+
+
+def load_unet(source: str | os.PathLike[str]) -> UNet2DModel:
+    """Load a UNet from a local ``save_pretrained`` folder or a hub id.
+
+    Raises :class:`ModelLoadError` (never a deep traceback) when the folder is
+    incomplete, or when ``source`` is not a folder and the hub cannot be used.
+    """
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _load_folder(path)
+    if path.exists():
+        raise ModelLoadError(f"{text!r} is a file, not a UNet folder. {_how_to(text)}")
+    if not _HUB_ID.match(text):
+        raise ModelLoadError(f"UNet folder {text!r} does not exist. {_how_to(text)}")
+    # A hub id. Offline, only the local cache may serve it (no network calls).
+    offline = _offline()
+    try:
+        return UNet2DModel.from_pretrained(text, local_files_only=offline)
+    except Exception as exc:
+        why = (
+            "HF_HUB_OFFLINE is set and it is not in the local cache"
+            if offline
+            else f"the hub could not provide it ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        )
+        raise ModelLoadError(
+            f"{text!r} is not a local folder and could not be loaded as a hub id: {why}. {_how_to(text)}"
+        ) from exc
+
+
+def save_unet(model: torch.nn.Module, folder: str | os.PathLike[str]) -> Path:
+    """``save_pretrained`` (safetensors) into ``folder`` atomically.
+
+    The model is written to a temporary sibling folder which then replaces
+    ``folder`` with renames, so readers see either the old or the new model.
+    """
+    model = _unwrap(model)
+    if not hasattr(model, "save_pretrained"):
+        raise TypeError(f"save_unet needs a diffusers model, got {type(model).__name__}")
+    target = Path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def learns_variance(model: torch.nn.Module) -> bool:
+    """True when the model outputs eps and a variance term (6 channels)."""
+    cfg = getattr(_unwrap(model), "config", None)
+    if cfg is None:
+        return False
+    out_ch = cfg.get("out_channels") if isinstance(cfg, dict) else getattr(cfg, "out_channels", None)
+    in_ch = cfg.get("in_channels", 3) if isinstance(cfg, dict) else getattr(cfg, "in_channels", 3)
+    return out_ch == 2 * in_ch
+
+
+def predict_eps(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The noise prediction eps(x_t, t) of ``model``; (B, C, H, W) like ``x_t``.
+
+    ``t`` is an integer tensor of shape (B,) (or a scalar). For a
+    learned-variance model (2C output channels) the eps half is returned.
+    """
+    out = model(x_t, t)
+    out = out.sample if hasattr(out, "sample") else out
+    c = x_t.shape[1]
+    if out.shape[1] == 2 * c:
+        out = out[:, :c]
+    return out
