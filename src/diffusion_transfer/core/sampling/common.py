@@ -1,0 +1,91 @@
+"""Pieces shared by the samplers: the eps_fn contract, the model wrapper and
+small helpers.
+
+An ``eps_fn`` is any callable ``eps_fn(x, t) -> eps`` where ``x`` is a float
+batch (B, C, H, W), ``t`` an int64 tensor of shape (B,) on ``x``'s device
+holding 0-indexed timesteps, and ``eps`` the noise prediction shaped like
+``x``. Guidance (classifier, energy, CFG) is added by wrapping an eps_fn,
+never inside a sampler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Callable[[dict[str, Any]], None]
+PostStep = Callable[[dict[str, Any]], torch.Tensor]
+Progress = Callable[[Iterable[Any]], Iterable[Any]]
+
+
+def model_eps_fn(model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> EpsFn:
+    """Wrap a diffusers ``UNet2DModel`` (or any ``model(x, t)`` returning a
+    tensor or an object with ``.sample``) as an eps_fn.
+
+    Runs under ``torch.no_grad()``; with ``autocast_dtype`` (e.g.
+    ``torch.bfloat16``) under ``torch.autocast`` on ``x``'s device type. For a
+    learned-variance model (``out_channels == 2 * C``, e.g. 6 for RGB) only the
+    eps half, the first C channels, is returned. The result has ``x``'s dtype.
+    """
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ctx = (
+            torch.autocast(device_type=x.device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.no_grad(), ctx:
+            out = model(x, t.to(x.device))
+        if hasattr(out, "sample"):
+            out = out.sample
+        elif isinstance(out, (tuple, list)):
+            out = out[0]
+        c = x.shape[1]
+        if out.shape[1] == 2 * c:
+            out = out[:, :c]
+        return out.to(x.dtype)
+
+    return eps_fn
+
+
+def call_eps(eps_fn: EpsFn, x: torch.Tensor, t: int) -> torch.Tensor:
+    """``eps_fn(x, full((B,), t))`` with a clear error on a wrongly shaped result."""
+    tt = torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)
+    eps = eps_fn(x, tt)
+    if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
+        got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+        raise ValueError(
+            f"eps_fn must return a tensor shaped like x {tuple(x.shape)}, got {got} "
+            "(wrap a learned-variance model with model_eps_fn to drop its variance channels)"
+        )
+    return eps
+
+
+def abar_at(alphas_cumprod: torch.Tensor, t: int) -> float:
+    """abar_t as a Python float (float64 precision); abar_{-1} = 1 (clean data)."""
+    return 1.0 if t < 0 else float(alphas_cumprod[t])
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn on the generator's device."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def check_image_batch(x: torch.Tensor, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+        desc = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a float tensor (B, C, H, W), got {desc}")
+
+
+def wrap_progress(iterable: Iterable[Any], progress: Progress | None) -> Iterable[Any]:
+    return progress(iterable) if progress is not None else iterable
+
+
+def sqrt(v: float) -> float:
+    return math.sqrt(max(v, 0.0))
