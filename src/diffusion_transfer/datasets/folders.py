@@ -1,0 +1,69 @@
+"""Image folders: a real dataset on disk, or a FaceWorld domain rendered into
+the folder on first load. Either way the pipeline receives the same
+:class:`ImageFolder`, so no code path exists only for the demo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError
+
+
+@dataclass
+class ImageFolder:
+    root: Path
+    files: list[Path]
+    #: Per-file records (FaceWorld ``attributes.jsonl``), keyed by file name; empty for real data.
+    records: dict[str, dict] = field(default_factory=dict)
+    source: str = "folder"
+
+
+class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
+    """Loads the list of files in ``path`` (read-only).
+
+    Args:
+        path: the folder.
+        faceworld: optional ``{domain, n, size, seed}``; when given, the FaceWorld
+            domain is rendered into ``path`` if it is not there yet.
+        download_hint: shown when a real folder is missing (where the data
+            comes from and where to put it).
+    """
+
+    def __init__(self, path: str, faceworld: dict[str, Any] | None = None, download_hint: str = "",
+                 metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self._faceworld = faceworld
+        self._hint = download_hint
+        self.metadata = metadata
+
+    def load(self) -> ImageFolder:
+        from diffusion_transfer.core.data.images import list_image_files
+
+        if self._faceworld:
+            from diffusion_transfer.core.world.domains import read_records, render_domain
+
+            fw = dict(self._faceworld)
+            render_domain(fw.pop("domain"), self._path, **fw)
+            records = {r["file"]: r for r in read_records(self._path)}
+            return ImageFolder(self._path, list_image_files(self._path), records, source="faceworld")
+        if not self._path.is_dir():
+            hint = f" {self._hint}" if self._hint else ""
+            raise DatasetError(f"Image folder {self._path} does not exist.{hint}")
+        records = {}
+        sidecar = self._path / "attributes.jsonl"
+        if sidecar.exists():
+            from diffusion_transfer.core.world.domains import read_records
+
+            records = {r["file"]: r for r in read_records(self._path)}
+        return ImageFolder(self._path, list_image_files(self._path), records)
+
+    def save(self, data: None) -> None:
+        raise DatasetError("ImageFolderDataset is read-only")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir() or bool(self._faceworld)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path), "faceworld": self._faceworld}

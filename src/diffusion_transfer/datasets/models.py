@@ -1,0 +1,99 @@
+"""Model artifacts: diffusers UNets, CLIP models and the attribute classifier.
+
+Loading never reaches the network unless the id is a hub id and the hub is
+allowed; a missing local file fails fast with a message naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError
+
+
+class UNetDataset(AbstractDataset[Any, Any]):
+    """A diffusers ``UNet2DModel`` in a ``save_pretrained`` folder (or a hub id
+    for loading)."""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = path
+        self.metadata = metadata
+
+    def load(self):
+        from diffusion_transfer.core.models.unet import load_unet
+
+        return load_unet(self._path)
+
+    def save(self, model) -> None:
+        from diffusion_transfer.core.models.unet import save_unet
+
+        save_unet(model, self._path)
+
+    def _exists(self) -> bool:
+        return (Path(self._path) / "config.json").exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": self._path}
+
+
+class ClipDataset(AbstractDataset[Any, Any]):
+    """A CLIP model behind one interface (``encode_images``, ``encode_text``,
+    ``weights_label``).
+
+    ``kind: world`` is the FaceWorld CLIP saved by the ``world`` pipeline;
+    ``kind: open_clip`` is any open_clip architecture (``model``, e.g.
+    ``ViT-B-32``) with weights from ``pretrained``, a local file path (or, when
+    online, an open_clip tag such as ``openai``)."""
+
+    def __init__(self, path: str | None = None, kind: str = "world", model: str | None = None,
+                 pretrained: str | None = None, metadata: dict[str, Any] | None = None):
+        if kind not in ("world", "open_clip"):
+            raise DatasetError(f"ClipDataset kind must be 'world' or 'open_clip', got {kind!r}")
+        self._path, self._kind, self._model, self._pretrained = path, kind, model, pretrained
+        self.metadata = metadata
+
+    def load(self):
+        if self._kind == "world":
+            from diffusion_transfer.core.world.clip import load_world_clip
+
+            return load_world_clip(self._path)
+        from diffusion_transfer.core.models.clip import load_open_clip
+
+        return load_open_clip(self._model, self._pretrained)
+
+    def save(self, clip) -> None:
+        if self._kind != "world":
+            raise DatasetError("Only the FaceWorld CLIP (kind: world) is saved by this project")
+        from diffusion_transfer.core.world.clip import save_world_clip
+
+        save_world_clip(clip.model if hasattr(clip, "model") else clip, self._path)
+
+    def _exists(self) -> bool:
+        return self._kind != "world" or Path(self._path).is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"kind": self._kind, "path": self._path, "model": self._model, "pretrained": self._pretrained}
+
+
+class AttributeClassifierDataset(AbstractDataset[Any, Any]):
+    """The FaceWorld attribute classifier (evaluation only)."""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = path
+        self.metadata = metadata
+
+    def load(self):
+        from diffusion_transfer.core.world.classifier import load_attribute_classifier
+
+        return load_attribute_classifier(self._path)
+
+    def save(self, model) -> None:
+        from diffusion_transfer.core.world.classifier import save_attribute_classifier
+
+        save_attribute_classifier(model, self._path)
+
+    def _exists(self) -> bool:
+        return Path(self._path).is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": self._path}

@@ -1,0 +1,53 @@
+"""Cross-cutting hooks: parameter validation before any node runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from diffusion_transfer.pipelines import params as P
+
+
+def validate_parameters(parameters: dict[str, Any]) -> None:
+    """Validate every parameter block the project knows, naming the failing
+    parameter; raises :class:`InvalidParametersError` before any compute."""
+    blocks = {"schedule": P.ScheduleParams, "sampling": P.SamplingParams, "evaluation": P.EvaluationParams}
+    for key, model in blocks.items():
+        if key in parameters:
+            P.parse(model, parameters[key], key)
+    for name, block in (parameters.get("curate") or {}).items():
+        P.parse(P.CurateParams, block, f"curate.{name}")
+    for name, block in (parameters.get("methods") or {}).items():
+        P.parse(P.MethodParams, block, f"methods.{name}")
+    _validate_methods(parameters, None)
+    train = parameters.get("train") or {}
+    for name, block in (parameters.get("datasets") or {}).items():
+        d = P.parse(P.DatasetParams, block, f"datasets.{name}")
+        P.parse(P.TrainParams, {**train, **d.train}, f"train (with datasets.{name}.train)")
+        _validate_methods(parameters, d)
+
+
+def _validate_methods(parameters: dict[str, Any], dataset: P.DatasetParams | None) -> None:
+    from diffusion_transfer.core.methods import build_method
+    from diffusion_transfer.core.schedule import make_schedule
+
+    sched = make_schedule(**P.parse(P.ScheduleParams, parameters.get("schedule"), "schedule").model_dump())
+    for name, block in (parameters.get("methods") or {}).items():
+        m = P.parse(P.MethodParams, block, f"methods.{name}")
+        overrides = dataset.method_overrides.get(m.name, {}) if dataset else {}
+        where = f"methods.{name}" + (f" (with datasets.{dataset.name}.method_overrides)" if dataset else "")
+        try:
+            build_method(m.name, {**m.hyperparameters(), **overrides}, sched)
+        except (TypeError, ValueError) as err:
+            raise P.InvalidParametersError(f"Invalid parameters in '{where}': {err}") from None
+
+
+class ValidateParametersHook:
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._context = context
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        validate_parameters(self._context.params)

@@ -1,0 +1,85 @@
+"""Curation pipelines: ``curate_aahq`` (CLIP similarity filter) and
+``curate_metfaces`` (CLIP zero-shot glasses removal), plus few-shot folders.
+
+Nodes are thin: validation, ingestion and filtering live in ``core.data``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from kedro.pipeline import Pipeline, node
+
+from diffusion_transfer.core.data import curation as cur
+from diffusion_transfer.core.data.images import ingest_images
+from diffusion_transfer.datasets.folders import ImageFolder
+from diffusion_transfer.pipelines.params import CurateParams, parse
+from diffusion_transfer.pipelines.utils import bind
+
+
+def _records_for(folder: ImageFolder, names: list[str]) -> list[dict]:
+    return [folder.records[n] for n in names] if folder.records else []
+
+
+def curate(folder: ImageFolder, clip: Any, params: dict[str, Any], dataset: str) -> tuple[dict, dict, dict, Any]:
+    """Ingest a folder, filter it with CLIP, return the curated set, the
+    reference set (every valid image), a summary and a contact sheet."""
+    p = parse(CurateParams, params, f"curate.{dataset}")
+    prefix = f"curate.{dataset}."
+    ingest = ingest_images(folder.files, resolution=p.resolution, min_size=p.min_size)
+    images, names = ingest.images, list(ingest.names)
+    # Image embeddings are cached per (images, CLIP weights): re-running with a
+    # new prompt or threshold does not re-encode the dataset.
+    clip_id = getattr(clip, "weights_label", type(clip).__name__)
+    cache = Path(p.embeddings_cache) / f"{dataset}.npy"
+    img_emb = cur.cached_embeddings(clip.encode_images, images, cache, key=clip_id)
+    common = dict(exclude=p.exclude, skipped=ingest.skipped, notes=ingest.notes, param_prefix=prefix)
+    if p.prompt is not None:
+        scores = cur.scores_from_embeddings(img_emb, cur.text_embeddings(clip.encode_text, p.prompt))
+        result = cur.curate_by_score(names, scores.reshape(-1), threshold=p.threshold, top_n=p.top_n,
+                                     criteria={"prompt": p.prompt}, **common)
+    elif p.remove_prompts:
+        prompts = list(p.keep_prompts) + list(p.remove_prompts)
+        probs = cur.zero_shot_probabilities(img_emb, cur.text_embeddings(clip.encode_text, prompts))
+        remove = list(range(len(p.keep_prompts), len(prompts)))
+        result = cur.curate_zero_shot(names, probs, remove, threshold=p.remove_threshold,
+                                      criteria={"keep_prompts": p.keep_prompts, "remove_prompts": p.remove_prompts},
+                                      **common)
+    else:
+        result = cur.curate_by_score(names, np.zeros(len(names)), top_n=len(names), **common)
+    kept_idx = np.asarray(result.kept_idx, dtype=int)
+    if kept_idx.size == 0:
+        raise cur.EmptyCurationError(
+            f"{prefix}exclude: nothing is left after the exclusion list ({len(p.exclude)} names)")
+    summary = {"dataset": dataset, "source": folder.source, "folder": str(folder.root), "clip": clip_id,
+               **result.summary()}
+    sheet = result.contact_sheet(images)
+    kept_names = result.kept_names
+    curated = {
+        "images": torch.from_numpy(images[kept_idx]),
+        "meta": {"names": kept_names, "records": _records_for(folder, kept_names), "dataset": dataset},
+    }
+    reference = {
+        "images": torch.from_numpy(images),
+        "meta": {"names": names, "records": _records_for(folder, names), "dataset": dataset},
+    }
+    return curated, reference, summary, sheet
+
+
+def create_curate_pipeline(dataset: str) -> Pipeline:
+    """``{dataset}_raw`` -> ``{dataset}_curated`` (+ reference, summary, contact sheet)."""
+    return Pipeline(
+        [
+            node(
+                bind(curate, dataset=dataset),
+                inputs=[f"{dataset}_raw", "curation_clip", f"params:curate.{dataset}"],
+                outputs=[f"{dataset}_curated", f"{dataset}_reference", f"{dataset}_curation_summary",
+                         f"{dataset}_curation_sheet"],
+                name=f"curate_{dataset}",
+                tags=["curate"],
+            )
+        ]
+    )

@@ -1,0 +1,127 @@
+"""Typed parameters, validated before any compute.
+
+Every node that takes parameters parses them here first; a bad value fails
+with a message naming the parameter (e.g. ``train.batch_size``), before a
+model is loaded or a step is run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class InvalidParametersError(ValueError):
+    """Raised when a parameter block does not validate; names the parameters."""
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScheduleParams(_Params):
+    kind: Literal["linear", "cosine"] = "linear"
+    num_timesteps: int = Field(1000, ge=2)
+    beta_start: float = Field(1e-4, gt=0, lt=1)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+
+
+class TrainParams(_Params):
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    hflip: bool = True
+
+
+class SamplingParams(_Params):
+    n_samples: int = Field(ge=2)
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = Field(40, ge=1)
+    eta: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    seed: int = 1234
+    use_ema: bool = True
+
+
+class EvaluationParams(_Params):
+    #: Feature space for FID/KID: Inception from a local TorchScript file, or the
+    #: world CLIP image encoder (a substitute, labelled as such in the report).
+    fid_features: Literal["inception", "clip"] = "clip"
+    inception_path: str | None = None
+    lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
+    lpips_backbone_weights: str | None = None
+    lpips_pairs: int = Field(256, ge=1)
+    attributes: bool = True
+    cache_dir: str = "data/04_feature/fid_cache"
+
+
+class MethodParams(_Params):
+    """A method's name plus its hyperparameters (validated by the method's own
+    constructor in ``core.methods``)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Literal["scratch", "naive", "sdft"]
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DatasetParams(_Params):
+    name: str
+    #: Which images FID/KID compare against: the whole raw dataset (the SDFT
+    #: paper's AAHQ protocol) or the curated training set (MetFaces).
+    fid_reference: Literal["raw", "curated"] = "curated"
+    #: Per-method hyperparameters for this dataset (SDFT Table 5), merged over
+    #: the method's defaults.
+    method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class CurateParams(_Params):
+    resolution: int = Field(32, ge=8)
+    min_size: int | None = Field(None, ge=1)
+    #: CLIP-similarity filter (AAHQ): keep scores >= threshold, or the top_n.
+    prompt: str | None = None
+    threshold: float | None = None
+    top_n: int | None = Field(None, ge=1)
+    #: Zero-shot removal (MetFaces glasses): the image is dropped when the
+    #: probability mass on ``remove_prompts`` exceeds ``remove_threshold``.
+    keep_prompts: list[str] = Field(default_factory=list)
+    remove_prompts: list[str] = Field(default_factory=list)
+    remove_threshold: float = Field(0.5, gt=0, lt=1)
+    exclude: list[str] = Field(default_factory=list)
+    embeddings_cache: str = "data/04_feature/clip_embeddings"
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "CurateParams":
+        if self.prompt is not None and (self.threshold is None) == (self.top_n is None):
+            raise ValueError("with a prompt, set exactly one of threshold and top_n")
+        if bool(self.keep_prompts) != bool(self.remove_prompts):
+            raise ValueError("keep_prompts and remove_prompts go together")
+        return self
+
+
+P = TypeVar("P", bound=BaseModel)
+
+
+def parse(model: type[P], data: Any, where: str) -> P:
+    """Validate ``data`` as ``model``; errors name ``where.<field>``."""
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data or {})
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            name = f"{where}.{loc}" if loc else where
+            lines.append(f"  {name}: {e['msg']} (got {e.get('input')!r})")
+        raise InvalidParametersError(f"Invalid parameters in '{where}':\n" + "\n".join(lines)) from None

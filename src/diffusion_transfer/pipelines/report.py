@@ -1,0 +1,165 @@
+"""Evaluation and report nodes of the method template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from diffusion_transfer.core.data.curation import contact_sheet  # noqa: E402
+from diffusion_transfer.core.data.images import to_tensor  # noqa: E402
+from diffusion_transfer.core.metrics import attributes as attr_metrics  # noqa: E402
+from diffusion_transfer.core.metrics.fid import clip_extractor, compute_fid_kid, inception_extractor  # noqa: E402
+from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric  # noqa: E402
+from diffusion_transfer.pipelines.params import DatasetParams, EvaluationParams, parse  # noqa: E402
+
+_ATTRS = ("expression", "eyewear", "gender", "age", "hair_colour", "hair_style", "skin_tone")
+
+
+def _extractor(p: EvaluationParams, clip):
+    if p.fid_features == "inception":
+        return inception_extractor(p.inception_path)
+    return clip_extractor(clip.encode_images, name=getattr(clip, "name", "clip"),
+                          weights=getattr(clip, "weights_label", "CLIP image encoder"))
+
+
+def evaluate(source_samples: dict, target_samples: dict, curated: dict, reference: dict, clip, classifier,
+             evaluation: dict, dataset: dict) -> dict[str, Any]:
+    """FID/KID of both models against the target data, LPIPS between source
+    and target samples from the same noise, FaceWorld attribute retention and
+    coverage. Every number states which weights it ran on."""
+    p = parse(EvaluationParams, evaluation, "evaluation")
+    d = parse(DatasetParams, dataset, "datasets")
+    ref = reference if d.fid_reference == "raw" else curated
+    src = source_samples["images"].numpy()
+    trg = target_samples["images"].numpy()
+    ref_images = ref["images"].numpy()
+    extractor = _extractor(p, clip)
+    cache = Path(p.cache_dir)
+    metrics: dict[str, Any] = {"dataset": d.name, "fid_reference": f"{d.fid_reference} ({len(ref_images)} images)",
+                               "n_samples": int(len(trg))}
+    models: dict[str, dict[str, Any]] = {"source": {}, "finetuned": {}}
+    for key, imgs in (("source", src), ("finetuned", trg)):
+        fk = compute_fid_kid(imgs, ref_images, extractor, ref_cache=cache)
+        models[key].update(fid=fk["fid"], kid_x1e3=fk["kid_x1e3"])
+    lpips = LPIPSMetric(net=p.lpips_net, backbone_weights=p.lpips_backbone_weights)
+    n = min(p.lpips_pairs, len(src))
+    with torch.no_grad():
+        dist = lpips(to_tensor(src[:n]), to_tensor(trg[:n]))
+    models["finetuned"]["lpips_src_trg"] = float(dist.mean())
+    weights = {"fid_kid": extractor.weights, "lpips": lpips.label}
+    if p.attributes and classifier is not None:
+        from diffusion_transfer.core.world.classifier import predict_attributes
+
+        src_attrs = predict_attributes(classifier, src)
+        trg_attrs = predict_attributes(classifier, trg)
+        train_records = curated["meta"].get("records") or []
+        if train_records:
+            train_attrs, train_src = train_records, "ground-truth FaceWorld records of the curated set"
+        else:
+            train_attrs = predict_attributes(classifier, curated["images"].numpy())
+            train_src = "attribute classifier predictions on the curated set"
+        for key, attrs in (("source", src_attrs), ("finetuned", trg_attrs)):
+            models[key]["face_rate"] = attr_metrics.face_rate(attrs)
+            models[key]["coverage"] = attr_metrics.attribute_coverage(attrs, train_attrs, attributes=_ATTRS)
+            models[key]["frequencies"] = attr_metrics.attribute_frequencies(attrs)
+        models["finetuned"]["retention"] = attr_metrics.attribute_retention(src_attrs, trg_attrs, attributes=_ATTRS)
+        metrics["training_set_attributes"] = {"source": train_src,
+                                              "frequencies": attr_metrics.attribute_frequencies(train_attrs)}
+        weights["attributes"] = "FaceWorld attribute classifier (evaluation only, never a training signal)"
+    metrics["models"] = models
+    metrics["weights"] = weights
+    return metrics
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _loss_plot(history: dict) -> plt.Figure:
+    rows = history.get("history") or []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if rows:
+        steps = [r["step"] for r in rows]
+        for key in sorted({k for r in rows for k in r if k not in ("step", "lr")}):
+            vals = [r.get(key, np.nan) for r in rows]
+            ax.plot(steps, vals, label=key)
+        ax.set_yscale("log")
+        ax.legend()
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss term")
+    ax.set_title(f"Loss curves: {history.get('run', {}).get('run', '')}")
+    fig.tight_layout()
+    return fig
+
+
+def _pair_grid(src: np.ndarray, trg: np.ndarray, n: int = 16) -> Image.Image:
+    n = min(n, len(src), len(trg))
+    rows = np.concatenate([src[:n], trg[:n]])
+    return contact_sheet(rows, labels=None, columns=n, scale=3)
+
+
+def _curation_line(summary: dict) -> str:
+    c = summary.get("counts", {})
+    rule = (f"threshold {summary['threshold']}" if summary.get("threshold") is not None
+            else f"top {summary['top_n']}" if summary.get("top_n") is not None else "no score filter")
+    return (f"{c.get('files')} files, {c.get('skipped_invalid')} skipped as invalid, {c.get('kept')} kept; "
+            f"dropped: {c.get('dropped_by_score')} by CLIP score ({rule}), {c.get('dropped_by_zero_shot')} by "
+            f"CLIP zero-shot removal, {c.get('excluded')} by the exclusion list. Criteria: "
+            f"`{summary.get('criteria')}`. CLIP: {summary.get('clip')}.")
+
+
+def build_report(metrics: dict, history: dict, curation_summary: dict, source_samples: dict,
+                 target_samples: dict) -> tuple[str, Image.Image, plt.Figure]:
+    run = history["run"]
+    m = metrics["models"]
+    lines = [f"# Report: {run['run']}", "",
+             f"Method **{run['method']}** on dataset **{run['dataset']}**; "
+             f"{metrics['n_samples']} samples per model from the same noise bank.", "",
+             "## Metrics", "",
+             "| model | FID | KID (x10^3) | LPIPS src-trg | face rate | coverage of absent attributes |",
+             "|---|---|---|---|---|---|"]
+    for key, label in (("source", "source (pretrained)"), ("finetuned", f"{run['method']} (fine-tuned)")):
+        row = m[key]
+        cov = row.get("coverage", {}).get("overall_rate") if row.get("coverage") else None
+        lines.append(f"| {label} | {_fmt(row.get('fid'), 2)} | {_fmt(row.get('kid_x1e3'), 2)} | "
+                     f"{_fmt(row.get('lpips_src_trg'))} | {_fmt(row.get('face_rate'))} | {_fmt(cov)} |")
+    lines += ["", f"FID/KID against the {metrics['fid_reference']}."]
+    if "retention" in m["finetuned"]:
+        ret = m["finetuned"]["retention"]
+        lines += ["", "## Attribute retention (source sample -> fine-tuned sample, same noise)", "",
+                  "| " + " | ".join(ret) + " |", "|" + "---|" * len(ret),
+                  "| " + " | ".join(_fmt(v) for v in ret.values()) + " |"]
+        cov = m["finetuned"].get("coverage", {})
+        if cov:
+            lines += ["", "## Coverage of attributes absent from the training set", "",
+                      "| attribute | absent values | source rate | fine-tuned rate |", "|---|---|---|---|"]
+            src_cov = m["source"].get("coverage", {}).get("per_attribute", {})
+            for name, info in cov.get("per_attribute", {}).items():
+                if info.get("absent"):
+                    lines.append(f"| {name} | {', '.join(info['absent'])} | "
+                                 f"{_fmt(src_cov.get(name, {}).get('rate'))} | {_fmt(info.get('rate'))} |")
+    lines += ["", "## Samples", "", "Top row: source model; bottom row: fine-tuned model, same initial noise.", "",
+              "![source vs fine-tuned](samples_src_vs_trg.png)", "", "## Training", "",
+              f"Hyperparameters: `{run['hyperparameters']}`; steps {run['train']['steps']}, "
+              f"batch {run['train']['batch_size']}, lr {run['train']['lr']}, EMA {run['train']['ema_decay']}.",
+              f"Resumed from step: {history.get('resumed_from_step')}.", "", "![loss curves](loss_curve.png)", "",
+              "## Curation", "",
+              _curation_line(curation_summary), "",
+              "![curation contact sheet](../curate_" + str(run["dataset"]) + "/contact_sheet.png)", "",
+              "## Weights each metric ran on", ""]
+    lines += [f"- **{k}**: {v}" for k, v in metrics["weights"].items()]
+    report = "\n".join(lines) + "\n"
+    grid = _pair_grid(source_samples["images"].numpy(), target_samples["images"].numpy())
+    return report, grid, _loss_plot(history)

@@ -1,0 +1,50 @@
+"""The ``world`` pipeline: builds FaceWorld's three models.
+
+Its outputs are committed under ``data/06_models/world/`` so that a fresh
+clone never needs to run it; run it to rebuild them (about 40 minutes on two
+CPU cores)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kedro.pipeline import Pipeline, node
+
+
+def train_source(world: dict[str, Any], schedule: dict[str, Any]):
+    from diffusion_transfer.core.world.source import train_source_model
+
+    src = world["source"]
+    return train_source_model(src.get("unet", {}), src["train"], src["n_images"], schedule=schedule,
+                              seed=src.get("seed", 0), checkpoint_dir=src.get("checkpoint_dir"))
+
+
+def train_clip(world: dict[str, Any]):
+    from diffusion_transfer.core.world.clip import DEFAULT_CLIP_CONFIG, train_world_clip
+
+    return train_world_clip({**_as_dict(DEFAULT_CLIP_CONFIG), **world.get("clip", {})}, seed=world.get("seed", 0))
+
+
+def train_classifier(world: dict[str, Any]):
+    from diffusion_transfer.core.world.classifier import DEFAULT_CLASSIFIER_CONFIG, train_attribute_classifier
+
+    return train_attribute_classifier({**_as_dict(DEFAULT_CLASSIFIER_CONFIG), **world.get("classifier", {})},
+                                      seed=world.get("seed", 0))
+
+
+def _as_dict(cfg: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+
+
+def create_pipeline() -> Pipeline:
+    return Pipeline(
+        [
+            node(train_clip, "params:world", "world_clip", name="train_world_clip", tags=["world"]),
+            node(train_classifier, "params:world", "attribute_classifier", name="train_attribute_classifier",
+                 tags=["world"]),
+            node(train_source, ["params:world", "params:schedule"], "source_model", name="train_source_model",
+                 tags=["world"]),
+        ]
+    )
