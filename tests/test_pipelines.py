@@ -27,6 +27,32 @@ def test_registry_lists_every_method_and_dataset():
             assert f"{method}_{dataset}.report" in names
             assert f"curate_{dataset}" in names
     assert pipes["__default__"].nodes == pipes["sdft_aahq"].nodes
+    for dataset in ["aahq", "metfaces"]:
+        names = {n.name for n in pipes[f"compare_{dataset}"].nodes}
+        assert {f"{m}_{dataset}.finetune" for m in ["scratch", "naive", "sdft"]} <= names
+        assert f"compare_{dataset}" in names
+
+
+def _metrics(fid: float, kept: float) -> dict:
+    model = {"fid": fid, "kid_x1e3": 1.0, "face_rate": 0.9, "coverage": {"overall_rate": 0.2}}
+    return {"n_samples": 8, "fid_reference": "raw (8 images)", "weights": {"fid_kid": "w"},
+            "training_set_attributes": {"absent_values": {"eyewear": ["glasses"]}},
+            "models": {"source": {**model, "fid": 9.0},
+                       "finetuned": {**model, "lpips_src_trg": 0.1, "retention": {"mean": 0.5},
+                                     "retention_of_absent": {"eyewear": kept, "mean": kept}}}}
+
+
+def test_compare_runs_tabulates_every_method_and_the_source_once():
+    from diffusion_transfer.pipelines.compare import compare_runs
+
+    table, report = compare_runs("aahq", naive=_metrics(3.0, 0.25), sdft=_metrics(4.0, 0.75))
+    assert list(table["rows"]) == ["source (pretrained)", "naive", "sdft"]
+    assert table["rows"]["source (pretrained)"]["fid"] == 9.0
+    assert table["rows"]["sdft"]["kept_absent_mean"] == 0.75
+    assert "| naive | 3.00 |" in report and "| sdft | 4.00 |" in report
+    assert "eyewear: glasses" in report
+    with pytest.raises(ValueError, match="at least one"):
+        compare_runs("aahq")
 
 
 def _base_params() -> dict:
@@ -109,7 +135,7 @@ def test_sdft_aahq_smoke_run_end_to_end(smoke_run):
     assert set(metrics["models"]["finetuned"]["retention"]) >= {"expression", "eyewear"}
     lpips_label = metrics["weights"]["lpips"].lower()
     assert "substitute" in lpips_label or "untrained" in lpips_label
-    assert "substitute" in metrics["weights"]["fid_kid"].lower() or "clip" in metrics["weights"]["fid_kid"].lower()
+    assert "substitute for inception" in metrics["weights"]["fid_kid"].lower()
     report = (out / "report.md").read_text()
     assert "| sdft (fine-tuned) |" in report and "| source (pretrained) |" in report
     assert (out / "samples_src_vs_trg.png").stat().st_size > 0
@@ -120,6 +146,9 @@ def test_sdft_aahq_smoke_run_end_to_end(smoke_run):
     history = json.loads((out / "training_history.json").read_text())
     assert history["run"]["hyperparameters"]["gamma_aux"] == 50.0  # Table 5, AAHQ override applied
     assert history["history"][-1]["step"] == 4
+    # Attribute values absent from the curated set (AAHQ: men only) are reported with their retention.
+    assert "woman" in metrics["training_set_attributes"]["absent_values"]["gender"]
+    assert "## Attribute values absent from the training set" in report
 
 
 @pytest.mark.slow
@@ -139,3 +168,114 @@ def test_walkthrough_notebook_executes_headless(smoke_run):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs)
     assert "Weights each metric ran on" in text
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.slow
+def test_world_pipeline_in_smoke_builds_elsewhere_and_keeps_committed_models(tmp_path):
+    """The world pipeline trains all three models; in smoke it writes to
+    world_smoke/ and leaves the committed models untouched."""
+    import os
+
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    world = ROOT / "data" / "06_models" / "world"
+    before = {name: _digest(world / name) for name in ("source", "clip", "classifier")}
+    proj = _scratch_project(tmp_path)
+    old = Path.cwd()
+    os.chdir(proj)
+    try:
+        bootstrap_project(proj)
+        with KedroSession.create(project_path=proj, env="smoke") as session:
+            session.run(pipeline_names=["world"])
+    finally:
+        os.chdir(old)
+    built = proj / "data" / "06_models" / "world_smoke"
+    assert (built / "source" / "config.json").exists()
+    assert (built / "clip" / "weights.safetensors").exists()
+    assert (built / "classifier" / "classifier.safetensors").exists()
+    assert {name: _digest(world / name) for name in before} == before
+
+
+@pytest.mark.slow
+def test_kedro_viz_build_shows_the_data_layers(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    proj = _scratch_project(tmp_path)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    kedro = Path(sys.executable).parent / "kedro"
+    done = subprocess.run([str(kedro), "viz", "build"], cwd=proj, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "circular dependency" not in (done.stdout + done.stderr).lower()
+    main = json.loads((proj / "build" / "api" / "main").read_text())
+    assert main["layers"][0] == "pretrained" and main["layers"][-1] == "reporting"
+    assert {"raw", "primary", "model_input", "models", "model_output"} <= set(main["layers"])
+
+
+@pytest.mark.slow
+def test_compare_metfaces_smoke_runs_every_method(tmp_path):
+    """compare_metfaces in smoke: glasses removal, scratch/naive/sdft, one table."""
+    import os
+
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    proj = _scratch_project(tmp_path)
+    old = Path.cwd()
+    os.chdir(proj)
+    try:
+        bootstrap_project(proj)
+        with KedroSession.create(project_path=proj, env="smoke") as session:
+            session.run(pipeline_names=["compare_metfaces"])
+    finally:
+        os.chdir(old)
+    reporting = proj / "data" / "08_reporting"
+    summary = json.loads((reporting / "curate_metfaces" / "summary.json").read_text())
+    assert summary["counts"]["dropped_by_zero_shot"] >= 1  # the glasses the portrait domain carries
+    curated = summary["counts"]["kept"]
+    assert 0 < curated < summary["counts"]["valid"]
+    table = json.loads((reporting / "compare_metfaces" / "comparison.json").read_text())
+    assert list(table["rows"]) == ["source (pretrained)", "scratch", "naive", "sdft"]
+    assert "glasses" in table["absent_values"]["eyewear"]
+    for method in ("scratch", "naive", "sdft"):
+        assert (reporting / f"{method}_metfaces" / "report.md").exists()
+    assert "| sdft |" in (reporting / "compare_metfaces" / "comparison.md").read_text()
+
+
+def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp_path):
+    """conf/paper only has to load and validate here: its parameters pass, and
+    its real weights and datasets, absent offline, fail fast naming the path."""
+    import os
+
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+    from kedro.io import DatasetError
+
+    from diffusion_transfer.hooks import validate_parameters
+
+    proj = _scratch_project(tmp_path)
+    old = Path.cwd()
+    os.chdir(proj)
+    try:
+        bootstrap_project(proj)
+        with KedroSession.create(project_path=proj, env="paper") as session:
+            context = session.load_context()
+            params = context.params
+            validate_parameters(params)
+            assert params["curate"]["aahq"]["resolution"] == 256
+            assert params["sampling"]["steps"] == 40 and params["train"]["steps"] == 80000
+            with pytest.raises(DatasetError, match="ffhq_p2_diffusers"):
+                context.catalog.load("source_model")
+            with pytest.raises(DatasetError, match="AAHQ"):
+                context.catalog.load("aahq_raw")
+    finally:
+        os.chdir(old)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from diffusion_transfer.pipelines import curate, method, world
+from diffusion_transfer.pipelines import compare, curate, method, world
 
 METHODS = ("scratch", "naive", "sdft")
 DATASETS = ("aahq", "metfaces")
@@ -22,6 +22,7 @@ def register_pipelines() -> dict[str, Pipeline]:
             run = curation + source + method.create_method_pipeline(name, dataset)
             pipelines[f"{name}_{dataset}"] = run
             runs.append(run)
-        pipelines[f"compare_{dataset}"] = sum(runs, Pipeline([]))
+        pipelines[f"compare_{dataset}"] = sum(runs, Pipeline([])) + compare.create_compare_node_pipeline(
+            dataset, METHODS)
     pipelines["__default__"] = pipelines["sdft_aahq"]
     return pipelines

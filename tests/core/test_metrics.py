@@ -288,15 +288,30 @@ def test_attribute_retention_known_answer():
     src = [face("smile", "none"), face("neutral", "glasses"), face("smile", "none"), face("sad", "none")]
     trg = [face("smile", "none"), face("smile", "glasses"), face("smile", "sunglasses", is_face=False), face("sad", "glasses")]
     r = attribute_retention(src, trg)
-    # expression: pairs 0 and 3 kept (pair 2 has a non-face) -> 2/4; eyewear: pairs 0, 1 -> 2/4.
+    # expression: pairs 0 and 3 kept (pair 2's target is a non-face) -> 2/4; eyewear: pairs 0, 1 -> 2/4.
     assert r == {"expression": 0.5, "eyewear": 0.5, "mean": 0.5}
     assert attribute_retention(src, trg, attributes=["eyewear"]) == {"eyewear": 0.5, "mean": 0.5}
-    # A non-face on the source side also breaks retention.
-    assert attribute_retention([face("smile", "none", is_face=False)], [face("smile", "none")])["mean"] == 0.0
+    # A non-face source sample leaves the denominator: pairs 1..3 remain.
+    src_nf = [face("smile", "none", is_face=False)] + src[1:]
+    assert attribute_retention(src_nf, trg) == {"expression": pytest.approx(1 / 3), "eyewear": pytest.approx(1 / 3),
+                                                "mean": pytest.approx(1 / 3)}
+    with pytest.raises(ValueError, match="no pair"):
+        attribute_retention([face("smile", "none", is_face=False)], [face("smile", "none")])
     with pytest.raises(ValueError, match="pair up"):
         attribute_retention(src, trg[:3])
     with pytest.raises(ValueError, match="at least one"):
         attribute_retention([], [])
+
+
+def test_attribute_retention_of_chosen_values():
+    src = [face("smile", "glasses"), face("smile", "glasses"), face("neutral", "none"), face("sad", "glasses")]
+    trg = [face("neutral", "glasses"), face("smile", "none"), face("neutral", "none"), face("sad", "glasses")]
+    # Of the source samples with glasses (0, 1, 3), 0 and 3 keep them; of the smiles (0, 1), only 1 keeps it.
+    r = attribute_retention(src, trg, only_values={"eyewear": ["glasses"], "expression": ["smile"]})
+    assert r == {"expression": 0.5, "eyewear": pytest.approx(2 / 3), "mean": pytest.approx(7 / 12)}
+    # An attribute with no source sample showing a chosen value is left out.
+    assert attribute_retention(src, trg, only_values={"eyewear": ["sunglasses"], "expression": ["sad"]}) == {
+        "expression": 1.0, "mean": 1.0}
 
 
 def test_attribute_coverage_known_answer():

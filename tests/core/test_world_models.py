@@ -103,6 +103,33 @@ def test_predict_attributes_contract(attribute_classifier):
     assert len(wcls.predict_attributes(attribute_classifier, big)) == len(STYLES)
 
 
+@pytest.mark.slow
+def test_source_model_bars(attribute_classifier):
+    """DESIGN.md section 2: the committed source model's samples (the project's
+    DDIM-40 sampler) are faces at least 90% of the time and show every
+    attribute value at no less than half its frequency in faceworld_ffhq."""
+    from dataclasses import asdict
+
+    from diffusion_transfer.core.metrics.attributes import attribute_frequencies, face_rate
+    from diffusion_transfer.core.models.unet import load_unet
+    from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim
+    from diffusion_transfer.core.schedule import make_schedule
+    from diffusion_transfer.core.world.domains import render_batch
+
+    model = load_unet(WORLD / "source")
+    noise = make_noise_bank(200, (3, 32, 32), seed=HELD_OUT_SEED)
+    with torch.no_grad():
+        samples = sample_ddim(model_eps_fn(model), noise, make_schedule(), steps=40)
+    attrs = wcls.predict_attributes(attribute_classifier, samples)
+    assert face_rate(attrs) >= 0.90
+    _, data = render_batch("faceworld_ffhq", 2000, 32, seed=HELD_OUT_SEED)
+    data_freq = attribute_frequencies([asdict(a) for a in data], attributes=list(ATTRIBUTES))
+    sample_freq = attribute_frequencies(attrs, attributes=list(ATTRIBUTES))
+    low = {(k, v): (round(sample_freq[k].get(v, 0.0), 3), round(f, 3))
+           for k, vals in data_freq.items() for v, f in vals.items() if sample_freq[k].get(v, 0.0) < 0.5 * f}
+    assert not low, f"attribute values under half their data frequency (sample, data): {low}"
+
+
 # --------------------------------------------------------------------------- #
 # (b) training runs and save/load round-trips
 # --------------------------------------------------------------------------- #

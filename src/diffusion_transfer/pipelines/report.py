@@ -26,8 +26,10 @@ _ATTRS = ("expression", "eyewear", "gender", "age", "hair_colour", "hair_style",
 def _extractor(p: EvaluationParams, clip):
     if p.fid_features == "inception":
         return inception_extractor(p.inception_path)
+    label = getattr(clip, "weights_label", getattr(clip, "name", "CLIP"))
     return clip_extractor(clip.encode_images, name=getattr(clip, "name", "clip"),
-                          weights=getattr(clip, "weights_label", "CLIP image encoder"))
+                          weights=f"{label} image encoder (substitute for Inception; not comparable to "
+                                  f"published FID/KID)")
 
 
 def evaluate(source_samples: dict, target_samples: dict, curated: dict, reference: dict, clip, classifier,
@@ -57,6 +59,7 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
     weights = {"fid_kid": extractor.weights, "lpips": lpips.label}
     if p.attributes and classifier is not None:
         from diffusion_transfer.core.world.classifier import predict_attributes
+        from diffusion_transfer.core.world.render import ATTRIBUTES
 
         src_attrs = predict_attributes(classifier, src)
         trg_attrs = predict_attributes(classifier, trg)
@@ -66,20 +69,32 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
         else:
             train_attrs = predict_attributes(classifier, curated["images"].numpy())
             train_src = "attribute classifier predictions on the curated set"
+        vocab = {k: ATTRIBUTES[k] for k in _ATTRS}
         for key, attrs in (("source", src_attrs), ("finetuned", trg_attrs)):
             models[key]["face_rate"] = attr_metrics.face_rate(attrs)
-            models[key]["coverage"] = attr_metrics.attribute_coverage(attrs, train_attrs, attributes=_ATTRS)
+            models[key]["coverage"] = attr_metrics.attribute_coverage(attrs, train_attrs, attributes=_ATTRS,
+                                                                      vocabulary=vocab)
             models[key]["frequencies"] = attr_metrics.attribute_frequencies(attrs)
         models["finetuned"]["retention"] = attr_metrics.attribute_retention(src_attrs, trg_attrs, attributes=_ATTRS)
+        # What SDFT is for: of the source samples showing a value the training
+        # set lacks (glasses, a smile...), how many keep it after fine-tuning.
+        absent = {k: v for k, v in models["source"]["coverage"]["absent_values"].items() if v}
+        if absent:
+            try:
+                models["finetuned"]["retention_of_absent"] = attr_metrics.attribute_retention(
+                    src_attrs, trg_attrs, attributes=list(absent), only_values=absent)
+            except ValueError:  # no source sample shows an absent value
+                pass
         metrics["training_set_attributes"] = {"source": train_src,
-                                              "frequencies": attr_metrics.attribute_frequencies(train_attrs)}
+                                              "frequencies": attr_metrics.attribute_frequencies(train_attrs),
+                                              "absent_values": absent}
         weights["attributes"] = "FaceWorld attribute classifier (evaluation only, never a training signal)"
     metrics["models"] = models
     metrics["weights"] = weights
     return metrics
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
+def fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "n/a"
     if isinstance(v, float):
@@ -132,24 +147,28 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
              "|---|---|---|---|---|---|"]
     for key, label in (("source", "source (pretrained)"), ("finetuned", f"{run['method']} (fine-tuned)")):
         row = m[key]
-        cov = row.get("coverage", {}).get("overall_rate") if row.get("coverage") else None
-        lines.append(f"| {label} | {_fmt(row.get('fid'), 2)} | {_fmt(row.get('kid_x1e3'), 2)} | "
-                     f"{_fmt(row.get('lpips_src_trg'))} | {_fmt(row.get('face_rate'))} | {_fmt(cov)} |")
+        cov = (row.get("coverage") or {}).get("overall_rate")
+        lines.append(f"| {label} | {fmt(row.get('fid'), 2)} | {fmt(row.get('kid_x1e3'), 2)} | "
+                     f"{fmt(row.get('lpips_src_trg'))} | {fmt(row.get('face_rate'))} | {fmt(cov)} |")
     lines += ["", f"FID/KID against the {metrics['fid_reference']}."]
     if "retention" in m["finetuned"]:
         ret = m["finetuned"]["retention"]
         lines += ["", "## Attribute retention (source sample -> fine-tuned sample, same noise)", "",
+                  "Over the pairs whose source sample is a face.", "",
                   "| " + " | ".join(ret) + " |", "|" + "---|" * len(ret),
-                  "| " + " | ".join(_fmt(v) for v in ret.values()) + " |"]
-        cov = m["finetuned"].get("coverage", {})
-        if cov:
-            lines += ["", "## Coverage of attributes absent from the training set", "",
-                      "| attribute | absent values | source rate | fine-tuned rate |", "|---|---|---|---|"]
-            src_cov = m["source"].get("coverage", {}).get("per_attribute", {})
-            for name, info in cov.get("per_attribute", {}).items():
-                if info.get("absent"):
-                    lines.append(f"| {name} | {', '.join(info['absent'])} | "
-                                 f"{_fmt(src_cov.get(name, {}).get('rate'))} | {_fmt(info.get('rate'))} |")
+                  "| " + " | ".join(fmt(v) for v in ret.values()) + " |"]
+        absent = metrics.get("training_set_attributes", {}).get("absent_values", {})
+        if absent:
+            src_rate = m["source"].get("coverage", {}).get("absent_rate", {})
+            trg_rate = m["finetuned"].get("coverage", {}).get("absent_rate", {})
+            kept = m["finetuned"].get("retention_of_absent", {})
+            lines += ["", "## Attribute values absent from the training set", "",
+                      "Rate: share of samples showing the value. Kept: of the source samples showing it, the share "
+                      "whose fine-tuned sample (same noise) still shows it.", "",
+                      "| attribute | absent values | source rate | fine-tuned rate | kept |", "|---|---|---|---|---|"]
+            for name, values in absent.items():
+                lines.append(f"| {name} | {', '.join(values)} | {fmt(src_rate.get(name))} | "
+                             f"{fmt(trg_rate.get(name))} | {fmt(kept.get(name))} |")
     lines += ["", "## Samples", "", "Top row: source model; bottom row: fine-tuned model, same initial noise.", "",
               "![source vs fine-tuned](samples_src_vs_trg.png)", "", "## Training", "",
               f"Hyperparameters: `{run['hyperparameters']}`; steps {run['train']['steps']}, "

@@ -1,8 +1,10 @@
 """The ``world`` pipeline: builds FaceWorld's three models.
 
 Its outputs are committed under ``data/06_models/world/`` so that a fresh
-clone never needs to run it; run it to rebuild them (about 40 minutes on two
-CPU cores)."""
+clone never needs to run it; run it to rebuild them (about an hour on two CPU
+cores). The outputs are their own catalog entries (``built_*``) so that an
+environment can send them elsewhere: ``smoke`` writes to
+``data/06_models/world_smoke/`` and never overwrites the committed models."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ def train_source(world: dict[str, Any], schedule: dict[str, Any]):
 
     src = world["source"]
     return train_source_model(src.get("unet", {}), src["train"], src["n_images"], schedule=schedule,
-                              seed=src.get("seed", 0), checkpoint_dir=src.get("checkpoint_dir"))
+                              seed=src.get("seed", 0), loss=src.get("loss"), checkpoint_dir=src.get("checkpoint_dir"))
 
 
 def train_clip(world: dict[str, Any]):
@@ -41,10 +43,10 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
 def create_pipeline() -> Pipeline:
     return Pipeline(
         [
-            node(train_clip, "params:world", "world_clip", name="train_world_clip", tags=["world"]),
-            node(train_classifier, "params:world", "attribute_classifier", name="train_attribute_classifier",
+            node(train_clip, "params:world", "built_world_clip", name="train_world_clip", tags=["world"]),
+            node(train_classifier, "params:world", "built_attribute_classifier", name="train_attribute_classifier",
                  tags=["world"]),
-            node(train_source, ["params:world", "params:schedule"], "source_model", name="train_source_model",
+            node(train_source, ["params:world", "params:schedule"], "built_source_model", name="train_source_model",
                  tags=["world"]),
         ]
     )

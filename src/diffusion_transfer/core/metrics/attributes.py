@@ -7,8 +7,9 @@ records). The attributes compared default to every key present in the dicts
 except the bookkeeping keys ``is_face``, ``file``, ``caption`` and ``style``.
 
 - retention: the rate at which an attribute of the source-model sample
-  survives in the target-model sample generated from the same noise; a pair
-  where either side is not a face counts as not retained.
+  survives in the target-model sample generated from the same noise, over the
+  pairs whose source sample is a face (a target non-face is not retained);
+  optionally only for chosen source values (those the training set lacks).
 - coverage: which attribute values the training set lacks, and how often
   samples show such a value (what the fine-tuned model learned or kept beyond
   its training set).
@@ -67,9 +68,18 @@ def attribute_retention(
     src_attrs: Sequence[Mapping[str, Any]],
     trg_attrs: Sequence[Mapping[str, Any]],
     attributes: Sequence[str] | None = None,
+    only_values: Mapping[str, Iterable[Any]] | None = None,
 ) -> dict[str, float]:
-    """Per attribute, the fraction of pairs (src[i], trg[i]) whose values are
-    equal, both sides being faces; plus ``"mean"`` over the attributes."""
+    """Per attribute, the fraction of pairs (src[i], trg[i]) whose source
+    sample is a face and whose target sample is a face with the same value;
+    plus ``"mean"`` over the attributes.
+
+    The denominator is the number of pairs whose source sample is a face (a
+    source model's failures say nothing about what fine-tuning kept).
+    ``only_values`` restricts an attribute to the pairs whose source value is
+    one of the given values, e.g. the values absent from the training set:
+    "of the source samples with glasses, how many keep them". An attribute
+    with no such pair is left out (and out of the mean)."""
     src = _check_list(src_attrs, "src_attrs")
     trg = _check_list(trg_attrs, "trg_attrs")
     if len(src) != len(trg):
@@ -81,13 +91,17 @@ def attribute_retention(
         raise ValueError("'mean' cannot be an attribute name (it is the summary key)")
     out: dict[str, float] = {}
     for name in names:
-        kept = sum(
-            1
-            for s, t in zip(src, trg)
-            if _is_face(s) and _is_face(t) and name in s and name in t and s[name] == t[name]
-        )
-        out[name] = kept / len(src)
-    out["mean"] = sum(out[n] for n in names) / len(names)
+        wanted = None if only_values is None else set(only_values.get(name, ()))
+        pairs = [(s, t) for s, t in zip(src, trg)
+                 if _is_face(s) and name in s and (wanted is None or s[name] in wanted)]
+        if not pairs:
+            continue
+        kept = sum(1 for s, t in pairs if _is_face(t) and name in t and s[name] == t[name])
+        out[name] = kept / len(pairs)
+    if not out:
+        raise ValueError("attribute_retention: no pair has a source sample that is a face"
+                         + (" showing one of only_values" if only_values is not None else ""))
+    out["mean"] = sum(out.values()) / len(out)
     return out
 
 

@@ -35,16 +35,20 @@ def train_source_model(
     schedule: dict[str, Any] | None = None,
     domain: str = "faceworld_ffhq",
     seed: int = 0,
+    loss: dict[str, Any] | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
 ):
     """Render ``n_images`` of ``domain`` and train a UNet on them from scratch.
-    Returns the EMA model (or the raw model when EMA is off)."""
+
+    ``loss`` holds the denoising loss's weighting (e.g. ``{"weighting": "p2",
+    "gamma": 1.0}``, as for the P2-weighted FFHQ model the SDFT paper starts
+    from). Returns the EMA model (or the raw model when EMA is off)."""
     config = {**DEFAULT_SOURCE_UNET, **(unet or {})}
     images, _ = render_batch(domain, n_images, int(config["sample_size"]), seed)
     model = build_unet(config)
     sched = make_schedule(**(schedule or {}))
-    method = build_method("scratch", {}, sched)
+    method = build_method("scratch", dict(loss or {}), sched)
     result = train(model, method.loss_fn, to_tensor(images), TrainConfig(**train_config),
                    checkpoint_dir=checkpoint_dir, progress=progress, desc="source model")
     return result.ema_model if result.ema_model is not None else result.model

@@ -1,0 +1,76 @@
+"""``compare_<dataset>``: every method on one protocol, one table.
+
+The method runs are the ordinary ``<method>_<dataset>`` pipelines (they share
+the curated set, the noise bank and the source samples); this module only
+adds the node that reads their metrics and writes the comparison."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kedro.pipeline import Pipeline, node
+
+from diffusion_transfer.pipelines.report import fmt
+from diffusion_transfer.pipelines.utils import bind
+
+_COLUMNS = (
+    ("FID", "fid", 2),
+    ("KID (x10^3)", "kid_x1e3", 2),
+    ("LPIPS src-trg", "lpips_src_trg", 3),
+    ("face rate", "face_rate", 3),
+    ("retention (mean)", "retention_mean", 3),
+    ("kept absent values (mean)", "kept_absent_mean", 3),
+    ("absent-value rate", "coverage_rate", 3),
+)
+
+
+def _row(model: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "fid": model.get("fid"),
+        "kid_x1e3": model.get("kid_x1e3"),
+        "lpips_src_trg": model.get("lpips_src_trg"),
+        "face_rate": model.get("face_rate"),
+        "retention_mean": (model.get("retention") or {}).get("mean"),
+        "kept_absent_mean": (model.get("retention_of_absent") or {}).get("mean"),
+        "coverage_rate": (model.get("coverage") or {}).get("overall_rate"),
+    }
+
+
+def compare_runs(dataset: str, **metrics_by_method: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """One row per method plus the source model (the same for every run: one
+    noise bank, one set of source samples)."""
+    if not metrics_by_method:
+        raise ValueError("compare_runs needs the metrics of at least one method")
+    first = next(iter(metrics_by_method.values()))
+    rows = {"source (pretrained)": _row(first["models"]["source"])}
+    for method, metrics in metrics_by_method.items():
+        rows[method] = _row(metrics["models"]["finetuned"])
+    absent = first.get("training_set_attributes", {}).get("absent_values", {})
+    lines = [f"# Comparison on {dataset}", "",
+             f"{first['n_samples']} samples per model from one noise bank; FID/KID against the "
+             f"{first['fid_reference']}.", "",
+             "| model | " + " | ".join(c[0] for c in _COLUMNS) + " |", "|---" * (len(_COLUMNS) + 1) + "|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(fmt(row[key], digits) for _, key, digits in _COLUMNS) + " |")
+    absent_text = "; ".join(f"{k}: {', '.join(v)}" for k, v in absent.items())
+    lines += ["", "Retention: share of source samples (faces) whose attribute survives in the fine-tuned sample "
+              "from the same noise. Kept absent values: the same, only for values absent from the training set"
+              + (f" ({absent_text})" if absent else "")
+              + ". Absent-value rate: share of samples showing at least one such value.", "",
+              "## Weights each metric ran on", ""]
+    lines += [f"- **{k}**: {v}" for k, v in first["weights"].items()]
+    return {"dataset": dataset, "rows": rows, "absent_values": absent}, "\n".join(lines) + "\n"
+
+
+def create_compare_node_pipeline(dataset: str, methods: tuple[str, ...]) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                bind(compare_runs, dataset=dataset),
+                inputs={m: f"{m}_{dataset}.metrics" for m in methods},
+                outputs=[f"{dataset}_comparison", f"{dataset}_comparison_report"],
+                name=f"compare_{dataset}",
+                tags=["report"],
+            )
+        ]
+    )
