@@ -279,3 +279,30 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
                 context.catalog.load("aahq_raw")
     finally:
         os.chdir(old)
+
+
+def test_finetune_checkpoints_are_keyed_by_source_weights_and_data(tmp_path):
+    """A new source model or a new curated set must not resume an old run."""
+    import torch
+
+    from diffusion_transfer.core.models.unet import build_unet
+    from diffusion_transfer.pipelines.method import finetune
+
+    tiny = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=8, norm_num_groups=4)
+    torch.manual_seed(0)
+    source_a, source_b = build_unet(tiny), build_unet(tiny)
+    images = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
+    args = ({"name": "naive"}, {"name": "toy"}, {"steps": 2, "batch_size": 2, "checkpoint_every": 1}, {},
+            str(tmp_path))
+
+    def run(source, imgs):
+        _, history = finetune(source, {"images": imgs, "meta": {}}, *args)
+        return history
+
+    first = run(source_a, images)
+    again = run(source_a, images)
+    assert again["checkpoint_dir"] == first["checkpoint_dir"] and again["resumed_from_step"] == 2
+    assert run(source_b, images)["checkpoint_dir"] != first["checkpoint_dir"]
+    assert run(source_a, images.flip(1))["checkpoint_dir"] != first["checkpoint_dir"]

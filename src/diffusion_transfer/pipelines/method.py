@@ -8,6 +8,7 @@ the source model's samples) stay outside the namespace.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -44,6 +45,13 @@ def resolve_run(method: dict, dataset: dict, train_defaults: dict) -> dict[str, 
             "train": t.model_dump()}
 
 
+def _fingerprint(tensors) -> bytes:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.digest()
+
+
 def finetune(source_model, curated: dict, method: dict, dataset: dict, train_defaults: dict,
              schedule: dict, checkpoint_root: str):
     """Fine-tune (or, for ``scratch``, train from a fresh init) on the curated set."""
@@ -55,16 +63,17 @@ def finetune(source_model, curated: dict, method: dict, dataset: dict, train_def
     if spec.init == "random":
         torch.manual_seed(config.seed)
         student = build_unet(dict(source_model.config))
-    else:
-        student = source_model
-    teacher = None
-    if spec.needs_teacher:
-        teacher = build_unet(dict(source_model.config))
-        teacher.load_state_dict(source_model.state_dict())
+    else:  # a copy: the source model stays the untouched teacher / reference
+        student = copy.deepcopy(source_model)
+    teacher = source_model if spec.needs_teacher else None
     images = to_tensor(curated["images"].numpy())
-    # Checkpoints are keyed by the full configuration so that a changed
-    # parameter starts a fresh run instead of resuming a different one.
-    key = hashlib.sha256(json.dumps({**run, "schedule": sched_p.model_dump()}, sort_keys=True).encode()).hexdigest()[:12]
+    # Checkpoints are keyed by the configuration, the source weights and the
+    # training images, so that any change starts a fresh run instead of
+    # resuming a different one.
+    key = hashlib.sha256(json.dumps({**run, "schedule": sched_p.model_dump()}, sort_keys=True).encode())
+    key.update(_fingerprint(source_model.state_dict().values()))
+    key.update(_fingerprint([curated["images"]]))
+    key = key.hexdigest()[:12]
     ckpt_dir = Path(checkpoint_root) / run["run"] / key
     result = train(student, spec.loss_fn, images, config, teacher=teacher, checkpoint_dir=ckpt_dir,
                    desc=f"{run['run']}")

@@ -48,7 +48,6 @@ class SamplingParams(_Params):
     eta: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
     seed: int = 1234
-    use_ema: bool = True
 
 
 class EvaluationParams(_Params):

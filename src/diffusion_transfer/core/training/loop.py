@@ -61,7 +61,6 @@ class TrainConfig(BaseModel):
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     hflip: bool = True
-    num_workers: int = Field(0, ge=0, description="unused: images are an in-memory tensor")
 
     @field_validator("betas")
     @classmethod
