@@ -273,6 +273,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
             validate_parameters(params)
             assert params["curate"]["aahq"]["resolution"] == 256
             assert params["sampling"]["steps"] == 40 and params["train"]["steps"] == 80000
+            assert params["evaluation"]["max_reference_images"] is None  # the papers' full reference set
             with pytest.raises(DatasetError, match="ffhq_p2_diffusers"):
                 context.catalog.load("source_model")
             with pytest.raises(DatasetError, match="AAHQ"):

@@ -55,6 +55,9 @@ class EvaluationParams(_Params):
     #: world CLIP image encoder (a substitute, labelled as such in the report).
     fid_features: Literal["inception", "clip"] = "clip"
     inception_path: str | None = None
+    #: FID/KID reference: at most this many images of the reference set (a
+    #: fixed seeded subset); null uses them all (the papers' protocol).
+    max_reference_images: int | None = Field(None, ge=2)
     lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
     lpips_backbone_weights: str | None = None
     lpips_pairs: int = Field(256, ge=1)

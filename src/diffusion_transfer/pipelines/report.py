@@ -43,9 +43,15 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
     src = source_samples["images"].numpy()
     trg = target_samples["images"].numpy()
     ref_images = ref["images"].numpy()
+    n_ref = len(ref_images)
+    if p.max_reference_images is not None and n_ref > p.max_reference_images:
+        # A fixed, seeded subset: the same for every run, so its features are cached once.
+        keep = np.sort(np.random.default_rng(0).choice(n_ref, p.max_reference_images, replace=False))
+        ref_images = ref_images[keep]
     extractor = _extractor(p, clip)
     cache = Path(p.cache_dir)
-    metrics: dict[str, Any] = {"dataset": d.name, "fid_reference": f"{d.fid_reference} ({len(ref_images)} images)",
+    metrics: dict[str, Any] = {"dataset": d.name,
+                               "fid_reference": f"{d.fid_reference} set ({len(ref_images)} of {n_ref} images)",
                                "n_samples": int(len(trg))}
     models: dict[str, dict[str, Any]] = {"source": {}, "finetuned": {}}
     for key, imgs in (("source", src), ("finetuned", trg)):
