@@ -103,23 +103,28 @@ def _scratch_project(tmp_path: Path) -> Path:
     return proj
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """``kedro run --pipeline=sdft_aahq --env=smoke`` in a scratch copy of the project."""
+def _run(proj: Path, env: str, pipeline: str) -> None:
+    """``kedro run --pipeline=<pipeline> --env=<env>`` in the project ``proj``."""
     import os
 
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    proj = _scratch_project(tmp_path_factory.mktemp("smoke"))
     old = Path.cwd()
     os.chdir(proj)
     try:
         bootstrap_project(proj)
-        with KedroSession.create(project_path=proj, env="smoke") as session:
-            session.run(pipeline_names=["sdft_aahq"])
+        with KedroSession.create(project_path=proj, env=env) as session:
+            session.run(pipeline_names=[pipeline])
     finally:
         os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """``kedro run --pipeline=sdft_aahq --env=smoke`` in a scratch copy of the project."""
+    proj = _scratch_project(tmp_path_factory.mktemp("smoke"))
+    _run(proj, "smoke", "sdft_aahq")
     return proj
 
 
@@ -180,22 +185,10 @@ def _digest(folder: Path) -> dict[str, str]:
 def test_world_pipeline_in_smoke_builds_elsewhere_and_keeps_committed_models(tmp_path):
     """The world pipeline trains all three models; in smoke it writes to
     world_smoke/ and leaves the committed models untouched."""
-    import os
-
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
     world = ROOT / "data" / "06_models" / "world"
     before = {name: _digest(world / name) for name in ("source", "clip", "classifier")}
     proj = _scratch_project(tmp_path)
-    old = Path.cwd()
-    os.chdir(proj)
-    try:
-        bootstrap_project(proj)
-        with KedroSession.create(project_path=proj, env="smoke") as session:
-            session.run(pipeline_names=["world"])
-    finally:
-        os.chdir(old)
+    _run(proj, "smoke", "world")
     built = proj / "data" / "06_models" / "world_smoke"
     assert (built / "source" / "config.json").exists()
     assert (built / "clip" / "weights.safetensors").exists()
@@ -224,20 +217,8 @@ def test_kedro_viz_build_shows_the_data_layers(tmp_path):
 @pytest.mark.slow
 def test_compare_metfaces_smoke_runs_every_method(tmp_path):
     """compare_metfaces in smoke: glasses removal, scratch/naive/sdft, one table."""
-    import os
-
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
     proj = _scratch_project(tmp_path)
-    old = Path.cwd()
-    os.chdir(proj)
-    try:
-        bootstrap_project(proj)
-        with KedroSession.create(project_path=proj, env="smoke") as session:
-            session.run(pipeline_names=["compare_metfaces"])
-    finally:
-        os.chdir(old)
+    _run(proj, "smoke", "compare_metfaces")
     reporting = proj / "data" / "08_reporting"
     summary = json.loads((reporting / "curate_metfaces" / "summary.json").read_text())
     assert summary["counts"]["dropped_by_zero_shot"] >= 1  # the glasses the portrait domain carries
