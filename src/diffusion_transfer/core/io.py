@@ -55,3 +55,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def write_json_atomic(data: Any, path: str | Path) -> None:
     with atomic_path(path, ".json") as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def require_weights_folder(folder: str | Path, weights_file: str, meta_file: str, what: str,
+                           rebuild_hint: str) -> tuple[Path, Path]:
+    """Paths of a saved model's weights and JSON metadata in ``folder``; a
+    missing file raises ``FileNotFoundError`` naming it and how to get it back."""
+    folder = Path(folder)
+    weights, meta = folder / weights_file, folder / meta_file
+    missing = [p.name for p in (weights, meta) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{what} not found in folder {folder} (missing {', '.join(missing)}). {rebuild_hint}")
+    return weights, meta

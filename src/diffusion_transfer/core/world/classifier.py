@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from diffusion_transfer.core.io import require_weights_folder
 from diffusion_transfer.core.world.clip import (
     TRAIN_SEED_OFFSET,
     _coerce,
@@ -349,14 +350,10 @@ def save_attribute_classifier(model: AttributeClassifier, folder: str | Path, *,
 def load_attribute_classifier(folder: str | Path, device: str | torch.device = "cpu") -> AttributeClassifier:
     """Load a folder written by :func:`save_attribute_classifier` (model in eval mode)."""
     folder = Path(folder)
-    weights, meta_path = folder / WEIGHTS_FILE, folder / META_FILE
-    if not weights.is_file() or not meta_path.is_file():
-        missing = [p.name for p in (weights, meta_path) if not p.is_file()]
-        raise FileNotFoundError(
-            f"attribute classifier not found in folder {folder} (missing {', '.join(missing)}). "
-            "Restore data/06_models/world/classifier from git or rebuild it with the `world` "
-            "pipeline (train_attribute_classifier + save_attribute_classifier)."
-        )
+    weights, meta_path = require_weights_folder(
+        folder, WEIGHTS_FILE, META_FILE, "attribute classifier",
+        "Restore data/06_models/world/classifier from git or rebuild it with the `world` "
+        "pipeline (train_attribute_classifier + save_attribute_classifier).")
     meta = json.loads(meta_path.read_text())
     if int(meta.get("format_version", -1)) != FORMAT_VERSION:
         raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")

@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from diffusion_transfer.core.io import require_weights_folder
 from diffusion_transfer.core.world.render import (
     ATTRIBUTES,
     EXPRESSION_WORDS,
@@ -818,14 +819,10 @@ def save_world_clip(model: torch.nn.Module | WorldClip, folder: str | Path, *,
 def load_world_clip(folder: str | Path, device: str | torch.device = "cpu") -> WorldClip:
     """Load a folder written by :func:`save_world_clip` (offline; no download)."""
     folder = Path(folder)
-    weights, meta_path = folder / WEIGHTS_FILE, folder / META_FILE
-    if not weights.is_file() or not meta_path.is_file():
-        missing = [p.name for p in (weights, meta_path) if not p.is_file()]
-        raise FileNotFoundError(
-            f"world CLIP weights not found in folder {folder} (missing {', '.join(missing)}). "
-            "Restore data/06_models/world/clip from git or rebuild it with the `world` pipeline "
-            "(train_world_clip + save_world_clip)."
-        )
+    weights, meta_path = require_weights_folder(
+        folder, WEIGHTS_FILE, META_FILE, "world CLIP weights",
+        "Restore data/06_models/world/clip from git or rebuild it with the `world` pipeline "
+        "(train_world_clip + save_world_clip).")
     meta = json.loads(meta_path.read_text())
     if meta.get("name") != MODEL_NAME or int(meta.get("format_version", -1)) != FORMAT_VERSION:
         raise ValueError(
