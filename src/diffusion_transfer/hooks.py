@@ -25,6 +25,10 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
     for name, block in (parameters.get("datasets") or {}).items():
         d = P.parse(P.DatasetParams, block, f"datasets.{name}")
         P.parse(P.TrainParams, {**train, **d.train}, f"train (with datasets.{name}.train)")
+        for mname, mblock in (parameters.get("methods") or {}).items():
+            m = P.parse(P.MethodParams, mblock, f"methods.{mname}")
+            P.parse(P.TrainParams, {**train, **m.train, **d.train},
+                    f"train (with methods.{mname}.train and datasets.{name}.train)")
         _validate_methods(parameters, d)
 
 

@@ -7,7 +7,7 @@ from kedro.pipeline import Pipeline
 
 from diffusion_transfer.pipelines import compare, curate, method, world
 
-METHODS = ("scratch", "naive", "sdft")
+METHODS = ("scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond")
 DATASETS = ("aahq", "metfaces")
 
 

@@ -30,7 +30,7 @@ class UNetDataset(AbstractDataset[Any, Any]):
         save_unet(model, self._path)
 
     def _exists(self) -> bool:
-        return (Path(self._path) / "config.json").exists()
+        return (Path(self._path) / "config.json").exists() or (Path(self._path) / "adapter.json").exists()
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self._path}

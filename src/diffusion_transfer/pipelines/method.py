@@ -8,17 +8,23 @@ the source model's samples) stay outside the namespace.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from kedro.pipeline import Pipeline, node
+from PIL import Image
 
 from diffusion_transfer.core.data.images import to_tensor, to_uint8
 from diffusion_transfer.core.methods import build_method
+from diffusion_transfer.core.methods.a3ft import attention_blocks
+from diffusion_transfer.core.methods.anl import image_conditions, masked_images, text_conditions
+from diffusion_transfer.core.models.adapted import AdaptedUNet, parameter_counts
 from diffusion_transfer.core.models.unet import build_unet
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim, sample_ddpm
 from diffusion_transfer.core.schedule import make_schedule
@@ -40,7 +46,8 @@ def resolve_run(method: dict, dataset: dict, train_defaults: dict) -> dict[str, 
     m = parse(MethodParams, method, "methods")
     d = parse(DatasetParams, dataset, "datasets")
     hyper = {**m.hyperparameters(), **d.method_overrides.get(m.name, {})}
-    t = parse(TrainParams, {**train_defaults, **d.train}, f"train (with datasets.{d.name}.train)")
+    t = parse(TrainParams, {**train_defaults, **m.train, **d.train},
+              f"train (with methods.{m.name}.train and datasets.{d.name}.train)")
     return {"run": f"{m.name}_{d.name}", "method": m.name, "dataset": d.name, "hyperparameters": hyper,
             "train": t.model_dump()}
 
@@ -53,8 +60,9 @@ def _fingerprint(tensors) -> bytes:
 
 
 def finetune(source_model, curated: dict, method: dict, dataset: dict, train_defaults: dict,
-             schedule: dict, checkpoint_root: str):
-    """Fine-tune (or, for ``scratch``, train from a fresh init) on the curated set."""
+             schedule: dict, checkpoint_root: str, conditions: dict | None = None):
+    """Fine-tune (or, for ``scratch``, train from a fresh init) on the curated
+    set. ``conditions`` (ANL): ``{"embeddings": (N, D)}``, one per image."""
     run = resolve_run(method, dataset, train_defaults)
     sched_p = parse(ScheduleParams, schedule, "schedule")
     sched = make_schedule(**sched_p.model_dump())
@@ -65,22 +73,68 @@ def finetune(source_model, curated: dict, method: dict, dataset: dict, train_def
         student = build_unet(dict(source_model.config))
     else:  # a copy: the source model stays the untouched teacher / reference
         student = copy.deepcopy(source_model)
+    cond = conditions["embeddings"].float() if conditions is not None else None
+    if spec.conditional and cond is None:
+        raise ValueError(f"method {run['method']!r} is conditional but the pipeline gave it no conditions")
+    torch.manual_seed(config.seed)  # added modules initialise reproducibly
+    student = spec.build_student(student, int(cond.shape[1]) if cond is not None else None)
     teacher = source_model if spec.needs_teacher else None
     images = to_tensor(curated["images"].numpy())
+    if cond is not None and cond.shape[0] != images.shape[0]:
+        raise ValueError(f"{cond.shape[0]} condition embeddings for {images.shape[0]} training images")
     # Checkpoints are keyed by the configuration, the source weights and the
     # training images, so that any change starts a fresh run instead of
     # resuming a different one.
     key = hashlib.sha256(json.dumps({**run, "schedule": sched_p.model_dump()}, sort_keys=True).encode())
     key.update(_fingerprint(source_model.state_dict().values()))
-    key.update(_fingerprint([curated["images"]]))
+    key.update(_fingerprint([curated["images"]] + ([cond] if cond is not None else [])))
     key = key.hexdigest()[:12]
     ckpt_dir = Path(checkpoint_root) / run["run"] / key
-    result = train(student, spec.loss_fn, images, config, teacher=teacher, checkpoint_dir=ckpt_dir,
-                   desc=f"{run['run']}")
+    result = train(student, spec.loss_fn, images, config, teacher=teacher, conditions=cond,
+                   checkpoint_dir=ckpt_dir, desc=f"{run['run']}")
     model = result.ema_model if result.ema_model is not None else result.model
     history = {"run": run, "history": result.history, "resumed_from_step": result.resumed_from_step,
-               "checkpoint_dir": str(ckpt_dir)}
+               "checkpoint_dir": str(ckpt_dir), "parameters": trainable_report(student, source_model, run["method"])}
     return model, history
+
+
+def trainable_report(student, source_model, method: str) -> dict[str, Any]:
+    """Trainable parameter counts and shares of the source model's size (the
+    papers' convention), with the attention-block share for attn and a3ft."""
+    counts = parameter_counts(student, base=source_model)
+    if method not in ("attn", "a3ft"):
+        return counts
+    unet = student.unet if isinstance(student, AdaptedUNet) else student
+    n_attn = sum(p.numel() for _, block in attention_blocks(unet) for p in block.parameters())
+    counts["attention_block_parameters"] = n_attn
+    counts["attention_block_share"] = n_attn / counts["base_parameters"] if counts["base_parameters"] else 0.0
+    return counts
+
+
+def embed_conditions(curated: dict, clip, method: dict, dataset: str) -> dict:
+    """ANL's c = phi(x) for every training image, computed once per (images,
+    CLIP weights) and cached on disk (Eq. 7)."""
+    from diffusion_transfer.core.data.curation import cached_embeddings
+
+    m = parse(MethodParams, method, "methods")
+    clip_id = getattr(clip, "weights_label", type(clip).__name__)
+    cache = Path(m.condition.embeddings_cache) / f"{dataset}.npy"
+    emb = cached_embeddings(clip.encode_images, curated["images"].numpy(), cache, key=clip_id)
+    return {"embeddings": torch.from_numpy(emb), "meta": {"clip": clip_id, "n": int(emb.shape[0])}}
+
+
+def sampling_conditions(curated: dict, noise_bank: dict, clip, method: dict, sampling: dict) -> dict:
+    """One condition per noise in the bank: training image i (cycled), masked
+    with a random rectangle of rate delta (ANL section 3.3), through CLIP."""
+    m = parse(MethodParams, method, "methods")
+    p = parse(SamplingParams, sampling, "sampling")
+    n = len(noise_bank["noise"])
+    images = to_tensor(curated["images"].numpy())
+    picked = images[torch.arange(n) % images.shape[0]]
+    gen = torch.Generator().manual_seed(p.seed + 2)
+    masked = masked_images(picked, m.condition.mask_rate, gen)
+    return {"embeddings": image_conditions(clip, masked),
+            "meta": {"mask_rate": m.condition.mask_rate, "n": n, "images": "training images, cycled"}}
 
 
 def create_noise_bank(sampling: dict, source_model) -> dict:
@@ -90,29 +144,81 @@ def create_noise_bank(sampling: dict, source_model) -> dict:
     return {"noise": bank, "meta": {"seed": p.seed, "n": p.n_samples}}
 
 
-def sample(model, noise_bank: dict, sampling: dict, schedule: dict) -> dict:
-    """Generate one image per noise in the bank (same noise for every model)."""
-    p = parse(SamplingParams, sampling, "sampling")
-    sched = make_schedule(**parse(ScheduleParams, schedule, "schedule").model_dump())
-    model.eval()
-    eps_fn = model_eps_fn(model)
-    noise = noise_bank["noise"]
-    out = []
-    gen = torch.Generator().manual_seed(p.seed + 1)
+def _generate(model, noise: torch.Tensor, p: SamplingParams, sched, conditions: torch.Tensor | None) -> torch.Tensor:
     from tqdm.auto import tqdm
 
+    model.eval()
+    eps_fn = model_eps_fn(model)
+    out = []
+    gen = torch.Generator().manual_seed(p.seed + 1)
     with tqdm(total=len(noise), desc=f"sampling ({p.sampler}, {p.steps} steps)", unit="img") as bar:
         for i in range(0, len(noise), p.batch_size):
             x = noise[i : i + p.batch_size]
-            if p.sampler == "ddim":
-                x0 = sample_ddim(eps_fn, x, sched, steps=p.steps, eta=p.eta, generator=gen)
-            else:
-                x0 = sample_ddpm(eps_fn, x, sched, steps=p.steps, generator=gen)
+            ctx = model.conditioned(conditions[i : i + p.batch_size]) if conditions is not None \
+                else contextlib.nullcontext()
+            with ctx:
+                if p.sampler == "ddim":
+                    x0 = sample_ddim(eps_fn, x, sched, steps=p.steps, eta=p.eta, generator=gen)
+                else:
+                    x0 = sample_ddpm(eps_fn, x, sched, steps=p.steps, generator=gen)
             out.append(x0)
             bar.update(len(x))
-    images = torch.cat(out)
-    return {"images": torch.from_numpy(to_uint8(images)), "meta": {"sampler": p.sampler, "steps": p.steps,
-                                                                   "eta": p.eta}}
+    return torch.cat(out)
+
+
+def sample(model, noise_bank: dict, sampling: dict, schedule: dict, conditions: dict | None = None) -> dict:
+    """Generate one image per noise in the bank (same noise for every model);
+    a conditional model (ANL) takes the i-th of ``conditions["embeddings"]``."""
+    p = parse(SamplingParams, sampling, "sampling")
+    sched = make_schedule(**parse(ScheduleParams, schedule, "schedule").model_dump())
+    cond = conditions["embeddings"] if conditions is not None else None
+    if cond is None and isinstance(model, AdaptedUNet) and model.adapter.needs_condition:
+        raise ValueError(f"the {model.kind} model is conditional: sampling needs conditions")
+    images = _generate(model, noise_bank["noise"], p, sched, cond)
+    meta = {"sampler": p.sampler, "steps": p.steps, "eta": p.eta}
+    if conditions is not None:
+        meta["conditions"] = conditions.get("meta", {})
+    return {"images": torch.from_numpy(to_uint8(images)), "meta": meta}
+
+
+def sample_prompts(model, noise_bank: dict, clip, method: dict, sampling: dict, schedule: dict) -> Image.Image:
+    """Text-to-image samples of a conditional model (ANL section 4): each
+    prompt's CLIP text embedding as the condition, one row per prompt, on the
+    first noises of the bank. Without prompts, a one-line note image."""
+    m = parse(MethodParams, method, "methods")
+    p = parse(SamplingParams, sampling, "sampling")
+    sched = make_schedule(**parse(ScheduleParams, schedule, "schedule").model_dump())
+    prompts, k = m.condition.prompts, min(m.condition.n_per_prompt, len(noise_bank["noise"]))
+    if not prompts:
+        return _text_image("no prompts configured (methods.anl.condition.prompts)")
+    rows = []
+    for prompt in prompts:
+        cond = text_conditions(clip, prompt).expand(k, -1)
+        rows.append(to_uint8(_generate(model, noise_bank["noise"][:k], p, sched, cond)))
+    return _labelled_rows(rows, prompts)
+
+
+def _text_image(text: str) -> Image.Image:
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (8 * len(text) + 16, 24), "white")
+    ImageDraw.Draw(img).text((8, 6), text, fill="black")
+    return img
+
+
+def _labelled_rows(rows: list[np.ndarray], labels: list[str], scale: int = 2) -> Image.Image:
+    from PIL import ImageDraw
+
+    n, h, w = rows[0].shape[0], rows[0].shape[1] * scale, rows[0].shape[2] * scale
+    label_w = 8 + 6 * max(len(s) for s in labels)
+    sheet = Image.new("RGB", (label_w + n * (w + 2), len(rows) * (h + 2)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (row, label) in enumerate(zip(rows, labels)):
+        y = r * (h + 2)
+        draw.text((4, y + h // 2 - 5), label, fill="black")
+        for i, img in enumerate(row):
+            sheet.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (label_w + i * (w + 2), y))
+    return sheet
 
 
 def create_source_pipeline() -> Pipeline:
@@ -127,15 +233,35 @@ def create_source_pipeline() -> Pipeline:
     )
 
 
+CONDITIONAL_METHODS = ("anl",)
+
+
 def create_method_pipeline(method: str, dataset: str) -> Pipeline:
-    template = Pipeline(
-        [
-            node(finetune,
-                 ["source_model", "curated", "params:method", "params:dataset", "params:train", "params:schedule",
-                  "params:paths.checkpoints"],
-                 ["finetuned_model", "training_history"], name="finetune", tags=["train"]),
+    train_inputs = ["source_model", "curated", "params:method", "params:dataset", "params:train", "params:schedule",
+                    "params:paths.checkpoints"]
+    if method in CONDITIONAL_METHODS:
+        # ANL: CLIP embeddings of the training images condition training; the
+        # samples condition on masked training images (and text prompts).
+        train_and_sample = [
+            node(embed_conditions, ["curated", "condition_clip", "params:method", "params:dataset_name"],
+                 "training_conditions", name="embed_conditions", tags=["train"]),
+            node(finetune, train_inputs + ["training_conditions"], ["finetuned_model", "training_history"],
+                 name="finetune", tags=["train"]),
+            node(sampling_conditions, ["curated", "noise_bank", "condition_clip", "params:method", "params:sampling"],
+                 "sampling_conditions", name="make_sampling_conditions", tags=["sample"]),
+            node(sample, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule", "sampling_conditions"],
+                 "target_samples", name="sample_finetuned", tags=["sample"]),
+            node(sample_prompts, ["finetuned_model", "noise_bank", "condition_clip", "params:method", "params:sampling",
+                                  "params:schedule"], "prompt_grid", name="sample_prompts", tags=["sample"]),
+        ]
+    else:
+        train_and_sample = [
+            node(finetune, train_inputs, ["finetuned_model", "training_history"], name="finetune", tags=["train"]),
             node(sample, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule"], "target_samples",
                  name="sample_finetuned", tags=["sample"]),
+        ]
+    template = Pipeline(
+        train_and_sample + [
             node(evaluate,
                  ["source_samples", "target_samples", "curated", "reference", "evaluation_clip",
                   "attribute_classifier", "params:evaluation", "params:dataset"],
@@ -146,6 +272,8 @@ def create_method_pipeline(method: str, dataset: str) -> Pipeline:
         ]
     )
     shared = {"source_model", "noise_bank", "source_samples", "evaluation_clip", "attribute_classifier"}
+    if method in CONDITIONAL_METHODS:
+        shared.add("condition_clip")
     return Pipeline(
         template,
         namespace=f"{method}_{dataset}",
@@ -159,5 +287,6 @@ def create_method_pipeline(method: str, dataset: str) -> Pipeline:
             "params:sampling": "params:sampling",
             "params:evaluation": "params:evaluation",
             "params:paths.checkpoints": "params:paths.checkpoints",
+            **({"params:dataset_name": f"params:datasets.{dataset}.name"} if method in CONDITIONAL_METHODS else {}),
         },
     )

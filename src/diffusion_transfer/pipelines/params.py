@@ -65,12 +65,28 @@ class EvaluationParams(_Params):
     cache_dir: str = "data/04_feature/fid_cache"
 
 
+class ConditionParams(_Params):
+    """How a conditional method (ANL) is conditioned when sampling: the noise
+    bank's i-th sample conditions on training image i (cycled) with a random
+    rectangle of side ``mask_rate`` masked (ANL section 3.3; the paper's
+    delta = 0.5); ``prompts`` add text-conditioned samples to the report."""
+
+    mask_rate: float = Field(0.5, ge=0, lt=1)
+    prompts: list[str] = Field(default_factory=list)
+    n_per_prompt: int = Field(8, ge=1)
+    embeddings_cache: str = "data/04_feature/anl_conditions"
+
+
 class MethodParams(_Params):
     """A method's name plus its hyperparameters (validated by the method's own
-    constructor in ``core.methods``)."""
+    constructor in ``core.methods``), training overrides for this method
+    (merged over ``train``, under ``datasets.<name>.train``) and, for ANL, the
+    sampling conditions."""
 
     model_config = ConfigDict(extra="allow")
-    name: Literal["scratch", "naive", "sdft"]
+    name: Literal["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond"]
+    train: dict[str, Any] = Field(default_factory=dict)
+    condition: ConditionParams = Field(default_factory=ConditionParams)
 
     def hyperparameters(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

@@ -141,6 +141,19 @@ def _curation_line(summary: dict) -> str:
             f"`{summary.get('criteria')}`. CLIP: {summary.get('clip')}.")
 
 
+def _parameter_lines(history: dict) -> list[str]:
+    c = history.get("parameters")
+    if not c:
+        return []
+    line = (f"Trainable parameters: {c['trainable_parameters']:,} = {100 * c['trainable_share']:.2f}% of the "
+            f"source model's {c['base_parameters']:,}")
+    if "added_parameters" in c:
+        line += f"; added modules: {c['added_parameters']:,} ({100 * c['added_share']:.2f}%)"
+    if c.get("attention_block_parameters"):
+        line += f"; attention blocks: {c['attention_block_parameters']:,} ({100 * c['attention_block_share']:.2f}%)"
+    return [line + "."]
+
+
 def build_report(metrics: dict, history: dict, curation_summary: dict, source_samples: dict,
                  target_samples: dict) -> tuple[str, Image.Image, plt.Figure]:
     run = history["run"]
@@ -179,7 +192,8 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
               "![source vs fine-tuned](samples_src_vs_trg.png)", "", "## Training", "",
               f"Hyperparameters: `{run['hyperparameters']}`; steps {run['train']['steps']}, "
               f"batch {run['train']['batch_size']}, lr {run['train']['lr']}, EMA {run['train']['ema_decay']}.",
-              f"Resumed from step: {history.get('resumed_from_step')}.", "", "![loss curves](loss_curve.png)", "",
+              f"Resumed from step: {history.get('resumed_from_step')}.", *_parameter_lines(history), "",
+              "![loss curves](loss_curve.png)", "",
               "## Curation", "",
               _curation_line(curation_summary), "",
               "![curation contact sheet](../curate_" + str(run["dataset"]) + "/contact_sheet.png)", "",

@@ -44,13 +44,27 @@ WEIGHTINGS = ("constant", "p2", "min_snr")
 @dataclass(frozen=True)
 class Method:
     """A built method: the loss, whether it needs the frozen source model as
-    ``teacher``, and how the student is initialised (``"source"`` weights or
-    ``"random"``)."""
+    ``teacher``, how the student is initialised (``"source"`` weights or
+    ``"random"``), and, for parameter-efficient methods, ``prepare``: it takes
+    the student UNet (and, for conditional methods, the condition size) and
+    returns the model to train, with frozen parameters set to
+    ``requires_grad=False`` and any added modules attached. ``conditional``
+    methods (ANL) train and sample with a CLIP embedding per image."""
 
     name: str
     loss_fn: LossFn
     needs_teacher: bool
     init: Literal["source", "random"]
+    prepare: Callable[..., torch.nn.Module] | None = None
+    conditional: bool = False
+
+    def build_student(self, unet: torch.nn.Module, condition_dim: int | None = None) -> torch.nn.Module:
+        """The model to train, from a fresh copy of the source (or random) UNet."""
+        if self.conditional and condition_dim is None:
+            raise ValueError(f"method {self.name!r} is conditional: pass condition_dim (the CLIP embedding size)")
+        if self.prepare is None:
+            return unet
+        return self.prepare(unet, condition_dim) if self.conditional else self.prepare(unet)
 
 
 # --- shared helpers ----------------------------------------------------------
@@ -142,10 +156,59 @@ def _build_sdft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
     return Method("sdft", SDFTLoss.from_params(schedule, params), needs_teacher=True, init="source")
 
 
+def _pop_keys(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: params.pop(k) for k in keys if k in params}
+
+
+def _build_attn(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .a3ft import prepare_attn
+    from .naive import DenoisingLoss
+
+    return Method("attn", DenoisingLoss(schedule, **params), needs_teacher=False, init="source", prepare=prepare_attn)
+
+
+def _build_a3ft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .a3ft import prepare_a3ft
+    from .naive import DenoisingLoss
+
+    adapter = _pop_keys(params, ("scaling_hidden",))
+    hidden = adapter.get("scaling_hidden", 64)
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"scaling_hidden must be a positive int, got {hidden!r}")
+    loss = DenoisingLoss(schedule, **params)
+    return Method("a3ft", loss, needs_teacher=False, init="source", prepare=lambda unet: prepare_a3ft(unet, **adapter))
+
+
+def _build_anl(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .anl import prepare_anl
+    from .naive import DenoisingLoss
+
+    adapter = _pop_keys(params, ("hidden_mult",))
+    check_float("hidden_mult", adapter.get("hidden_mult", 1.0), minimum=1e-6)
+    loss = DenoisingLoss(schedule, **params)
+    return Method("anl", loss, needs_teacher=False, init="source", conditional=True,
+                  prepare=lambda unet, dim: prepare_anl(unet, dim, **adapter))
+
+
+def _build_anl_uncond(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .anl import prepare_anl
+    from .naive import DenoisingLoss
+
+    adapter = _pop_keys(params, ("hidden_mult",))
+    check_float("hidden_mult", adapter.get("hidden_mult", 1.0), minimum=1e-6)
+    loss = DenoisingLoss(schedule, **params)
+    return Method("anl_uncond", loss, needs_teacher=False, init="source",
+                  prepare=lambda unet: prepare_anl(unet, None, **adapter))
+
+
 _REGISTRY: dict[str, Callable[[dict[str, Any], NoiseSchedule], Method]] = {
     "scratch": _build_scratch,
     "naive": _build_naive,
     "sdft": _build_sdft,
+    "attn": _build_attn,
+    "a3ft": _build_a3ft,
+    "anl": _build_anl,
+    "anl_uncond": _build_anl_uncond,
 }
 
 

@@ -5,8 +5,13 @@ architecture, random init).
     L_diff = E_{x0, t ~ U{0..T-1}, eps ~ N(0, I)} [ w(t) * mean_pixels (eps - eps_theta(x_t, t))^2 ]
 
 with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps and w(t) = 1 ("constant",
-the default) or a P2 / Min-SNR weighting. For a learned-variance model only the
-eps half of the output is trained here.
+the default) or a P2 / Min-SNR weighting. For a learned-variance model
+(6 output channels) the hybrid loss of improved DDPM is used,
+L_simple + vlb_weight * L_vlb (see ``vlb.py``): L_vlb trains the variance half.
+
+``attn``, ``a3ft``, ``anl`` and ``anl_uncond`` train with this same loss on
+their adapted models; for ANL each image comes with its CLIP embedding as
+``condition`` (Eq. 7/10).
 """
 
 from __future__ import annotations
@@ -15,15 +20,17 @@ from typing import Any
 
 import torch
 
-from ..models.unet import predict_eps
+from ..models.unet import model_output
 from ..schedule import NoiseSchedule
 from .base import WEIGHTINGS, check_choice, check_float, per_sample_mse, randn, sample_timesteps, timestep_weight
+from .vlb import VLB_WEIGHT, variance_vlb
 
 __all__ = ["DenoisingLoss"]
 
 
 class DenoisingLoss:
-    """eps-prediction MSE. Returns ``{"loss", "diffusion"}``."""
+    """eps-prediction MSE. Returns ``{"loss", "diffusion"}`` (plus ``"vlb"``
+    for a learned-variance model)."""
 
     def __init__(
         self,
@@ -32,8 +39,10 @@ class DenoisingLoss:
         gamma: float = 1.0,
         k: float = 1.0,
         min_snr_gamma: float = 5.0,
+        vlb_weight: float = VLB_WEIGHT,
     ) -> None:
         self.schedule = schedule
+        self.vlb_weight = check_float("vlb_weight", vlb_weight)
         self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
         self.gamma = check_float("gamma", gamma)
         self.k = check_float("k", k)
@@ -50,18 +59,26 @@ class DenoisingLoss:
         images: torch.Tensor,
         teacher: torch.nn.Module | None = None,
         generator: torch.Generator | None = None,
+        condition: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        b = images.shape[0]
+        b, c = images.shape[:2]
         t = sample_timesteps(b, self.schedule.num_timesteps, images, generator)
         noise = randn(tuple(images.shape), images, generator)
         x_t = self.schedule.q_sample(images, t, noise)
-        eps = predict_eps(student, x_t, t)
+        out = model_output(student, x_t, t, condition)
+        eps = out[:, :c]
         loss = (self.weight(t) * per_sample_mse(eps, noise)).mean()
-        return {"loss": loss, "diffusion": loss.detach()}
+        terms = {"diffusion": loss.detach()}
+        if out.shape[1] == 2 * c:  # learned variance: hybrid loss
+            vlb = variance_vlb(self.schedule, images, x_t, t, eps, out[:, c:]).mean()
+            loss = loss + self.vlb_weight * vlb
+            terms["vlb"] = vlb.detach()
+        return {"loss": loss, **terms}
 
     def __repr__(self) -> str:
         return f"DenoisingLoss(weighting={self.weighting!r}, gamma={self.gamma}, k={self.k})"
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"weighting": self.weighting, "gamma": self.gamma, "k": self.k, "min_snr_gamma": self.min_snr_gamma}
+        return {"weighting": self.weighting, "gamma": self.gamma, "k": self.k, "min_snr_gamma": self.min_snr_gamma,
+                "vlb_weight": self.vlb_weight}

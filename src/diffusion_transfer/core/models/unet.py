@@ -7,6 +7,9 @@ its noise prediction.
   allows, a Hugging Face hub id. Offline (``HF_HUB_OFFLINE=1``) or with the hub
   unreachable it fails fast with :class:`ModelLoadError` naming the path/id and
   how to provide the weights.
+An :class:`~.adapted.AdaptedUNet` (a UNet plus A3FT / ANL modules) saves and
+loads through the same two functions, as ``unet/`` plus its added modules.
+
 * :func:`save_unet` -- ``save_pretrained`` (safetensors) into a temporary
   sibling folder, then an atomic swap into place: a crash never leaves a
   half-written model folder behind.
@@ -27,11 +30,14 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
+from .adapted import AdaptedUNet, is_adapted_folder, load_adapted, save_adapted
+
 __all__ = [
     "ModelLoadError",
     "build_unet",
     "learns_variance",
     "load_unet",
+    "model_output",
     "predict_eps",
     "save_unet",
 ]
@@ -121,6 +127,13 @@ def load_unet(source: str | os.PathLike[str]) -> UNet2DModel:
     """
     text = str(source)
     path = Path(text).expanduser()
+    if path.is_dir() and is_adapted_folder(path):  # base UNet + added modules (a3ft, anl)
+        try:
+            return load_adapted(path, _load_folder)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"could not load the adapted model from {text!r}: {exc}") from exc
     if path.is_dir():
         return _load_folder(path)
     if path.exists():
@@ -149,13 +162,17 @@ def save_unet(model: torch.nn.Module, folder: str | os.PathLike[str]) -> Path:
     ``folder`` with renames, so readers see either the old or the new model.
     """
     model = _unwrap(model)
-    if not hasattr(model, "save_pretrained"):
-        raise TypeError(f"save_unet needs a diffusers model, got {type(model).__name__}")
+    adapted = isinstance(model, AdaptedUNet)
+    if not adapted and not hasattr(model, "save_pretrained"):
+        raise TypeError(f"save_unet needs a diffusers model or an AdaptedUNet, got {type(model).__name__}")
     target = Path(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        if adapted:
+            save_adapted(model, tmp)
+        else:
+            model.save_pretrained(str(tmp), safe_serialization=True)
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
@@ -179,14 +196,24 @@ def learns_variance(model: torch.nn.Module) -> bool:
     return out_ch == 2 * in_ch
 
 
-def predict_eps(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def model_output(
+    model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The raw output tensor of ``model(x_t, t)`` (all channels); a
+    ``condition`` (e.g. ANL's CLIP embeddings) is passed as ``condition=``."""
+    out = model(x_t, t) if condition is None else model(x_t, t, condition=condition)
+    return out.sample if hasattr(out, "sample") else out
+
+
+def predict_eps(
+    model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None
+) -> torch.Tensor:
     """The noise prediction eps(x_t, t) of ``model``; (B, C, H, W) like ``x_t``.
 
     ``t`` is an integer tensor of shape (B,) (or a scalar). For a
     learned-variance model (2C output channels) the eps half is returned.
     """
-    out = model(x_t, t)
-    out = out.sample if hasattr(out, "sample") else out
+    out = model_output(model, x_t, t, condition)
     c = x_t.shape[1]
     if out.shape[1] == 2 * c:
         out = out[:, :c]

@@ -184,7 +184,9 @@ def _make_accelerator(config: TrainConfig):
         return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
 
 
-def _sample_batch(images: torch.Tensor, batch_size: int, gen: torch.Generator, hflip: bool) -> torch.Tensor:
+def _sample_batch(
+    images: torch.Tensor, batch_size: int, gen: torch.Generator, hflip: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     n = images.shape[0]
     if n >= batch_size:
         idx = torch.randperm(n, generator=gen)[:batch_size]
@@ -194,7 +196,7 @@ def _sample_batch(images: torch.Tensor, batch_size: int, gen: torch.Generator, h
     if hflip:
         flip = (torch.rand(batch_size, generator=gen) < 0.5).to(batch.device).view(-1, 1, 1, 1)
         batch = torch.where(flip, batch.flip(-1), batch)
-    return batch
+    return batch, idx
 
 
 def _fmt(v: float) -> str:
@@ -212,6 +214,7 @@ def train(
     *,
     teacher: torch.nn.Module | None = None,
     trainable_parameters: Iterable[torch.nn.Parameter] | None = None,
+    conditions: torch.Tensor | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     desc: str = "train",
@@ -220,7 +223,9 @@ def train(
     """Train ``model`` with ``loss_fn`` on ``images`` (N, 3, H, W) in [-1, 1].
 
     ``trainable_parameters`` defaults to every parameter of ``model`` that
-    requires grad (freeze the rest beforehand). The ``teacher``, if given, is
+    requires grad (freeze the rest beforehand). ``conditions`` (N, ...), one
+    per image, are handed to the loss as ``condition=`` for the minibatch
+    (ANL's CLIP embeddings; the embedding of the unflipped image under hflip). The ``teacher``, if given, is
     moved to the device, put in eval mode and frozen. With ``checkpoint_dir``
     the run checkpoints every ``config.checkpoint_every`` steps and at the end,
     and resumes from the latest checkpoint found there. ``on_log(record)`` is
@@ -234,6 +239,9 @@ def train(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig or dict, got {type(config).__name__}")
     _check_images(images, config.batch_size)
+    if conditions is not None and (not isinstance(conditions, torch.Tensor) or conditions.shape[0] != images.shape[0]):
+        got = tuple(conditions.shape) if isinstance(conditions, torch.Tensor) else type(conditions).__name__
+        raise ValueError(f"conditions must be a tensor with one row per image ({images.shape[0]}), got {got}")
 
     accelerator = _make_accelerator(config)
     device = accelerator.device
@@ -365,8 +373,13 @@ def train(
     try:
         for step in range(start, config.steps):
             done = step + 1
-            batch = _sample_batch(images, config.batch_size, batch_gen, config.hflip).to(device)
-            terms = loss_fn(model, batch, teacher=teacher, generator=loss_gen)
+            batch, idx = _sample_batch(images, config.batch_size, batch_gen, config.hflip)
+            batch = batch.to(device)
+            if conditions is None:
+                terms = loss_fn(model, batch, teacher=teacher, generator=loss_gen)
+            else:  # e.g. ANL: each image with its own CLIP embedding
+                terms = loss_fn(model, batch, teacher=teacher, generator=loss_gen,
+                                condition=conditions[idx].to(device))
             if "loss" not in terms:
                 raise KeyError("loss_fn must return a dict with key 'loss'")
             names = list(terms)
