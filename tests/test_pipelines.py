@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+ALL_METHODS = ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond"]
 
 
 def test_registry_lists_every_method_and_dataset():
@@ -19,17 +20,20 @@ def test_registry_lists_every_method_and_dataset():
     pipes = register_pipelines()
     for name in ["world", "curate_aahq", "curate_metfaces", "compare_aahq", "compare_metfaces", "__default__"]:
         assert name in pipes
-    for method in ["scratch", "naive", "sdft"]:
+    for method in ALL_METHODS:
         for dataset in ["aahq", "metfaces"]:
             p = pipes[f"{method}_{dataset}"]
             names = {n.name for n in p.nodes}
             assert f"{method}_{dataset}.finetune" in names
             assert f"{method}_{dataset}.report" in names
             assert f"curate_{dataset}" in names
+            # only ANL embeds its training images with CLIP and samples from prompts
+            conditional = {f"{method}_{dataset}.embed_conditions", f"{method}_{dataset}.sample_prompts"}
+            assert (conditional <= names) == (method == "anl")
     assert pipes["__default__"].nodes == pipes["sdft_aahq"].nodes
     for dataset in ["aahq", "metfaces"]:
         names = {n.name for n in pipes[f"compare_{dataset}"].nodes}
-        assert {f"{m}_{dataset}.finetune" for m in ["scratch", "naive", "sdft"]} <= names
+        assert {f"{m}_{dataset}.finetune" for m in ALL_METHODS} <= names
         assert f"compare_{dataset}" in names
 
 
@@ -76,6 +80,9 @@ def test_base_parameters_validate():
         (("methods", "sdft", "lambda_distill"), -1.0, "lambda_distill"),
         (("methods", "sdft", "weighting"), "cubic", "weighting"),
         (("curate", "aahq", "top_n"), None, "threshold"),
+        (("methods", "a3ft", "train", "lr"), -1.0, "train (with methods.a3ft.train and datasets.aahq.train).lr"),
+        (("methods", "anl", "condition", "mask_rate"), 1.5, "methods.anl.condition.mask_rate"),
+        (("methods", "a3ft", "scaling_hidden"), 0, "scaling_hidden"),
     ],
 )
 def test_invalid_parameters_are_rejected_naming_the_parameter(path, value, expected):
@@ -215,8 +222,10 @@ def test_kedro_viz_build_shows_the_data_layers(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_compare_metfaces_smoke_runs_every_method(tmp_path):
-    """compare_metfaces in smoke: glasses removal, scratch/naive/sdft, one table."""
+    """compare_metfaces in smoke: glasses removal, all seven methods, one table;
+    adapted models saved as base + modules, ANL's conditions and prompt grid."""
     proj = _scratch_project(tmp_path)
     _run(proj, "smoke", "compare_metfaces")
     reporting = proj / "data" / "08_reporting"
@@ -225,11 +234,25 @@ def test_compare_metfaces_smoke_runs_every_method(tmp_path):
     curated = summary["counts"]["kept"]
     assert 0 < curated < summary["counts"]["valid"]
     table = json.loads((reporting / "compare_metfaces" / "comparison.json").read_text())
-    assert list(table["rows"]) == ["source (pretrained)", "scratch", "naive", "sdft"]
+    assert list(table["rows"]) == ["source (pretrained)"] + ALL_METHODS
     assert "glasses" in table["absent_values"]["eyewear"]
-    for method in ("scratch", "naive", "sdft"):
+    for method in ALL_METHODS:
         assert (reporting / f"{method}_metfaces" / "report.md").exists()
     assert "| sdft |" in (reporting / "compare_metfaces" / "comparison.md").read_text()
+    models = proj / "data" / "06_models"
+    for method in ("a3ft", "anl", "anl_uncond"):
+        assert json.loads((models / f"{method}_metfaces" / "model" / "adapter.json").read_text())["kind"] == method
+        assert (models / f"{method}_metfaces" / "model" / "unet" / "config.json").exists()
+    assert (models / "attn_metfaces" / "model" / "config.json").exists()  # attn: a plain UNet
+    a3ft = json.loads((reporting / "a3ft_metfaces" / "training_history.json").read_text())["parameters"]
+    assert 0 < a3ft["added_parameters"] < a3ft["trainable_parameters"] < a3ft["base_parameters"]
+    assert "Trainable parameters:" in (reporting / "a3ft_metfaces" / "report.md").read_text()
+    anl = json.loads((reporting / "anl_metfaces" / "training_history.json").read_text())
+    assert anl["parameters"]["trainable_parameters"] == anl["parameters"]["added_parameters"]  # UNet frozen
+    assert (reporting / "anl_metfaces" / "samples_text_prompts.png").stat().st_size > 0
+    cond = proj / "data" / "05_model_input" / "anl_metfaces" / "sampling_conditions.safetensors"
+    assert cond.exists()
+    assert (proj / "data" / "04_feature" / "anl_conditions" / "metfaces.npy").exists()  # cached embeddings
 
 
 def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp_path):
@@ -255,6 +278,9 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
             assert params["curate"]["aahq"]["resolution"] == 256
             assert params["sampling"]["steps"] == 40 and params["train"]["steps"] == 80000
             assert params["evaluation"]["max_reference_images"] is None  # the papers' full reference set
+            assert params["methods"]["a3ft"]["train"]["lr"] == 0.0002  # A3FT appendix C.2
+            assert params["methods"]["anl"]["condition"]["mask_rate"] == 0.5  # ANL section 4
+            assert set(params["methods"]) == set(ALL_METHODS)
             with pytest.raises(DatasetError, match="ffhq_p2_diffusers"):
                 context.catalog.load("source_model")
             with pytest.raises(DatasetError, match="AAHQ"):

@@ -111,14 +111,15 @@ def trainable_report(student, source_model, method: str) -> dict[str, Any]:
     return counts
 
 
-def embed_conditions(curated: dict, clip, method: dict, dataset: str) -> dict:
+def embed_conditions(curated: dict, clip, method: dict, dataset: dict) -> dict:
     """ANL's c = phi(x) for every training image, computed once per (images,
     CLIP weights) and cached on disk (Eq. 7)."""
     from diffusion_transfer.core.data.curation import cached_embeddings
 
     m = parse(MethodParams, method, "methods")
+    name = parse(DatasetParams, dataset, "datasets").name
     clip_id = getattr(clip, "weights_label", type(clip).__name__)
-    cache = Path(m.condition.embeddings_cache) / f"{dataset}.npy"
+    cache = Path(m.condition.embeddings_cache) / f"{name}.npy"
     emb = cached_embeddings(clip.encode_images, curated["images"].numpy(), cache, key=clip_id)
     return {"embeddings": torch.from_numpy(emb), "meta": {"clip": clip_id, "n": int(emb.shape[0])}}
 
@@ -243,7 +244,7 @@ def create_method_pipeline(method: str, dataset: str) -> Pipeline:
         # ANL: CLIP embeddings of the training images condition training; the
         # samples condition on masked training images (and text prompts).
         train_and_sample = [
-            node(embed_conditions, ["curated", "condition_clip", "params:method", "params:dataset_name"],
+            node(embed_conditions, ["curated", "condition_clip", "params:method", "params:dataset"],
                  "training_conditions", name="embed_conditions", tags=["train"]),
             node(finetune, train_inputs + ["training_conditions"], ["finetuned_model", "training_history"],
                  name="finetune", tags=["train"]),
@@ -287,6 +288,5 @@ def create_method_pipeline(method: str, dataset: str) -> Pipeline:
             "params:sampling": "params:sampling",
             "params:evaluation": "params:evaluation",
             "params:paths.checkpoints": "params:paths.checkpoints",
-            **({"params:dataset_name": f"params:datasets.{dataset}.name"} if method in CONDITIONAL_METHODS else {}),
         },
     )

@@ -8,12 +8,13 @@ output h_i (B, C_i, H, W), seen as N = H*W tokens:
     h_i <- h_i + ANL(h_i, c)
 
 with c = phi(x) the frozen CLIP image embedding of the condition image
-(L2-normalised, one token), single-head softmax(QK^T / sqrt(d_k)) V, and f =
-Linear -> GELU -> Linear whose output layer starts at zero, so that the
-adapted model computes exactly the source model at initialisation. Only the
-ANL modules train (Eq. 10); the UNet and CLIP stay frozen. With one pooled
-embedding per image the softmax runs over a single key, so every position
-receives f(W_V c): a learned, condition-dependent correction per block.
+(L2-normalised; one token by default, or M tokens), single-head
+softmax(QK^T / sqrt(d_k)) V, and f = Linear -> GELU -> Linear whose output
+layer starts at zero, so that the adapted model computes exactly the source
+model at initialisation. Only the ANL modules train (Eq. 10); the UNet and CLIP
+stay frozen. With one pooled embedding per image the softmax runs over a
+single key, so every position receives f(W_V c): a learned,
+condition-dependent correction per block (see :class:`ANLModule`).
 
 ``anl_uncond`` (section 3.3, "unconditional generation"): the same module with
 self-attention (Q, K, V all from LayerNorm(h_i)) and no CLIP.
@@ -54,17 +55,29 @@ def residual_blocks(unet: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 class ANLModule(nn.Module):
-    """Attention (cross to the condition, or self) then Linear-GELU-Linear."""
+    """Attention (cross to the condition tokens, or self) then
+    Linear-GELU-Linear, added to the block's output.
 
-    def __init__(self, width: int, condition_dim: int | None, dim: int | None = None, hidden: int | None = None):
+    With a single condition token (a pooled CLIP embedding, the default) the
+    softmax runs over one key and is identically 1, so Eq. 8 reduces exactly
+    to V = W_V c at every position; W_Q (and the query's LayerNorm) would
+    never receive a gradient and are not created."""
+
+    def __init__(self, width: int, condition_dim: int | None, condition_tokens: int = 1,
+                 dim: int | None = None, hidden: int | None = None):
         super().__init__()
         dim = dim or width
         hidden = hidden or width
         self.conditional = condition_dim is not None
-        self.norm = nn.LayerNorm(width)
-        self.to_q = nn.Linear(width, dim, bias=False)
+        self.uses_query = not self.conditional or condition_tokens > 1
+        if self.uses_query:
+            self.norm = nn.LayerNorm(width)
+            self.to_q = nn.Linear(width, dim, bias=False)
         kv_in = condition_dim if self.conditional else width
-        self.to_k = nn.Linear(kv_in, dim, bias=False)
+        if self.conditional:
+            self.to_k = nn.Linear(kv_in, dim, bias=False) if self.uses_query else None
+        else:
+            self.to_k = nn.Linear(kv_in, dim, bias=False)
         self.to_v = nn.Linear(kv_in, dim, bias=False)
         self.nonlinear = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, width))
         nn.init.zeros_(self.nonlinear[2].weight)
@@ -72,23 +85,32 @@ class ANLModule(nn.Module):
 
     def forward(self, h: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         b, c, hh, ww = h.shape
-        tokens = self.norm(h.flatten(2).transpose(1, 2))  # (B, N, C)
-        q = self.to_q(tokens)
-        context = condition[:, None, :].to(h.dtype) if self.conditional else tokens  # (B, M, d_c) or (B, N, C)
-        k, v = self.to_k(context), self.to_v(context)
-        attn = F.scaled_dot_product_attention(q, k, v)  # softmax(QK^T / sqrt(d_k)) V, one head
-        out = self.nonlinear(attn)  # (B, N, C)
-        return h + out.transpose(1, 2).reshape(b, c, hh, ww)
+        if self.conditional:
+            context = condition.to(h.dtype)
+            context = context[:, None, :] if context.ndim == 2 else context  # (B, M, d_c)
+        if self.uses_query:
+            tokens = self.norm(h.flatten(2).transpose(1, 2))  # (B, N, C)
+            context = tokens if not self.conditional else context
+            q, k, v = self.to_q(tokens), self.to_k(context), self.to_v(context)
+            attn = F.scaled_dot_product_attention(q, k, v)  # softmax(QK^T / sqrt(d_k)) V, one head
+            out = self.nonlinear(attn)  # (B, N, C)
+            return h + out.transpose(1, 2).reshape(b, c, hh, ww)
+        out = self.nonlinear(self.to_v(context[:, 0]))  # one key: attention == V, the same at every position
+        return h + out[:, :, None, None]
 
 
 class ANLAdapter(Adapter):
     """One ANL module after every residual block. ``condition_dim`` None is
     the unconditional variant (self-attention)."""
 
-    def __init__(self, unet: nn.Module, condition_dim: int | None = None, hidden_mult: float = 1.0) -> None:
-        super().__init__({"condition_dim": condition_dim, "hidden_mult": float(hidden_mult)})
+    def __init__(self, unet: nn.Module, condition_dim: int | None = None, hidden_mult: float = 1.0,
+                 condition_tokens: int = 1) -> None:
+        super().__init__({"condition_dim": condition_dim, "hidden_mult": float(hidden_mult),
+                          "condition_tokens": int(condition_tokens)})
         if condition_dim is not None and (not isinstance(condition_dim, int) or condition_dim < 1):
             raise ValueError(f"condition_dim must be a positive int or null, got {condition_dim!r}")
+        if condition_tokens < 1:
+            raise ValueError(f"condition_tokens must be >= 1, got {condition_tokens}")
         if hidden_mult <= 0:
             raise ValueError(f"hidden_mult must be > 0, got {hidden_mult}")
         blocks = residual_blocks(unet)
@@ -97,7 +119,8 @@ class ANLAdapter(Adapter):
         self.needs_condition = condition_dim is not None
         self.modules_ = nn.ModuleList(
             [
-                ANLModule(b.out_channels, condition_dim, hidden=max(1, int(round(b.out_channels * hidden_mult))))
+                ANLModule(b.out_channels, condition_dim, condition_tokens,
+                          hidden=max(1, int(round(b.out_channels * hidden_mult))))
                 for _, b in blocks
             ]
         )
@@ -114,10 +137,13 @@ class ANLAdapter(Adapter):
 
     def begin(self, condition: torch.Tensor | None, batch: int) -> None:
         super().begin(condition, batch)
-        if condition is not None and (condition.ndim != 2 or condition.shape[1] != self.config["condition_dim"]):
-            raise ValueError(
-                f"ANL condition must have shape (B, {self.config['condition_dim']}), got {tuple(condition.shape)}"
-            )
+        if condition is not None:
+            d, m = self.config["condition_dim"], self.config["condition_tokens"]
+            ok = (condition.ndim == 2 and m == 1 and condition.shape[1] == d) or (
+                condition.ndim == 3 and condition.shape[1:] == (m, d))
+            if not ok:
+                want = f"(B, {d})" if m == 1 else f"(B, {m}, {d})"
+                raise ValueError(f"ANL condition must have shape {want}, got {tuple(condition.shape)}")
         self.condition = condition
 
     def end(self) -> None:
