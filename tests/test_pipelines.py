@@ -49,11 +49,13 @@ def _metrics(fid: float, kept: float) -> dict:
 def test_compare_runs_tabulates_every_method_and_the_source_once():
     from diffusion_transfer.pipelines.compare import compare_runs
 
-    table, report = compare_runs("aahq", naive=_metrics(3.0, 0.25), sdft=_metrics(4.0, 0.75))
+    table, report = compare_runs("aahq", naive=_metrics(3.0, 0.25), sdft=_metrics(4.0, 0.75),
+                                 history_sdft={"parameters": {"trainable_share": 0.25}})
     assert list(table["rows"]) == ["source (pretrained)", "naive", "sdft"]
     assert table["rows"]["source (pretrained)"]["fid"] == 9.0
     assert table["rows"]["sdft"]["kept_absent_mean"] == 0.75
     assert "| naive | 3.00 |" in report and "| sdft | 4.00 |" in report
+    assert table["rows"]["sdft"]["trainable_percent"] == 25.0 and table["rows"]["naive"]["trainable_percent"] is None
     assert "eyewear: glasses" in report
     with pytest.raises(ValueError, match="at least one"):
         compare_runs("aahq")

@@ -21,7 +21,9 @@ _COLUMNS = (
     ("retention (mean)", "retention_mean", 3),
     ("kept absent values (mean)", "kept_absent_mean", 3),
     ("absent-value rate", "coverage_rate", 3),
+    ("trainable params (% of source)", "trainable_percent", 2),
 )
+_HISTORY = "history_"
 
 
 def _row(model: dict[str, Any]) -> dict[str, Any]:
@@ -38,13 +40,19 @@ def _row(model: dict[str, Any]) -> dict[str, Any]:
 
 def compare_runs(dataset: str, **metrics_by_method: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """One row per method plus the source model (the same for every run: one
-    noise bank, one set of source samples)."""
+    noise bank, one set of source samples). Keyword ``<method>`` is that run's
+    metrics; ``history_<method>`` (optional) its training history, for the
+    trainable-parameter share."""
+    histories = {k[len(_HISTORY):]: v for k, v in metrics_by_method.items() if k.startswith(_HISTORY)}
+    metrics_by_method = {k: v for k, v in metrics_by_method.items() if not k.startswith(_HISTORY)}
     if not metrics_by_method:
         raise ValueError("compare_runs needs the metrics of at least one method")
     first = next(iter(metrics_by_method.values()))
-    rows = {"source (pretrained)": _row(first["models"]["source"])}
+    rows = {"source (pretrained)": {**_row(first["models"]["source"]), "trainable_percent": None}}
     for method, metrics in metrics_by_method.items():
         rows[method] = _row(metrics["models"]["finetuned"])
+        share = (histories.get(method) or {}).get("parameters", {}).get("trainable_share")
+        rows[method]["trainable_percent"] = 100 * share if share is not None else None
     absent = first.get("training_set_attributes", {}).get("absent_values", {})
     lines = [f"# Comparison on {dataset}", "",
              f"{first['n_samples']} samples per model from one noise bank; FID/KID against the "
@@ -67,7 +75,8 @@ def create_compare_node_pipeline(dataset: str, methods: tuple[str, ...]) -> Pipe
         [
             node(
                 bind(compare_runs, dataset=dataset),
-                inputs={m: f"{m}_{dataset}.metrics" for m in methods},
+                inputs={**{m: f"{m}_{dataset}.metrics" for m in methods},
+                        **{f"{_HISTORY}{m}": f"{m}_{dataset}.training_history" for m in methods}},
                 outputs=[f"{dataset}_comparison", f"{dataset}_comparison_report"],
                 name=f"compare_{dataset}",
                 tags=["report"],
