@@ -437,3 +437,36 @@ def test_denoising_loss_uses_the_hybrid_loss_for_learned_variance():
     assert torch.allclose(terms6["loss"].detach(), terms6["diffusion"] + 0.001 * terms6["vlb"])
     terms3 = loss(tiny_unet(3).train(), images, generator=torch.Generator().manual_seed(0))
     assert set(terms3) == {"loss", "diffusion"}
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["a3ft", "anl"])
+def test_an_interrupted_adapted_run_resumes_to_the_uninterrupted_result(tmp_path, method):
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    conditions = torch.randn(6, 5, generator=torch.Generator().manual_seed(1)) if method == "anl" else None
+    cfg = dict(steps=6, batch_size=3, lr=1e-2, ema_decay=0.9, checkpoint_every=2, log_every=1, seed=0)
+
+    def fresh():
+        torch.manual_seed(0)
+        return prepare_a3ft(tiny_unet()) if method == "a3ft" else prepare_anl(tiny_unet(), 5)
+
+    def run(ckpt, on_log=None):
+        return train(fresh(), DenoisingLoss(SCHED), images, cfg, conditions=conditions, checkpoint_dir=ckpt,
+                     progress=False, on_log=on_log)
+
+    full = run(tmp_path / "full")
+
+    def interrupt(record):
+        if record["step"] == 5:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run(tmp_path / "cut", interrupt)
+    resumed = run(tmp_path / "cut")
+    assert resumed.resumed_from_step == 4
+    for (k, v), w in zip(full.ema_model.state_dict().items(), resumed.ema_model.state_dict().values()):
+        torch.testing.assert_close(v, w, rtol=1e-6, atol=1e-7, msg=k)
+    assert any(k.startswith("adapter.") for k in full.ema_model.state_dict())
