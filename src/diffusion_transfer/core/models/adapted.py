@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from abc import ABCMeta, abstractmethod
 import os
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def register_adapter(cls: type["Adapter"], kinds: tuple[str, ...] | None = None)
     return cls
 
 
-class Adapter(nn.Module):
+class Adapter(nn.Module, metaclass=ABCMeta):
     """Modules added to a UNet. Subclasses set ``kind``, build their modules in
     ``__init__(unet, **config)`` (keeping ``config`` for saving), and hook
     them into the UNet in :meth:`attach`. ``begin``/``end`` bracket one UNet
@@ -66,8 +67,9 @@ class Adapter(nn.Module):
         super().__init__()
         self.config = dict(config)
 
-    def attach(self, unet: nn.Module) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def attach(self, unet: nn.Module) -> None:
+        """Register the hooks that put this adapter's modules into ``unet``."""
 
     def begin(self, condition: torch.Tensor | None, batch: int) -> None:
         if self.needs_condition and condition is None:
