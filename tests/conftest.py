@@ -11,3 +11,15 @@ import torch  # noqa: E402
 
 # Two cores on CI: keep intra-op threads modest so parallel pieces do not thrash.
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is much faster than two on a shared CPU
+    (test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
