@@ -57,6 +57,15 @@ class Method:
     init: Literal["source", "random"]
     prepare: Callable[..., torch.nn.Module] | None = None
     conditional: bool = False
+    needs_classifier: bool = False
+
+    def with_classifier(self, classifier: torch.nn.Module) -> "Method":
+        """This method with the noisy domain classifier bound into its loss (TAN)."""
+        from dataclasses import replace
+
+        if not self.needs_classifier:
+            return self
+        return replace(self, loss_fn=self.loss_fn.with_classifier(classifier))
 
     def build_student(self, unet: torch.nn.Module, condition_dim: int | None = None) -> torch.nn.Module:
         """The model to train, from a fresh copy of the source (or random) UNet."""
@@ -201,6 +210,17 @@ def _build_anl_uncond(params: dict[str, Any], schedule: NoiseSchedule) -> Method
                   prepare=lambda unet: prepare_anl(unet, None, **adapter))
 
 
+def _build_tan(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .tan import TANLoss, prepare_tan
+
+    adapter = _pop_keys(params, ("rank",))
+    rank = adapter.get("rank", 8)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    return Method("tan", TANLoss(schedule, **params), needs_teacher=False, init="source",
+                  prepare=lambda unet: prepare_tan(unet, **adapter), needs_classifier=True)
+
+
 _REGISTRY: dict[str, Callable[[dict[str, Any], NoiseSchedule], Method]] = {
     "scratch": _build_scratch,
     "naive": _build_naive,
@@ -209,6 +229,7 @@ _REGISTRY: dict[str, Callable[[dict[str, Any], NoiseSchedule], Method]] = {
     "a3ft": _build_a3ft,
     "anl": _build_anl,
     "anl_uncond": _build_anl_uncond,
+    "tan": _build_tan,
 }
 
 

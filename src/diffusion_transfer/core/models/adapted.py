@@ -43,7 +43,11 @@ ADAPTER_FILE = "adapter.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 _ADAPTERS: dict[str, type["Adapter"]] = {}
 # Modules that define adapters; imported on demand when a saved model is loaded.
-_ADAPTER_MODULES = ("diffusion_transfer.core.methods.a3ft", "diffusion_transfer.core.methods.anl")
+_ADAPTER_MODULES = (
+    "diffusion_transfer.core.methods.a3ft",
+    "diffusion_transfer.core.methods.anl",
+    "diffusion_transfer.core.methods.tan",
+)
 
 
 def register_adapter(cls: type["Adapter"], kinds: tuple[str, ...] | None = None) -> type["Adapter"]:

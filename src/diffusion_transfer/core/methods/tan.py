@@ -1,0 +1,184 @@
+"""TAN: Transfer learning with Adversarial Noise (similarity-guided training
+and adversarial noise selection, for few-shot targets).
+
+Similarity-guided loss (Eq. 6 / 9), with a fixed noisy domain classifier
+p_phi(y | x_t, t) (y = 1: target):
+
+    L = E || eps* - eps_theta,psi(x_t*, t) - sigmahat_t^2 * gamma * grad_{x_t*} log p_phi(y=T | x_t*, t) ||^2
+    sigmahat_t = (1 - abar_{t-1}) * sqrt(alpha_t / (1 - abar_t))
+
+Adversarial noise selection (Eq. 8): starting from eps^0 ~ N(0, I), J steps of
+
+    eps^{j+1} = Norm(eps^j + omega * grad_{eps^j} || eps^j - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps^j, t) ||^2)
+
+where Norm re-standardises each sample to mean 0 and std 1; the ascent uses
+``torch.autograd.grad`` with respect to the noise only and never updates the
+model. x_t* is built from eps* = eps^J. The guidance term is held fixed during
+the ascent (the paper: "almost unchanged in the process").
+
+Shift adaptors (section 3.3): every residual block l becomes
+x_l = theta_l(x) + psi_l(x) with psi_l a small bottleneck (1x1 conv down to
+``rank`` channels, SiLU, 1x1 conv up, zero-initialised), so training starts at
+the source model; only the adaptors train (about 1-2% of the parameters).
+
+Ablations (Fig. 4): ``adversarial=False`` (similarity-guided only),
+``adversarial=False, gamma=0`` (adaptor only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models.adapted import Adapter, AdaptedUNet, register_adapter
+from ..models.unet import predict_eps
+from ..schedule import NoiseSchedule
+from .anl import residual_blocks
+from .base import check_float, per_sample_mse, randn, sample_timesteps
+
+__all__ = ["ShiftAdaptors", "TANLoss", "adversarial_noise", "prepare_tan", "sigma_hat", "standardise"]
+
+
+def sigma_hat(schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
+    """sigmahat_t = (1 - abar_{t-1}) sqrt(alpha_t / (1 - abar_t)), float32 (B,)."""
+    idx = t.long().cpu()
+    abar = schedule.alphas_cumprod[idx]
+    abar_prev = schedule.alphas_cumprod_prev[idx]
+    alpha = schedule.alphas[idx]
+    return ((1.0 - abar_prev) * torch.sqrt(alpha / (1.0 - abar))).to(torch.float32)
+
+
+def standardise(eps: torch.Tensor) -> torch.Tensor:
+    """Norm(.) of Eq. 8: each sample to mean 0 and standard deviation 1."""
+    flat = eps.flatten(1)
+    flat = (flat - flat.mean(dim=1, keepdim=True)) / flat.std(dim=1, keepdim=True).clamp_min(1e-12)
+    return flat.view_as(eps)
+
+
+def adversarial_noise(
+    model: nn.Module, x0: torch.Tensor, t: torch.Tensor, eps0: torch.Tensor, schedule: NoiseSchedule,
+    steps: int = 10, omega: float = 0.02,
+) -> torch.Tensor:
+    """The "worse-case" noise eps^J of Eq. 8 (detached); the model's
+    parameters receive no gradient."""
+    eps = eps0.detach()
+    for _ in range(steps):
+        with torch.enable_grad():
+            e = eps.clone().requires_grad_(True)
+            x_t = schedule.q_sample(x0.detach(), t, e)
+            err = (e - predict_eps(model, x_t, t)).pow(2).sum()
+            (grad,) = torch.autograd.grad(err, e)
+        eps = standardise(eps + omega * grad)
+    return eps.detach()
+
+
+class TANLoss:
+    """Eq. 9 with adversarial noise. Needs the classifier: build with
+    ``TANLoss(schedule, ...)`` then :meth:`with_classifier`. Returns
+    ``{"loss", "diffusion", "guidance"}``: the loss, the plain eps-MSE on x_t*
+    (for comparison with other methods) and the mean guidance-shift norm."""
+
+    def __init__(self, schedule: NoiseSchedule, gamma: float = 5.0, adversarial: bool = True,
+                 adversarial_steps: int = 10, omega: float = 0.02, target_class: int = 1,
+                 classifier: nn.Module | None = None) -> None:
+        self.schedule = schedule
+        self.gamma = check_float("gamma", gamma)
+        if not isinstance(adversarial, bool):
+            raise ValueError(f"adversarial must be true or false, got {adversarial!r}")
+        self.adversarial = adversarial
+        if isinstance(adversarial_steps, bool) or not isinstance(adversarial_steps, int) or adversarial_steps < 0:
+            raise ValueError(f"adversarial_steps must be an integer >= 0, got {adversarial_steps!r}")
+        self.adversarial_steps = adversarial_steps
+        self.omega = check_float("omega", omega)
+        self.target_class = int(target_class)
+        self.classifier = classifier
+
+    def with_classifier(self, classifier: nn.Module) -> "TANLoss":
+        classifier.eval().requires_grad_(False)
+        return TANLoss(self.schedule, self.gamma, self.adversarial, self.adversarial_steps, self.omega,
+                       self.target_class, classifier)
+
+    def target(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """eps - sigmahat_t^2 gamma grad log p(target | x_t, t): what eps_theta regresses to."""
+        if self.gamma == 0.0:
+            return eps
+        if self.classifier is None:
+            raise ValueError("TAN needs the noisy domain classifier: call with_classifier(...) first")
+        if next(self.classifier.parameters()).device != x_t.device:
+            self.classifier.to(x_t.device)
+        grad = self.classifier.grad_log_prob(x_t, t, self.target_class)
+        shift = (sigma_hat(self.schedule, t) ** 2 * self.gamma).to(x_t.device).view(-1, 1, 1, 1)
+        return eps - shift * grad
+
+    def __call__(self, student: nn.Module, images: torch.Tensor, teacher: nn.Module | None = None,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        b = images.shape[0]
+        t = sample_timesteps(b, self.schedule.num_timesteps, images, generator)
+        eps = randn(tuple(images.shape), images, generator)
+        if self.adversarial and self.adversarial_steps > 0:
+            eps = adversarial_noise(student, images, t, eps, self.schedule, self.adversarial_steps, self.omega)
+        x_t = self.schedule.q_sample(images, t, eps)
+        target = self.target(x_t, t, eps).detach()
+        pred = predict_eps(student, x_t, t)
+        loss = per_sample_mse(pred, target).mean()
+        return {"loss": loss, "diffusion": per_sample_mse(pred, eps).mean().detach(),
+                "guidance": (target - eps).flatten(1).norm(dim=1).mean().detach()}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "adversarial": self.adversarial, "adversarial_steps": self.adversarial_steps,
+                "omega": self.omega, "target_class": self.target_class}
+
+
+class ShiftAdaptor(nn.Module):
+    """psi_l: 1x1 conv (in -> rank) -> SiLU -> 1x1 conv (rank -> out), zero output."""
+
+    def __init__(self, cin: int, cout: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(cin, rank, 1)
+        self.act = nn.SiLU()
+        self.up = nn.Conv2d(rank, cout, 1)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(x)))
+
+
+class _ShiftHook:
+    """Adds psi_l(block input) to block l's output (a plain object so that
+    ``copy.deepcopy`` re-binds it to the copied adaptor)."""
+
+    def __init__(self, adaptor: ShiftAdaptor) -> None:
+        self.adaptor = adaptor
+
+    def __call__(self, block: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        return output + self.adaptor(args[0])
+
+
+@register_adapter
+class ShiftAdaptors(Adapter):
+    """One shift adaptor per residual block (``ResnetBlock2D``) of the UNet."""
+
+    kind = "tan"
+
+    def __init__(self, unet: nn.Module, rank: int = 8) -> None:
+        super().__init__({"rank": int(rank)})
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"adaptor rank must be a positive int, got {rank!r}")
+        blocks = residual_blocks(unet)
+        if not blocks:
+            raise ValueError("this UNet has no residual blocks (ResnetBlock2D) for TAN's shift adaptors")
+        self.adaptors = nn.ModuleList([ShiftAdaptor(b.in_channels, b.out_channels, rank) for _, b in blocks])
+
+    def attach(self, unet: nn.Module) -> None:
+        for (_, block), adaptor in zip(residual_blocks(unet), self.adaptors):
+            block.register_forward_hook(_ShiftHook(adaptor))
+
+
+def prepare_tan(unet: nn.Module, rank: int = 8) -> AdaptedUNet:
+    """Freeze the UNet and attach the shift adaptors (the only trainable parameters)."""
+    unet.requires_grad_(False)
+    return AdaptedUNet(unet, ShiftAdaptors(unet, rank=rank))
