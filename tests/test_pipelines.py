@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_METHODS = ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond"]
+ALL_METHODS = ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "tan"]
 
 
 def test_registry_lists_every_method_and_dataset():
@@ -316,3 +316,66 @@ def test_finetune_checkpoints_are_keyed_by_source_weights_and_data(tmp_path):
     assert again["checkpoint_dir"] == first["checkpoint_dir"] and again["resumed_from_step"] == 2
     assert run(source_b, images)["checkpoint_dir"] != first["checkpoint_dir"]
     assert run(source_a, images.flip(1))["checkpoint_dir"] != first["checkpoint_dir"]
+
+
+def _image_folder(tmp_path: Path, n: int, bad: int = 0):
+    from PIL import Image
+
+    from diffusion_transfer.datasets.folders import ImageFolder
+
+    root = tmp_path / "fewshot"
+    root.mkdir()
+    rng = __import__("numpy").random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype="uint8")).save(root / f"img_{i:03d}.png")
+    for i in range(bad):
+        (root / f"broken_{i}.png").write_bytes(b"not an image")
+    return ImageFolder(root, sorted(root.iterdir()))
+
+
+def test_few_shot_curation_is_a_deterministic_split_with_the_rest_as_reference(tmp_path):
+    from diffusion_transfer.core.data.curation import EmptyCurationError
+    from diffusion_transfer.pipelines.curate import curate_few_shot
+
+    folder = _image_folder(tmp_path, 25, bad=2)
+    params = {"resolution": 32, "n_shot": 10, "split_seed": 0, "exclude": ["img_003.png"]}
+    curated, reference, summary, sheet = curate_few_shot(folder, params, "toy")
+    again = curate_few_shot(folder, params, "toy")[0]
+    assert curated["images"].shape == (10, 32, 32, 3) and curated["meta"]["names"] == again["meta"]["names"]
+    names, ref_names = set(curated["meta"]["names"]), set(reference["meta"]["names"])
+    assert not names & ref_names and len(names | ref_names) == 24  # 25 valid - 1 excluded
+    assert "img_003.png" not in names | ref_names
+    assert summary["counts"]["skipped_invalid"] == 2 and summary["counts"]["kept"] == 10
+    assert summary["counts"]["reference"] == 14 and sheet.size[0] > 0
+    other = curate_few_shot(folder, {**params, "split_seed": 1}, "toy")[0]
+    assert other["meta"]["names"] != curated["meta"]["names"]
+    with pytest.raises(EmptyCurationError, match="n_shot"):
+        curate_few_shot(folder, {**params, "n_shot": 23}, "toy")
+
+
+@pytest.mark.slow
+def test_tan_on_a_few_shot_target_smoke_run(tmp_path):
+    """classifier_sunglasses -> tan_sunglasses in smoke, then sdft on the same
+    target: the classifier's accuracy by timestep, TAN's adaptors, intra-LPIPS."""
+    proj = _scratch_project(tmp_path)
+    _run(proj, "smoke", "tan_sunglasses")
+    reporting = proj / "data" / "08_reporting"
+    clf = json.loads((reporting / "classifier_sunglasses" / "report.json").read_text())
+    rows = clf["accuracy_by_timestep"]["all"]
+    assert rows[0]["t_from"] == 0 and rows[-1]["t_to"] == 999 and all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert clf["train"]["target"] == 10  # the 10 shots, repeated to balance the source images
+    assert (reporting / "classifier_sunglasses" / "accuracy_by_timestep.png").stat().st_size > 0
+    assert (proj / "data" / "06_models" / "classifiers" / "sunglasses" / "classifier.json").exists()
+    history = json.loads((reporting / "tan_sunglasses" / "training_history.json").read_text())
+    assert 0 < history["parameters"]["trainable_share"] < 0.05  # shift adaptors only
+    assert {"loss", "diffusion", "guidance"} <= set(history["history"][-1])
+    metrics = json.loads((reporting / "tan_sunglasses" / "metrics.json").read_text())
+    assert metrics["models"]["finetuned"]["intra_lpips"] >= 0
+    assert "intra_lpips" in metrics["weights"]
+    assert "| tan (fine-tuned) |" in (reporting / "tan_sunglasses" / "report.md").read_text()
+    model = json.loads((proj / "data" / "06_models" / "tan_sunglasses" / "model" / "adapter.json").read_text())
+    assert model["kind"] == "tan"
+    _run(proj, "smoke", "sdft_sunglasses")
+    sdft = json.loads((reporting / "sdft_sunglasses" / "metrics.json").read_text())
+    assert sdft["models"]["finetuned"]["intra_lpips"] >= 0
+    assert sdft["fid_reference"] == "raw set (20 of 20 images)"  # smoke: 30 rendered - 10 shots

@@ -16,6 +16,14 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
     for key, model in blocks.items():
         if key in parameters:
             P.parse(model, parameters[key], key)
+    if "classifier" in parameters:
+        c = P.parse(P.ClassifierParams, parameters["classifier"], "classifier")
+        from diffusion_transfer.core.training import TrainConfig
+
+        try:
+            TrainConfig(**{"steps": 1, "batch_size": 1, **c.train})
+        except Exception as err:  # pydantic names the field
+            raise P.InvalidParametersError(f"Invalid parameters in 'classifier.train': {err}") from None
     for name, block in (parameters.get("curate") or {}).items():
         P.parse(P.CurateParams, block, f"curate.{name}")
     for name, block in (parameters.get("methods") or {}).items():

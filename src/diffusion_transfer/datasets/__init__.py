@@ -11,6 +11,7 @@ from diffusion_transfer.datasets.folders import ImageFolderDataset
 from diffusion_transfer.datasets.models import (
     AttributeClassifierDataset,
     ClipDataset,
+    DomainClassifierDataset,
     UNetDataset,
 )
 from diffusion_transfer.datasets.tensors import TensorDictDataset
@@ -18,6 +19,7 @@ from diffusion_transfer.datasets.tensors import TensorDictDataset
 __all__ = [
     "AttributeClassifierDataset",
     "ClipDataset",
+    "DomainClassifierDataset",
     "ImageFolderDataset",
     "TensorDictDataset",
     "UNetDataset",

@@ -97,3 +97,27 @@ class AttributeClassifierDataset(AbstractDataset[Any, Any]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self._path}
+
+
+class DomainClassifierDataset(AbstractDataset[Any, Any]):
+    """The noisy domain classifier p(domain | x_t, t) (TAN, EGSDE) in a folder."""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = path
+        self.metadata = metadata
+
+    def load(self):
+        from diffusion_transfer.core.models.domain_classifier import load_domain_classifier
+
+        return load_domain_classifier(self._path)
+
+    def save(self, model) -> None:
+        from diffusion_transfer.core.models.domain_classifier import save_domain_classifier
+
+        save_domain_classifier(model, self._path)
+
+    def _exists(self) -> bool:
+        return (Path(self._path) / "classifier.json").exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": self._path}

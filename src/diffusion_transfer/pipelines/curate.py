@@ -69,7 +69,53 @@ def curate(folder: ImageFolder, clip: Any, params: dict[str, Any], dataset: str)
     return curated, reference, summary, sheet
 
 
-def create_curate_pipeline(dataset: str) -> Pipeline:
+def curate_few_shot(folder: ImageFolder, params: dict[str, Any], dataset: str) -> tuple[dict, dict, dict, Any]:
+    """A deterministic N-shot split of a folder: the N training images and the
+    rest as the evaluation reference (FID/KID), with a summary and a sheet."""
+    p = parse(CurateParams, params, f"curate.{dataset}")
+    prefix = f"curate.{dataset}."
+    if p.n_shot is None:
+        raise ValueError(f"{prefix}n_shot must be set for a few-shot dataset")
+    ingest = ingest_images(folder.files, resolution=p.resolution, min_size=p.min_size)
+    images, names = ingest.images, list(ingest.names)
+    excluded = sorted(set(p.exclude) & set(names))
+    usable = [i for i, n in enumerate(names) if n not in set(p.exclude)]
+    shot, rest = cur.few_shot_split([names[i] for i in usable], p.n_shot, p.split_seed, param_prefix=prefix)
+    shot_idx, rest_idx = np.asarray(usable)[shot], np.asarray(usable)[rest]
+    if rest_idx.size < 2:
+        raise cur.EmptyCurationError(f"{prefix}n_shot={p.n_shot} leaves {rest_idx.size} images for the "
+                                     "evaluation reference; FID/KID need at least 2")
+    shot_names, rest_names = [names[i] for i in shot_idx], [names[i] for i in rest_idx]
+    summary = {"dataset": dataset, "source": folder.source, "folder": str(folder.root), "few_shot": True,
+               "threshold": None, "top_n": None,
+               "counts": {"files": len(folder.files), "skipped_invalid": len(ingest.skipped), "valid": len(names),
+                          "kept": len(shot_names), "reference": len(rest_names), "excluded": len(excluded),
+                          "dropped_by_score": 0, "dropped_by_zero_shot": 0},
+               "criteria": {"n_shot": p.n_shot, "split_seed": p.split_seed},
+               "kept": shot_names, "excluded": excluded,
+               "skipped": [{"file": n, "reason": r} for n, r in ingest.skipped]}
+    sheet = cur.contact_sheet(images[shot_idx], labels=shot_names, columns=min(10, len(shot_idx)),
+                              title=f"{dataset}: {p.n_shot}-shot training set (split seed {p.split_seed})")
+    curated = {"images": torch.from_numpy(images[shot_idx]),
+               "meta": {"names": shot_names, "records": _records_for(folder, shot_names), "dataset": dataset}}
+    reference = {"images": torch.from_numpy(images[rest_idx]),
+                 "meta": {"names": rest_names, "records": _records_for(folder, rest_names), "dataset": dataset,
+                          "role": "held-out reference (everything but the training shots)"}}
+    return curated, reference, summary, sheet
+
+
+def create_curate_pipeline(dataset: str, few_shot: bool = False) -> Pipeline:
+    if few_shot:
+        return Pipeline([node(
+            bind(curate_few_shot, dataset=dataset),
+            inputs=[f"{dataset}_raw", f"params:curate.{dataset}"],
+            outputs=[f"{dataset}_curated", f"{dataset}_reference", f"{dataset}_curation_summary",
+                     f"{dataset}_curation_sheet"],
+            name=f"curate_{dataset}", tags=["curate"])])
+    return _create_clip_curate_pipeline(dataset)
+
+
+def _create_clip_curate_pipeline(dataset: str) -> Pipeline:
     """``{dataset}_raw`` -> ``{dataset}_curated`` (+ reference, summary, contact sheet)."""
     return Pipeline(
         [

@@ -60,13 +60,18 @@ def _fingerprint(tensors) -> bytes:
 
 
 def finetune(source_model, curated: dict, method: dict, dataset: dict, train_defaults: dict,
-             schedule: dict, checkpoint_root: str, conditions: dict | None = None):
+             schedule: dict, checkpoint_root: str, conditions: dict | None = None, classifier=None):
     """Fine-tune (or, for ``scratch``, train from a fresh init) on the curated
-    set. ``conditions`` (ANL): ``{"embeddings": (N, D)}``, one per image."""
+    set. ``conditions`` (ANL): ``{"embeddings": (N, D)}``, one per image;
+    ``classifier`` (TAN): the noisy domain classifier."""
     run = resolve_run(method, dataset, train_defaults)
     sched_p = parse(ScheduleParams, schedule, "schedule")
     sched = make_schedule(**sched_p.model_dump())
     spec = build_method(run["method"], run["hyperparameters"], sched)
+    if spec.needs_classifier:
+        if classifier is None:
+            raise ValueError(f"method {run['method']!r} needs the domain classifier but the pipeline gave none")
+        spec = spec.with_classifier(classifier)
     config = TrainConfig(**run["train"])
     if spec.init == "random":
         torch.manual_seed(config.seed)
@@ -88,6 +93,8 @@ def finetune(source_model, curated: dict, method: dict, dataset: dict, train_def
     key = hashlib.sha256(json.dumps({**run, "schedule": sched_p.model_dump()}, sort_keys=True).encode())
     key.update(_fingerprint(source_model.state_dict().values()))
     key.update(_fingerprint([curated["images"]] + ([cond] if cond is not None else [])))
+    if classifier is not None and spec.needs_classifier:
+        key.update(_fingerprint(classifier.state_dict().values()))
     key = key.hexdigest()[:12]
     ckpt_dir = Path(checkpoint_root) / run["run"] / key
     result = train(student, spec.loss_fn, images, config, teacher=teacher, conditions=cond,
@@ -96,6 +103,13 @@ def finetune(source_model, curated: dict, method: dict, dataset: dict, train_def
     history = {"run": run, "history": result.history, "resumed_from_step": result.resumed_from_step,
                "checkpoint_dir": str(ckpt_dir), "parameters": trainable_report(student, source_model, run["method"])}
     return model, history
+
+
+def finetune_guided(source_model, curated: dict, method: dict, dataset: dict, train_defaults: dict,
+                    schedule: dict, checkpoint_root: str, classifier):
+    """:func:`finetune` with the noisy domain classifier (TAN)."""
+    return finetune(source_model, curated, method, dataset, train_defaults, schedule, checkpoint_root,
+                    classifier=classifier)
 
 
 def trainable_report(student, source_model, method: str) -> dict[str, Any]:
@@ -235,6 +249,7 @@ def create_source_pipeline() -> Pipeline:
 
 
 CONDITIONAL_METHODS = ("anl",)
+GUIDED_METHODS = ("tan",)
 
 
 def create_method_pipeline(method: str, dataset: str) -> Pipeline:
@@ -254,6 +269,14 @@ def create_method_pipeline(method: str, dataset: str) -> Pipeline:
                  "target_samples", name="sample_finetuned", tags=["sample"]),
             node(sample_prompts, ["finetuned_model", "noise_bank", "condition_clip", "params:method", "params:sampling",
                                   "params:schedule"], "prompt_grid", name="sample_prompts", tags=["sample"]),
+        ]
+    elif method in GUIDED_METHODS:
+        # TAN: the dataset's noisy domain classifier guides training.
+        train_and_sample = [
+            node(finetune_guided, train_inputs + ["domain_classifier"], ["finetuned_model", "training_history"],
+                 name="finetune", tags=["train"]),
+            node(sample, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule"], "target_samples",
+                 name="sample_finetuned", tags=["sample"]),
         ]
     else:
         train_and_sample = [
@@ -275,11 +298,12 @@ def create_method_pipeline(method: str, dataset: str) -> Pipeline:
     shared = {"source_model", "noise_bank", "source_samples", "evaluation_clip", "attribute_classifier"}
     if method in CONDITIONAL_METHODS:
         shared.add("condition_clip")
+    extra_inputs = {"domain_classifier": f"{dataset}_domain_classifier"} if method in GUIDED_METHODS else {}
     return Pipeline(
         template,
         namespace=f"{method}_{dataset}",
         inputs={**{s: s for s in shared}, "curated": f"{dataset}_curated", "reference": f"{dataset}_reference",
-                "curation_summary": f"{dataset}_curation_summary"},
+                "curation_summary": f"{dataset}_curation_summary", **extra_inputs},
         parameters={
             "params:method": f"params:methods.{method}",
             "params:dataset": f"params:datasets.{dataset}",

@@ -84,7 +84,7 @@ class MethodParams(_Params):
     sampling conditions."""
 
     model_config = ConfigDict(extra="allow")
-    name: Literal["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond"]
+    name: Literal["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "tan"]
     train: dict[str, Any] = Field(default_factory=dict)
     condition: ConditionParams = Field(default_factory=ConditionParams)
 
@@ -101,6 +101,9 @@ class DatasetParams(_Params):
     #: the method's defaults.
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
+    #: Few-shot targets: intra-LPIPS (CDC/TAN protocol) against the training shots.
+    intra_lpips: bool = False
+    intra_lpips_max_per_cluster: int = Field(50, ge=2)
 
 
 class CurateParams(_Params):
@@ -117,6 +120,10 @@ class CurateParams(_Params):
     remove_threshold: float = Field(0.5, gt=0, lt=1)
     exclude: list[str] = Field(default_factory=list)
     embeddings_cache: str = "data/04_feature/clip_embeddings"
+    #: Few-shot datasets (TAN protocol): a deterministic n_shot split; the rest
+    #: is the evaluation reference.
+    n_shot: int | None = Field(None, ge=1)
+    split_seed: int = 0
 
     @model_validator(mode="after")
     def _one_rule(self) -> "CurateParams":
@@ -125,6 +132,18 @@ class CurateParams(_Params):
         if bool(self.keep_prompts) != bool(self.remove_prompts):
             raise ValueError("keep_prompts and remove_prompts go together")
         return self
+
+
+class ClassifierParams(_Params):
+    """The noisy domain classifier p(domain | x_t, t) (TAN guidance, EGSDE)."""
+
+    source_images: int = Field(2000, ge=2, description="source-domain images drawn from source_images")
+    held_out: float = Field(0.1, gt=0, lt=1, description="share of each domain kept for the accuracy report")
+    network: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    buckets: int = Field(10, ge=1)
+    repeats: int = Field(2, ge=1)
+    seed: int = 0
 
 
 P = TypeVar("P", bound=BaseModel)

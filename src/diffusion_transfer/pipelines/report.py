@@ -63,6 +63,17 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
         dist = lpips(to_tensor(src[:n]), to_tensor(trg[:n]))
     models["finetuned"]["lpips_src_trg"] = float(dist.mean())
     weights = {"fid_kid": extractor.weights, "lpips": lpips.label}
+    if d.intra_lpips:
+        # Few-shot diversity (CDC/TAN protocol): every sample joins its nearest
+        # training image by LPIPS; mean pairwise LPIPS inside each cluster.
+        from diffusion_transfer.core.metrics.intra_lpips import intra_lpips
+
+        shots = to_tensor(curated["images"].numpy())
+        for key, imgs in (("source", src), ("finetuned", trg)):
+            res = intra_lpips(to_tensor(imgs), shots, lpips, max_per_cluster=d.intra_lpips_max_per_cluster)
+            models[key]["intra_lpips"] = res["intra_lpips"]
+            models[key]["intra_lpips_detail"] = res
+        weights["intra_lpips"] = lpips.label
     if p.attributes and classifier is not None:
         from diffusion_transfer.core.world.classifier import predict_attributes
         from diffusion_transfer.core.world.render import ATTRIBUTES
@@ -162,13 +173,14 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
              f"Method **{run['method']}** on dataset **{run['dataset']}**; "
              f"{metrics['n_samples']} samples per model from the same noise bank.", "",
              "## Metrics", "",
-             "| model | FID | KID (x10^3) | LPIPS src-trg | face rate | coverage of absent attributes |",
-             "|---|---|---|---|---|---|"]
+             "| model | FID | KID (x10^3) | LPIPS src-trg | intra-LPIPS | face rate | coverage of absent attributes |",
+             "|---|---|---|---|---|---|---|"]
     for key, label in (("source", "source (pretrained)"), ("finetuned", f"{run['method']} (fine-tuned)")):
         row = m[key]
         cov = (row.get("coverage") or {}).get("overall_rate")
         lines.append(f"| {label} | {fmt(row.get('fid'), 2)} | {fmt(row.get('kid_x1e3'), 2)} | "
-                     f"{fmt(row.get('lpips_src_trg'))} | {fmt(row.get('face_rate'))} | {fmt(cov)} |")
+                     f"{fmt(row.get('lpips_src_trg'))} | {fmt(row.get('intra_lpips'))} | {fmt(row.get('face_rate'))} "
+                     f"| {fmt(cov)} |")
     lines += ["", f"FID/KID against the {metrics['fid_reference']}."]
     if "retention" in m["finetuned"]:
         ret = m["finetuned"]["retention"]
