@@ -4,7 +4,9 @@ One optimiser step = loss (forwards) + backward + AdamW step over the method's
 trainable parameters. The SDFT step uses an auxiliary batch of the same size
 (one student forward and one teacher forward over 2B), so its floor on CPU is
 about 2.5x a naive step; the parameter-efficient methods (attn, a3ft, anl,
-anl_uncond) run one forward over B with the adapters attached. Timings of all
+anl_uncond) run one forward over B with the adapters attached; a TAN step adds
+J = 10 adversarial forward+backward passes w.r.t. the noise and one classifier
+gradient (about J + 1 passes). Timings of all
 methods are interleaved (after warm-up) and the ratio of each median to the
 naive median is printed; the script exits non-zero when the SDFT ratio exceeds
 ``--max-ratio``.
@@ -24,11 +26,12 @@ from pathlib import Path
 import torch
 
 from diffusion_transfer.core.methods import build_method
+from diffusion_transfer.core.models.domain_classifier import DomainClassifier
 from diffusion_transfer.core.models import build_unet, load_unet
 from diffusion_transfer.core.schedule import make_schedule
 
 DEFAULT_MODEL = Path("data/06_models/world/source")
-ALL_METHODS = ("sdft", "attn", "a3ft", "anl", "anl_uncond")
+ALL_METHODS = ("sdft", "attn", "a3ft", "anl", "anl_uncond", "tan")
 CONDITION_DIM = 128  # the world CLIP's embedding size (ANL's condition)
 FACEWORLD_SOURCE = dict(
     sample_size=32,
@@ -76,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in methods:
         params = {"teacher_dtype": args.teacher_dtype} if name == "sdft" and args.teacher_dtype else {}
         spec = build_method(name, params, schedule)
+        if spec.needs_classifier:  # TAN: a domain classifier of the project's default size (random init)
+            torch.manual_seed(0)
+            spec = spec.with_classifier(DomainClassifier(sample_size=size).to(device))
         torch.manual_seed(0)
         student = spec.build_student(copy.deepcopy(model), CONDITION_DIM if spec.conditional else None).to(device)
         student.train()
