@@ -75,49 +75,50 @@ class ClipDataset(AbstractDataset[Any, Any]):
         return {"kind": self._kind, "path": self._path, "model": self._model, "pretrained": self._pretrained}
 
 
-class AttributeClassifierDataset(AbstractDataset[Any, Any]):
+class _ModelFolderDataset(AbstractDataset[Any, Any]):
+    """A model saved in a folder by a core ``save_*`` function and read back by
+    its ``load_*`` (imported lazily: loading the catalog stays cheap).
+    Subclasses name the module, the two functions and the file that marks a
+    complete folder."""
+
+    _module = ""
+    _load_fn = ""
+    _save_fn = ""
+    _marker = ""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = path
+        self.metadata = metadata
+
+    def _fn(self, name: str):
+        import importlib
+
+        return getattr(importlib.import_module(self._module), name)
+
+    def load(self):
+        return self._fn(self._load_fn)(self._path)
+
+    def save(self, model) -> None:
+        self._fn(self._save_fn)(model, self._path)
+
+    def _exists(self) -> bool:
+        folder = Path(self._path)
+        return (folder / self._marker).exists() if self._marker else folder.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": self._path}
+
+
+class AttributeClassifierDataset(_ModelFolderDataset):
     """The FaceWorld attribute classifier (evaluation only)."""
 
-    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
-        self._path = path
-        self.metadata = metadata
-
-    def load(self):
-        from diffusion_transfer.core.world.classifier import load_attribute_classifier
-
-        return load_attribute_classifier(self._path)
-
-    def save(self, model) -> None:
-        from diffusion_transfer.core.world.classifier import save_attribute_classifier
-
-        save_attribute_classifier(model, self._path)
-
-    def _exists(self) -> bool:
-        return Path(self._path).is_dir()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"path": self._path}
+    _module = "diffusion_transfer.core.world.classifier"
+    _load_fn, _save_fn = "load_attribute_classifier", "save_attribute_classifier"
 
 
-class DomainClassifierDataset(AbstractDataset[Any, Any]):
+class DomainClassifierDataset(_ModelFolderDataset):
     """The noisy domain classifier p(domain | x_t, t) (TAN, EGSDE) in a folder."""
 
-    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
-        self._path = path
-        self.metadata = metadata
-
-    def load(self):
-        from diffusion_transfer.core.models.domain_classifier import load_domain_classifier
-
-        return load_domain_classifier(self._path)
-
-    def save(self, model) -> None:
-        from diffusion_transfer.core.models.domain_classifier import save_domain_classifier
-
-        save_domain_classifier(model, self._path)
-
-    def _exists(self) -> bool:
-        return (Path(self._path) / "classifier.json").exists()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"path": self._path}
+    _module = "diffusion_transfer.core.models.domain_classifier"
+    _load_fn, _save_fn = "load_domain_classifier", "save_domain_classifier"
+    _marker = "classifier.json"
