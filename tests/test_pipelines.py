@@ -37,6 +37,29 @@ def test_registry_lists_every_method_and_dataset():
         assert f"compare_{dataset}" in names
 
 
+@pytest.mark.parametrize("dataset, prefix", [("sketches", ""), ("babies", ""), ("haunted_houses", "church_"),
+                                             ("landscape_drawings", "church_")])
+def test_each_target_is_wired_to_its_own_source_domain(dataset, prefix):
+    """FFHQ targets use the default source; LSUN Church targets use the
+    church_ model, images, noise bank and samples, and never the FFHQ ones."""
+    from diffusion_transfer.pipeline_registry import register_pipelines
+
+    pipes = register_pipelines()
+    other = "church_" if prefix == "" else ""
+    for method in ALL_METHODS + ["classifier", "compare"]:
+        name = f"{method}_{dataset}"
+        inputs = pipes[name].inputs()
+        datasets = pipes[name].datasets()
+        used = {"source_images"} if method == "classifier" else {"source_model"}
+        if method == "tan":
+            used |= {"source_images"}
+        assert {prefix + u for u in used} <= inputs, name
+        assert not {other + u for u in ("source_model", "source_images")} & inputs, name
+        if method != "classifier":
+            assert {prefix + "noise_bank", prefix + "source_samples"} <= datasets, name
+            assert not {other + "noise_bank", other + "source_samples"} & datasets, name
+
+
 def _metrics(fid: float, kept: float) -> dict:
     model = {"fid": fid, "kid_x1e3": 1.0, "face_rate": 0.9, "coverage": {"overall_rate": 0.2}}
     return {"n_samples": 8, "fid_reference": "raw (8 images)", "weights": {"fid_kid": "w"},
@@ -287,6 +310,8 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
                 context.catalog.load("source_model")
             with pytest.raises(DatasetError, match="AAHQ"):
                 context.catalog.load("aahq_raw")
+            with pytest.raises(DatasetError, match="google/ddpm-church-256"):
+                context.catalog.load("church_source_model")
     finally:
         os.chdir(old)
 
@@ -331,6 +356,48 @@ def _image_folder(tmp_path: Path, n: int, bad: int = 0):
     for i in range(bad):
         (root / f"broken_{i}.png").write_bytes(b"not an image")
     return ImageFolder(root, sorted(root.iterdir()))
+
+
+@pytest.mark.slow
+def test_a_church_target_runs_on_the_church_source_model(tmp_path):
+    """naive_landscape_drawings with stand-ins at the church_ paths: it trains
+    from, samples and compares against the church model, with its own noise
+    bank, and skips the FaceWorld face attributes."""
+    import torch
+
+    from diffusion_transfer.core.models.unet import build_unet, load_unet, save_unet
+
+    proj = _scratch_project(tmp_path)
+    tiny = dict(sample_size=32, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=8, norm_num_groups=4)
+    torch.manual_seed(0)
+    save_unet(build_unet(tiny), proj / "data" / "06_models" / "ddpm_church_256")
+    folder = _image_folder(tmp_path, 24).root
+    with (proj / "conf" / "smoke" / "catalog.yml").open("a") as f:
+        f.write(f"\nlandscape_drawings_raw:\n  type: diffusion_transfer.datasets.ImageFolderDataset\n"
+                f"  path: {folder}\n")
+    _run(proj, "smoke", "naive_landscape_drawings")
+    data = proj / "data"
+    assert (data / "05_model_input" / "church" / "noise_bank.safetensors").exists()
+    assert (data / "07_model_output" / "church_source" / "samples.safetensors").exists()
+    assert not (data / "05_model_input" / "noise_bank.safetensors").exists()  # the FFHQ source is untouched
+    model = load_unet(data / "06_models" / "naive_landscape_drawings" / "model")
+    assert tuple(model.config.block_out_channels) == (8, 16)  # fine-tuned from the church model
+    metrics = json.loads((data / "08_reporting" / "naive_landscape_drawings" / "metrics.json").read_text())
+    assert metrics["dataset"] == "landscape_drawings" and metrics["fid_reference"] == "raw set (14 of 14 images)"
+    assert metrics["models"]["finetuned"]["intra_lpips"] >= 0
+    assert "face_rate" not in metrics["models"]["finetuned"] and "attributes" not in metrics["weights"]
+
+
+def test_a_missing_church_model_names_where_it_comes_from(tmp_path):
+    from kedro.io import DatasetError
+
+    from diffusion_transfer.datasets import UNetDataset
+
+    ds = UNetDataset(str(tmp_path / "ddpm_church_256"), download_hint="google/ddpm-church-256 goes here.")
+    with pytest.raises(DatasetError, match="No UNet at .*ddpm_church_256. google/ddpm-church-256 goes here"):
+        ds.load()
 
 
 def test_few_shot_curation_is_a_deterministic_split_with_the_rest_as_reference(tmp_path):

@@ -13,15 +13,19 @@ from kedro.io import AbstractDataset, DatasetError
 
 class UNetDataset(AbstractDataset[Any, Any]):
     """A diffusers ``UNet2DModel`` in a ``save_pretrained`` folder (or a hub id
-    for loading)."""
+    for loading). ``download_hint`` is added to the error when the folder is
+    missing (where the weights come from and what to put there)."""
 
-    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+    def __init__(self, path: str, download_hint: str = "", metadata: dict[str, Any] | None = None):
         self._path = path
+        self._hint = download_hint
         self.metadata = metadata
 
     def load(self):
         from diffusion_transfer.core.models.unet import load_unet
 
+        if self._hint and not self._exists():
+            raise DatasetError(f"No UNet at {self._path}. {self._hint}")
         return load_unet(self._path)
 
     def save(self, model) -> None:

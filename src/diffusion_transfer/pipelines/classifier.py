@@ -105,10 +105,12 @@ def _accuracy_plot(by_t: dict[str, list[dict]], dataset: str) -> plt.Figure:
     return fig
 
 
-def create_classifier_pipeline(dataset: str) -> Pipeline:
+def create_classifier_pipeline(dataset: str, source_prefix: str = "") -> Pipeline:
+    """``classifier_<dataset>``: source images of the dataset's own source
+    domain (``<prefix>source_images``) against its target images."""
     return Pipeline([node(
         bind(train_domain_classifier, dataset=dataset),
-        inputs=["source_images", f"{dataset}_curated", f"{dataset}_reference", "params:classifier",
+        inputs=[f"{source_prefix}source_images", f"{dataset}_curated", f"{dataset}_reference", "params:classifier",
                 "params:schedule", "params:paths.checkpoints"],
         outputs=[f"{dataset}_domain_classifier", f"{dataset}_classifier_report", f"{dataset}_classifier_accuracy"],
         name=f"classifier_{dataset}", tags=["train", "classifier"])])

@@ -236,14 +236,22 @@ def _labelled_rows(rows: list[np.ndarray], labels: list[str], scale: int = 2) ->
     return sheet
 
 
-def create_source_pipeline() -> Pipeline:
-    """The source model's samples from the shared noise bank (one per project)."""
+def source_names(prefix: str = "") -> dict[str, str]:
+    """Catalog names of one source domain's shared datasets. The default
+    source (FFHQ; FaceWorld photos) has no prefix; another source (LSUN
+    Church) prefixes its own: ``church_source_model``, ``church_noise_bank``..."""
+    return {name: f"{prefix}{name}" for name in ("source_model", "source_images", "noise_bank", "source_samples")}
+
+
+def create_source_pipeline(prefix: str = "") -> Pipeline:
+    """One source model's samples from its own noise bank (one per source domain)."""
+    n = source_names(prefix)
     return Pipeline(
         [
-            node(create_noise_bank, ["params:sampling", "source_model"], "noise_bank", name="make_noise_bank",
-                 tags=["sample"]),
-            node(sample, ["source_model", "noise_bank", "params:sampling", "params:schedule"], "source_samples",
-                 name="sample_source", tags=["sample"]),
+            node(create_noise_bank, ["params:sampling", n["source_model"]], n["noise_bank"],
+                 name=f"{prefix}make_noise_bank", tags=["sample"]),
+            node(sample, [n["source_model"], n["noise_bank"], "params:sampling", "params:schedule"],
+                 n["source_samples"], name=f"{prefix}sample_source", tags=["sample"]),
         ]
     )
 
@@ -252,7 +260,10 @@ CONDITIONAL_METHODS = ("anl",)
 GUIDED_METHODS = ("tan",)
 
 
-def create_method_pipeline(method: str, dataset: str) -> Pipeline:
+def create_method_pipeline(method: str, dataset: str, source_prefix: str = "") -> Pipeline:
+    """``{method}_{dataset}``: the template in the run's namespace, wired to
+    the dataset's curated sets and to its source domain's model, noise bank
+    and samples (:func:`source_names` with ``source_prefix``)."""
     train_inputs = ["source_model", "curated", "params:method", "params:dataset", "params:train", "params:schedule",
                     "params:paths.checkpoints"]
     if method in CONDITIONAL_METHODS:
@@ -295,14 +306,13 @@ def create_method_pipeline(method: str, dataset: str) -> Pipeline:
                  ["report", "sample_grid", "loss_curve"], name="report", tags=["report"]),
         ]
     )
-    shared = {"source_model", "noise_bank", "source_samples", "evaluation_clip", "attribute_classifier"}
-    if method in CONDITIONAL_METHODS:
-        shared.add("condition_clip")
+    shared = {"evaluation_clip", "attribute_classifier"} | ({"condition_clip"} if method in CONDITIONAL_METHODS else set())
+    source = {k: v for k, v in source_names(source_prefix).items() if k != "source_images"}
     extra_inputs = {"domain_classifier": f"{dataset}_domain_classifier"} if method in GUIDED_METHODS else {}
     return Pipeline(
         template,
         namespace=f"{method}_{dataset}",
-        inputs={**{s: s for s in shared}, "curated": f"{dataset}_curated", "reference": f"{dataset}_reference",
+        inputs={**{s: s for s in shared}, **source, "curated": f"{dataset}_curated", "reference": f"{dataset}_reference",
                 "curation_summary": f"{dataset}_curation_summary", **extra_inputs},
         parameters={
             "params:method": f"params:methods.{method}",

@@ -104,6 +104,8 @@ class DatasetParams(_Params):
     #: Few-shot targets: intra-LPIPS (CDC/TAN protocol) against the training shots.
     intra_lpips: bool = False
     intra_lpips_max_per_cluster: int = Field(50, ge=2)
+    #: FaceWorld attribute metrics apply (face targets); false for LSUN Church targets.
+    attributes: bool = True
 
 
 class CurateParams(_Params):

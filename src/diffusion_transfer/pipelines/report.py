@@ -74,7 +74,7 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
             models[key]["intra_lpips"] = res["intra_lpips"]
             models[key]["intra_lpips_detail"] = res
         weights["intra_lpips"] = lpips.label
-    if p.attributes and classifier is not None:
+    if p.attributes and d.attributes and classifier is not None:
         from diffusion_transfer.core.world.classifier import predict_attributes
         from diffusion_transfer.core.world.render import ATTRIBUTES
 
