@@ -373,3 +373,26 @@ def test_ssim_identical_is_one_and_drops_with_noise():
     assert ssim(small, small).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same shape"):
         ssim(a, a[:1])
+
+
+def test_ssim_against_hand_computed_values():
+    """Constant images: SSIM = (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1).
+    An 11x11 image is one Gaussian window: the weighted statistics by hand."""
+    c1, c2 = 0.01**2, 0.03**2
+    a, b = torch.full((1, 3, 16, 16), -0.2), torch.full((1, 3, 16, 16), 0.6)  # 0.4 and 0.8 in [0, 1]
+    expected = (2 * 0.4 * 0.8 + c1) / (0.4**2 + 0.8**2 + c1)
+    assert ssim(a, b).item() == pytest.approx(expected, rel=1e-6)  # float32 inputs
+
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.rand((1, 3, 11, 11), generator=g) * 2 - 1, torch.rand((1, 3, 11, 11), generator=g) * 2 - 1
+    coords = torch.arange(11, dtype=torch.float64) - 5
+    w1 = torch.exp(-coords**2 / (2 * 1.5**2))
+    w = torch.outer(w1, w1) / torch.outer(w1, w1).sum()
+    per_channel = []
+    for ch in range(3):
+        p, q = (x[0, ch].double() + 1) / 2, (y[0, ch].double() + 1) / 2
+        mp, mq = (w * p).sum(), (w * q).sum()
+        vp, vq = (w * p * p).sum() - mp**2, (w * q * q).sum() - mq**2
+        cov = (w * p * q).sum() - mp * mq
+        per_channel.append(((2 * mp * mq + c1) * (2 * cov + c2) / ((mp**2 + mq**2 + c1) * (vp + vq + c2))).item())
+    assert ssim(x, y).item() == pytest.approx(sum(per_channel) / 3, rel=1e-9)

@@ -1,0 +1,32 @@
+"""Domain translation with diffusion models: each method is its own module
+plugged into the shared samplers through their ``post_step`` hook.
+
+- :func:`sdedit` perturb to t0, denoise with the target model;
+- :func:`ilvr` low-frequency replacement towards the reference;
+- :func:`egsde` energy-guided ancestral sampling (domain classifier features
+  for realism, a low-pass filter for faithfulness);
+- :func:`ddib` DDIM inversion with the source model, generation with the target.
+"""
+
+from diffusion_transfer.core.translation.common import low_pass, perturb, reverse, start_timestep
+from diffusion_transfer.core.translation.ddib import ddib
+from diffusion_transfer.core.translation.egsde import EGSDEGuidance, egsde, feature_cosine
+from diffusion_transfer.core.translation.ilvr import ILVRRefinement, ilvr
+from diffusion_transfer.core.translation.sdedit import sdedit
+
+TRANSLATORS = ("sdedit", "ilvr", "egsde", "ddib")
+
+__all__ = [
+    "TRANSLATORS",
+    "EGSDEGuidance",
+    "ILVRRefinement",
+    "ddib",
+    "egsde",
+    "feature_cosine",
+    "ilvr",
+    "low_pass",
+    "perturb",
+    "reverse",
+    "sdedit",
+    "start_timestep",
+]

@@ -1,0 +1,74 @@
+"""Pieces shared by the translation methods: the editing start point, the
+low-pass filter and the reverse process they all run.
+
+Every translator starts from a clean source-domain image x_0^src in [-1, 1]
+and returns an image of the target model's domain. The editing range ``t0``
+is a fraction of T: the image is noised to timestep round(t0 T) - 1
+(0-indexed, the paper's t = t0 T), so t0 = 0.5 is the SDFT paper's 0.5T and
+t0 = 0 leaves the image untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from diffusion_transfer.core.sampling import sample_ddim, sample_ddpm
+from diffusion_transfer.core.sampling.common import EpsFn, PostStep, Progress, check_image_batch
+from diffusion_transfer.core.schedule import NoiseSchedule
+
+Sampler = Literal["ddim", "ddpm"]
+
+
+def start_timestep(schedule: NoiseSchedule, t0: float) -> int:
+    """The 0-indexed timestep of editing range ``t0`` in [0, 1]; -1 for t0 = 0."""
+    if not 0.0 <= float(t0) <= 1.0:
+        raise ValueError(f"the editing range t0 is a fraction of T in [0, 1], got {t0!r}")
+    return int(round(float(t0) * schedule.num_timesteps)) - 1
+
+
+def perturb(x0: torch.Tensor, schedule: NoiseSchedule, t_start: int, noise: torch.Tensor) -> torch.Tensor:
+    """x_{t_start} = sqrt(abar) x_0 + sqrt(1 - abar) noise (SDEdit's start point)."""
+    t = torch.full((x0.shape[0],), t_start, dtype=torch.int64)
+    return schedule.q_sample(x0, t, noise)
+
+
+def low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """phi_N(x): average over factor x factor blocks, then repeat each block
+    mean (nearest upsampling). It is a projection, phi(phi(x)) = phi(x), so
+    the ILVR replacement leaves exactly the reference's low frequencies."""
+    check_image_batch(x)
+    h, w = x.shape[-2:]
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"the low-pass downsampling factor must be a positive integer, got {factor!r}")
+    if h % factor or w % factor:
+        raise ValueError(f"the low-pass factor {factor} must divide the image size {h}x{w}")
+    if factor == 1:
+        return x
+    return F.interpolate(F.avg_pool2d(x, factor), scale_factor=factor, mode="nearest")
+
+
+def reverse(
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    schedule: NoiseSchedule,
+    t_start: int,
+    sampler: Sampler = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    post_step: PostStep | None = None,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Denoise x_{t_start} to x_0 with DDIM or ancestral DDPM over ``steps``
+    evenly spaced timesteps of [0, t_start] (fewer if t_start is small)."""
+    steps = min(int(steps), t_start + 1)
+    if sampler == "ddim":
+        return sample_ddim(eps_fn, x, schedule, steps=steps, eta=eta, t_start=t_start, generator=generator,
+                           post_step=post_step, progress=progress)
+    if sampler == "ddpm":
+        return sample_ddpm(eps_fn, x, schedule, steps=steps, t_start=t_start, generator=generator,
+                           post_step=post_step, progress=progress)
+    raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
