@@ -186,6 +186,19 @@ def test_sdft_aahq_smoke_run_end_to_end(smoke_run):
     # Attribute values absent from the curated set (AAHQ: men only) are reported with their retention.
     assert "woman" in metrics["training_set_attributes"]["absent_values"]["gender"]
     assert "## Attribute values absent from the training set" in report
+    # The translate stage: every method, faithfulness and realism, attribute retention, a grid.
+    tm = json.loads((out / "translation_metrics.json").read_text())
+    assert list(tm["rows"]) == ["sdedit", "ilvr", "egsde", "ddib"] and tm["n_inputs"] == 8
+    for row in tm["rows"].values():
+        assert row["psnr"] > 0 and -1 <= row["ssim"] <= 1 and row["lpips"] >= 0 and row["fid"] >= 0
+        assert 0 <= row["retention"] <= 1
+    assert tm["settings"]["sdedit"]["t0"] == 0.625 and tm["settings"]["egsde"]["t0"] == 0.625  # AAHQ's 0.625T
+    assert "RGB" in tm["weights"]["psnr_ssim"]
+    assert "## Domain translation" in report and "| SDEdit |" in report and "| DDIB |" in report
+    from PIL import Image
+
+    grid = Image.open(out / "translations.png")
+    assert grid.size[1] >= 5 * 64  # the inputs and four methods, 32 px images at scale 2
 
 
 @pytest.mark.slow
@@ -343,14 +356,14 @@ def test_finetune_checkpoints_are_keyed_by_source_weights_and_data(tmp_path):
     assert run(source_a, images.flip(1))["checkpoint_dir"] != first["checkpoint_dir"]
 
 
-def _image_folder(tmp_path: Path, n: int, bad: int = 0):
+def _image_folder(tmp_path: Path, n: int, bad: int = 0, name: str = "fewshot", seed: int = 0):
     from PIL import Image
 
     from diffusion_transfer.datasets.folders import ImageFolder
 
-    root = tmp_path / "fewshot"
+    root = tmp_path / name
     root.mkdir()
-    rng = __import__("numpy").random.default_rng(0)
+    rng = __import__("numpy").random.default_rng(seed)
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype="uint8")).save(root / f"img_{i:03d}.png")
     for i in range(bad):
@@ -366,6 +379,10 @@ def test_a_church_target_runs_on_the_church_source_model(tmp_path):
     import torch
 
     from diffusion_transfer.core.models.unet import build_unet, load_unet, save_unet
+    from diffusion_transfer.datasets import TensorDictDataset
+
+    def load_tensors(path):
+        return TensorDictDataset(str(path)).load()
 
     proj = _scratch_project(tmp_path)
     tiny = dict(sample_size=32, block_out_channels=(8, 16), layers_per_block=1,
@@ -374,14 +391,19 @@ def test_a_church_target_runs_on_the_church_source_model(tmp_path):
     torch.manual_seed(0)
     save_unet(build_unet(tiny), proj / "data" / "06_models" / "ddpm_church_256")
     folder = _image_folder(tmp_path, 24).root
+    churches = _image_folder(tmp_path, 40, name="lsun_church", seed=1).root
     with (proj / "conf" / "smoke" / "catalog.yml").open("a") as f:
-        f.write(f"\nlandscape_drawings_raw:\n  type: diffusion_transfer.datasets.ImageFolderDataset\n"
-                f"  path: {folder}\n")
+        for name, path in (("landscape_drawings_raw", folder), ("church_source_images", churches)):
+            f.write(f"\n{name}:\n  type: diffusion_transfer.datasets.ImageFolderDataset\n  path: {path}\n")
     _run(proj, "smoke", "naive_landscape_drawings")
     data = proj / "data"
     assert (data / "05_model_input" / "church" / "noise_bank.safetensors").exists()
     assert (data / "07_model_output" / "church_source" / "samples.safetensors").exists()
     assert not (data / "05_model_input" / "noise_bank.safetensors").exists()  # the FFHQ source is untouched
+    inputs = json.loads((data / "08_reporting" / "classifier_landscape_drawings" / "report.json").read_text())
+    assert inputs["train"]["source"] > 0  # church images against the drawings
+    translations = load_tensors(data / "07_model_output" / "naive_landscape_drawings" / "translations.safetensors")
+    assert translations["meta"]["inputs"] == str(churches)  # translation inputs are church images
     model = load_unet(data / "06_models" / "naive_landscape_drawings" / "model")
     assert tuple(model.config.block_out_channels) == (8, 16)  # fine-tuned from the church model
     metrics = json.loads((data / "08_reporting" / "naive_landscape_drawings" / "metrics.json").read_text())

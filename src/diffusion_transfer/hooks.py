@@ -12,7 +12,8 @@ from diffusion_transfer.pipelines import params as P
 def validate_parameters(parameters: dict[str, Any]) -> None:
     """Validate every parameter block the project knows, naming the failing
     parameter; raises :class:`InvalidParametersError` before any compute."""
-    blocks = {"schedule": P.ScheduleParams, "sampling": P.SamplingParams, "evaluation": P.EvaluationParams}
+    blocks = {"schedule": P.ScheduleParams, "sampling": P.SamplingParams, "evaluation": P.EvaluationParams,
+              "translation": P.TranslationParams}
     for key, model in blocks.items():
         if key in parameters:
             P.parse(model, parameters[key], key)
@@ -38,6 +39,8 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
             P.parse(P.TrainParams, {**train, **m.train, **d.train},
                     f"train (with methods.{mname}.train and datasets.{name}.train)")
         _validate_methods(parameters, d)
+        if "translation" in parameters:
+            P.translation_for(parameters["translation"], d)
 
 
 def _validate_methods(parameters: dict[str, Any], dataset: P.DatasetParams | None) -> None:

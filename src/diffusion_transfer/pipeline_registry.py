@@ -33,8 +33,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         pipelines[f"classifier_{dataset}"] = clf
         runs = []
         for name in METHODS:
-            run = (clf if name in method.GUIDED_METHODS else curation) + source + \
-                method.create_method_pipeline(name, dataset, prefix)
+            # every run needs the classifier: TAN trains with it, EGSDE translates with it
+            run = clf + source + method.create_method_pipeline(name, dataset, prefix)
             pipelines[f"{name}_{dataset}"] = run
             runs.append(run)
         pipelines[f"compare_{dataset}"] = sum(runs, Pipeline([])) + compare.create_compare_node_pipeline(

@@ -38,6 +38,12 @@ from diffusion_transfer.pipelines.params import (
     parse,
 )
 from diffusion_transfer.pipelines.report import build_report, evaluate
+from diffusion_transfer.pipelines.translate import (
+    evaluate_translations,
+    select_translation_inputs,
+    translate,
+    translation_grid,
+)
 
 
 def resolve_run(method: dict, dataset: dict, train_defaults: dict) -> dict[str, Any]:
@@ -240,7 +246,8 @@ def source_names(prefix: str = "") -> dict[str, str]:
     """Catalog names of one source domain's shared datasets. The default
     source (FFHQ; FaceWorld photos) has no prefix; another source (LSUN
     Church) prefixes its own: ``church_source_model``, ``church_noise_bank``..."""
-    return {name: f"{prefix}{name}" for name in ("source_model", "source_images", "noise_bank", "source_samples")}
+    return {name: f"{prefix}{name}"
+            for name in ("source_model", "source_images", "noise_bank", "source_samples", "translation_inputs")}
 
 
 def create_source_pipeline(prefix: str = "") -> Pipeline:
@@ -252,6 +259,8 @@ def create_source_pipeline(prefix: str = "") -> Pipeline:
                  name=f"{prefix}make_noise_bank", tags=["sample"]),
             node(sample, [n["source_model"], n["noise_bank"], "params:sampling", "params:schedule"],
                  n["source_samples"], name=f"{prefix}sample_source", tags=["sample"]),
+            node(select_translation_inputs, [n["source_images"], n["source_model"], "params:translation"],
+                 n["translation_inputs"], name=f"{prefix}select_translation_inputs", tags=["translate"]),
         ]
     )
 
@@ -295,20 +304,33 @@ def create_method_pipeline(method: str, dataset: str, source_prefix: str = "") -
             node(sample, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule"], "target_samples",
                  name="sample_finetuned", tags=["sample"]),
         ]
+    translate_inputs = ["finetuned_model", "source_model", "domain_classifier", "translation_inputs",
+                        "params:translation", "params:dataset", "params:schedule"]
+    translation = [
+        node(translate, translate_inputs + (["sampling_conditions"] if method in CONDITIONAL_METHODS else []),
+             "translations", name="translate", tags=["translate"]),
+        node(evaluate_translations, ["translations", "reference", "evaluation_clip", "attribute_classifier",
+                                     "params:evaluation", "params:dataset"],
+             "translation_metrics", name="evaluate_translations", tags=["evaluate"]),
+        node(translation_grid, ["translations", "params:translation"], "translation_grid", name="translation_grid",
+             tags=["report"]),
+    ]
     template = Pipeline(
-        train_and_sample + [
+        train_and_sample + translation + [
             node(evaluate,
                  ["source_samples", "target_samples", "curated", "reference", "evaluation_clip",
                   "attribute_classifier", "params:evaluation", "params:dataset"],
                  "metrics", name="evaluate", tags=["evaluate"]),
             node(build_report,
-                 ["metrics", "training_history", "curation_summary", "source_samples", "target_samples"],
+                 ["metrics", "training_history", "curation_summary", "source_samples", "target_samples",
+                  "translation_metrics"],
                  ["report", "sample_grid", "loss_curve"], name="report", tags=["report"]),
         ]
     )
     shared = {"evaluation_clip", "attribute_classifier"} | ({"condition_clip"} if method in CONDITIONAL_METHODS else set())
     source = {k: v for k, v in source_names(source_prefix).items() if k != "source_images"}
-    extra_inputs = {"domain_classifier": f"{dataset}_domain_classifier"} if method in GUIDED_METHODS else {}
+    # The dataset's noisy domain classifier: TAN's guidance, EGSDE's realism energy.
+    extra_inputs = {"domain_classifier": f"{dataset}_domain_classifier"}
     return Pipeline(
         template,
         namespace=f"{method}_{dataset}",
@@ -322,5 +344,6 @@ def create_method_pipeline(method: str, dataset: str, source_prefix: str = "") -
             "params:sampling": "params:sampling",
             "params:evaluation": "params:evaluation",
             "params:paths.checkpoints": "params:paths.checkpoints",
+            "params:translation": "params:translation",
         },
     )

@@ -65,6 +65,66 @@ class EvaluationParams(_Params):
     cache_dir: str = "data/04_feature/fid_cache"
 
 
+class SDEditParams(_Params):
+    enabled: bool = True
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = Field(50, ge=1)
+    eta: float = Field(0.0, ge=0)
+    #: editing range as a fraction of T; null: ``translation.t0``
+    t0: float | None = Field(None, ge=0, le=1)
+
+
+class ILVRParams(_Params):
+    enabled: bool = True
+    sampler: Literal["ddim", "ddpm"] = "ddpm"
+    steps: int = Field(100, ge=1)
+    eta: float = Field(0.0, ge=0)
+    t0: float | None = Field(1.0, ge=0, le=1)
+    factor: int = Field(16, ge=1)         # downsampling factor N of the low-pass filter
+    until: float = Field(0.0, ge=0, le=1)  # refine while t >= until T
+
+
+class EGSDEParams(_Params):
+    enabled: bool = True
+    steps: int = Field(100, ge=1)          # ancestral DDPM steps over [0, t0]
+    t0: float | None = Field(None, ge=0, le=1)
+    realism_weight: float = Field(500.0, ge=0)      # lambda_s (EGSDE)
+    faithfulness_weight: float = Field(2.0, ge=0)   # lambda_i
+    factor: int = Field(32, ge=1)                   # low-pass downsampling factor
+
+
+class DDIBParams(_Params):
+    enabled: bool = True
+    steps: int = Field(40, ge=1)           # DDIM steps of the inversion and of the generation
+
+
+class TranslationParams(_Params):
+    """The translate stage: ``n_inputs`` source-domain images (a seeded subset
+    of ``source_images``) translated by each enabled method."""
+
+    n_inputs: int = Field(128, ge=1)
+    seed: int = 0
+    batch_size: int = Field(64, ge=1)
+    t0: float = Field(0.5, ge=0, le=1)     # shared editing range of SDEdit and EGSDE
+    grid_inputs: int = Field(8, ge=1)
+    sdedit: SDEditParams = Field(default_factory=SDEditParams)
+    ilvr: ILVRParams = Field(default_factory=ILVRParams)
+    egsde: EGSDEParams = Field(default_factory=EGSDEParams)
+    ddib: DDIBParams = Field(default_factory=DDIBParams)
+
+    def enabled(self) -> list[str]:
+        return [name for name in ("sdedit", "ilvr", "egsde", "ddib") if getattr(self, name).enabled]
+
+
+def translation_for(translation: dict[str, Any], dataset: DatasetParams) -> TranslationParams:
+    """``translation`` with ``datasets.<name>.translation`` merged over it
+    (sub-blocks such as ``sdedit`` merge key by key)."""
+    merged = dict(translation or {})
+    for key, value in dataset.translation.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse(TranslationParams, merged, f"translation (with datasets.{dataset.name}.translation)")
+
+
 class ConditionParams(_Params):
     """How a conditional method (ANL) is conditioned when sampling: the noise
     bank's i-th sample conditions on training image i (cycled) with a random
@@ -106,6 +166,9 @@ class DatasetParams(_Params):
     intra_lpips_max_per_cluster: int = Field(50, ge=2)
     #: FaceWorld attribute metrics apply (face targets); false for LSUN Church targets.
     attributes: bool = True
+    #: Overrides of the ``translation`` block for this dataset (e.g. the SDFT
+    #: paper's editing range t0 = 0.625 for AAHQ), merged one level deep.
+    translation: dict[str, Any] = Field(default_factory=dict)
 
 
 class CurateParams(_Params):

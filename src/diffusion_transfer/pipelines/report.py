@@ -165,8 +165,22 @@ def _parameter_lines(history: dict) -> list[str]:
     return [line + "."]
 
 
+def _translation_lines(tm: dict) -> list[str]:
+    from diffusion_transfer.pipelines.translate import translation_table
+
+    settings = "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v}" for k, v in cfg.items() if k not in ("enabled", "seconds"))
+        for name, cfg in tm["settings"].items())
+    return ["", "## Domain translation (fine-tuned model)", "",
+            f"{tm['n_inputs']} source-domain inputs translated by each method. Faithfulness: PSNR, SSIM, LPIPS "
+            f"between each input and its translation; realism: FID/KID against the {tm['fid_reference']}"
+            + ("; attribute retention from input to translation." if any("retention" in r for r in tm["rows"].values())
+               else "."), "", *translation_table(tm), "", f"Settings: {settings}.", "",
+            "Top row: the inputs; then one row per method.", "", "![translations](translations.png)"]
+
+
 def build_report(metrics: dict, history: dict, curation_summary: dict, source_samples: dict,
-                 target_samples: dict) -> tuple[str, Image.Image, plt.Figure]:
+                 target_samples: dict, translation_metrics: dict | None = None) -> tuple[str, Image.Image, plt.Figure]:
     run = history["run"]
     m = metrics["models"]
     lines = [f"# Report: {run['run']}", "",
@@ -200,6 +214,8 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
             for name, values in absent.items():
                 lines.append(f"| {name} | {', '.join(values)} | {fmt(src_rate.get(name))} | "
                              f"{fmt(trg_rate.get(name))} | {fmt(kept.get(name))} |")
+    if translation_metrics is not None:
+        lines += _translation_lines(translation_metrics)
     lines += ["", "## Samples", "", "Top row: source model; bottom row: fine-tuned model, same initial noise.", "",
               "![source vs fine-tuned](samples_src_vs_trg.png)", "", "## Training", "",
               f"Hyperparameters: `{run['hyperparameters']}`; steps {run['train']['steps']}, "
@@ -210,7 +226,9 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
               _curation_line(curation_summary), "",
               "![curation contact sheet](../curate_" + str(run["dataset"]) + "/contact_sheet.png)", "",
               "## Weights each metric ran on", ""]
-    lines += [f"- **{k}**: {v}" for k, v in metrics["weights"].items()]
+    weights = {**metrics["weights"], **({f"translation {k}": v for k, v in translation_metrics["weights"].items()}
+                                        if translation_metrics is not None else {})}
+    lines += [f"- **{k}**: {v}" for k, v in weights.items()]
     report = "\n".join(lines) + "\n"
     grid = _pair_grid(source_samples["images"].numpy(), target_samples["images"].numpy())
     return report, grid, _loss_plot(history)

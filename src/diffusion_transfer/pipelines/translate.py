@@ -1,0 +1,221 @@
+"""The translate stage of the method template (SDFT paper section 4.2, Table 1).
+
+A fixed set of source-domain inputs (``translation_inputs``: FaceWorld
+photos in the demo, FFHQ in ``conf/paper``) is translated by the fine-tuned
+model with each enabled method (SDEdit, ILVR, EGSDE, DDIB), then scored for
+faithfulness (PSNR, SSIM, LPIPS between each input and its translation) and
+realism (FID, KID against the target dataset), plus FaceWorld attribute
+retention from input to translation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from diffusion_transfer.core.data.images import ingest_images, to_tensor, to_uint8
+from diffusion_transfer.core.metrics import attributes as attr_metrics
+from diffusion_transfer.core.metrics.fid import compute_fid_kid
+from diffusion_transfer.core.metrics.image_metrics import psnr, ssim
+from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric
+from diffusion_transfer.core.models.adapted import AdaptedUNet
+from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn
+from diffusion_transfer.core.schedule import make_schedule
+from diffusion_transfer.core.translation import ddib, egsde, ilvr, sdedit
+from diffusion_transfer.pipelines.params import (
+    DatasetParams,
+    EvaluationParams,
+    InvalidParametersError,
+    ScheduleParams,
+    TranslationParams,
+    parse,
+    translation_for,
+)
+
+LABELS = {"sdedit": "SDEdit", "ilvr": "ILVR", "egsde": "EGSDE", "ddib": "DDIB"}
+CHANNEL_CONVENTION = ("PSNR and SSIM on RGB (no luma conversion) after mapping [-1, 1] to [0, 1] (data range 1); "
+                      "SSIM with an 11x11 Gaussian window, sigma 1.5, averaged over channels")
+
+
+def select_translation_inputs(source_folder, source_model, translation: dict) -> dict:
+    """``n_inputs`` source-domain images, a seeded subset of the folder, at
+    the source model's resolution."""
+    p = parse(TranslationParams, translation, "translation")
+    size = int(source_model.config.sample_size)
+    files = sorted(source_folder.files)
+    if not files:
+        raise ValueError(f"translation: no images in {source_folder.root}")
+    order = np.random.default_rng(p.seed).permutation(len(files))
+    # Draw a few spares so that unreadable files still leave n_inputs images.
+    picked = [files[i] for i in order[: min(len(files), p.n_inputs + 16)]]
+    ingest = ingest_images(picked, resolution=size)
+    if len(ingest.names) < p.n_inputs:
+        raise ValueError(f"translation.n_inputs is {p.n_inputs} but only {len(ingest.names)} valid images were "
+                         f"found in {source_folder.root}")
+    names = ingest.names[: p.n_inputs]
+    meta: dict[str, Any] = {"names": names, "folder": str(source_folder.root), "seed": p.seed,
+                            "skipped": [list(s) for s in ingest.skipped]}
+    records = getattr(source_folder, "records", {}) or {}
+    if records:
+        meta["records"] = [records.get(n, {}) for n in names]
+    return {"images": torch.from_numpy(ingest.images[: p.n_inputs]), "meta": meta}
+
+
+def _check_factors(p: TranslationParams, size: int) -> None:
+    for name in ("ilvr", "egsde"):
+        block = getattr(p, name)
+        if block.enabled and size % block.factor:
+            raise InvalidParametersError(f"Invalid parameters in 'translation.{name}.factor': {block.factor} must "
+                                         f"divide the image size {size}")
+
+
+def translate(target_model, source_model, classifier, inputs: dict, translation: dict, dataset: dict,
+              schedule: dict, conditions: dict | None = None) -> dict:
+    """Translate every input with each enabled method. Returns uint8 images per
+    method (``inputs`` plus ``sdedit``, ``ilvr``, ``egsde``, ``ddib``) and, in
+    ``meta``, each method's settings and wall time. A conditional model (ANL)
+    takes the i-th of ``conditions["embeddings"]`` (cycled) for input i."""
+    from tqdm.auto import tqdm
+
+    d = parse(DatasetParams, dataset, "datasets")
+    p = translation_for(translation, d)
+    sched = make_schedule(**parse(ScheduleParams, schedule, "schedule").model_dump())
+    x_all = to_tensor(inputs["images"].numpy())
+    _check_factors(p, int(x_all.shape[-1]))
+    enabled = p.enabled()
+    if not enabled:
+        raise InvalidParametersError("Invalid parameters in 'translation': every method is disabled")
+    if "egsde" in enabled and p.egsde.realism_weight and classifier is None:
+        raise ValueError("EGSDE's realism energy needs the domain classifier (classifier_<dataset>)")
+    cond = conditions["embeddings"] if conditions is not None else None
+    if cond is None and isinstance(target_model, AdaptedUNet) and target_model.adapter.needs_condition:
+        raise ValueError(f"the {target_model.kind} model is conditional: translation needs conditions")
+    target_model.eval()
+    source_model.eval()
+    target_eps, source_eps = model_eps_fn(target_model), model_eps_fn(source_model)
+    features = (lambda x, t: classifier.features(x, t)[-1]) if classifier is not None else None
+    # One start noise per input, shared by every method and every model.
+    noise_all = make_noise_bank(len(x_all), tuple(x_all.shape[1:]), seed=p.seed + 7)
+    out: dict[str, Any] = {"inputs": inputs["images"]}
+    settings: dict[str, Any] = {}
+    for name in enabled:
+        block = getattr(p, name)
+        t0 = getattr(block, "t0", None)
+        t0 = p.t0 if t0 is None and name in ("sdedit", "egsde") else t0
+        settings[name] = {**block.model_dump(), **({"t0": t0} if t0 is not None else {})}
+        gen = torch.Generator().manual_seed(p.seed + 11)
+        results, start = [], time.perf_counter()
+        with tqdm(total=len(x_all), desc=f"translate ({LABELS[name]})", unit="img") as bar:
+            for i in range(0, len(x_all), p.batch_size):
+                x, noise = x_all[i : i + p.batch_size], noise_all[i : i + p.batch_size]
+                idx = torch.arange(i, i + len(x))
+                ctx = target_model.conditioned(cond[idx % cond.shape[0]]) if cond is not None \
+                    else contextlib.nullcontext()
+                with ctx:
+                    if name == "sdedit":
+                        y = sdedit(target_eps, x, sched, t0=t0, noise=noise, sampler=block.sampler,
+                                   steps=block.steps, eta=block.eta, generator=gen)
+                    elif name == "ilvr":
+                        y = ilvr(target_eps, x, sched, factor=block.factor, t0=t0, until=block.until, noise=noise,
+                                 sampler=block.sampler, steps=block.steps, eta=block.eta, generator=gen)
+                    elif name == "egsde":
+                        y = egsde(target_eps, x, sched, features=features, realism_weight=block.realism_weight,
+                                  faithfulness_weight=block.faithfulness_weight, factor=block.factor, t0=t0,
+                                  noise=noise, steps=block.steps, generator=gen)
+                    else:
+                        y = ddib(source_eps, target_eps, x, sched, steps=block.steps)
+                results.append(y.clamp(-1, 1))
+                bar.update(len(x))
+        settings[name]["seconds"] = round(time.perf_counter() - start, 2)
+        out[name] = torch.from_numpy(to_uint8(torch.cat(results)))
+    out["meta"] = {"methods": enabled, "settings": settings, "n_inputs": int(len(x_all)),
+                   "inputs": inputs.get("meta", {}).get("folder"),
+                   "conditions": conditions.get("meta", {}) if conditions is not None else None}
+    return out
+
+
+def evaluate_translations(translations: dict, reference: dict, clip, attribute_classifier, evaluation: dict,
+                          dataset: dict) -> dict[str, Any]:
+    """Faithfulness (input vs translation) and realism (translations vs the
+    whole target dataset) per method; every number names its weights."""
+    from diffusion_transfer.pipelines.report import _ATTRS, _extractor
+
+    p = parse(EvaluationParams, evaluation, "evaluation")
+    d = parse(DatasetParams, dataset, "datasets")
+    methods = translations["meta"]["methods"]
+    x_in = to_tensor(translations["inputs"].numpy())
+    ref_images = reference["images"].numpy()
+    n_ref = len(ref_images)
+    if p.max_reference_images is not None and n_ref > p.max_reference_images:
+        keep = np.sort(np.random.default_rng(0).choice(n_ref, p.max_reference_images, replace=False))
+        ref_images = ref_images[keep]  # the same fixed subset as the generation metrics (cached once)
+    extractor = _extractor(p, clip)
+    lpips = LPIPSMetric(net=p.lpips_net, backbone_weights=p.lpips_backbone_weights)
+    in_attrs = None
+    use_attrs = p.attributes and d.attributes and attribute_classifier is not None
+    if use_attrs:
+        from diffusion_transfer.core.world.classifier import predict_attributes
+
+        in_attrs = predict_attributes(attribute_classifier, translations["inputs"].numpy())
+    rows: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        y = to_tensor(translations[name].numpy())
+        with torch.no_grad():
+            dist = torch.cat([lpips(x_in[i : i + 64], y[i : i + 64]) for i in range(0, len(y), 64)])
+        fk = compute_fid_kid(translations[name].numpy(), ref_images, extractor, ref_cache=Path(p.cache_dir))
+        row = {"psnr": float(psnr(x_in, y).mean()), "ssim": float(ssim(x_in, y).mean()),
+               "lpips": float(dist.mean()), "fid": fk["fid"], "kid_x1e3": fk["kid_x1e3"],
+               "seconds": translations["meta"]["settings"][name].get("seconds")}
+        if use_attrs:
+            out_attrs = predict_attributes(attribute_classifier, translations[name].numpy())
+            row["retention"] = attr_metrics.attribute_retention(in_attrs, out_attrs, attributes=_ATTRS)["mean"]
+            row["face_rate"] = attr_metrics.face_rate(out_attrs)
+        rows[name] = row
+    weights = {"fid_kid": extractor.weights, "lpips": lpips.label, "psnr_ssim": CHANNEL_CONVENTION}
+    if use_attrs:
+        weights["attributes"] = "FaceWorld attribute classifier (evaluation only, never a training signal)"
+    return {"dataset": d.name, "n_inputs": int(len(x_in)),
+            "fid_reference": f"raw target set ({len(ref_images)} of {n_ref} images)",
+            "settings": translations["meta"]["settings"], "rows": rows, "weights": weights}
+
+
+def translation_table(metrics: dict[str, Any]) -> list[str]:
+    """Markdown lines: one row per translation method."""
+    rows = metrics["rows"]
+    has_attrs = any("retention" in r for r in rows.values())
+    head = "| translation | PSNR ↑ | SSIM ↑ | LPIPS ↓ | FID ↓ | KID x1e3 ↓ |" + \
+        (" attribute retention ↑ | face rate |" if has_attrs else "") + " wall |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for name, r in rows.items():
+        cells = [LABELS.get(name, name), f"{r['psnr']:.2f}", f"{r['ssim']:.3f}", f"{r['lpips']:.3f}",
+                 f"{r['fid']:.2f}", f"{r['kid_x1e3']:.2f}"]
+        if has_attrs:
+            cells += [f"{r.get('retention', float('nan')):.3f}", f"{r.get('face_rate', float('nan')):.3f}"]
+        cells.append(f"{r['seconds']:.0f} s" if r.get("seconds") is not None else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def translation_grid(translations: dict, translation: dict, scale: int = 2) -> Image.Image:
+    """Rows: the input, then each method's translation; columns: the first
+    ``grid_inputs`` inputs."""
+    p = parse(TranslationParams, translation, "translation")
+    names = ["inputs"] + list(translations["meta"]["methods"])
+    k = min(p.grid_inputs, translations["inputs"].shape[0])
+    rows = [translations[n].numpy()[:k] for n in names]
+    h, w = rows[0].shape[1] * scale, rows[0].shape[2] * scale
+    label_w = 60
+    sheet = Image.new("RGB", (label_w + k * (w + 2), len(rows) * (h + 2)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (row, name) in enumerate(zip(rows, names)):
+        y = r * (h + 2)
+        draw.text((4, y + h // 2 - 5), "input" if name == "inputs" else LABELS[name], fill="black")
+        for i, img in enumerate(row):
+            sheet.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (label_w + i * (w + 2), y))
+    return sheet
