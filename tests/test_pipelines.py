@@ -84,6 +84,22 @@ def test_compare_runs_tabulates_every_method_and_the_source_once():
         compare_runs("aahq")
 
 
+def test_compare_runs_lays_out_translation_like_table_1():
+    from diffusion_transfer.pipelines.compare import compare_runs
+
+    def tm(psnr):
+        row = {"psnr": psnr, "ssim": 0.5, "lpips": 0.2, "fid": 10.0, "kid_x1e3": 5.0, "retention": 0.7}
+        return {"n_inputs": 8, "fid_reference": "raw target set (8 of 8 images)", "weights": {"psnr_ssim": "RGB"},
+                "rows": {"sdedit": row, "egsde": {**row, "psnr": psnr + 1}}}
+
+    table, report = compare_runs("metfaces", naive=_metrics(3.0, 0.25), sdft=_metrics(4.0, 0.75),
+                                 translation_naive=tm(14.0), translation_sdft=tm(16.0))
+    assert [(r["translation"], r["method"]) for r in table["translation_rows"]] == [
+        ("sdedit", "naive"), ("sdedit", "sdft"), ("egsde", "naive"), ("egsde", "sdft")]
+    assert "| SDEdit | sdft | 16.00 | 0.500 |" in report and "| EGSDE | naive | 15.00 |" in report
+    assert "translation psnr_ssim" in report and list(table["rows"]) == ["source (pretrained)", "naive", "sdft"]
+
+
 def _base_params() -> dict:
     params: dict = {}
     for f in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
@@ -260,7 +276,6 @@ def test_kedro_viz_build_shows_the_data_layers(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_compare_metfaces_smoke_runs_every_method(tmp_path):
     """compare_metfaces in smoke: glasses removal, all seven methods, one table;
     adapted models saved as base + modules, ANL's conditions and prompt grid."""
@@ -277,6 +292,10 @@ def test_compare_metfaces_smoke_runs_every_method(tmp_path):
     for method in ALL_METHODS:
         assert (reporting / f"{method}_metfaces" / "report.md").exists()
     assert "| sdft |" in (reporting / "compare_metfaces" / "comparison.md").read_text()
+    pairs = {(r["translation"], r["method"]) for r in table["translation_rows"]}
+    assert pairs == {(t, m) for t in ("sdedit", "ilvr", "egsde", "ddib") for m in ALL_METHODS}
+    anl_translations = json.loads((reporting / "anl_metfaces" / "translation_metrics.json").read_text())
+    assert anl_translations["settings"]["sdedit"]["t0"] == 0.5  # MetFaces' 0.5T
     models = proj / "data" / "06_models"
     for method in ("a3ft", "anl", "anl_uncond"):
         assert json.loads((models / f"{method}_metfaces" / "model" / "adapter.json").read_text())["kind"] == method

@@ -25,6 +25,7 @@ _COLUMNS = (
     ("trainable params (% of source)", "trainable_percent", 2),
 )
 _HISTORY = "history_"
+_TRANSLATION = "translation_"
 
 
 def _row(model: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +47,9 @@ def compare_runs(dataset: str, **metrics_by_method: dict[str, Any]) -> tuple[dic
     metrics; ``history_<method>`` (optional) its training history, for the
     trainable-parameter share."""
     histories = {k[len(_HISTORY):]: v for k, v in metrics_by_method.items() if k.startswith(_HISTORY)}
-    metrics_by_method = {k: v for k, v in metrics_by_method.items() if not k.startswith(_HISTORY)}
+    translations = {k[len(_TRANSLATION):]: v for k, v in metrics_by_method.items() if k.startswith(_TRANSLATION)}
+    metrics_by_method = {k: v for k, v in metrics_by_method.items()
+                         if not k.startswith(_HISTORY) and not k.startswith(_TRANSLATION)}
     if not metrics_by_method:
         raise ValueError("compare_runs needs the metrics of at least one method")
     first = next(iter(metrics_by_method.values()))
@@ -66,10 +69,46 @@ def compare_runs(dataset: str, **metrics_by_method: dict[str, Any]) -> tuple[dic
     lines += ["", "Retention: share of source samples (faces) whose attribute survives in the fine-tuned sample "
               "from the same noise. Kept absent values: the same, only for values absent from the training set"
               + (f" ({absent_text})" if absent else "")
-              + ". Absent-value rate: share of samples showing at least one such value.", "",
-              "## Weights each metric ran on", ""]
-    lines += [f"- **{k}**: {v}" for k, v in first["weights"].items()]
-    return {"dataset": dataset, "rows": rows, "absent_values": absent}, "\n".join(lines) + "\n"
+              + ". Absent-value rate: share of samples showing at least one such value."]
+    translation_rows = _translation_rows(translations)
+    if translation_rows:
+        lines += _translation_lines(translation_rows, next(iter(translations.values())))
+    weights = {**first["weights"], **({f"translation {k}": v for k, v in
+                                        next(iter(translations.values()))["weights"].items()} if translations else {})}
+    lines += ["", "## Weights each metric ran on", ""]
+    lines += [f"- **{k}**: {v}" for k, v in weights.items()]
+    out = {"dataset": dataset, "rows": rows, "absent_values": absent}
+    if translation_rows:
+        out["translation_rows"] = translation_rows
+    return out, "\n".join(lines) + "\n"
+
+
+def _translation_rows(translations: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """SDFT Table 1's layout: one row per (translation method, training method)."""
+    rows = []
+    order = [name for tm in translations.values() for name in tm["rows"]]
+    for translation in dict.fromkeys(order):
+        for method, tm in translations.items():
+            if translation in tm["rows"]:
+                rows.append({"translation": translation, "method": method, **tm["rows"][translation]})
+    return rows
+
+
+def _translation_lines(rows: list[dict[str, Any]], example: dict[str, Any]) -> list[str]:
+    from diffusion_transfer.pipelines.translate import LABELS
+
+    has_attrs = any("retention" in r for r in rows)
+    cols = [("PSNR ↑", "psnr", 2), ("SSIM ↑", "ssim", 3), ("LPIPS ↓", "lpips", 3), ("FID ↓", "fid", 2),
+            ("KID x1e3 ↓", "kid_x1e3", 2)] + ([("attribute retention ↑", "retention", 3)] if has_attrs else [])
+    lines = ["", "## Domain translation (SDFT Table 1 protocol)", "",
+             f"{example['n_inputs']} source-domain inputs, the same for every model; FID/KID against the "
+             f"{example['fid_reference']}.", "",
+             "| translation | training method | " + " | ".join(c[0] for c in cols) + " |",
+             "|---|---" + "|---" * len(cols) + "|"]
+    for r in rows:
+        lines.append(f"| {LABELS.get(r['translation'], r['translation'])} | {r['method']} | "
+                     + " | ".join(fmt(r.get(key), digits) for _, key, digits in cols) + " |")
+    return lines
 
 
 def create_compare_node_pipeline(dataset: str, methods: tuple[str, ...]) -> Pipeline:
@@ -78,7 +117,8 @@ def create_compare_node_pipeline(dataset: str, methods: tuple[str, ...]) -> Pipe
             node(
                 bind(compare_runs, dataset=dataset),
                 inputs={**{m: f"{m}_{dataset}.metrics" for m in methods},
-                        **{f"{_HISTORY}{m}": f"{m}_{dataset}.training_history" for m in methods}},
+                        **{f"{_HISTORY}{m}": f"{m}_{dataset}.training_history" for m in methods},
+                        **{f"{_TRANSLATION}{m}": f"{m}_{dataset}.translation_metrics" for m in methods}},
                 outputs=[f"{dataset}_comparison", f"{dataset}_comparison_report"],
                 name=f"compare_{dataset}",
                 tags=["report"],
