@@ -25,6 +25,10 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
             TrainConfig(**{"steps": 1, "batch_size": 1, **c.train})
         except Exception as err:  # pydantic names the field
             raise P.InvalidParametersError(f"Invalid parameters in 'classifier.train': {err}") from None
+    if "convert_source" in parameters:
+        from diffusion_transfer.pipelines.convert import ConvertParams
+
+        P.parse(ConvertParams, parameters["convert_source"], "convert_source")
     for name, block in (parameters.get("curate") or {}).items():
         P.parse(P.CurateParams, block, f"curate.{name}")
     for name, block in (parameters.get("methods") or {}).items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from diffusion_transfer.pipelines import classifier, compare, curate, method, world
+from diffusion_transfer.pipelines import classifier, compare, convert, curate, method, world
 
 METHODS = ("scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "tan")
 DATASETS = ("aahq", "metfaces")
@@ -23,7 +23,7 @@ SOURCE_PREFIX = {dataset: prefix for prefix, targets in SOURCES.values() for dat
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines: dict[str, Pipeline] = {"world": world.create_pipeline()}
+    pipelines: dict[str, Pipeline] = {"world": world.create_pipeline(), "convert_source": convert.create_pipeline()}
     for dataset in DATASETS + FEW_SHOT_DATASETS:
         prefix = SOURCE_PREFIX[dataset]
         source = method.create_source_pipeline(prefix)

@@ -476,3 +476,24 @@ def test_cli_errors_are_clear_messages(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["--help"])
     assert "--config" in capsys.readouterr().out
+
+
+def test_convert_source_node_converts_a_checkpoint_with_preset_overrides(tmp_path):
+    """The Kedro node behind ``kedro run --pipeline=convert_source``."""
+    from diffusion_transfer.pipeline_registry import register_pipelines
+    from diffusion_transfer.pipelines.convert import convert_source
+
+    ref = reference(TINY)
+    ckpt = tmp_path / "tiny_adm.pt"
+    torch.save(ref.state_dict(), ckpt)
+    overrides = {k: v for k, v in TINY.model_dump().items() if v != FFHQ_P2.model_dump()[k]}
+    model = convert_source({"checkpoint": str(ckpt), "preset": "ffhq_p2", "overrides": overrides})
+    x, t = _inputs(TINY)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t).sample, ref(x, t), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="ffhq_p2.pt"):
+        convert_source({"checkpoint": str(tmp_path / "missing.pt")})
+    with pytest.raises(ValueError, match="preset"):
+        convert_source({"checkpoint": str(ckpt), "preset": "lsun"})
+    pipe = register_pipelines()["convert_source"]
+    assert pipe.outputs() == {"converted_source_model"}

@@ -1,0 +1,35 @@
+"""``convert_source``: a guided-diffusion (ADM) checkpoint -> the diffusers
+``UNet2DModel`` folder that ``source_model`` reads (conf/paper:
+``data/00_weights/ffhq_p2.pt`` -> ``data/06_models/ffhq_p2_diffusers``).
+The same conversion is the ``dt-convert-adm`` command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kedro.pipeline import Pipeline, node
+from pydantic import Field
+
+from diffusion_transfer.pipelines.params import _Params, parse
+
+
+class ConvertParams(_Params):
+    checkpoint: str = "data/00_weights/ffhq_p2.pt"
+    preset: str = "ffhq_p2"
+    #: ADMConfig fields over the preset (e.g. {image_size: 64, channel_mult: [1, 2, 3, 4]})
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+def convert_source(convert: dict):
+    from diffusion_transfer.core.models.adm import PRESETS, ADMConfig, convert_adm_checkpoint
+
+    p = parse(ConvertParams, convert, "convert_source")
+    if p.preset not in PRESETS:
+        raise ValueError(f"convert_source.preset must be one of {sorted(PRESETS)}, got {p.preset!r}")
+    cfg = ADMConfig(**{**PRESETS[p.preset].model_dump(), **p.overrides})
+    return convert_adm_checkpoint(p.checkpoint, cfg)
+
+
+def create_pipeline() -> Pipeline:
+    return Pipeline([node(convert_source, "params:convert_source", "converted_source_model", name="convert_source",
+                          tags=["convert"])])
