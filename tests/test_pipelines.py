@@ -348,6 +348,20 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
         os.chdir(old)
 
 
+def test_paper_run_stops_before_any_compute_listing_every_missing_input(tmp_path):
+    from diffusion_transfer.preflight import MissingInputsError
+
+    proj = _scratch_project(tmp_path)
+    with pytest.raises(MissingInputsError) as err:
+        _run(proj, "paper", "sdft_aahq")
+    message = str(err.value)
+    for name in ("aahq_raw", "source_model", "source_images", "curation_clip", "evaluation_clip",
+                 "evaluation.inception_path", "evaluation.lpips_backbone_weights"):
+        assert f"- {name}:" in message
+    assert "dt-convert-adm" in message and "onion-liu/aahq-dataset" in message
+    assert not (proj / "data" / "03_primary").exists()  # nothing was computed
+
+
 def test_finetune_checkpoints_are_keyed_by_source_weights_and_data(tmp_path):
     """A new source model or a new curated set must not resume an old run."""
     import torch

@@ -1,4 +1,4 @@
-"""Cross-cutting hooks: parameter validation before any node runs."""
+"""Cross-cutting hooks: parameter validation and the missing-inputs check before any node runs."""
 
 from __future__ import annotations
 
@@ -69,4 +69,7 @@ class ValidateParametersHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        from diffusion_transfer.preflight import check_inputs
+
         validate_parameters(self._context.params)
+        check_inputs(pipeline, catalog, self._context.params)

@@ -59,6 +59,12 @@ class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
             records = {r["file"]: r for r in read_records(self._path)}
         return ImageFolder(self._path, list_image_files(self._path), records)
 
+    def missing(self) -> str | None:
+        """For the pre-run check: why loading would fail, or None."""
+        if self._faceworld or self._path.is_dir():
+            return None
+        return f"image folder {self._path} does not exist." + (f" {self._hint}" if self._hint else "")
+
     def save(self, data: None) -> None:
         raise DatasetError("ImageFolderDataset is read-only")
 

@@ -33,6 +33,12 @@ class UNetDataset(AbstractDataset[Any, Any]):
 
         save_unet(model, self._path)
 
+    def missing(self) -> str | None:
+        """For the pre-run check: why loading would fail, or None."""
+        if self._exists() or (self._path.count("/") == 1 and not Path(self._path).exists() and not self._hint):
+            return None  # present, or a hub id (load_unet handles it, offline included)
+        return f"no UNet folder at {self._path}." + (f" {self._hint}" if self._hint else "")
+
     def _exists(self) -> bool:
         return (Path(self._path) / "config.json").exists() or (Path(self._path) / "adapter.json").exists()
 
@@ -64,6 +70,15 @@ class ClipDataset(AbstractDataset[Any, Any]):
         from diffusion_transfer.core.models.clip import load_open_clip
 
         return load_open_clip(self._model, self._pretrained)
+
+    def missing(self) -> str | None:
+        """For the pre-run check: why loading would fail, or None."""
+        if self._kind == "world":
+            return None if Path(self._path).is_dir() else (
+                f"no FaceWorld CLIP at {self._path}: rebuild it with `kedro run --pipeline=world`")
+        from diffusion_transfer.core.models.clip import missing_open_clip_weights
+
+        return missing_open_clip_weights(self._model, self._pretrained)
 
     def save(self, clip) -> None:
         if self._kind != "world":
@@ -108,6 +123,10 @@ class _ModelFolderDataset(AbstractDataset[Any, Any]):
     def _exists(self) -> bool:
         folder = Path(self._path)
         return (folder / self._marker).exists() if self._marker else folder.is_dir()
+
+    def missing(self) -> str | None:
+        """For the pre-run check: why loading would fail, or None."""
+        return None if self._exists() else f"no saved model at {self._path}"
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self._path}

@@ -47,22 +47,27 @@ class OpenClipEncoder:
         return F.normalize(self.model.encode_text(self.tokenizer(list(prompts))), dim=-1)
 
 
+def missing_open_clip_weights(model_name: str, pretrained: str | None) -> str | None:
+    """Why the open_clip weights cannot be had without compute or network, or
+    None: a local file that is missing, or a release tag while offline."""
+    if not pretrained:
+        return f"CLIP {model_name}: no weights configured ('pretrained' is empty)"
+    is_path = os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))
+    if is_path and not Path(pretrained).is_file():
+        return (f"CLIP weights not found: {pretrained}. Download the open_clip {model_name} weights "
+                f"(e.g. the 'openai' release) on a machine with internet and copy the file to that path.")
+    if not is_path and os.environ.get("HF_HUB_OFFLINE") == "1":
+        return (f"CLIP {model_name} pretrained={pretrained!r} needs a download but HF_HUB_OFFLINE=1; "
+                f"set 'pretrained' to a local weights file instead.")
+    return None
+
+
 def load_open_clip(model_name: str, pretrained: str | None) -> OpenClipEncoder:
     import open_clip
 
-    if not pretrained:
-        raise ClipLoadError(f"CLIP {model_name}: no weights configured ('pretrained' is empty)")
-    is_path = os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))
-    if is_path and not Path(pretrained).is_file():
-        raise ClipLoadError(
-            f"CLIP weights not found: {pretrained}. Download the open_clip {model_name} weights "
-            f"(e.g. the 'openai' release) on a machine with internet and copy the file to that path."
-        )
-    if not is_path and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ClipLoadError(
-            f"CLIP {model_name} pretrained={pretrained!r} needs a download but HF_HUB_OFFLINE=1; "
-            f"set 'pretrained' to a local weights file instead."
-        )
+    problem = missing_open_clip_weights(model_name, pretrained)
+    if problem:
+        raise ClipLoadError(problem)
     model = open_clip.create_model(model_name, pretrained=pretrained)
     return OpenClipEncoder(model, open_clip.get_tokenizer(model_name), name=f"open_clip {model_name}",
                            weights_label=f"open_clip {model_name} ({pretrained})")
