@@ -338,6 +338,14 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
             assert params["methods"]["a3ft"]["train"]["lr"] == 0.0002  # A3FT appendix C.2
             assert params["methods"]["anl"]["condition"]["mask_rate"] == 0.5  # ANL section 4
             assert set(params["methods"]) == set(ALL_METHODS)
+            from diffusion_transfer.pipelines.params import ClassifierParams
+
+            clf = ClassifierParams(**params["classifier"])
+            assert clf.for_dataset("aahq").train["steps"] == 4500  # SDFT appendix D
+            assert clf.for_dataset("metfaces").train["steps"] == 1500
+            assert clf.for_dataset("sketches").train["steps"] == 20000
+            assert clf.for_dataset("aahq").train["batch_size"] == 64  # merged key by key
+            assert params["translation"]["n_inputs"] == 10000 and params["translation"]["egsde"]["factor"] == 32
             with pytest.raises(DatasetError, match="ffhq_p2_diffusers"):
                 context.catalog.load("source_model")
             with pytest.raises(DatasetError, match="AAHQ"):
@@ -346,6 +354,16 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
                 context.catalog.load("church_source_model")
     finally:
         os.chdir(old)
+
+
+def test_per_dataset_classifier_overrides_are_validated():
+    from diffusion_transfer.hooks import validate_parameters
+    from diffusion_transfer.pipelines.params import InvalidParametersError
+
+    params = _base_params()
+    params["classifier"]["datasets"] = {"aahq": {"train": {"steps": 0}}}
+    with pytest.raises(InvalidParametersError, match="classifier.datasets.aahq"):
+        validate_parameters(params)
 
 
 def test_paper_run_stops_before_any_compute_listing_every_missing_input(tmp_path):

@@ -18,13 +18,16 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         if key in parameters:
             P.parse(model, parameters[key], key)
     if "classifier" in parameters:
-        c = P.parse(P.ClassifierParams, parameters["classifier"], "classifier")
+        base = P.parse(P.ClassifierParams, parameters["classifier"], "classifier")
         from diffusion_transfer.core.training import TrainConfig
 
-        try:
-            TrainConfig(**{"steps": 1, "batch_size": 1, **c.train})
-        except Exception as err:  # pydantic names the field
-            raise P.InvalidParametersError(f"Invalid parameters in 'classifier.train': {err}") from None
+        for name in [None, *base.datasets]:
+            c = base.for_dataset(name) if name else base
+            try:
+                TrainConfig(**{"steps": 1, "batch_size": 1, **c.train})
+            except Exception as err:  # pydantic names the field
+                where = "classifier.train" + (f" (with classifier.datasets.{name})" if name else "")
+                raise P.InvalidParametersError(f"Invalid parameters in '{where}': {err}") from None
     if "convert_source" in parameters:
         from diffusion_transfer.pipelines.convert import ConvertParams
 

@@ -40,7 +40,7 @@ _TRAIN_DEFAULTS = {"steps": 1500, "batch_size": 64, "lr": 3e-4, "ema_decay": 0.0
 
 def train_domain_classifier(source_folder, curated: dict, reference: dict, params: dict, schedule: dict,
                             checkpoint_root: str, dataset: str):
-    p = parse(ClassifierParams, params, "classifier")
+    p = parse(ClassifierParams, params, "classifier").for_dataset(dataset)
     sched_p = parse(ScheduleParams, schedule, "schedule")
     sched = make_schedule(**sched_p.model_dump())
     size = int(curated["images"].shape[1])

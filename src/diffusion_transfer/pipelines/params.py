@@ -209,6 +209,17 @@ class ClassifierParams(_Params):
     buckets: int = Field(10, ge=1)
     repeats: int = Field(2, ge=1)
     seed: int = 0
+    #: Per-dataset overrides, e.g. {aahq: {train: {steps: 4500}}} (SDFT appendix D);
+    #: ``train`` and ``network`` merge key by key.
+    datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def for_dataset(self, name: str) -> "ClassifierParams":
+        over = self.datasets.get(name, {})
+        merged = {**self.model_dump(exclude={"datasets"}), **over}
+        for key in ("train", "network"):
+            if isinstance(over.get(key), dict):
+                merged[key] = {**getattr(self, key), **over[key]}
+        return parse(ClassifierParams, merged, f"classifier (with classifier.datasets.{name})")
 
 
 P = TypeVar("P", bound=BaseModel)
