@@ -519,3 +519,15 @@ def test_tan_on_a_few_shot_target_smoke_run(tmp_path):
     sdft = json.loads((reporting / "sdft_sunglasses" / "metrics.json").read_text())
     assert sdft["models"]["finetuned"]["intra_lpips"] >= 0
     assert sdft["fid_reference"] == "raw set (20 of 20 images)"  # smoke: 30 rendered - 10 shots
+
+
+def test_sampling_and_translation_use_reduced_precision_only_on_a_gpu(monkeypatch):
+    import torch
+
+    from diffusion_transfer.pipelines.utils import inference_setup
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert inference_setup("bf16") == (torch.device("cpu"), None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert inference_setup("bf16") == (torch.device("cuda"), torch.bfloat16)
+    assert inference_setup("fp16")[1] == torch.float16 and inference_setup("no")[1] is None

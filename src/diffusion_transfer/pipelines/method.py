@@ -38,6 +38,7 @@ from diffusion_transfer.pipelines.params import (
     parse,
 )
 from diffusion_transfer.pipelines.report import build_report, evaluate
+from diffusion_transfer.pipelines.utils import inference_setup
 from diffusion_transfer.pipelines.translate import (
     evaluate_translations,
     select_translation_inputs,
@@ -168,21 +169,22 @@ def create_noise_bank(sampling: dict, source_model) -> dict:
 def _generate(model, noise: torch.Tensor, p: SamplingParams, sched, conditions: torch.Tensor | None) -> torch.Tensor:
     from tqdm.auto import tqdm
 
-    model.eval()
-    eps_fn = model_eps_fn(model)
+    device, dtype = inference_setup(p.precision)
+    model.eval().to(device)
+    eps_fn = model_eps_fn(model, autocast_dtype=dtype)
     out = []
-    gen = torch.Generator().manual_seed(p.seed + 1)
+    gen = torch.Generator().manual_seed(p.seed + 1)  # CPU noise: the same samples on every device
     with tqdm(total=len(noise), desc=f"sampling ({p.sampler}, {p.steps} steps)", unit="img") as bar:
         for i in range(0, len(noise), p.batch_size):
-            x = noise[i : i + p.batch_size]
-            ctx = model.conditioned(conditions[i : i + p.batch_size]) if conditions is not None \
+            x = noise[i : i + p.batch_size].to(device)
+            ctx = model.conditioned(conditions[i : i + p.batch_size].to(device)) if conditions is not None \
                 else contextlib.nullcontext()
             with ctx:
                 if p.sampler == "ddim":
                     x0 = sample_ddim(eps_fn, x, sched, steps=p.steps, eta=p.eta, generator=gen)
                 else:
                     x0 = sample_ddpm(eps_fn, x, sched, steps=p.steps, generator=gen)
-            out.append(x0)
+            out.append(x0.float().cpu())
             bar.update(len(x))
     return torch.cat(out)
 

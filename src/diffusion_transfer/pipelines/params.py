@@ -48,6 +48,8 @@ class SamplingParams(_Params):
     eta: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
     seed: int = 1234
+    #: autocast precision of the model on a GPU (the CPU always samples in float32)
+    precision: Literal["no", "bf16", "fp16"] = "no"
 
 
 class EvaluationParams(_Params):
@@ -105,6 +107,7 @@ class TranslationParams(_Params):
     n_inputs: int = Field(128, ge=1)
     seed: int = 0
     batch_size: int = Field(64, ge=1)
+    precision: Literal["no", "bf16", "fp16"] = "no"   # on a GPU; the CPU runs float32
     t0: float = Field(0.5, ge=0, le=1)     # shared editing range of SDEdit and EGSDE
     grid_inputs: int = Field(8, ge=1)
     sdedit: SDEditParams = Field(default_factory=SDEditParams)

@@ -37,6 +37,7 @@ from diffusion_transfer.pipelines.params import (
     parse,
     translation_for,
 )
+from diffusion_transfer.pipelines.utils import inference_setup
 
 LABELS = {"sdedit": "SDEdit", "ilvr": "ILVR", "egsde": "EGSDE", "ddib": "DDIB"}
 CHANNEL_CONVENTION = ("PSNR and SSIM on RGB (no luma conversion) after mapping [-1, 1] to [0, 1] (data range 1); "
@@ -96,10 +97,14 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
     cond = conditions["embeddings"] if conditions is not None else None
     if cond is None and isinstance(target_model, AdaptedUNet) and target_model.adapter.needs_condition:
         raise ValueError(f"the {target_model.kind} model is conditional: translation needs conditions")
-    target_model.eval()
-    source_model.eval()
-    target_eps, source_eps = model_eps_fn(target_model), model_eps_fn(source_model)
-    features = (lambda x, t: classifier.features(x, t)[-1]) if classifier is not None else None
+    device, dtype = inference_setup(p.precision)
+    target_model.eval().to(device)
+    source_model.eval().to(device)
+    target_eps, source_eps = model_eps_fn(target_model, dtype), model_eps_fn(source_model, dtype)
+    if classifier is not None:
+        classifier.eval().to(device)
+    # EGSDE differentiates through the classifier: kept in float32
+    features = (lambda x, t: classifier.features(x, t.to(x.device))[-1]) if classifier is not None else None
     # One start noise per input, shared by every method and every model.
     noise_all = make_noise_bank(len(x_all), tuple(x_all.shape[1:]), seed=p.seed + 7)
     out: dict[str, Any] = {"inputs": inputs["images"]}
@@ -113,9 +118,9 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
         results, start = [], time.perf_counter()
         with tqdm(total=len(x_all), desc=f"translate ({LABELS[name]})", unit="img") as bar:
             for i in range(0, len(x_all), p.batch_size):
-                x, noise = x_all[i : i + p.batch_size], noise_all[i : i + p.batch_size]
+                x, noise = x_all[i : i + p.batch_size].to(device), noise_all[i : i + p.batch_size].to(device)
                 idx = torch.arange(i, i + len(x))
-                ctx = target_model.conditioned(cond[idx % cond.shape[0]]) if cond is not None \
+                ctx = target_model.conditioned(cond[idx % cond.shape[0]].to(device)) if cond is not None \
                     else contextlib.nullcontext()
                 with ctx:
                     if name == "sdedit":
@@ -130,7 +135,7 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
                                   noise=noise, steps=block.steps, generator=gen)
                     else:
                         y = ddib(source_eps, target_eps, x, sched, steps=block.steps)
-                results.append(y.clamp(-1, 1))
+                results.append(y.float().clamp(-1, 1).cpu())
                 bar.update(len(x))
         settings[name]["seconds"] = round(time.perf_counter() - start, 2)
         out[name] = torch.from_numpy(to_uint8(torch.cat(results)))
