@@ -531,3 +531,28 @@ def test_sampling_and_translation_use_reduced_precision_only_on_a_gpu(monkeypatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert inference_setup("bf16") == (torch.device("cuda"), torch.bfloat16)
     assert inference_setup("fp16")[1] == torch.float16 and inference_setup("no")[1] is None
+
+
+def test_finetune_node_spawns_ddp_workers_matching_one_process_with_accumulation(tmp_path):
+    """``kedro run`` stays the entry point: the finetune node launches two
+    gloo processes itself; the result equals one process accumulating two shards."""
+    import torch
+
+    from diffusion_transfer.core.models.unet import build_unet
+    from diffusion_transfer.pipelines.method import finetune
+
+    tiny = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=8, norm_num_groups=4)
+    torch.manual_seed(0)
+    source = build_unet(tiny)
+    images = torch.randint(0, 256, (6, 8, 8, 3), dtype=torch.uint8)
+    base = {"steps": 2, "batch_size": 2, "checkpoint_every": 1}
+    ddp, ddp_hist = finetune(source, {"images": images, "meta": {}}, {"name": "naive"}, {"name": "toy"},
+                             {**base, "num_processes": 2}, {}, str(tmp_path / "ddp"))
+    acc, acc_hist = finetune(source, {"images": images, "meta": {}}, {"name": "naive"}, {"name": "toy"},
+                             {**base, "gradient_accumulation_steps": 2}, {}, str(tmp_path / "acc"))
+    for (name, a), b in zip(ddp.state_dict().items(), acc.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    assert ddp_hist["run"]["train"]["num_processes"] == 2
+    assert [r["loss"] for r in ddp_hist["history"]] == pytest.approx([r["loss"] for r in acc_hist["history"]])

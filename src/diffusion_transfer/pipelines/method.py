@@ -56,7 +56,7 @@ def resolve_run(method: dict, dataset: dict, train_defaults: dict) -> dict[str, 
     t = parse(TrainParams, {**train_defaults, **m.train, **d.train},
               f"train (with methods.{m.name}.train and datasets.{d.name}.train)")
     return {"run": f"{m.name}_{d.name}", "method": m.name, "dataset": d.name, "hyperparameters": hyper,
-            "train": t.model_dump()}
+            "train": t.run_config()}
 
 
 def _fingerprint(tensors) -> bytes:

@@ -39,6 +39,16 @@ class TrainParams(_Params):
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     hflip: bool = True
+    #: global batch = batch_size x num_processes x gradient_accumulation_steps
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    #: > 1: the training node spawns this many DDP workers (gloo on CPU, one GPU each)
+    num_processes: int = Field(1, ge=1)
+
+    def run_config(self) -> dict[str, Any]:
+        """The TrainConfig settings. The scale-out keys are left out at 1, so
+        checkpoint keys (and resumes) of single-process runs stay as they were."""
+        scale = ("num_processes", "gradient_accumulation_steps")
+        return self.model_dump(exclude={k for k in scale if getattr(self, k) == 1})
 
 
 class SamplingParams(_Params):
