@@ -151,8 +151,8 @@ def _scratch_project(tmp_path: Path) -> Path:
     return proj
 
 
-def _run(proj: Path, env: str, pipeline: str) -> None:
-    """``kedro run --pipeline=<pipeline> --env=<env>`` in the project ``proj``."""
+def _run(proj: Path, env: str, pipeline: str, runtime_params: dict | None = None) -> None:
+    """``kedro run --pipeline=<pipeline> --env=<env> [--params ...]`` in the project ``proj``."""
     import os
 
     from kedro.framework.session import KedroSession
@@ -162,7 +162,7 @@ def _run(proj: Path, env: str, pipeline: str) -> None:
     os.chdir(proj)
     try:
         bootstrap_project(proj)
-        with KedroSession.create(project_path=proj, env=env) as session:
+        with KedroSession.create(project_path=proj, env=env, runtime_params=runtime_params) as session:
             session.run(pipeline_names=[pipeline])
     finally:
         os.chdir(old)
