@@ -346,6 +346,8 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
             assert clf.for_dataset("metfaces").train["steps"] == 1500
             assert clf.for_dataset("sketches").train["steps"] == 20000
             assert clf.for_dataset("aahq").train["batch_size"] == 64  # merged key by key
+            assert params["datasets"]["sketches"]["n_samples"] == 1000  # TAN: 1,000 samples
+            assert params["datasets"]["sketches"]["intra_lpips"] and params["datasets"]["aahq"]["translation"]
             assert params["translation"]["n_inputs"] == 10000 and params["translation"]["egsde"]["factor"] == 32
             with pytest.raises(DatasetError, match="ffhq_p2_diffusers"):
                 context.catalog.load("source_model")
@@ -557,3 +559,25 @@ def test_finetune_node_spawns_ddp_workers_matching_one_process_with_accumulation
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
     assert ddp_hist["run"]["train"]["num_processes"] == 2
     assert [r["loss"] for r in ddp_hist["history"]] == pytest.approx([r["loss"] for r in acc_hist["history"]])
+
+
+def test_a_dataset_samples_a_prefix_of_the_shared_noise_bank():
+    import torch
+
+    from diffusion_transfer.core.models.unet import build_unet
+    from diffusion_transfer.pipelines.method import sample, sample_target
+    from diffusion_transfer.pipelines.params import InvalidParametersError
+
+    tiny = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=8, norm_num_groups=4)
+    torch.manual_seed(0)
+    model = build_unet(tiny)
+    bank = {"noise": torch.randn(5, 3, 8, 8)}
+    sampling = {"n_samples": 5, "steps": 2, "batch_size": 5}
+    full = sample(model, bank, sampling, {})
+    part = sample_target(model, bank, {**sampling, "batch_size": 3}, {}, {"name": "toy", "n_samples": 3})
+    assert torch.equal(part["images"], full["images"][:3])  # sample i keeps noise i
+    assert sample_target(model, bank, sampling, {}, {"name": "toy"})["images"].shape[0] == 5
+    with pytest.raises(InvalidParametersError, match="datasets.toy.n_samples"):
+        sample_target(model, bank, sampling, {}, {"name": "toy", "n_samples": 6})

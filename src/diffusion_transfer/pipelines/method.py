@@ -31,6 +31,7 @@ from diffusion_transfer.core.schedule import make_schedule
 from diffusion_transfer.core.training import TrainConfig, train
 from diffusion_transfer.pipelines.params import (
     DatasetParams,
+    InvalidParametersError,
     MethodParams,
     SamplingParams,
     ScheduleParams,
@@ -204,6 +205,24 @@ def sample(model, noise_bank: dict, sampling: dict, schedule: dict, conditions: 
     return {"images": torch.from_numpy(to_uint8(images)), "meta": meta}
 
 
+def sample_target(model, noise_bank: dict, sampling: dict, schedule: dict, dataset: dict,
+                  conditions: dict | None = None) -> dict:
+    """:func:`sample` on the first ``datasets.<name>.n_samples`` noises of the
+    bank (all when unset). The bank is prefix-stable, so target sample i still
+    shares its noise with source sample i."""
+    d = parse(DatasetParams, dataset, "datasets")
+    n_bank = len(noise_bank["noise"])
+    n = d.n_samples or n_bank
+    if n > n_bank:
+        raise InvalidParametersError(
+            f"Invalid parameters in 'datasets.{d.name}.n_samples': {n} is more than the noise bank's "
+            f"{n_bank} (sampling.n_samples)")
+    bank = {**noise_bank, "noise": noise_bank["noise"][:n]}
+    if conditions is not None:
+        conditions = {**conditions, "embeddings": conditions["embeddings"][:n]}
+    return sample(model, bank, sampling, schedule, conditions)
+
+
 def sample_prompts(model, noise_bank: dict, clip, method: dict, sampling: dict, schedule: dict) -> Image.Image:
     """Text-to-image samples of a conditional model (ANL section 4): each
     prompt's CLIP text embedding as the condition, one row per prompt, on the
@@ -287,7 +306,8 @@ def create_method_pipeline(method: str, dataset: str, source_prefix: str = "") -
                  name="finetune", tags=["train"]),
             node(sampling_conditions, ["curated", "noise_bank", "condition_clip", "params:method", "params:sampling"],
                  "sampling_conditions", name="make_sampling_conditions", tags=["sample"]),
-            node(sample, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule", "sampling_conditions"],
+            node(sample_target, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule",
+                                 "params:dataset", "sampling_conditions"],
                  "target_samples", name="sample_finetuned", tags=["sample"]),
             node(sample_prompts, ["finetuned_model", "noise_bank", "condition_clip", "params:method", "params:sampling",
                                   "params:schedule"], "prompt_grid", name="sample_prompts", tags=["sample"]),
@@ -297,13 +317,15 @@ def create_method_pipeline(method: str, dataset: str, source_prefix: str = "") -
         train_and_sample = [
             node(finetune_guided, train_inputs + ["domain_classifier"], ["finetuned_model", "training_history"],
                  name="finetune", tags=["train"]),
-            node(sample, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule"], "target_samples",
+            node(sample_target, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule",
+                                 "params:dataset"], "target_samples",
                  name="sample_finetuned", tags=["sample"]),
         ]
     else:
         train_and_sample = [
             node(finetune, train_inputs, ["finetuned_model", "training_history"], name="finetune", tags=["train"]),
-            node(sample, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule"], "target_samples",
+            node(sample_target, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule",
+                                 "params:dataset"], "target_samples",
                  name="sample_finetuned", tags=["sample"]),
         ]
     translate_inputs = ["finetuned_model", "source_model", "domain_classifier", "translation_inputs",

@@ -179,6 +179,10 @@ class DatasetParams(_Params):
     intra_lpips_max_per_cluster: int = Field(50, ge=2)
     #: FaceWorld attribute metrics apply (face targets); false for LSUN Church targets.
     attributes: bool = True
+    #: Samples of the fine-tuned model for this dataset's metrics: the first n of
+    #: the noise bank (whose source samples they are compared with); null: all.
+    #: TAN's few-shot protocol uses 1,000.
+    n_samples: int | None = Field(None, ge=2)
     #: Overrides of the ``translation`` block for this dataset (e.g. the SDFT
     #: paper's editing range t0 = 0.625 for AAHQ), merged one level deep.
     translation: dict[str, Any] = Field(default_factory=dict)

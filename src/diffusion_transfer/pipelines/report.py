@@ -40,8 +40,8 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
     p = parse(EvaluationParams, evaluation, "evaluation")
     d = parse(DatasetParams, dataset, "datasets")
     ref = reference if d.fid_reference == "raw" else curated
-    src = source_samples["images"].numpy()
     trg = target_samples["images"].numpy()
+    src = source_samples["images"].numpy()[: len(trg)]  # the source samples from the same noises
     ref_images = ref["images"].numpy()
     n_ref = len(ref_images)
     if p.max_reference_images is not None and n_ref > p.max_reference_images:
