@@ -10,6 +10,7 @@ from diffusion_transfer.core.methods import DenoisingLoss
 from diffusion_transfer.core.models import build_unet
 from diffusion_transfer.core.schedule import make_schedule
 from diffusion_transfer.core.training import NonFiniteLossError, TrainConfig, checkpoint_paths, train
+from tests.core.test_training import data  # the same 8x8 gradient images
 
 TINY = dict(
     sample_size=8,
@@ -29,12 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/con
 def unet(seed=0):
     torch.manual_seed(seed)
     return build_unet(TINY)
-
-
-def data(n=12):
-    g = torch.Generator().manual_seed(0)
-    base = torch.linspace(-0.8, 0.8, 8).view(1, 1, 1, 8).expand(n, 3, 8, 8)
-    return (base + 0.1 * torch.randn(n, 3, 8, 8, generator=g)).clamp(-1, 1).contiguous()
 
 
 def cfg(**kw):
