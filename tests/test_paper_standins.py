@@ -61,6 +61,7 @@ def _place_stand_ins(proj: Path, missing: dict[str, str], tmp_path: Path) -> Non
     import open_clip
     import torchvision
 
+    from diffusion_transfer.core.models.arcface import ArcFaceIRSE
     from diffusion_transfer.core.models.unet import build_unet, save_unet
 
     torch.manual_seed(0)
@@ -81,6 +82,7 @@ def _place_stand_ins(proj: Path, missing: dict[str, str], tmp_path: Path) -> Non
     torch.jit.script(_InceptionStandIn()).save(missing["evaluation.inception_path"])
     alexnet = torchvision.models.alexnet(weights=None)
     torch.save(alexnet.features.state_dict(), missing["evaluation.lpips_backbone_weights"])
+    torch.save(ArcFaceIRSE(50).state_dict(), missing["evaluation.identity_weights"])  # 175 MB of random weights
     # The tiny CLIP architecture stands in for ViT-B-32 (the weights file is at the configured path).
     catalog = proj / "conf" / "paper" / "catalog.yml"
     catalog.write_text(catalog.read_text().replace("model: ViT-B-32", "model: tiny-clip"))
@@ -99,7 +101,8 @@ def test_paper_sdft_aahq_names_what_is_missing_then_runs_on_stand_ins(tmp_path, 
             path = re.search(r"(data/[\w./-]+?)(?:\.?\s|\.$|$)", m.group(2))
             missing[m.group(1)] = str(proj / path.group(1)) if path else m.group(2)
     assert set(missing) == {"aahq_raw", "source_images", "source_model", "curation_clip", "evaluation_clip",
-                            "evaluation.inception_path", "evaluation.lpips_backbone_weights"}
+                            "evaluation.inception_path", "evaluation.lpips_backbone_weights",
+                            "evaluation.identity_weights"}
     _place_stand_ins(proj, missing, tmp_path)
     _run(proj, "paper", "sdft_aahq", runtime_params=TINY_RUN)
     out = proj / "data" / "08_reporting" / "sdft_aahq"
@@ -109,6 +112,9 @@ def test_paper_sdft_aahq_names_what_is_missing_then_runs_on_stand_ins(tmp_path, 
     assert "substitute" not in metrics["weights"]["lpips"].lower()  # a backbone file was given
     assert "attributes" not in metrics["weights"]  # FaceWorld only
     report = (out / "report.md").read_text()
-    assert "## Domain translation" in report and "| EGSDE |" in report
+    assert "## Domain translation" in report and "| EGSDE |" in report and "ID ↑" in report
+    translation = json.loads((out / "translation_metrics.json").read_text())
+    assert all(-1 <= row["identity"] <= 1 for row in translation["rows"].values())
+    assert "ArcFace IR-SE50" in translation["weights"]["identity"]
     history = json.loads((out / "training_history.json").read_text())
     assert history["run"]["hyperparameters"]["gamma_aux"] == 50.0  # the paper's AAHQ values

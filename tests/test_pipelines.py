@@ -377,10 +377,23 @@ def test_paper_run_stops_before_any_compute_listing_every_missing_input(tmp_path
         _run(proj, "paper", "sdft_aahq")
     message = str(err.value)
     for name in ("aahq_raw", "source_model", "source_images", "curation_clip", "evaluation_clip",
-                 "evaluation.inception_path", "evaluation.lpips_backbone_weights"):
+                 "evaluation.inception_path", "evaluation.lpips_backbone_weights", "evaluation.identity_weights"):
         assert f"- {name}:" in message
     assert "dt-convert-adm" in message and "onion-liu/aahq-dataset" in message
+    assert "model_ir_se50.pth" in message
     assert not (proj / "data" / "03_primary").exists()  # nothing was computed
+
+
+def test_the_identity_network_is_required_only_where_faces_are_evaluated(tmp_path):
+    """LSUN Church targets never load ArcFace, so its absence must not stop them."""
+    from diffusion_transfer.preflight import MissingInputsError
+
+    proj = _scratch_project(tmp_path)
+    with pytest.raises(MissingInputsError) as err:
+        _run(proj, "paper", "naive_haunted_houses")
+    message = str(err.value)
+    assert "- church_source_model:" in message and "- evaluation.inception_path:" in message
+    assert "identity_weights" not in message
 
 
 def test_finetune_checkpoints_are_keyed_by_source_weights_and_data(tmp_path):

@@ -7,12 +7,14 @@ missing file."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from diffusion_transfer.core.weights import missing_weights
 
 _METRIC_WEIGHTS = {
     "inception_path": "clean-fid's TorchScript Inception-v3 (inception-2015-12-05.pt), for FID/KID",
     "lpips_backbone_weights": "torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth), LPIPS's backbone",
+    "identity_weights": "the ArcFace IR-SE50 weights (model_ir_se50.pth, from pSp's release), for the ID metric",
 }
 
 
@@ -23,7 +25,7 @@ class MissingInputsError(RuntimeError):
 def find_missing(pipeline, catalog, params: dict[str, Any]) -> list[str]:
     """One line per missing external input of ``pipeline``: datasets whose
     Kedro dataset knows how to say what is missing (``missing()``), and the
-    metric weights configured by path under ``evaluation``."""
+    metric weights configured by path or release id under ``evaluation``."""
     problems = []
     for name in sorted(pipeline.inputs()):
         if name.startswith("params:") or name == "parameters":
@@ -33,14 +35,22 @@ def find_missing(pipeline, catalog, params: dict[str, Any]) -> list[str]:
         why = check() if callable(check) else None
         if why:
             problems.append(f"{name}: {why}")
-    uses_evaluation = any(i == "params:evaluation" for n in pipeline.nodes for i in n.inputs)
+    evaluating = [n for n in pipeline.nodes if "params:evaluation" in n.inputs]
     evaluation = params.get("evaluation") or {}
-    if uses_evaluation:
+    if evaluating:
         for key, what in _METRIC_WEIGHTS.items():
-            path = evaluation.get(key)
-            if path and not Path(path).is_file():
-                problems.append(f"evaluation.{key}: {path} does not exist; put {what} there")
+            if key == "identity_weights" and not _evaluates_faces(evaluating, params):
+                continue  # ArcFace only scores face datasets (LSUN Church targets never load it)
+            why = missing_weights(evaluation.get(key), what)
+            if why:
+                problems.append(f"evaluation.{key}: {why}")
     return problems
+
+
+def _evaluates_faces(nodes, params: dict[str, Any]) -> bool:
+    datasets = params.get("datasets") or {}
+    names = {i.split(".", 1)[1] for n in nodes for i in n.inputs if i.startswith("params:datasets.")}
+    return any((datasets.get(name) or {}).get("faces", True) for name in names)
 
 
 def check_inputs(pipeline, catalog, params: dict[str, Any]) -> None:

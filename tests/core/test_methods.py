@@ -152,6 +152,11 @@ def test_sdft_learned_variance_and_bf16_teacher():
     ref = SDFTLoss(SCHED)(student, x0, teacher=teacher, generator=torch.Generator().manual_seed(3))
     low = SDFTLoss(SCHED, teacher_dtype="bfloat16")(student, x0, teacher=teacher, generator=torch.Generator().manual_seed(3))
     assert all(torch.isfinite(v) for v in ref.values())
+    # The base model's hybrid objective, as naive: lambda T L_t with lambda = 1e-3, T = 1000.
+    assert set(ref) == {"loss", "diffusion", "distill", "aux", "vlb"}
+    torch.testing.assert_close(ref["loss"].detach(), ref["diffusion"] + 0.1 * ref["distill"] + 0.1 * ref["aux"]
+                               + 1.0 * ref["vlb"])
+    assert "vlb" not in SDFTLoss(SCHED)(TinyEps(0), x0, teacher=TinyEps(1), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(low["diffusion"], ref["diffusion"])
     torch.testing.assert_close(low["distill"], ref["distill"], rtol=0.1, atol=1e-2)
 

@@ -202,6 +202,15 @@ def test_inception_extractor_runs_offline(monkeypatch):
     assert f.shape == (2, 2048) and np.isfinite(f).all() and (f >= 0).all()
     assert np.abs(f[1] - f[0]).max() > 1e-3
 
+    # Reduced precision (on a GPU in the pipelines; CPU bf16 autocast here) is
+    # labelled, so its reference features are cached apart, and stays close.
+    half = inception_extractor(autocast_dtype=torch.bfloat16)
+    assert half.weights.endswith("bfloat16 autocast on cpu")
+    assert fid_module.reference_cache_key(images(2, 5), half) != fid_module.reference_cache_key(images(2, 5), ex)
+    fh = extract_features(half, images(2, 5))
+    assert not np.array_equal(fh, f)
+    assert np.corrcoef(fh.ravel(), f.ravel())[0, 1] > 0.98
+
 
 # --- LPIPS ------------------------------------------------------------------------
 

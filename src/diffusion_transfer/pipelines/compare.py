@@ -98,8 +98,10 @@ def _translation_lines(rows: list[dict[str, Any]], example: dict[str, Any]) -> l
     from diffusion_transfer.pipelines.translate import LABELS
 
     has_attrs = any("retention" in r for r in rows)
+    has_id = any("identity" in r for r in rows)
     cols = [("PSNR ↑", "psnr", 2), ("SSIM ↑", "ssim", 3), ("LPIPS ↓", "lpips", 3), ("FID ↓", "fid", 2),
-            ("KID x1e3 ↓", "kid_x1e3", 2)] + ([("attribute retention ↑", "retention", 3)] if has_attrs else [])
+            ("KID x1e3 ↓", "kid_x1e3", 2)] + ([("ID ↑", "identity", 3)] if has_id else []) \
+        + ([("attribute retention ↑", "retention", 3)] if has_attrs else [])
     lines = ["", "## Domain translation (SDFT Table 1 protocol)", "",
              f"{example['n_inputs']} source-domain inputs, the same for every model; FID/KID against the "
              f"{example['fid_reference']}.", "",

@@ -73,8 +73,17 @@ class EvaluationParams(_Params):
     lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
     lpips_backbone_weights: str | None = None
     lpips_pairs: int = Field(256, ge=1)
+    #: ArcFace IR-SE50 for the face-identity metric (input vs translation): a
+    #: local model_ir_se50.pth or the id ``arcface-ir-se50``; null: not measured.
+    identity_weights: str | None = None
     attributes: bool = True
     cache_dir: str = "data/04_feature/fid_cache"
+    #: Images per batch through the metric networks (Inception, LPIPS, ArcFace),
+    #: which run on the GPU when there is one.
+    batch_size: int = Field(64, ge=1)
+    #: Inception under bf16/fp16 autocast on a GPU (labelled, cached apart); "no"
+    #: keeps clean-fid's float32 features, comparable with published FID.
+    precision: Literal["no", "bf16", "fp16"] = "no"
 
 
 class SDEditParams(_Params):
@@ -179,6 +188,8 @@ class DatasetParams(_Params):
     intra_lpips_max_per_cluster: int = Field(50, ge=2)
     #: FaceWorld attribute metrics apply (face targets); false for LSUN Church targets.
     attributes: bool = True
+    #: The target domain is faces: the ArcFace identity metric applies (false for LSUN Church).
+    faces: bool = True
     #: Samples of the fine-tuned model for this dataset's metrics: the first n of
     #: the noise bank (whose source samples they are compared with); null: all.
     #: TAN's few-shot protocol uses 1,000.

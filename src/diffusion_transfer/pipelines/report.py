@@ -19,13 +19,15 @@ from diffusion_transfer.core.metrics import attributes as attr_metrics  # noqa: 
 from diffusion_transfer.core.metrics.fid import clip_extractor, compute_fid_kid, inception_extractor  # noqa: E402
 from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric  # noqa: E402
 from diffusion_transfer.pipelines.params import DatasetParams, EvaluationParams, parse  # noqa: E402
+from diffusion_transfer.pipelines.utils import inference_setup  # noqa: E402
 
 _ATTRS = ("expression", "eyewear", "gender", "age", "hair_colour", "hair_style", "skin_tone")
 
 
 def _extractor(p: EvaluationParams, clip):
     if p.fid_features == "inception":
-        return inception_extractor(p.inception_path)
+        device, dtype = inference_setup(p.precision)
+        return inception_extractor(p.inception_path, device=device, autocast_dtype=dtype)
     label = getattr(clip, "weights_label", getattr(clip, "name", "CLIP"))
     return clip_extractor(clip.encode_images, name=getattr(clip, "name", "clip"),
                           weights=f"{label} image encoder (substitute for Inception; not comparable to "
@@ -55,13 +57,12 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
                                "n_samples": int(len(trg))}
     models: dict[str, dict[str, Any]] = {"source": {}, "finetuned": {}}
     for key, imgs in (("source", src), ("finetuned", trg)):
-        fk = compute_fid_kid(imgs, ref_images, extractor, ref_cache=cache)
+        fk = compute_fid_kid(imgs, ref_images, extractor, ref_cache=cache, batch_size=p.batch_size)
         models[key].update(fid=fk["fid"], kid_x1e3=fk["kid_x1e3"])
-    lpips = LPIPSMetric(net=p.lpips_net, backbone_weights=p.lpips_backbone_weights)
+    lpips = LPIPSMetric(net=p.lpips_net, backbone_weights=p.lpips_backbone_weights, device=inference_setup()[0])
     n = min(p.lpips_pairs, len(src))
-    with torch.no_grad():
-        dist = lpips(to_tensor(src[:n]), to_tensor(trg[:n]))
-    models["finetuned"]["lpips_src_trg"] = float(dist.mean())
+    models["finetuned"]["lpips_src_trg"] = lpips.mean_paired(to_tensor(src[:n]), to_tensor(trg[:n]),
+                                                             batch_size=p.batch_size)
     weights = {"fid_kid": extractor.weights, "lpips": lpips.label}
     if d.intra_lpips:
         # Few-shot diversity (CDC/TAN protocol): every sample joins its nearest

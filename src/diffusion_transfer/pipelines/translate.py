@@ -23,6 +23,7 @@ from diffusion_transfer.core.data.images import ingest_images, to_tensor, to_uin
 from diffusion_transfer.core.metrics import attributes as attr_metrics
 from diffusion_transfer.core.metrics.fid import compute_fid_kid
 from diffusion_transfer.core.metrics.image_metrics import psnr, ssim
+from diffusion_transfer.core.metrics.identity import IdentitySimilarity
 from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric
 from diffusion_transfer.core.models.adapted import AdaptedUNet
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn
@@ -161,7 +162,10 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
         keep = np.sort(np.random.default_rng(0).choice(n_ref, p.max_reference_images, replace=False))
         ref_images = ref_images[keep]  # the same fixed subset as the generation metrics (cached once)
     extractor = _extractor(p, clip)
-    lpips = LPIPSMetric(net=p.lpips_net, backbone_weights=p.lpips_backbone_weights)
+    metric_device = inference_setup()[0]
+    lpips = LPIPSMetric(net=p.lpips_net, backbone_weights=p.lpips_backbone_weights, device=metric_device)
+    identity = (IdentitySimilarity(p.identity_weights, device=metric_device, batch_size=p.batch_size)
+                if p.identity_weights and d.faces else None)
     in_attrs = None
     use_attrs = p.attributes and d.attributes and attribute_classifier is not None
     if use_attrs:
@@ -171,18 +175,21 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
     rows: dict[str, dict[str, Any]] = {}
     for name in methods:
         y = to_tensor(translations[name].numpy())
-        with torch.no_grad():
-            dist = torch.cat([lpips(x_in[i : i + 64], y[i : i + 64]) for i in range(0, len(y), 64)])
-        fk = compute_fid_kid(translations[name].numpy(), ref_images, extractor, ref_cache=Path(p.cache_dir))
+        fk = compute_fid_kid(translations[name].numpy(), ref_images, extractor, ref_cache=Path(p.cache_dir),
+                             batch_size=p.batch_size)
         row = {"psnr": float(psnr(x_in, y).mean()), "ssim": float(ssim(x_in, y).mean()),
-               "lpips": float(dist.mean()), "fid": fk["fid"], "kid_x1e3": fk["kid_x1e3"],
+               "lpips": lpips.mean_paired(x_in, y, batch_size=p.batch_size), "fid": fk["fid"], "kid_x1e3": fk["kid_x1e3"],
                "seconds": translations["meta"]["settings"][name].get("seconds")}
+        if identity is not None:
+            row["identity"] = float(identity(x_in, y).mean())
         if use_attrs:
             out_attrs = predict_attributes(attribute_classifier, translations[name].numpy())
             row["retention"] = attr_metrics.attribute_retention(in_attrs, out_attrs, attributes=_ATTRS)["mean"]
             row["face_rate"] = attr_metrics.face_rate(out_attrs)
         rows[name] = row
     weights = {"fid_kid": extractor.weights, "lpips": lpips.label, "psnr_ssim": CHANNEL_CONVENTION}
+    if identity is not None:
+        weights["identity"] = identity.label
     if use_attrs:
         weights["attributes"] = "FaceWorld attribute classifier (evaluation only, never a training signal)"
     return {"dataset": d.name, "n_inputs": int(len(x_in)),
@@ -194,12 +201,15 @@ def translation_table(metrics: dict[str, Any]) -> list[str]:
     """Markdown lines: one row per translation method."""
     rows = metrics["rows"]
     has_attrs = any("retention" in r for r in rows.values())
-    head = "| translation | PSNR ↑ | SSIM ↑ | LPIPS ↓ | FID ↓ | KID x1e3 ↓ |" + \
+    has_id = any("identity" in r for r in rows.values())
+    head = "| translation | PSNR ↑ | SSIM ↑ | LPIPS ↓ | FID ↓ | KID x1e3 ↓ |" + (" ID ↑ |" if has_id else "") + \
         (" attribute retention ↑ | face rate |" if has_attrs else "") + " wall |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for name, r in rows.items():
         cells = [LABELS.get(name, name), f"{r['psnr']:.2f}", f"{r['ssim']:.3f}", f"{r['lpips']:.3f}",
                  f"{r['fid']:.2f}", f"{r['kid_x1e3']:.2f}"]
+        if has_id:
+            cells.append(f"{r['identity']:.3f}" if "identity" in r else "n/a")
         if has_attrs:
             cells += [f"{r.get('retention', float('nan')):.3f}", f"{r.get('face_rate', float('nan')):.3f}"]
         cells.append(f"{r['seconds']:.0f} s" if r.get("seconds") is not None else "n/a")

@@ -7,7 +7,8 @@ architecture, random init).
 with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps and w(t) = 1 ("constant",
 the default) or a P2 / Min-SNR weighting. For a learned-variance model
 (6 output channels) the hybrid loss of improved DDPM is used,
-L_simple + vlb_weight * L_vlb (see ``vlb.py``): L_vlb trains the variance half.
+L_simple + vlb_weight * L_vlb (see ``vlb.py``; one sampled term stands for
+the sum over T): L_vlb trains the variance half.
 
 ``attn``, ``a3ft``, ``anl`` and ``anl_uncond`` train with this same loss on
 their adapted models; for ANL each image comes with its CLIP embedding as
@@ -23,7 +24,7 @@ import torch
 from ..models.unet import model_output
 from ..schedule import NoiseSchedule
 from .base import WEIGHTINGS, check_choice, check_float, per_sample_mse, randn, sample_timesteps, timestep_weight
-from .vlb import VLB_WEIGHT, variance_vlb
+from .vlb import VLB_WEIGHT, variance_vlb, vlb_term_weight
 
 __all__ = ["DenoisingLoss"]
 
@@ -71,7 +72,7 @@ class DenoisingLoss:
         terms = {"diffusion": loss.detach()}
         if out.shape[1] == 2 * c:  # learned variance: hybrid loss
             vlb = variance_vlb(self.schedule, images, x_t, t, eps, out[:, c:]).mean()
-            loss = loss + self.vlb_weight * vlb
+            loss = loss + vlb_term_weight(self.schedule, self.vlb_weight) * vlb
             terms["vlb"] = vlb.detach()
         return {"loss": loss, **terms}
 

@@ -13,6 +13,11 @@ L_vlb is, per sample, KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) for
 t > 0 and the discretised-Gaussian decoder NLL -log p_theta(x_0 | x_1) at
 t = 0, in bits per dimension. As in improved DDPM, the mean uses a *detached*
 eps, so L_vlb trains the variance only and L_simple alone trains eps.
+
+L_vlb is the sum of the T terms; a loss that samples one t uniformly
+estimates it as T * L_t, so lambda L_vlb enters the loss as lambda T L_t
+(:func:`vlb_term_weight`; improved DDPM's ``vb * num_timesteps / 1000``, i.e.
+1 * L_t at T = 1000).
 """
 
 from __future__ import annotations
@@ -23,9 +28,15 @@ import torch
 
 from ..schedule import NoiseSchedule
 
-__all__ = ["VLB_WEIGHT", "variance_vlb", "reverse_log_variance"]
+__all__ = ["VLB_WEIGHT", "variance_vlb", "reverse_log_variance", "vlb_term_weight"]
 
-VLB_WEIGHT = 0.001  # improved DDPM's lambda
+VLB_WEIGHT = 0.001  # improved DDPM's lambda (A3FT Eq. 11)
+
+
+def vlb_term_weight(schedule: NoiseSchedule, vlb_weight: float) -> float:
+    """The weight of one uniformly sampled term L_t in lambda * L_vlb:
+    L_vlb = sum_t L_t = T E_t[L_t], so the weight is lambda * T."""
+    return vlb_weight * schedule.num_timesteps
 
 
 def _posterior(schedule: NoiseSchedule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -325,7 +325,9 @@ def _load_inception_layers(path: Path) -> torch.nn.Module:
 
 
 def inception_extractor(
-    path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+    path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
 ) -> FeatureExtractor:
     """The Inception-v3 pool3 (2048-d) extractor, as clean-fid's "clean" mode.
 
@@ -335,6 +337,9 @@ def inception_extractor(
     ``(x - 128) / 128`` and fed to the TorchScript ``layers`` (clean-fid's
     ``InceptionV3W`` with ``resize_inside=False``). Weights are resolved by
     :func:`resolve_inception_path` (a download only for a release id).
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``, on a GPU) runs the network
+    under autocast; the weights label then says so, which also keeps its
+    reference features apart in the cache (reduced precision shifts FID).
     """
     from cleanfid.resize import make_resizer
 
@@ -367,10 +372,14 @@ def inception_extractor(
         # Plain TorchScript interpretation: the profiling executor would re-run
         # its optimisation passes (seconds on CPU) for every new batch shape,
         # for identical outputs.
-        with torch.no_grad(), torch.jit.optimized_execution(False):
+        autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                    else contextlib.nullcontext())
+        with torch.no_grad(), torch.jit.optimized_execution(False), autocast:
             feats = layers.forward(x)
         return feats.reshape(x.shape[0], INCEPTION_DIM).float()
 
+    if autocast_dtype is not None:
+        weights += f"; {str(autocast_dtype).removeprefix('torch.')} autocast on {device.type}"
     return FeatureExtractor(name="inception-v3", weights=weights, fn=fn, is_inception=True)
 
 
