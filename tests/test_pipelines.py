@@ -594,3 +594,30 @@ def test_a_dataset_samples_a_prefix_of_the_shared_noise_bank():
     assert sample_target(model, bank, sampling, {}, {"name": "toy"})["images"].shape[0] == 5
     with pytest.raises(InvalidParametersError, match="datasets.toy.n_samples"):
         sample_target(model, bank, sampling, {}, {"name": "toy", "n_samples": 6})
+
+
+def test_paper_training_lengths_per_method_and_dataset():
+    """conf/paper: SDFT's 80k iterations, A3FT's 2,000 MetFaces epochs, and on the
+    10-shot targets TAN's ~300 iterations against the baselines' ~5,000."""
+    from kedro.config import OmegaConfigLoader
+
+    from diffusion_transfer.pipelines.method import resolve_run
+    from diffusion_transfer.settings import CONFIG_LOADER_ARGS
+
+    args = {**CONFIG_LOADER_ARGS, "default_run_env": "paper"}
+    params = OmegaConfigLoader(conf_source=str(Path(__file__).parents[1] / "conf"), **args)["parameters"]
+
+    def run(method, dataset):
+        return resolve_run(params["methods"][method], params["datasets"][dataset], params["train"])
+
+    assert run("sdft", "aahq")["train"]["steps"] == 80000
+    assert run("sdft", "aahq")["hyperparameters"]["gamma_aux"] == 50.0
+    assert run("a3ft", "metfaces")["train"]["steps"] == 20875
+    for dataset in ("sunglasses", "haunted_houses"):
+        assert run("tan", dataset)["train"]["steps"] == 300
+        assert run("tan", dataset)["train"]["batch_size"] == 40
+        assert "train" not in run("tan", dataset)["hyperparameters"]
+        assert run("naive", dataset)["train"]["steps"] == 5000
+        assert run("sdft", dataset)["train"]["steps"] == 5000
+    with pytest.raises(ValueError, match="method_overrides.tan.train must be a mapping"):
+        resolve_run(params["methods"]["tan"], {"name": "x", "method_overrides": {"tan": {"train": 3}}}, params["train"])

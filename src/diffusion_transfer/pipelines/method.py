@@ -50,12 +50,21 @@ from diffusion_transfer.pipelines.translate import (
 
 def resolve_run(method: dict, dataset: dict, train_defaults: dict) -> dict[str, Any]:
     """Merge method defaults, the dataset's per-method overrides and the
-    training defaults into one validated run configuration."""
+    training defaults into one validated run configuration.
+
+    Training settings, later winning: ``train``, ``methods.<m>.train``,
+    ``datasets.<d>.train``, ``datasets.<d>.method_overrides.<m>.train`` (e.g.
+    TAN's 300 iterations where the dataset gives every other method 5,000)."""
     m = parse(MethodParams, method, "methods")
     d = parse(DatasetParams, dataset, "datasets")
-    hyper = {**m.hyperparameters(), **d.method_overrides.get(m.name, {})}
-    t = parse(TrainParams, {**train_defaults, **m.train, **d.train},
-              f"train (with methods.{m.name}.train and datasets.{d.name}.train)")
+    override = dict(d.method_overrides.get(m.name, {}))
+    run_train = override.pop("train", {}) or {}
+    if not isinstance(run_train, dict):
+        raise ValueError(f"datasets.{d.name}.method_overrides.{m.name}.train must be a mapping, got {run_train!r}")
+    hyper = {**m.hyperparameters(), **override}
+    t = parse(TrainParams, {**train_defaults, **m.train, **d.train, **run_train},
+              f"train (with methods.{m.name}.train, datasets.{d.name}.train and "
+              f"datasets.{d.name}.method_overrides.{m.name}.train)")
     return {"run": f"{m.name}_{d.name}", "method": m.name, "dataset": d.name, "hyperparameters": hyper,
             "train": t.run_config()}
 
