@@ -124,6 +124,9 @@ def test_base_parameters_validate():
         (("methods", "a3ft", "train", "lr"), -1.0, "train (with methods.a3ft.train and datasets.aahq.train).lr"),
         (("methods", "anl", "condition", "mask_rate"), 1.5, "methods.anl.condition.mask_rate"),
         (("methods", "a3ft", "scaling_hidden"), 0, "scaling_hidden"),
+        (("datasets", "sketches", "method_overrides"), {"tan": {"train": {"steps": 0}}},
+         "train (with methods.tan.train and datasets.sketches.train and "
+         "datasets.sketches.method_overrides.tan.train).steps"),
     ],
 )
 def test_invalid_parameters_are_rejected_naming_the_parameter(path, value, expected):

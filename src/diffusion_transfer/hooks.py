@@ -42,9 +42,14 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         d = P.parse(P.DatasetParams, block, f"datasets.{name}")
         P.parse(P.TrainParams, {**train, **d.train}, f"train (with datasets.{name}.train)")
         for mname, mblock in (parameters.get("methods") or {}).items():
-            m = P.parse(P.MethodParams, mblock, f"methods.{mname}")
-            P.parse(P.TrainParams, {**train, **m.train, **d.train},
-                    f"train (with methods.{mname}.train and datasets.{name}.train)")
+            from diffusion_transfer.pipelines.method import resolve_run
+
+            try:
+                resolve_run(mblock, block, train)  # the run's merged train settings, validated
+            except ValueError as err:
+                if isinstance(err, P.InvalidParametersError):
+                    raise
+                raise P.InvalidParametersError(f"Invalid parameters in 'datasets.{name}': {err}") from None
         _validate_methods(parameters, d)
         if "translation" in parameters:
             P.translation_for(parameters["translation"], d)
@@ -58,6 +63,7 @@ def _validate_methods(parameters: dict[str, Any], dataset: P.DatasetParams | Non
     for name, block in (parameters.get("methods") or {}).items():
         m = P.parse(P.MethodParams, block, f"methods.{name}")
         overrides = dataset.method_overrides.get(m.name, {}) if dataset else {}
+        overrides = {k: v for k, v in overrides.items() if k != "train"}  # training settings, not the loss's
         where = f"methods.{name}" + (f" (with datasets.{dataset.name}.method_overrides)" if dataset else "")
         try:
             build_method(m.name, {**m.hyperparameters(), **overrides}, sched)

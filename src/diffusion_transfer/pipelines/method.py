@@ -63,8 +63,8 @@ def resolve_run(method: dict, dataset: dict, train_defaults: dict) -> dict[str, 
         raise ValueError(f"datasets.{d.name}.method_overrides.{m.name}.train must be a mapping, got {run_train!r}")
     hyper = {**m.hyperparameters(), **override}
     t = parse(TrainParams, {**train_defaults, **m.train, **d.train, **run_train},
-              f"train (with methods.{m.name}.train, datasets.{d.name}.train and "
-              f"datasets.{d.name}.method_overrides.{m.name}.train)")
+              f"train (with methods.{m.name}.train and datasets.{d.name}.train"
+              + (f" and datasets.{d.name}.method_overrides.{m.name}.train)" if run_train else ")"))
     return {"run": f"{m.name}_{d.name}", "method": m.name, "dataset": d.name, "hyperparameters": hyper,
             "train": t.run_config()}
 
