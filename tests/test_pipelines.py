@@ -615,7 +615,8 @@ def test_paper_training_lengths_per_method_and_dataset():
 
     assert run("sdft", "aahq")["train"]["steps"] == 80000
     assert run("sdft", "aahq")["hyperparameters"]["gamma_aux"] == 50.0
-    assert run("a3ft", "metfaces")["train"]["steps"] == 20875
+    assert run("a3ft", "metfaces")["train"]["steps"] == 20875  # 2,000 epochs of 1,336 images at batch 128
+    assert run("a3ft", "aahq")["train"]["steps"] == 22453      # of the 1,437 curated AAHQ images
     for dataset in ("sunglasses", "haunted_houses"):
         assert run("tan", dataset)["train"]["steps"] == 300
         assert run("tan", dataset)["train"]["batch_size"] == 40
