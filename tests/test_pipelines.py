@@ -373,12 +373,20 @@ def test_per_dataset_classifier_overrides_are_validated():
 
 
 def test_paper_run_stops_before_any_compute_listing_every_missing_input(tmp_path):
-    from diffusion_transfer.preflight import MissingInputsError
+    """The real command line: the list and exit status 1, no traceback."""
+    import os
+    import subprocess
+    import sys
 
     proj = _scratch_project(tmp_path)
-    with pytest.raises(MissingInputsError) as err:
-        _run(proj, "paper", "sdft_aahq")
-    message = str(err.value)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    kedro = Path(sys.executable).parent / "kedro"
+    done = subprocess.run([str(kedro), "run", "--pipeline=sdft_aahq", "--env=paper"], cwd=proj, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    message = done.stderr[done.stderr.index("Error: "):]
+    assert message.startswith("Error: 8 input(s) of this run are missing; nothing was computed.")
     for name in ("aahq_raw", "source_model", "source_images", "curation_clip", "evaluation_clip",
                  "evaluation.inception_path", "evaluation.lpips_backbone_weights", "evaluation.identity_weights"):
         assert f"- {name}:" in message

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
+
 from diffusion_transfer.core.weights import missing_weights
 
 _METRIC_WEIGHTS = {
@@ -18,8 +20,9 @@ _METRIC_WEIGHTS = {
 }
 
 
-class MissingInputsError(RuntimeError):
-    """Raised before any compute, listing every missing input."""
+class MissingInputsError(click.ClickException, RuntimeError):
+    """Raised before any compute, listing every missing input. A
+    ``ClickException``, so ``kedro run`` prints the list, not a traceback."""
 
 
 def find_missing(pipeline, catalog, params: dict[str, Any]) -> list[str]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
+import click
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class InvalidParametersError(ValueError):
-    """Raised when a parameter block does not validate; names the parameters."""
+class InvalidParametersError(click.ClickException, ValueError):
+    """Raised when a parameter block does not validate; names the parameters.
+    A ``ClickException``, so `kedro run` prints the message, not a traceback."""
 
 
 class _Params(BaseModel):
