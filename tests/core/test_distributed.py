@@ -11,17 +11,9 @@ from diffusion_transfer.core.models import build_unet
 from diffusion_transfer.core.schedule import make_schedule
 from diffusion_transfer.core.training import NonFiniteLossError, TrainConfig, checkpoint_paths, train
 from tests.core.test_training import data  # the same 8x8 gradient images
+from tests.core.test_unet import TINY as TINY_UNET
 
-TINY = dict(
-    sample_size=8,
-    block_out_channels=(8, 16),
-    layers_per_block=1,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    norm_num_groups=4,
-    attention_head_dim=8,
-    dropout=0.1,  # the global torch RNG follows the shard too
-)
+TINY = {**TINY_UNET, "dropout": 0.1}  # dropout: the global torch RNG follows the shard too
 SCHED = make_schedule()
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
