@@ -25,13 +25,14 @@ from pathlib import Path
 
 import torch
 
-from diffusion_transfer.core.methods import build_method
+from diffusion_transfer.core.methods import build_method, method_names
 from diffusion_transfer.core.models.domain_classifier import DomainClassifier
 from diffusion_transfer.core.models import build_unet, load_unet
 from diffusion_transfer.core.schedule import make_schedule
 
 DEFAULT_MODEL = Path("data/06_models/world/source")
-ALL_METHODS = ("sdft", "attn", "a3ft", "anl", "anl_uncond", "tan")
+# every method but the two naive-loss baselines, each timed against naive
+ALL_METHODS = tuple(m for m in method_names() if m not in ("scratch", "naive"))
 CONDITION_DIM = 128  # the world CLIP's embedding size (ANL's condition)
 FACEWORLD_SOURCE = dict(
     sample_size=32,

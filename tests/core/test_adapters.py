@@ -244,7 +244,7 @@ def test_adapted_model_saves_as_base_plus_modules_and_samples_identically(tmp_pa
         m.eval().requires_grad_(False)
         ctx = m.conditioned(cond) if cond is not None else torch.no_grad()
         with ctx:
-            return sample_ddim(model_eps_fn(m), noise, SCHED, steps=5)
+            return sample_ddim(model_eps_fn(m, SCHED), noise, SCHED, steps=5)
 
     assert torch.equal(draw(model), draw(loaded))
 
@@ -332,7 +332,7 @@ def test_text_and_image_conditions_drive_a_conditional_anl_model():
     outs = []
     for cond in (text, img):
         with model.conditioned(cond):
-            outs.append(sample_ddim(model_eps_fn(model), noise, SCHED, steps=4))
+            outs.append(sample_ddim(model_eps_fn(model, SCHED), noise, SCHED, steps=4))
     assert all(torch.isfinite(o).all() for o in outs)
     assert not torch.allclose(outs[0], outs[1])  # the condition reaches the samples
 

@@ -254,7 +254,7 @@ def test_model_eps_fn_slices_learned_variance_and_disables_grad():
             return Out(torch.cat([x * self.w, -torch.ones_like(x)], dim=1))
 
     model = LearnedVar()
-    eps_fn = model_eps_fn(model)
+    eps_fn = model_eps_fn(model, SCHEDULE)
     x = torch.randn(2, 3, 4, 4)
     eps = eps_fn(x, torch.tensor([5, 5]))
     assert eps.shape == x.shape and torch.equal(eps, x)
@@ -271,13 +271,13 @@ def test_model_eps_fn_with_diffusers_unet():
         block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
     ).eval()
-    eps_fn = model_eps_fn(unet)
+    eps_fn = model_eps_fn(unet, SCHEDULE)
     x_T = make_noise_bank(2, (3, 8, 8))
     a = sample_ddim(eps_fn, x_T, SCHEDULE, steps=3)
     b = sample_ddim(eps_fn, x_T, SCHEDULE, steps=3)
     assert a.shape == x_T.shape and torch.equal(a, b)
     assert a.abs().max() <= 1.0 + 1e-6  # last step returns the clipped x0 prediction
-    bf = sample_ddim(model_eps_fn(unet, autocast_dtype=torch.bfloat16), x_T, SCHEDULE, steps=3)
+    bf = sample_ddim(model_eps_fn(unet, SCHEDULE, autocast_dtype=torch.bfloat16), x_T, SCHEDULE, steps=3)
     assert bf.dtype == torch.float32 and torch.isfinite(bf).all()
 
 

@@ -105,7 +105,7 @@ def test_similarity_guided_target_equals_a_hand_computation():
     zz = clf.z(x, tt).detach()
     target = e - (sigma_hat(SCHED, tt) ** 2 * 5.0).view(-1, 1, 1, 1) * (1 - torch.sigmoid(zz)).view(-1, 1, 1, 1) * clf.w.detach()
     with torch.no_grad():
-        pred = predict_eps(model, x, tt)
+        pred = predict_eps(model, x, tt, schedule=SCHED)
     torch.testing.assert_close(terms["loss"].detach(), (pred - target).pow(2).flatten(1).mean(1).mean(),
                                rtol=1e-5, atol=1e-7)
 
@@ -136,7 +136,7 @@ def test_adversarial_noise_is_standardised_raises_the_loss_and_leaves_the_model_
 
     def err(e):
         with torch.no_grad():
-            return (e - predict_eps(model, SCHED.q_sample(x0, t, e), t)).pow(2).flatten(1).sum(1)
+            return (e - predict_eps(model, SCHED.q_sample(x0, t, e), t, schedule=SCHED)).pow(2).flatten(1).sum(1)
 
     assert bool((err(eps) >= err(eps0)).all())  # the "worse-case" noise is at least as hard
     assert not torch.allclose(eps, eps0)

@@ -192,7 +192,7 @@ def test_ddib_with_the_same_model_reconstructs_on_the_trained_faceworld_source()
     from diffusion_transfer.core.world.domains import render_batch
 
     model = load_unet(ROOT / "data" / "06_models" / "world" / "source").eval()
-    eps_fn = model_eps_fn(model)
+    eps_fn = model_eps_fn(model, SCHEDULE)
     photos, _ = render_batch("faceworld_ffhq", 4, size=32, seed=11)
     x0 = torch.from_numpy(photos).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     out = ddib(eps_fn, eps_fn, x0, SCHEDULE, steps=40)

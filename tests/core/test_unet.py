@@ -13,6 +13,9 @@ from diffusion_transfer.core.models import (
     predict_eps,
     save_unet,
 )
+from diffusion_transfer.core.schedule import make_schedule
+
+EPS = make_schedule()  # epsilon prediction
 
 TINY = dict(
     sample_size=8,
@@ -42,7 +45,8 @@ def test_build_save_load_round_trip(tmp_path):
     assert (target / "diffusion_pytorch_model.safetensors").is_file()
     loaded = load_unet(target).eval()
     with torch.no_grad():
-        torch.testing.assert_close(predict_eps(loaded, x, t), predict_eps(model, x, t), rtol=0, atol=0)
+        torch.testing.assert_close(predict_eps(loaded, x, t, schedule=EPS), predict_eps(model, x, t, schedule=EPS),
+                                   rtol=0, atol=0)
     # also accepts a str path
     assert isinstance(load_unet(str(target)), type(model))
 
@@ -56,7 +60,8 @@ def test_save_overwrites_atomically_and_leaves_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet"]
     x, t = _inputs()
     with torch.no_grad():
-        torch.testing.assert_close(predict_eps(load_unet(target), x, t), predict_eps(second, x, t))
+        torch.testing.assert_close(predict_eps(load_unet(target), x, t, schedule=EPS),
+                                   predict_eps(second, x, t, schedule=EPS))
 
 
 def test_build_validates_config():
@@ -80,7 +85,7 @@ def test_predict_eps_slices_learned_variance():
     x, t = _inputs()
     with torch.no_grad():
         full = model(x, t).sample
-        eps = predict_eps(model, x, t)
+        eps = predict_eps(model, x, t, schedule=EPS)
     assert full.shape == (2, 6, 8, 8)
     assert eps.shape == (2, 3, 8, 8)
     torch.testing.assert_close(eps, full[:, :3])

@@ -119,7 +119,7 @@ def test_source_model_bars(attribute_classifier):
     model = load_unet(WORLD / "source")
     noise = make_noise_bank(200, (3, 32, 32), seed=HELD_OUT_SEED)
     with torch.no_grad():
-        samples = sample_ddim(model_eps_fn(model), noise, make_schedule(), steps=40)
+        samples = sample_ddim(model_eps_fn(model, make_schedule()), noise, make_schedule(), steps=40)
     attrs = wcls.predict_attributes(attribute_classifier, samples)
     assert face_rate(attrs) >= 0.90
     _, data = render_batch("faceworld_ffhq", 2000, 32, seed=HELD_OUT_SEED)

@@ -10,7 +10,7 @@ A method is a loss callable in the style of NVlabs/edm ``training/loss.py``::
 ``torch.Generator``) drives every random draw of the loss (timesteps, noise) so
 that the same seed gives the same run.
 
-:func:`build_method` turns ``(name, params, schedule)`` into a :class:`Method`
+``registry.build_method`` turns ``(name, params, schedule)`` into a :class:`Method`
 holding the loss plus what the training set-up needs to know: whether a frozen
 teacher (the source model) must be passed, and whether the student starts from
 the source weights or from a random init.
@@ -30,8 +30,6 @@ __all__ = [
     "WEIGHTINGS",
     "LossFn",
     "Method",
-    "build_method",
-    "method_names",
     "randn",
     "sample_timesteps",
     "timestep_weight",
@@ -142,110 +140,3 @@ def timestep_weight(
 def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean over all but the batch dimension of (a - b)^2, in float32."""
     return (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
-
-
-# --- registry ---------------------------------------------------------------
-
-
-def _build_scratch(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .naive import DenoisingLoss
-
-    return Method("scratch", DenoisingLoss(schedule, **params), needs_teacher=False, init="random")
-
-
-def _build_naive(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .naive import DenoisingLoss
-
-    return Method("naive", DenoisingLoss(schedule, **params), needs_teacher=False, init="source")
-
-
-def _build_sdft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .sdft import SDFTLoss
-
-    return Method("sdft", SDFTLoss.from_params(schedule, params), needs_teacher=True, init="source")
-
-
-def _pop_keys(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: params.pop(k) for k in keys if k in params}
-
-
-def _build_attn(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .a3ft import prepare_attn
-    from .naive import DenoisingLoss
-
-    return Method("attn", DenoisingLoss(schedule, **params), needs_teacher=False, init="source", prepare=prepare_attn)
-
-
-def _build_a3ft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .a3ft import prepare_a3ft
-    from .naive import DenoisingLoss
-
-    adapter = _pop_keys(params, ("scaling_hidden",))
-    hidden = adapter.get("scaling_hidden", 64)
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-        raise ValueError(f"scaling_hidden must be a positive int, got {hidden!r}")
-    loss = DenoisingLoss(schedule, **params)
-    return Method("a3ft", loss, needs_teacher=False, init="source", prepare=lambda unet: prepare_a3ft(unet, **adapter))
-
-
-def _build_anl(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .anl import prepare_anl
-    from .naive import DenoisingLoss
-
-    adapter = _pop_keys(params, ("hidden_mult",))
-    check_float("hidden_mult", adapter.get("hidden_mult", 1.0), minimum=1e-6)
-    loss = DenoisingLoss(schedule, **params)
-    return Method("anl", loss, needs_teacher=False, init="source", conditional=True,
-                  prepare=lambda unet, dim: prepare_anl(unet, dim, **adapter))
-
-
-def _build_anl_uncond(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .anl import prepare_anl
-    from .naive import DenoisingLoss
-
-    adapter = _pop_keys(params, ("hidden_mult",))
-    check_float("hidden_mult", adapter.get("hidden_mult", 1.0), minimum=1e-6)
-    loss = DenoisingLoss(schedule, **params)
-    return Method("anl_uncond", loss, needs_teacher=False, init="source",
-                  prepare=lambda unet: prepare_anl(unet, None, **adapter))
-
-
-def _build_tan(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .tan import TANLoss, prepare_tan
-
-    adapter = _pop_keys(params, ("rank",))
-    rank = adapter.get("rank", 8)
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive int, got {rank!r}")
-    return Method("tan", TANLoss(schedule, **params), needs_teacher=False, init="source",
-                  prepare=lambda unet: prepare_tan(unet, **adapter), needs_classifier=True)
-
-
-_REGISTRY: dict[str, Callable[[dict[str, Any], NoiseSchedule], Method]] = {
-    "scratch": _build_scratch,
-    "naive": _build_naive,
-    "sdft": _build_sdft,
-    "attn": _build_attn,
-    "a3ft": _build_a3ft,
-    "anl": _build_anl,
-    "anl_uncond": _build_anl_uncond,
-    "tan": _build_tan,
-}
-
-
-def method_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def build_method(name: str, params: dict[str, Any] | None, schedule: NoiseSchedule) -> Method:
-    """Build the method ``name`` from its hyperparameters ``params``.
-
-    Unknown names and unknown or invalid parameters raise ``ValueError``
-    naming them, before any compute."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known methods: {method_names()}")
-    params = dict(params or {})
-    try:
-        return _REGISTRY[name](params, schedule)
-    except TypeError as exc:  # unexpected keyword argument
-        raise ValueError(f"invalid parameters for method {name!r}: {exc}") from exc

@@ -5,7 +5,10 @@ architecture, random init).
     L_diff = E_{x0, t ~ U{0..T-1}, eps ~ N(0, I)} [ w(t) * mean_pixels (eps - eps_theta(x_t, t))^2 ]
 
 with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps and w(t) = 1 ("constant",
-the default) or a P2 / Min-SNR weighting. For a learned-variance model
+the default) or a P2 / Min-SNR weighting. A model with another
+``schedule.prediction_type`` regresses its native target instead of eps
+(v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0, or x0; ``training_target``); the
+weightings are applied unchanged. For a learned-variance model
 (6 output channels) the hybrid loss of improved DDPM is used,
 L_simple + vlb_weight * L_vlb (see ``vlb.py``; one sampled term stands for
 the sum over T): L_vlb trains the variance half.
@@ -30,7 +33,7 @@ __all__ = ["DenoisingLoss"]
 
 
 class DenoisingLoss:
-    """eps-prediction MSE. Returns ``{"loss", "diffusion"}`` (plus ``"vlb"``
+    """Denoising MSE in the model's parameterisation. Returns ``{"loss", "diffusion"}`` (plus ``"vlb"``
     for a learned-variance model)."""
 
     def __init__(
@@ -67,10 +70,12 @@ class DenoisingLoss:
         noise = randn(tuple(images.shape), images, generator)
         x_t = self.schedule.q_sample(images, t, noise)
         out = model_output(student, x_t, t, condition)
-        eps = out[:, :c]
-        loss = (self.weight(t) * per_sample_mse(eps, noise)).mean()
+        pred = out[:, :c]  # the native prediction (eps, v or x0)
+        target = self.schedule.training_target(images, noise, t)
+        loss = (self.weight(t) * per_sample_mse(pred, target)).mean()
         terms = {"diffusion": loss.detach()}
         if out.shape[1] == 2 * c:  # learned variance: hybrid loss
+            eps = self.schedule.eps_from_output(pred, x_t, t)
             vlb = variance_vlb(self.schedule, images, x_t, t, eps, out[:, c:]).mean()
             loss = loss + vlb_term_weight(self.schedule, self.vlb_weight) * vlb
             terms["vlb"] = vlb.detach()

@@ -42,6 +42,13 @@ batch runs inside ``torch.no_grad()``: no gradient ever reaches the teacher.
 
 Random draws, in order, from ``generator``: t (B), eps (B,3,H,W); then, for
 ``aux_input="independent"``, x_T (B,3,H,W) and t' (B).
+
+Other parameterisations (``schedule.prediction_type`` v_prediction / sample,
+which the paper leaves to future work): L_diff regresses the model's native
+target (``training_target``), while L_distill and L_aux compare teacher and
+student outputs converted to eps, so the P2 weights w(t), designed for eps,
+keep their meaning (at the same x_t, ||v - v'||^2 = ||eps - eps'||^2 / abar_t:
+comparing native v would silently reweight by 1 / abar_t).
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from typing import Any
 
 import torch
 
-from ..models.unet import model_output, predict_eps
+from ..models.unet import model_output
 from ..schedule import NoiseSchedule
 from .base import WEIGHTINGS, check_choice, check_float, per_sample_mse, randn, sample_timesteps, timestep_weight
 from .vlb import VLB_WEIGHT, variance_vlb, vlb_term_weight
@@ -173,17 +180,22 @@ class SDFTLoss:
 
     @torch.no_grad()
     def teacher_eps(self, teacher: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """eps^src(x, t) in float32, without gradients."""
+        """eps^src(x, t) in float32, without gradients (converted from the
+        teacher's output per ``schedule.prediction_type``)."""
         if teacher.training:
             teacher.eval()
         ctx, dt = self._teacher_autocast(x.device)
+        x_in = x
         if dt is None:
             p = next(teacher.parameters(), None)
             if p is not None and p.dtype != x.dtype:
-                x = x.to(p.dtype)
+                x_in = x.to(p.dtype)
         with ctx:
-            out = predict_eps(teacher, x, t)
-        return out.float()
+            out = model_output(teacher, x_in, t)
+        c = x.shape[1]
+        if out.shape[1] == 2 * c:
+            out = out[:, :c]
+        return self.schedule.eps_from_output(out.float(), x.float(), t)
 
     # -- loss ------------------------------------------------------------------
 
@@ -213,9 +225,10 @@ class SDFTLoss:
         eps_src = self.teacher_eps(teacher, x, tt)  # ONE teacher forward over 2B, no grad
         out = model_output(student, x, tt)  # ONE student forward over 2B
         c = images.shape[1]
-        eps_s = out[:, :c]
+        pred = out[:, :c]  # native prediction (eps, v or x0)
+        eps_s = self.schedule.eps_from_output(pred, x, tt)
 
-        diffusion = per_sample_mse(eps_s[:b], noise).mean()
+        diffusion = per_sample_mse(pred[:b], self.schedule.training_target(images, noise, t)).mean()
         distill = (self.weight_distill(t) * per_sample_mse(eps_s[:b], eps_src[:b])).mean()
         aux = (self.weight_aux(t_aux) * per_sample_mse(eps_s[b:], eps_src[b:])).mean()
         loss = diffusion + self.lambda_distill * distill + self.lambda_aux * aux

@@ -23,6 +23,13 @@ the source model; only the adaptors train (about 1-2% of the parameters).
 
 Ablations (Fig. 4): ``adversarial=False`` (similarity-guided only),
 ``adversarial=False, gamma=0`` (adaptor only).
+
+Other parameterisations (``schedule.prediction_type``): the guided target is
+defined on eps and converted to the native target the model outputs, the one
+whose implied eps at x_t* is eps_target (``output_from_eps``): for v,
+v* = sqrt(abar_t) eps_target - sqrt(1 - abar_t) x0*, for sample x0*, with
+x0* = (x_t* - sqrt(1 - abar_t) eps_target) / sqrt(abar_t). The adversarial
+ascent uses the eps converted from the model's output.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import torch
 from torch import nn
 
 from ..models.adapted import Adapter, AdaptedUNet, register_adapter
-from ..models.unet import predict_eps
+from ..models.unet import model_output, predict_eps
 from ..schedule import NoiseSchedule
 from .anl import residual_blocks
 from .base import check_float, per_sample_mse, randn, sample_timesteps
@@ -68,7 +75,7 @@ def adversarial_noise(
         with torch.enable_grad():
             e = eps.clone().requires_grad_(True)
             x_t = schedule.q_sample(x0.detach(), t, e)
-            err = (e - predict_eps(model, x_t, t)).pow(2).sum()
+            err = (e - predict_eps(model, x_t, t, schedule=schedule)).pow(2).sum()
             (grad,) = torch.autograd.grad(err, e)
         eps = standardise(eps + omega * grad)
     return eps.detach()
@@ -77,7 +84,7 @@ def adversarial_noise(
 class TANLoss:
     """Eq. 9 with adversarial noise. Needs the classifier: build with
     ``TANLoss(schedule, ...)`` then :meth:`with_classifier`. Returns
-    ``{"loss", "diffusion", "guidance"}``: the loss, the plain eps-MSE on x_t*
+    ``{"loss", "diffusion", "guidance"}``: the loss, the plain denoising MSE on x_t*
     (for comparison with other methods) and the mean guidance-shift norm."""
 
     def __init__(self, schedule: NoiseSchedule, gamma: float = 5.0, adversarial: bool = True,
@@ -120,11 +127,14 @@ class TANLoss:
         if self.adversarial and self.adversarial_steps > 0:
             eps = adversarial_noise(student, images, t, eps, self.schedule, self.adversarial_steps, self.omega)
         x_t = self.schedule.q_sample(images, t, eps)
-        target = self.target(x_t, t, eps).detach()
-        pred = predict_eps(student, x_t, t)
+        eps_target = self.target(x_t, t, eps).detach()
+        target = self.schedule.output_from_eps(eps_target, x_t, t)  # native (eps, v or x0)
+        out = model_output(student, x_t, t)
+        pred = out[:, :images.shape[1]]
         loss = per_sample_mse(pred, target).mean()
-        return {"loss": loss, "diffusion": per_sample_mse(pred, eps).mean().detach(),
-                "guidance": (target - eps).flatten(1).norm(dim=1).mean().detach()}
+        plain = self.schedule.training_target(images, eps, t)
+        return {"loss": loss, "diffusion": per_sample_mse(pred, plain).mean().detach(),
+                "guidance": (eps_target - eps).flatten(1).norm(dim=1).mean().detach()}
 
     @property
     def params(self) -> dict[str, Any]:

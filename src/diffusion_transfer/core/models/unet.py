@@ -14,7 +14,8 @@ loads through the same two functions, as ``unet/`` plus its added modules.
   sibling folder, then an atomic swap into place: a crash never leaves a
   half-written model folder behind.
 * :func:`predict_eps` -- ``model(x_t, t).sample``, keeping only the eps half of
-  a learned-variance (6-channel) output.
+  a learned-variance (6-channel) output, converted to eps per the schedule's
+  ``prediction_type``.
 """
 
 from __future__ import annotations
@@ -25,12 +26,21 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import UNet2DModel
 
 from .adapted import AdaptedUNet, is_adapted_folder, load_adapted, save_adapted
+from .scheduler_config import (
+    attach_scheduler_config,
+    find_scheduler_config,
+    read_scheduler_config,
+    write_scheduler_config,
+)
+
+if TYPE_CHECKING:
+    from ..schedule import NoiseSchedule
 
 __all__ = [
     "ModelLoadError",
@@ -119,6 +129,17 @@ def _load_folder(folder: Path) -> UNet2DModel:
         raise ModelLoadError(f"could not load the UNet from {str(folder)!r}: {exc}") from exc
 
 
+def _load_local(path: Path, text: str) -> torch.nn.Module:
+    if is_adapted_folder(path):  # base UNet + added modules (a3ft, anl)
+        try:
+            return load_adapted(path, _load_folder)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"could not load the adapted model from {text!r}: {exc}") from exc
+    return _load_folder(path)
+
+
 def load_unet(source: str | os.PathLike[str]) -> UNet2DModel:
     """Load a UNet from a local ``save_pretrained`` folder or a hub id.
 
@@ -127,15 +148,13 @@ def load_unet(source: str | os.PathLike[str]) -> UNet2DModel:
     """
     text = str(source)
     path = Path(text).expanduser()
-    if path.is_dir() and is_adapted_folder(path):  # base UNet + added modules (a3ft, anl)
-        try:
-            return load_adapted(path, _load_folder)
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(f"could not load the adapted model from {text!r}: {exc}") from exc
     if path.is_dir():
-        return _load_folder(path)
+        config_file = find_scheduler_config(path)
+        try:
+            config = read_scheduler_config(config_file) if config_file else None
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        return attach_scheduler_config(_load_local(path, text), config)
     if path.exists():
         raise ModelLoadError(f"{text!r} is a file, not a UNet folder. {_how_to(text)}")
     if not _HUB_ID.match(text):
@@ -173,6 +192,7 @@ def save_unet(model: torch.nn.Module, folder: str | os.PathLike[str]) -> Path:
             save_adapted(model, tmp)
         else:
             model.save_pretrained(str(tmp), safe_serialization=True)
+        write_scheduler_config(model, tmp)
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
@@ -206,15 +226,17 @@ def model_output(
 
 
 def predict_eps(
-    model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None
+    model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None,
+    *, schedule: NoiseSchedule,
 ) -> torch.Tensor:
     """The noise prediction eps(x_t, t) of ``model``; (B, C, H, W) like ``x_t``.
 
     ``t`` is an integer tensor of shape (B,) (or a scalar). For a
-    learned-variance model (2C output channels) the eps half is returned.
+    learned-variance model (2C output channels) the first half is used. The
+    output is converted to eps per ``schedule.prediction_type``.
     """
     out = model_output(model, x_t, t, condition)
     c = x_t.shape[1]
     if out.shape[1] == 2 * c:
         out = out[:, :c]
-    return out
+    return schedule.eps_from_output(out, x_t, t)

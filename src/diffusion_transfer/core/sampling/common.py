@@ -17,21 +17,29 @@ from typing import Any
 
 import torch
 
+from diffusion_transfer.core.schedule import NoiseSchedule
+
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
 PostStep = Callable[[dict[str, Any]], torch.Tensor]
 Progress = Callable[[Iterable[Any]], Iterable[Any]]
 
 
-def model_eps_fn(model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> EpsFn:
+def model_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, autocast_dtype: torch.dtype | None = None) -> EpsFn:
     """Wrap a diffusers ``UNet2DModel`` (or any ``model(x, t)`` returning a
-    tensor or an object with ``.sample``) as an eps_fn.
+    tensor or an object with ``.sample``) as an eps_fn. The raw output is
+    converted to eps with ``schedule.eps_from_output`` (its ``prediction_type``:
+    epsilon, v_prediction or sample).
 
     Runs under ``torch.no_grad()``; with ``autocast_dtype`` (e.g.
     ``torch.bfloat16``) under ``torch.autocast`` on ``x``'s device type. For a
     learned-variance model (``out_channels == 2 * C``, e.g. 6 for RGB) only the
     eps half, the first C channels, is returned. The result has ``x``'s dtype.
     """
+
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"model_eps_fn(model, schedule, autocast_dtype=None): schedule must be a NoiseSchedule, "
+                        f"got {type(schedule).__name__}")
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ctx = (
@@ -48,7 +56,7 @@ def model_eps_fn(model: torch.nn.Module, autocast_dtype: torch.dtype | None = No
         c = x.shape[1]
         if out.shape[1] == 2 * c:
             out = out[:, :c]
-        return out.to(x.dtype)
+        return schedule.eps_from_output(out.to(x.dtype), x, t)
 
     return eps_fn
 

@@ -2,7 +2,8 @@
 
 ``train(model, loss_fn, images, config, teacher=...)`` runs ``config.steps``
 optimiser steps of AdamW on random minibatches of ``images`` (with optional
-horizontal flips), with gradient clipping, an EMA copy of the weights, mixed
+horizontal flips), with gradient clipping, an EMA copy of the weights (decay
+warm-up: ``ema.py``), an optional lr warm-up (``lr_schedule.py``), mixed
 precision (``config.mixed_precision``: bf16/fp16 through accelerate),
 data-parallel processes (DDP) and gradient accumulation, deterministic
 seeding, a tqdm bar showing the loss terms, atomic checkpoints every
@@ -88,6 +89,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
+from .ema import ema_decay_at, ema_update_, schedule_summary
+from .lr_schedule import lr_at, set_lr_
+
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "checkpoint_paths", "train"]
 
 log = logging.getLogger(__name__)
@@ -113,6 +117,10 @@ class TrainConfig(BaseModel):
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(1e-8, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1, description="0 disables the EMA")
+    ema_warmup: Literal["diffusers", "power", "none"] = Field("diffusers", description="decay warm-up: see ema.py")
+    ema_inv_gamma: float = Field(1.0, gt=0, description='"power" warm-up: 1 - (1 + s / inv_gamma) ** -power')
+    ema_power: float = Field(2 / 3, gt=0)
+    lr_warmup_steps: int = Field(0, ge=0, description="linear lr warm-up from 0 (see lr_schedule.py)")
     grad_clip: float | None = Field(1.0, description="max global grad norm; null or 0 disables")
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -143,6 +151,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_step: int | None = None
     checkpoint: Path | None = None  # the checkpoint holding the returned weights (None without checkpoint_dir)
+    schedule: dict[str, Any] = field(default_factory=dict)  # EMA and lr schedules reached (ema.schedule_summary)
 
     @property
     def final_model(self) -> torch.nn.Module:
@@ -525,9 +534,11 @@ def train(
                     missing.append(shard.k)
                     _reseed_shard(shard, config.seed, start, device, swap)
             old = payload.get("config", {})
-            for key in ("batch_size", "seed", "lr", "mixed_precision"):
-                if key in old and old[key] != getattr(config, key):
-                    log.warning("resuming %s: %s was %r, now %r", last_ckpt, key, old[key], getattr(config, key))
+            legacy = {"ema_warmup": "none", "ema_inv_gamma": 1.0, "ema_power": 2 / 3, "lr_warmup_steps": 0}
+            for key in ("batch_size", "seed", "lr", "mixed_precision", "ema_decay", *legacy):
+                was = old.get(key, legacy.get(key)) if old else None  # legacy: checkpoints before the setting
+                if was is not None and was != getattr(config, key):
+                    log.warning("resuming %s: %s was %r, now %r", last_ckpt, key, was, getattr(config, key))
             if start > config.steps:
                 log.warning("checkpoint %s is at step %d, beyond steps=%d", last_ckpt, start, config.steps)
             log.info("resumed from %s (step %d)", last_ckpt, start)
@@ -624,11 +635,13 @@ def train(
                 grad_norm = float(accelerator.clip_grad_norm_(params, clip))
                 if not math.isfinite(grad_norm) and accelerator.scaler is None:
                     raise NonFiniteLossError(done, {**values, "grad_norm": grad_norm}, last_ckpt)
+            set_lr_(optimizer, lr_at(done, config.lr, config.lr_warmup_steps))  # from the global step
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                with torch.no_grad():
-                    torch._foreach_lerp_([e for e, _ in ema_pairs], [m for _, m in ema_pairs], 1.0 - config.ema_decay)
+            if ema is not None:  # once per optimiser step; the decay follows the global step
+                ema_update_([e for e, _ in ema_pairs], [m for _, m in ema_pairs],
+                            ema_decay_at(done, config.ema_decay, config.ema_warmup, config.ema_inv_gamma,
+                                         config.ema_power))
 
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -662,7 +675,7 @@ def train(
             for be, bm in zip(ema.buffers(), final.buffers()):
                 be.copy_(bm)
     return TrainResult(model=final, ema_model=ema, history=history, resumed_from_step=resumed_from,
-                       checkpoint=last_ckpt)
+                       checkpoint=last_ckpt, schedule=schedule_summary(config, max(start, config.steps)))
 
 
 # --- several processes started from here ------------------------------------------------------
@@ -771,7 +784,8 @@ def _launch(
         teacher.eval().requires_grad_(False)
     resumed = info["resumed_from_step"]
     return TrainResult(model=model, ema_model=ema, history=list(payload.get("history", [])),
-                       resumed_from_step=None if resumed < 0 else int(resumed), checkpoint=checkpoint)
+                       resumed_from_step=None if resumed < 0 else int(resumed), checkpoint=checkpoint,
+                       schedule=schedule_summary(config, int(payload["step"])))
 
 
 def _worker_error(scratch: Path, n: int, exc: Exception) -> BaseException:

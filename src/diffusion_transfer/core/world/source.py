@@ -10,7 +10,8 @@ from typing import Any
 from diffusion_transfer.core.data.images import to_tensor
 from diffusion_transfer.core.methods import build_method
 from diffusion_transfer.core.models.unet import build_unet
-from diffusion_transfer.core.schedule import make_schedule
+from diffusion_transfer.core.models.scheduler_config import attach_scheduler_config
+from diffusion_transfer.core.schedule import NoiseSchedule, make_schedule
 from diffusion_transfer.core.training import TrainConfig, train
 from diffusion_transfer.core.world.domains import render_batch
 
@@ -32,7 +33,7 @@ def train_source_model(
     unet: dict[str, Any],
     train_config: dict[str, Any],
     n_images: int,
-    schedule: dict[str, Any] | None = None,
+    schedule: NoiseSchedule | dict[str, Any] | None = None,
     domain: str = "faceworld_ffhq",
     seed: int = 0,
     loss: dict[str, Any] | None = None,
@@ -47,8 +48,9 @@ def train_source_model(
     config = {**DEFAULT_SOURCE_UNET, **(unet or {})}
     images, _ = render_batch(domain, n_images, int(config["sample_size"]), seed)
     model = build_unet(config)
-    sched = make_schedule(**(schedule or {}))
+    sched = schedule if isinstance(schedule, NoiseSchedule) else make_schedule(**(schedule or {}))
     method = build_method("scratch", dict(loss or {}), sched)
     result = train(model, method.loss_fn, to_tensor(images), TrainConfig(**train_config),
                    checkpoint_dir=checkpoint_dir, progress=progress, desc="source model")
-    return result.ema_model if result.ema_model is not None else result.model
+    model = result.ema_model if result.ema_model is not None else result.model
+    return attach_scheduler_config(model, sched.scheduler_config())  # saved with it: sampled as it was trained

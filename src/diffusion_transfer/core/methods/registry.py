@@ -1,0 +1,145 @@
+"""The one registry of fine-tuning methods: each name, how it is built, and
+the flags the pipelines need (a conditional method trains and samples with a
+CLIP embedding per image; a guided one trains with the noisy domain
+classifier). Pipelines, parameter validation and compare tables read the
+names from here, in this order (the order of the papers' tables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..schedule import NoiseSchedule
+from .base import Method, check_float
+from .sdft import SDFT_PAPER_DEFAULTS
+
+__all__ = ["METHODS", "MethodInfo", "build_method", "expand_preset", "method_names"]
+
+def _build_scratch(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .naive import DenoisingLoss
+
+    return Method("scratch", DenoisingLoss(schedule, **params), needs_teacher=False, init="random")
+
+
+def _build_naive(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .naive import DenoisingLoss
+
+    return Method("naive", DenoisingLoss(schedule, **params), needs_teacher=False, init="source")
+
+
+def _build_sdft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .sdft import SDFTLoss
+
+    return Method("sdft", SDFTLoss.from_params(schedule, params), needs_teacher=True, init="source")
+
+
+def _pop_keys(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: params.pop(k) for k in keys if k in params}
+
+
+def _build_attn(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .a3ft import prepare_attn
+    from .naive import DenoisingLoss
+
+    return Method("attn", DenoisingLoss(schedule, **params), needs_teacher=False, init="source", prepare=prepare_attn)
+
+
+def _build_a3ft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .a3ft import prepare_a3ft
+    from .naive import DenoisingLoss
+
+    adapter = _pop_keys(params, ("scaling_hidden",))
+    hidden = adapter.get("scaling_hidden", 64)
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"scaling_hidden must be a positive int, got {hidden!r}")
+    loss = DenoisingLoss(schedule, **params)
+    return Method("a3ft", loss, needs_teacher=False, init="source", prepare=lambda unet: prepare_a3ft(unet, **adapter))
+
+
+def _build_anl(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .anl import prepare_anl
+    from .naive import DenoisingLoss
+
+    adapter = _pop_keys(params, ("hidden_mult",))
+    check_float("hidden_mult", adapter.get("hidden_mult", 1.0), minimum=1e-6)
+    loss = DenoisingLoss(schedule, **params)
+    return Method("anl", loss, needs_teacher=False, init="source", conditional=True,
+                  prepare=lambda unet, dim: prepare_anl(unet, dim, **adapter))
+
+
+def _build_anl_uncond(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .anl import prepare_anl
+    from .naive import DenoisingLoss
+
+    adapter = _pop_keys(params, ("hidden_mult",))
+    check_float("hidden_mult", adapter.get("hidden_mult", 1.0), minimum=1e-6)
+    loss = DenoisingLoss(schedule, **params)
+    return Method("anl_uncond", loss, needs_teacher=False, init="source",
+                  prepare=lambda unet: prepare_anl(unet, None, **adapter))
+
+
+def _build_tan(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    from .tan import TANLoss, prepare_tan
+
+    adapter = _pop_keys(params, ("rank",))
+    rank = adapter.get("rank", 8)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    return Method("tan", TANLoss(schedule, **params), needs_teacher=False, init="source",
+                  prepare=lambda unet: prepare_tan(unet, **adapter), needs_classifier=True)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    build: Callable[[dict[str, Any], NoiseSchedule], Method]
+    #: trains and samples with a CLIP image embedding per image (ANL)
+    conditional: bool = False
+    #: trains with the dataset's noisy domain classifier (TAN)
+    guided: bool = False
+    #: named hyperparameter sets from the papers (``preset: <name>``)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+METHODS: dict[str, MethodInfo] = {info.name: info for info in (
+    MethodInfo("scratch", _build_scratch),
+    MethodInfo("naive", _build_naive),
+    MethodInfo("sdft", _build_sdft, presets=SDFT_PAPER_DEFAULTS),
+    MethodInfo("attn", _build_attn),
+    MethodInfo("a3ft", _build_a3ft),
+    MethodInfo("anl", _build_anl, conditional=True),
+    MethodInfo("anl_uncond", _build_anl_uncond),
+    MethodInfo("tan", _build_tan, guided=True),
+)}
+
+
+def method_names() -> list[str]:
+    """Every method, in the order of the comparison tables."""
+    return list(METHODS)
+
+
+def build_method(name: str, params: dict[str, Any] | None, schedule: NoiseSchedule) -> Method:
+    """Build the method ``name`` from its hyperparameters ``params``.
+
+    Unknown names and unknown or invalid parameters raise ``ValueError``
+    naming them, before any compute."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {method_names()}")
+    params = dict(params or {})
+    try:
+        return METHODS[name].build(params, schedule)
+    except TypeError as exc:  # unexpected keyword argument
+        raise ValueError(f"invalid parameters for method {name!r}: {exc}") from exc
+
+
+def expand_preset(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with ``preset: <p>`` replaced by that preset's values
+    (e.g. SDFT Table 5's AAHQ column); the other keys of ``params`` win."""
+    params = dict(params)
+    preset = params.pop("preset", None)
+    if preset is None:
+        return params
+    presets = METHODS[name].presets if name in METHODS else {}
+    if preset not in presets:
+        raise ValueError(f"{name} preset must be one of {sorted(presets)}, got {preset!r}")
+    return {**presets[preset], **params}
