@@ -24,7 +24,7 @@ TINY_CLIP = {"embed_dim": 32,
 
 # Paper settings scaled to seconds: resolution, counts and networks only.
 TINY_RUN = {
-    "curate": {"aahq": {"resolution": 32, "top_n": 8, "threshold": None}},
+    "datasets": {"aahq": {"curation": {"top_n": 8, "threshold": None}}},  # images at the stand-in model's 32 px
     "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 1, "log_every": 1, "mixed_precision": "no"},
     "sampling": {"n_samples": 8, "batch_size": 8, "steps": 3},
     "evaluation": {"lpips_pairs": 8},
@@ -105,7 +105,7 @@ def test_paper_sdft_aahq_names_what_is_missing_then_runs_on_stand_ins(tmp_path, 
                             "evaluation.identity_weights"}
     _place_stand_ins(proj, missing, tmp_path)
     _run(proj, "paper", "sdft_aahq", runtime_params=TINY_RUN)
-    out = proj / "data" / "08_reporting" / "sdft_aahq"
+    out = proj / "data" / "paper" / "08_reporting" / "sdft_aahq"  # conf/paper/globals.yml
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["models"]["finetuned"]["fid"] >= 0
     assert "inception-2015-12-05.pt" in metrics["weights"]["fid_kid"]

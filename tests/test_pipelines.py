@@ -12,6 +12,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_METHODS = ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "tan"]
+# Each environment writes under its own data root (conf/<env>/globals.yml).
+SMOKE_DATA = Path("data", "smoke")
+PAPER_DATA = Path("data", "paper")
 
 
 def test_registry_lists_every_method_and_dataset():
@@ -104,7 +107,7 @@ def _base_params() -> dict:
     params: dict = {}
     for f in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
         params.update(yaml.safe_load(f.read_text()))
-    return params
+    return json.loads(json.dumps(params))  # YAML anchors share dicts; Kedro's loader gives each its own
 
 
 def test_base_parameters_validate():
@@ -120,7 +123,11 @@ def test_base_parameters_validate():
         (("sampling", "sampler"), "euler", "sampling.sampler"),
         (("methods", "sdft", "lambda_distill"), -1.0, "lambda_distill"),
         (("methods", "sdft", "weighting"), "cubic", "weighting"),
-        (("curate", "aahq", "top_n"), None, "threshold"),
+        (("datasets", "aahq", "curation", "top_n"), None, "datasets.aahq.curation"),
+        (("datasets", "aahq", "source"), "lsun", "datasets.aahq.source"),
+        (("datasets", "aahq", "kind"), "many_shot", "datasets.aahq.kind"),
+        (("methods", "sdft", "preset"), "cats", "preset must be one of"),
+        (("schedule", "prediction_type"), "flow", "schedule.prediction_type"),
         (("methods", "a3ft", "train", "lr"), -1.0, "train (with methods.a3ft.train and datasets.aahq.train).lr"),
         (("methods", "anl", "condition", "mask_rate"), 1.5, "methods.anl.condition.mask_rate"),
         (("methods", "a3ft", "scaling_hidden"), 0, "scaling_hidden"),
@@ -182,7 +189,7 @@ def smoke_run(tmp_path_factory):
 @pytest.mark.slow
 def test_sdft_aahq_smoke_run_end_to_end(smoke_run):
     proj = smoke_run
-    out = proj / "data" / "08_reporting" / "sdft_aahq"
+    out = proj / SMOKE_DATA / "08_reporting" / "sdft_aahq"
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("source", "finetuned"):
         assert metrics["models"][key]["fid"] >= 0
@@ -196,9 +203,9 @@ def test_sdft_aahq_smoke_run_end_to_end(smoke_run):
     assert "| sdft (fine-tuned) |" in report and "| source (pretrained) |" in report
     assert (out / "samples_src_vs_trg.png").stat().st_size > 0
     assert (out / "loss_curve.png").stat().st_size > 0
-    summary = json.loads((proj / "data" / "08_reporting" / "curate_aahq" / "summary.json").read_text())
+    summary = json.loads((proj / SMOKE_DATA / "08_reporting" / "curate_aahq" / "summary.json").read_text())
     assert summary["counts"]["kept"] == 24  # smoke: top_n 24
-    assert (proj / "data" / "08_reporting" / "curate_aahq" / "contact_sheet.png").exists()
+    assert (proj / SMOKE_DATA / "08_reporting" / "curate_aahq" / "contact_sheet.png").exists()
     history = json.loads((out / "training_history.json").read_text())
     assert history["run"]["hyperparameters"]["gamma_aux"] == 50.0  # Table 5, AAHQ override applied
     assert history["history"][-1]["step"] == 4
@@ -247,13 +254,13 @@ def _digest(folder: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_world_pipeline_in_smoke_builds_elsewhere_and_keeps_committed_models(tmp_path):
-    """The world pipeline trains all three models; in smoke it writes to
-    world_smoke/ and leaves the committed models untouched."""
+    """The world pipeline trains all three models; in smoke it writes under
+    data/smoke/ and leaves the committed models untouched."""
     world = ROOT / "data" / "06_models" / "world"
     before = {name: _digest(world / name) for name in ("source", "clip", "classifier")}
     proj = _scratch_project(tmp_path)
     _run(proj, "smoke", "world")
-    built = proj / "data" / "06_models" / "world_smoke"
+    built = proj / SMOKE_DATA / "06_models" / "world"
     assert (built / "source" / "config.json").exists()
     assert (built / "clip" / "weights.safetensors").exists()
     assert (built / "classifier" / "classifier.safetensors").exists()
@@ -285,7 +292,7 @@ def test_compare_metfaces_smoke_runs_every_method(tmp_path):
     adapted models saved as base + modules, ANL's conditions and prompt grid."""
     proj = _scratch_project(tmp_path)
     _run(proj, "smoke", "compare_metfaces")
-    reporting = proj / "data" / "08_reporting"
+    reporting = proj / SMOKE_DATA / "08_reporting"
     summary = json.loads((reporting / "curate_metfaces" / "summary.json").read_text())
     assert summary["counts"]["dropped_by_zero_shot"] >= 1  # the glasses the portrait domain carries
     curated = summary["counts"]["kept"]
@@ -300,7 +307,7 @@ def test_compare_metfaces_smoke_runs_every_method(tmp_path):
     assert pairs == {(t, m) for t in ("sdedit", "ilvr", "egsde", "ddib") for m in ALL_METHODS}
     anl_translations = json.loads((reporting / "anl_metfaces" / "translation_metrics.json").read_text())
     assert anl_translations["settings"]["sdedit"]["t0"] == 0.5  # MetFaces' 0.5T
-    models = proj / "data" / "06_models"
+    models = proj / SMOKE_DATA / "06_models"
     for method in ("a3ft", "anl", "anl_uncond"):
         assert json.loads((models / f"{method}_metfaces" / "model" / "adapter.json").read_text())["kind"] == method
         assert (models / f"{method}_metfaces" / "model" / "unet" / "config.json").exists()
@@ -311,9 +318,9 @@ def test_compare_metfaces_smoke_runs_every_method(tmp_path):
     anl = json.loads((reporting / "anl_metfaces" / "training_history.json").read_text())
     assert anl["parameters"]["trainable_parameters"] == anl["parameters"]["added_parameters"]  # UNet frozen
     assert (reporting / "anl_metfaces" / "samples_text_prompts.png").stat().st_size > 0
-    cond = proj / "data" / "05_model_input" / "anl_metfaces" / "sampling_conditions.safetensors"
+    cond = proj / SMOKE_DATA / "05_model_input" / "anl_metfaces" / "sampling_conditions.safetensors"
     assert cond.exists()
-    assert (proj / "data" / "04_feature" / "anl_conditions" / "metfaces.npy").exists()  # cached embeddings
+    assert (proj / SMOKE_DATA / "04_feature" / "anl_conditions" / "metfaces.npy").exists()  # cached embeddings
 
 
 def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp_path):
@@ -336,7 +343,8 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
             context = session.load_context()
             params = context.params
             validate_parameters(params)
-            assert params["curate"]["aahq"]["resolution"] == 256
+            curation = params["datasets"]["aahq"]["curation"]
+            assert curation["threshold"] == 0.27 and curation.get("resolution") is None  # the model's 256 px
             assert params["sampling"]["steps"] == 40 and params["train"]["steps"] == 80000
             assert params["evaluation"]["max_reference_images"] is None  # the papers' full reference set
             assert params["methods"]["a3ft"]["train"]["lr"] == 0.0002  # A3FT appendix C.2
@@ -392,7 +400,7 @@ def test_paper_run_stops_before_any_compute_listing_every_missing_input(tmp_path
         assert f"- {name}:" in message
     assert "dt-convert-adm" in message and "onion-liu/aahq-dataset" in message
     assert "model_ir_se50.pth" in message
-    assert not (proj / "data" / "03_primary").exists()  # nothing was computed
+    assert not (proj / PAPER_DATA / "03_primary").exists()  # nothing was computed
 
 
 def test_the_identity_network_is_required_only_where_faces_are_evaluated(tmp_path):
@@ -474,7 +482,7 @@ def test_a_church_target_runs_on_the_church_source_model(tmp_path):
         for name, path in (("landscape_drawings_raw", folder), ("church_source_images", churches)):
             f.write(f"\n{name}:\n  type: diffusion_transfer.datasets.ImageFolderDataset\n  path: {path}\n")
     _run(proj, "smoke", "naive_landscape_drawings")
-    data = proj / "data"
+    data = proj / SMOKE_DATA
     assert (data / "05_model_input" / "church" / "noise_bank.safetensors").exists()
     assert (data / "07_model_output" / "church_source" / "samples.safetensors").exists()
     assert not (data / "05_model_input" / "noise_bank.safetensors").exists()  # the FFHQ source is untouched
@@ -502,10 +510,17 @@ def test_a_missing_church_model_names_where_it_comes_from(tmp_path):
 
 def test_few_shot_curation_is_a_deterministic_split_with_the_rest_as_reference(tmp_path):
     from diffusion_transfer.core.data.curation import EmptyCurationError
-    from diffusion_transfer.pipelines.curate import curate_few_shot
+    from types import SimpleNamespace
+
+    from diffusion_transfer.pipelines.curate import curate_few_shot as curate_with_model
 
     folder = _image_folder(tmp_path, 25, bad=2)
-    params = {"resolution": 32, "n_shot": 10, "split_seed": 0, "exclude": ["img_003.png"]}
+    model = SimpleNamespace(config=SimpleNamespace(sample_size=32))  # images at the model's resolution
+    params = {"n_shot": 10, "split_seed": 0, "exclude": ["img_003.png"]}
+
+    def curate_few_shot(folder, params, name):
+        return curate_with_model(folder, model, {"name": name, "kind": "few_shot", "curation": params})
+
     curated, reference, summary, sheet = curate_few_shot(folder, params, "toy")
     again = curate_few_shot(folder, params, "toy")[0]
     assert curated["images"].shape == (10, 32, 32, 3) and curated["meta"]["names"] == again["meta"]["names"]
@@ -526,13 +541,13 @@ def test_tan_on_a_few_shot_target_smoke_run(tmp_path):
     target: the classifier's accuracy by timestep, TAN's adaptors, intra-LPIPS."""
     proj = _scratch_project(tmp_path)
     _run(proj, "smoke", "tan_sunglasses")
-    reporting = proj / "data" / "08_reporting"
+    reporting = proj / SMOKE_DATA / "08_reporting"
     clf = json.loads((reporting / "classifier_sunglasses" / "report.json").read_text())
     rows = clf["accuracy_by_timestep"]["all"]
     assert rows[0]["t_from"] == 0 and rows[-1]["t_to"] == 999 and all(0 <= r["accuracy"] <= 1 for r in rows)
     assert clf["train"]["target"] == 10  # the 10 shots, repeated to balance the source images
     assert (reporting / "classifier_sunglasses" / "accuracy_by_timestep.png").stat().st_size > 0
-    assert (proj / "data" / "06_models" / "classifiers" / "sunglasses" / "classifier.json").exists()
+    assert (proj / SMOKE_DATA / "06_models" / "classifiers" / "sunglasses" / "classifier.json").exists()
     history = json.loads((reporting / "tan_sunglasses" / "training_history.json").read_text())
     assert 0 < history["parameters"]["trainable_share"] < 0.05  # shift adaptors only
     assert {"loss", "diffusion", "guidance"} <= set(history["history"][-1])
@@ -540,7 +555,7 @@ def test_tan_on_a_few_shot_target_smoke_run(tmp_path):
     assert metrics["models"]["finetuned"]["intra_lpips"] >= 0
     assert "intra_lpips" in metrics["weights"]
     assert "| tan (fine-tuned) |" in (reporting / "tan_sunglasses" / "report.md").read_text()
-    model = json.loads((proj / "data" / "06_models" / "tan_sunglasses" / "model" / "adapter.json").read_text())
+    model = json.loads((proj / SMOKE_DATA / "06_models" / "tan_sunglasses" / "model" / "adapter.json").read_text())
     assert model["kind"] == "tan"
     _run(proj, "smoke", "sdft_sunglasses")
     sdft = json.loads((reporting / "sdft_sunglasses" / "metrics.json").read_text())
@@ -580,7 +595,10 @@ def test_finetune_node_spawns_ddp_workers_matching_one_process_with_accumulation
     acc, acc_hist = finetune(source, {"images": images, "meta": {}}, {"name": "naive"}, {"name": "toy"},
                              {**base, "gradient_accumulation_steps": 2}, {}, str(tmp_path / "acc"))
     for (name, a), b in zip(ddp.state_dict().items(), acc.state_dict().values()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+        # The two reduction orders round differently, and Adam scales near-zero gradients (a key
+        # bias's is exactly 0 in theory) to lr-sized steps: measured up to 3e-6 at lr 1e-4. The
+        # EMA, now warmed up, is the trained weights; a constant 0.999 EMA hid this behind 1e-3.
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
     assert ddp_hist["run"]["train"]["num_processes"] == 2
     assert [r["loss"] for r in ddp_hist["history"]] == pytest.approx([r["loss"] for r in acc_hist["history"]])
 
@@ -610,13 +628,11 @@ def test_a_dataset_samples_a_prefix_of_the_shared_noise_bank():
 def test_paper_training_lengths_per_method_and_dataset():
     """conf/paper: SDFT's 80k iterations, A3FT's 2,000 MetFaces epochs, and on the
     10-shot targets TAN's ~300 iterations against the baselines' ~5,000."""
-    from kedro.config import OmegaConfigLoader
-
     from diffusion_transfer.pipelines.method import resolve_run
-    from diffusion_transfer.settings import CONFIG_LOADER_ARGS
+    from diffusion_transfer.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
 
     args = {**CONFIG_LOADER_ARGS, "default_run_env": "paper"}
-    params = OmegaConfigLoader(conf_source=str(Path(__file__).parents[1] / "conf"), **args)["parameters"]
+    params = CONFIG_LOADER_CLASS(conf_source=str(Path(__file__).parents[1] / "conf"), **args)["parameters"]
 
     def run(method, dataset):
         return resolve_run(params["methods"][method], params["datasets"][dataset], params["train"])

@@ -2,7 +2,7 @@
 ``UNet2DModel`` folder (``save_pretrained``, safetensors) that
 ``diffusion_transfer.core.models.unet.load_unet`` reads.
 
-    dt-convert-adm data/00_weights/ffhq_p2.pt data/06_models/ffhq_p2_diffusers
+    dt-convert-adm data/00_weights/ffhq_p2.pt data/paper/06_models/ffhq_p2_diffusers
 
 The architecture is the ``--preset`` (default ``ffhq_p2``), then the fields of a
 ``--config`` JSON object, then the single-field flags (``--image-size 64``,

@@ -32,53 +32,70 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         from diffusion_transfer.pipelines.convert import ConvertParams
 
         P.parse(ConvertParams, parameters["convert_source"], "convert_source")
-    for name, block in (parameters.get("curate") or {}).items():
-        P.parse(P.CurateParams, block, f"curate.{name}")
     for name, block in (parameters.get("methods") or {}).items():
         P.parse(P.MethodParams, block, f"methods.{name}")
-    _validate_methods(parameters, None)
+    from diffusion_transfer.declared import declarations, with_declared_names
+
+    parameters = with_declared_names(parameters)
+    declarations(parameters)  # sources and datasets: names, kinds, source domains
     train = parameters.get("train") or {}
     for name, block in (parameters.get("datasets") or {}).items():
         d = P.parse(P.DatasetParams, block, f"datasets.{name}")
         P.parse(P.TrainParams, {**train, **d.train}, f"train (with datasets.{name}.train)")
-        for mname, mblock in (parameters.get("methods") or {}).items():
-            from diffusion_transfer.pipelines.method import resolve_run
-
-            try:
-                resolve_run(mblock, block, train)  # the run's merged train settings, validated
-            except ValueError as err:
-                if isinstance(err, P.InvalidParametersError):
-                    raise
-                raise P.InvalidParametersError(f"Invalid parameters in 'datasets.{name}': {err}") from None
-        _validate_methods(parameters, d)
+        for mblock in (parameters.get("methods") or {}).values():
+            _validate_run(mblock, block, train, d)
         if "translation" in parameters:
             P.translation_for(parameters["translation"], d)
 
 
-def _validate_methods(parameters: dict[str, Any], dataset: P.DatasetParams | None) -> None:
+def _validate_run(method: dict[str, Any], dataset: dict[str, Any], train: dict[str, Any],
+                  d: P.DatasetParams) -> None:
+    """The run's merged settings (training, and the loss built from its
+    hyperparameters on the default schedule), each error naming its keys."""
     from diffusion_transfer.core.methods import build_method
     from diffusion_transfer.core.schedule import make_schedule
+    from diffusion_transfer.pipelines.method import resolve_run
 
-    sched = make_schedule(**P.parse(P.ScheduleParams, parameters.get("schedule"), "schedule").model_dump())
-    for name, block in (parameters.get("methods") or {}).items():
-        m = P.parse(P.MethodParams, block, f"methods.{name}")
-        overrides = dataset.method_overrides.get(m.name, {}) if dataset else {}
-        overrides = {k: v for k, v in overrides.items() if k != "train"}  # training settings, not the loss's
-        where = f"methods.{name}" + (f" (with datasets.{dataset.name}.method_overrides)" if dataset else "")
-        try:
-            build_method(m.name, {**m.hyperparameters(), **overrides}, sched)
-        except (TypeError, ValueError) as err:
-            raise P.InvalidParametersError(f"Invalid parameters in '{where}': {err}") from None
+    try:
+        run = resolve_run(method, dataset, train)
+    except ValueError as err:
+        if isinstance(err, P.InvalidParametersError):
+            raise
+        raise P.InvalidParametersError(f"Invalid parameters in 'datasets.{d.name}': {err}") from None
+    where = f"methods.{run['method']} (with datasets.{d.name}.method_overrides)"
+    try:
+        build_method(run["method"], run["hyperparameters"], make_schedule())
+    except (TypeError, ValueError) as err:
+        raise P.InvalidParametersError(f"Invalid parameters in '{where}': {err}") from None
 
 
 class ValidateParametersHook:
     @hook_impl
     def after_context_created(self, context) -> None:
         self._context = context
+        # Pipelines are registered from this environment's declared datasets:
+        # point the registry at its config and drop pipelines built for another.
+        from kedro.framework.project import PACKAGE_NAME, pipelines
+
+        from diffusion_transfer.declared import use_config_loader
+
+        use_config_loader(context.config_loader)
+        if PACKAGE_NAME:
+            pipelines.configure(f"{PACKAGE_NAME}.pipeline_registry")
+
+    @hook_impl
+    def after_catalog_created(self, catalog, parameters: dict[str, Any]) -> None:
+        """Datasets and source models declared as paths become catalog entries."""
+        from diffusion_transfer.declared import declarations, path_datasets
+
+        # Kedro passes the catalog's parameter entries: the whole tree is under "parameters".
+        for name, dataset in path_datasets(declarations(parameters.get("parameters", parameters))).items():
+            catalog[name] = dataset
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        from diffusion_transfer.preflight import check_inputs
+        from diffusion_transfer.preflight import check_inputs, check_models
 
         validate_parameters(self._context.params)
         check_inputs(pipeline, catalog, self._context.params)
+        check_models(pipeline, catalog, self._context.params)

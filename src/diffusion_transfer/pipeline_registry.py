@@ -1,43 +1,42 @@
 """Project pipelines, registered explicitly (``find_pipelines`` cannot make
-derived names such as ``sdft_aahq``)."""
+derived names such as ``sdft_aahq``).
+
+Datasets and source domains come from the active environment's parameters
+(``datasets`` and ``sources``, see ``declared.py``); methods from the one
+method registry (``core.methods.METHODS``). Declaring ``datasets.mydata`` in
+``conf/local`` makes ``curate_mydata``, ``classifier_mydata``,
+``<method>_mydata`` and ``compare_mydata``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from kedro.pipeline import Pipeline
 
+from diffusion_transfer.core.methods import method_names
+from diffusion_transfer.declared import active_parameters, declarations
 from diffusion_transfer.pipelines import classifier, compare, convert, curate, method, world
 
-METHODS = ("scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "tan")
-DATASETS = ("aahq", "metfaces")
-# 10-shot targets (TAN protocol). FaceWorld has sunglasses and sketches; the
-# others are the paper's targets, real folders only (conf/paper).
-FEW_SHOT_DATASETS = ("sunglasses", "sketches", "babies", "raphael", "amedeo", "haunted_houses",
-                     "landscape_drawings")
-# Source domains: catalog prefix of their model, images, noise bank and
-# samples, and the targets adapted from them (TAN section 4: FFHQ and LSUN Church).
-SOURCES = {
-    "ffhq": ("", ("aahq", "metfaces", "sunglasses", "sketches", "babies", "raphael", "amedeo")),
-    "church": ("church_", ("haunted_houses", "landscape_drawings")),
-}
-SOURCE_PREFIX = {dataset: prefix for prefix, targets in SOURCES.values() for dataset in targets}
 
-
-def register_pipelines() -> dict[str, Pipeline]:
+def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pipeline]:
+    decl = declarations(active_parameters() if parameters is None else parameters)
     pipelines: dict[str, Pipeline] = {"world": world.create_pipeline(), "convert_source": convert.create_pipeline()}
-    for dataset in DATASETS + FEW_SHOT_DATASETS:
-        prefix = SOURCE_PREFIX[dataset]
-        source = method.create_source_pipeline(prefix)
-        curation = curate.create_curate_pipeline(dataset, few_shot=dataset in FEW_SHOT_DATASETS)
-        pipelines[f"curate_{dataset}"] = curation
-        clf = curation + classifier.create_classifier_pipeline(dataset, prefix)
-        pipelines[f"classifier_{dataset}"] = clf
+    methods = method_names()
+    for name, target in decl.datasets.items():
+        entries = target.source.entries
+        source = method.create_source_pipeline(entries, target.source.prefix)
+        curation = curate.create_curate_pipeline(name, target.raw_entry, entries["source_model"], target.few_shot)
+        pipelines[f"curate_{name}"] = curation
+        clf = curation + classifier.create_classifier_pipeline(name, entries)
+        pipelines[f"classifier_{name}"] = clf
         runs = []
-        for name in METHODS:
+        for m in methods:
             # every run needs the classifier: TAN trains with it, EGSDE translates with it
-            run = clf + source + method.create_method_pipeline(name, dataset, prefix)
-            pipelines[f"{name}_{dataset}"] = run
+            run = clf + source + method.create_method_pipeline(m, name, entries)
+            pipelines[f"{m}_{name}"] = run
             runs.append(run)
-        pipelines[f"compare_{dataset}"] = sum(runs, Pipeline([])) + compare.create_compare_node_pipeline(
-            dataset, METHODS)
-    pipelines["__default__"] = pipelines["sdft_aahq"]
+        pipelines[f"compare_{name}"] = sum(runs, Pipeline([])) + compare.create_compare_node_pipeline(name, methods)
+    default = "sdft_aahq" if "sdft_aahq" in pipelines else next(
+        (f"sdft_{name}" for name in decl.datasets), "world")
+    pipelines["__default__"] = pipelines[default]
     return pipelines

@@ -34,6 +34,11 @@ def find_missing(pipeline, catalog, params: dict[str, Any]) -> list[str]:
         if name.startswith("params:") or name == "parameters":
             continue
         dataset = catalog.get(name)
+        if dataset is None:
+            problems.append(f"{name}: no catalog entry of that name. Add it to catalog.yml, or for a dataset's "
+                            "images set 'datasets.<name>.images' to a folder (a path with a '/'), for a source "
+                            "domain 'sources.<name>.model' / 'images' to a folder or Hub id")
+            continue
         check = getattr(dataset, "missing", None)
         why = check() if callable(check) else None
         if why:
@@ -53,7 +58,7 @@ def find_missing(pipeline, catalog, params: dict[str, Any]) -> list[str]:
 def _evaluates_faces(nodes, params: dict[str, Any]) -> bool:
     datasets = params.get("datasets") or {}
     names = {i.split(".", 1)[1] for n in nodes for i in n.inputs if i.startswith("params:datasets.")}
-    return any((datasets.get(name) or {}).get("faces", True) for name in names)
+    return any((datasets.get(name) or {}).get("faces", False) for name in names)  # DatasetParams.faces
 
 
 def check_inputs(pipeline, catalog, params: dict[str, Any]) -> None:
@@ -63,3 +68,46 @@ def check_inputs(pipeline, catalog, params: dict[str, Any]) -> None:
         raise MissingInputsError(
             f"{len(problems)} input(s) of this run are missing; nothing was computed. Put each file or folder "
             f"where it says (README, 'Running at paper scale'), then run again:\n{lines}")
+
+
+def check_models(pipeline, catalog, params: dict[str, Any]) -> None:
+    """Before any compute: each source model of the run has a schedule and
+    prediction type this project honours, a supported channel count, and a
+    ``sample_size`` that agrees with any explicit ``curation.resolution``.
+    Read from the model folders' JSON files; no weights are loaded."""
+    from diffusion_transfer.declared import declarations
+    from diffusion_transfer.pipelines.params import InvalidParametersError
+    from diffusion_transfer.pipelines.schedule import resolve_schedule
+
+    decl = declarations(params)
+    used = {i.split(".", 1)[1] for n in pipeline.nodes for i in n.inputs if i.startswith("params:datasets.")}
+    problems = []
+    for name in sorted(used & set(decl.datasets)):
+        target = decl.datasets[name]
+        entry = target.source.entries["source_model"]
+        dataset = catalog.get(entry)
+        if not hasattr(dataset, "configs"):
+            continue
+        where = f"the source model '{entry}' ({getattr(dataset, '_path', entry)})"
+        try:
+            unet, scheduler = dataset.configs()
+        except ValueError as err:
+            problems.append(f"{where}: {err}")
+            continue
+        try:
+            resolve_schedule(None, params.get("schedule"), config=scheduler, where=where)
+        except InvalidParametersError as err:
+            problems.append(str(err.message))
+        if unet is None:
+            continue
+        if unet.get("in_channels", 3) != 3 or unet.get("out_channels", 3) not in (3, 6):
+            problems.append(f"{where}: in_channels {unet.get('in_channels')} / out_channels {unet.get('out_channels')}"
+                            "; this project trains RGB models predicting 3 channels (6 with a learned variance)")
+        size = unet.get("sample_size")
+        wanted = target.params.curation.resolution
+        if wanted is not None and size is not None and wanted != (size[0] if isinstance(size, list) else size):
+            problems.append(f"datasets.{name}.curation.resolution is {wanted} but {where} has sample_size {size}: "
+                            f"images are prepared at the model's resolution; remove the parameter or set it to {size}")
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise InvalidParametersError(f"{len(problems)} problem(s) with the run's models; nothing was computed:\n{lines}")

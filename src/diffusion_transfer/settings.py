@@ -1,12 +1,11 @@
 """Kedro project settings."""
 
-from kedro.config import OmegaConfigLoader
-
+from diffusion_transfer.config import ProjectConfigLoader
 from diffusion_transfer.hooks import ValidateParametersHook
 
 HOOKS = (ValidateParametersHook(),)
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

@@ -40,7 +40,29 @@ class UNetDataset(AbstractDataset[Any, Any]):
         return f"no UNet folder at {self._path}." + (f" {self._hint}" if self._hint else "")
 
     def _exists(self) -> bool:
-        return (Path(self._path) / "config.json").exists() or (Path(self._path) / "adapter.json").exists()
+        folder = Path(self._path)
+        return any((folder / name).exists() for name in ("config.json", "adapter.json", "unet/config.json"))
+
+    def configs(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The UNet's ``config.json`` and the scheduler config, read without
+        loading weights (None where there is none, or for a Hub id); a bad
+        JSON file raises ``ValueError`` naming it."""
+        import json
+
+        from diffusion_transfer.core.models.scheduler_config import find_scheduler_config, read_scheduler_config
+
+        folder = Path(self._path)
+        if not folder.is_dir():
+            return None, None
+        unet = folder / "unet" if (folder / "adapter.json").exists() or not (folder / "config.json").exists() else folder
+        config = None
+        if (unet / "config.json").is_file():
+            try:
+                config = json.loads((unet / "config.json").read_text())
+            except ValueError as exc:
+                raise ValueError(f"{unet / 'config.json'} is not valid JSON: {exc}") from None
+        found = find_scheduler_config(folder) or find_scheduler_config(unet)
+        return config, (read_scheduler_config(found) if found else None)
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self._path}

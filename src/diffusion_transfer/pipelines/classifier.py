@@ -29,20 +29,21 @@ from diffusion_transfer.core.models.domain_classifier import (  # noqa: E402
     accuracy_by_timestep,
     domain_classifier_loss,
 )
-from diffusion_transfer.core.schedule import make_schedule  # noqa: E402
 from diffusion_transfer.core.training import TrainConfig, train  # noqa: E402
-from diffusion_transfer.pipelines.params import ClassifierParams, ScheduleParams, parse  # noqa: E402
+from diffusion_transfer.pipelines.params import ClassifierParams, parse  # noqa: E402
+from diffusion_transfer.pipelines.schedule import model_schedule  # noqa: E402
 from diffusion_transfer.pipelines.utils import bind  # noqa: E402
 
 _TRAIN_DEFAULTS = {"steps": 1500, "batch_size": 64, "lr": 3e-4, "ema_decay": 0.0, "checkpoint_every": 500,
                    "log_every": 50, "hflip": True}
 
 
-def train_domain_classifier(source_folder, curated: dict, reference: dict, params: dict, schedule: dict,
-                            checkpoint_root: str, dataset: str):
+def train_domain_classifier(source_folder, curated: dict, reference: dict, source_model, params: dict,
+                            schedule: dict, checkpoint_root: str, dataset: str):
+    """Source images (0) against the dataset's training images (1), noised
+    with the source model's own schedule (the one TAN and EGSDE guide)."""
     p = parse(ClassifierParams, params, "classifier").for_dataset(dataset)
-    sched_p = parse(ScheduleParams, schedule, "schedule")
-    sched = make_schedule(**sched_p.model_dump())
+    sched = model_schedule(source_model, schedule)
     size = int(curated["images"].shape[1])
     ingest = ingest_images(source_folder.files, resolution=size)
     if len(ingest.names) < 4:
@@ -67,7 +68,7 @@ def train_domain_classifier(source_folder, curated: dict, reference: dict, param
     config = TrainConfig(**{**_TRAIN_DEFAULTS, **p.train, "seed": p.seed})
     torch.manual_seed(p.seed)
     model = DomainClassifier(sample_size=size, **p.network)
-    key = hashlib.sha256(json.dumps({"params": p.model_dump(), "schedule": sched_p.model_dump()},
+    key = hashlib.sha256(json.dumps({"params": p.model_dump(), "schedule": sched.describe()},
                                     sort_keys=True, default=str).encode())
     key.update(images.numpy().tobytes())
     ckpt = Path(checkpoint_root) / f"classifier_{dataset}" / key.hexdigest()[:12]
@@ -105,13 +106,13 @@ def _accuracy_plot(by_t: dict[str, list[dict]], dataset: str) -> plt.Figure:
     return fig
 
 
-def create_classifier_pipeline(dataset: str, source_prefix: str = "") -> Pipeline:
+def create_classifier_pipeline(dataset: str, source: dict[str, str]) -> Pipeline:
     """``classifier_<dataset>``: source images of the dataset's own source
-    domain (``<prefix>source_images``) against its target images."""
+    domain (``source``: its catalog entries) against its target images."""
     return Pipeline([node(
         bind(train_domain_classifier, dataset=dataset),
-        inputs=[f"{source_prefix}source_images", f"{dataset}_curated", f"{dataset}_reference", "params:classifier",
-                "params:schedule", "params:paths.checkpoints"],
+        inputs=[source["source_images"], f"{dataset}_curated", f"{dataset}_reference", source["source_model"],
+                "params:classifier", "params:schedule", "params:paths.checkpoints"],
         outputs=[f"{dataset}_domain_classifier", f"{dataset}_classifier_report", f"{dataset}_classifier_accuracy"],
         name=f"classifier_{dataset}", tags=["train", "classifier"])])
 

@@ -1,6 +1,6 @@
 """``convert_source``: a guided-diffusion (ADM) checkpoint -> the diffusers
 ``UNet2DModel`` folder that ``source_model`` reads (conf/paper:
-``data/00_weights/ffhq_p2.pt`` -> ``data/06_models/ffhq_p2_diffusers``).
+``data/00_weights/ffhq_p2.pt`` -> ``data/paper/06_models/ffhq_p2_diffusers``).
 The same conversion is the ``dt-convert-adm`` command."""
 
 from __future__ import annotations

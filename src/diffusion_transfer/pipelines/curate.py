@@ -1,5 +1,7 @@
-"""Curation pipelines: ``curate_aahq`` (CLIP similarity filter) and
-``curate_metfaces`` (CLIP zero-shot glasses removal), plus few-shot folders.
+"""Curation pipelines, ``curate_<dataset>`` for every declared dataset:
+a CLIP similarity filter (AAHQ), CLIP zero-shot removal (MetFaces' glasses),
+the whole folder, or a few-shot split. Images are prepared at the source
+model's resolution (its ``sample_size``).
 
 Nodes are thin: validation, ingestion and filtering live in ``core.data``.
 """
@@ -16,25 +18,42 @@ from kedro.pipeline import Pipeline, node
 from diffusion_transfer.core.data import curation as cur
 from diffusion_transfer.core.data.images import ingest_images
 from diffusion_transfer.datasets.folders import ImageFolder
-from diffusion_transfer.pipelines.params import CurateParams, parse
-from diffusion_transfer.pipelines.utils import bind
+from diffusion_transfer.pipelines.params import CurateParams, DatasetParams, InvalidParametersError, parse
 
 
 def _records_for(folder: ImageFolder, names: list[str]) -> list[dict]:
     return [folder.records[n] for n in names] if folder.records else []
 
 
-def curate(folder: ImageFolder, clip: Any, params: dict[str, Any], dataset: str) -> tuple[dict, dict, dict, Any]:
+def model_resolution(source_model: Any, curation: CurateParams, where: str) -> int:
+    """The source model's ``sample_size``; an explicit ``resolution`` must agree."""
+    size = source_model.config.sample_size
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise InvalidParametersError(f"The source model's sample_size {list(size)} is not square; this project "
+                                         "trains and samples square images")
+        size = size[0]
+    if curation.resolution is not None and curation.resolution != int(size):
+        raise InvalidParametersError(
+            f"Invalid parameters in '{where}resolution': {curation.resolution} differs from the source model's "
+            f"sample_size {int(size)}. Images are prepared at the model's resolution: remove '{where}resolution' "
+            f"or set it to {int(size)}.")
+    return int(size)
+
+
+def curate(folder: ImageFolder, clip: Any, source_model: Any, dataset: dict[str, Any],
+           features_root: str = "data/04_feature") -> tuple[dict, dict, dict, Any]:
     """Ingest a folder, filter it with CLIP, return the curated set, the
     reference set (every valid image), a summary and a contact sheet."""
-    p = parse(CurateParams, params, f"curate.{dataset}")
-    prefix = f"curate.{dataset}."
-    ingest = ingest_images(folder.files, resolution=p.resolution, min_size=p.min_size)
+    d = parse(DatasetParams, dataset, "datasets")
+    p, dataset = d.curation, d.name
+    prefix = f"datasets.{dataset}.curation."
+    ingest = ingest_images(folder.files, resolution=model_resolution(source_model, p, prefix), min_size=p.min_size)
     images, names = ingest.images, list(ingest.names)
     # Image embeddings are cached per (images, CLIP weights): re-running with a
     # new prompt or threshold does not re-encode the dataset.
     clip_id = getattr(clip, "weights_label", type(clip).__name__)
-    cache = Path(p.embeddings_cache) / f"{dataset}.npy"
+    cache = Path(p.embeddings_cache or Path(features_root) / "clip_embeddings") / f"{dataset}.npy"
     img_emb = cur.cached_embeddings(clip.encode_images, images, cache, key=clip_id)
     common = dict(exclude=p.exclude, skipped=ingest.skipped, notes=ingest.notes, param_prefix=prefix)
     if p.prompt is not None:
@@ -69,14 +88,15 @@ def curate(folder: ImageFolder, clip: Any, params: dict[str, Any], dataset: str)
     return curated, reference, summary, sheet
 
 
-def curate_few_shot(folder: ImageFolder, params: dict[str, Any], dataset: str) -> tuple[dict, dict, dict, Any]:
+def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: dict[str, Any]) -> tuple[dict, dict, dict, Any]:
     """A deterministic N-shot split of a folder: the N training images and the
     rest as the evaluation reference (FID/KID), with a summary and a sheet."""
-    p = parse(CurateParams, params, f"curate.{dataset}")
-    prefix = f"curate.{dataset}."
+    d = parse(DatasetParams, dataset, "datasets")
+    p, dataset = d.curation, d.name
+    prefix = f"datasets.{dataset}.curation."
     if p.n_shot is None:
-        raise ValueError(f"{prefix}n_shot must be set for a few-shot dataset")
-    ingest = ingest_images(folder.files, resolution=p.resolution, min_size=p.min_size)
+        raise InvalidParametersError(f"Invalid parameters in '{prefix}n_shot': a few_shot dataset needs it")
+    ingest = ingest_images(folder.files, resolution=model_resolution(source_model, p, prefix), min_size=p.min_size)
     images, names = ingest.images, list(ingest.names)
     excluded = sorted(set(p.exclude) & set(names))
     usable = [i for i, n in enumerate(names) if n not in set(p.exclude)]
@@ -104,28 +124,13 @@ def curate_few_shot(folder: ImageFolder, params: dict[str, Any], dataset: str) -
     return curated, reference, summary, sheet
 
 
-def create_curate_pipeline(dataset: str, few_shot: bool = False) -> Pipeline:
+def create_curate_pipeline(dataset: str, raw: str, source_model: str, few_shot: bool = False) -> Pipeline:
+    """``raw`` (the dataset's image folder entry) -> ``<dataset>_curated``,
+    ``_reference``, ``_curation_summary`` and ``_curation_sheet``."""
+    outputs = [f"{dataset}_curated", f"{dataset}_reference", f"{dataset}_curation_summary",
+               f"{dataset}_curation_sheet"]
     if few_shot:
-        return Pipeline([node(
-            bind(curate_few_shot, dataset=dataset),
-            inputs=[f"{dataset}_raw", f"params:curate.{dataset}"],
-            outputs=[f"{dataset}_curated", f"{dataset}_reference", f"{dataset}_curation_summary",
-                     f"{dataset}_curation_sheet"],
-            name=f"curate_{dataset}", tags=["curate"])])
-    return _create_clip_curate_pipeline(dataset)
-
-
-def _create_clip_curate_pipeline(dataset: str) -> Pipeline:
-    """``{dataset}_raw`` -> ``{dataset}_curated`` (+ reference, summary, contact sheet)."""
-    return Pipeline(
-        [
-            node(
-                bind(curate, dataset=dataset),
-                inputs=[f"{dataset}_raw", "curation_clip", f"params:curate.{dataset}"],
-                outputs=[f"{dataset}_curated", f"{dataset}_reference", f"{dataset}_curation_summary",
-                         f"{dataset}_curation_sheet"],
-                name=f"curate_{dataset}",
-                tags=["curate"],
-            )
-        ]
-    )
+        inputs = [raw, source_model, f"params:datasets.{dataset}"]
+        return Pipeline([node(curate_few_shot, inputs, outputs, name=f"curate_{dataset}", tags=["curate"])])
+    inputs = [raw, "curation_clip", source_model, f"params:datasets.{dataset}", "params:paths.features"]
+    return Pipeline([node(curate, inputs, outputs, name=f"curate_{dataset}", tags=["curate"])])

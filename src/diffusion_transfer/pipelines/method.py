@@ -21,24 +21,24 @@ from kedro.pipeline import Pipeline, node
 from PIL import Image
 
 from diffusion_transfer.core.data.images import to_tensor, to_uint8
-from diffusion_transfer.core.methods import build_method
+from diffusion_transfer.core.methods import METHODS, build_method, expand_preset
 from diffusion_transfer.core.methods.a3ft import attention_blocks
 from diffusion_transfer.core.methods.anl import image_conditions, masked_images, text_conditions
 from diffusion_transfer.core.models.adapted import AdaptedUNet, parameter_counts
 from diffusion_transfer.core.models.unet import build_unet
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim, sample_ddpm
-from diffusion_transfer.core.schedule import make_schedule
+from diffusion_transfer.core.models.scheduler_config import attach_scheduler_config, scheduler_config_of
 from diffusion_transfer.core.training import TrainConfig, train
 from diffusion_transfer.pipelines.params import (
     DatasetParams,
     InvalidParametersError,
     MethodParams,
     SamplingParams,
-    ScheduleParams,
     TrainParams,
     parse,
 )
 from diffusion_transfer.pipelines.report import build_report, evaluate
+from diffusion_transfer.pipelines.schedule import model_schedule, resolve_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
 from diffusion_transfer.pipelines.translate import (
     evaluate_translations,
@@ -61,7 +61,11 @@ def resolve_run(method: dict, dataset: dict, train_defaults: dict) -> dict[str, 
     run_train = override.pop("train", {}) or {}
     if not isinstance(run_train, dict):
         raise ValueError(f"datasets.{d.name}.method_overrides.{m.name}.train must be a mapping, got {run_train!r}")
-    hyper = {**m.hyperparameters(), **override}
+    try:  # a preset names the paper's values (SDFT Table 5); each layer's own keys win over its preset
+        hyper = {**expand_preset(m.name, m.hyperparameters()), **expand_preset(m.name, override)}
+    except ValueError as err:
+        raise InvalidParametersError(f"Invalid parameters in 'methods.{m.name}' or "
+                                     f"'datasets.{d.name}.method_overrides.{m.name}': {err}") from None
     t = parse(TrainParams, {**train_defaults, **m.train, **d.train, **run_train},
               f"train (with methods.{m.name}.train and datasets.{d.name}.train"
               + (f" and datasets.{d.name}.method_overrides.{m.name}.train)" if run_train else ")"))
@@ -82,8 +86,7 @@ def finetune(source_model, curated: dict, method: dict, dataset: dict, train_def
     set. ``conditions`` (ANL): ``{"embeddings": (N, D)}``, one per image;
     ``classifier`` (TAN): the noisy domain classifier."""
     run = resolve_run(method, dataset, train_defaults)
-    sched_p = parse(ScheduleParams, schedule, "schedule")
-    sched = make_schedule(**sched_p.model_dump())
+    sched, schedule_info = resolve_schedule(source_model, schedule)
     spec = build_method(run["method"], run["hyperparameters"], sched)
     if spec.needs_classifier:
         if classifier is None:
@@ -107,7 +110,7 @@ def finetune(source_model, curated: dict, method: dict, dataset: dict, train_def
     # Checkpoints are keyed by the configuration, the source weights and the
     # training images, so that any change starts a fresh run instead of
     # resuming a different one.
-    key = hashlib.sha256(json.dumps({**run, "schedule": sched_p.model_dump()}, sort_keys=True).encode())
+    key = hashlib.sha256(json.dumps({**run, "schedule": sched.describe()}, sort_keys=True).encode())
     key.update(_fingerprint(source_model.state_dict().values()))
     key.update(_fingerprint([curated["images"]] + ([cond] if cond is not None else [])))
     if classifier is not None and spec.needs_classifier:
@@ -117,8 +120,11 @@ def finetune(source_model, curated: dict, method: dict, dataset: dict, train_def
     result = train(student, spec.loss_fn, images, config, teacher=teacher, conditions=cond,
                    checkpoint_dir=ckpt_dir, desc=f"{run['run']}")
     model = result.ema_model if result.ema_model is not None else result.model
-    history = {"run": run, "history": result.history, "resumed_from_step": result.resumed_from_step,
-               "checkpoint_dir": str(ckpt_dir), "parameters": trainable_report(student, source_model, run["method"])}
+    # The fine-tuned model keeps the schedule it was trained with (saved beside its config.json).
+    attach_scheduler_config(model, {**(scheduler_config_of(source_model) or {}), **sched.scheduler_config()})
+    history = {"noise_schedule": schedule_info, "run": run, "history": result.history, "resumed_from_step": result.resumed_from_step,
+               "checkpoint_dir": str(ckpt_dir), "parameters": trainable_report(student, source_model, run["method"]),
+               "schedule": result.schedule}  # EMA decay and lr warm-up reached (core/training/ema.py)
     return model, history
 
 
@@ -181,7 +187,7 @@ def _generate(model, noise: torch.Tensor, p: SamplingParams, sched, conditions: 
 
     device, dtype = inference_setup(p.precision)
     model.eval().to(device)
-    eps_fn = model_eps_fn(model, autocast_dtype=dtype)
+    eps_fn = model_eps_fn(model, sched, autocast_dtype=dtype)
     out = []
     gen = torch.Generator().manual_seed(p.seed + 1)  # CPU noise: the same samples on every device
     with tqdm(total=len(noise), desc=f"sampling ({p.sampler}, {p.steps} steps)", unit="img") as bar:
@@ -203,7 +209,7 @@ def sample(model, noise_bank: dict, sampling: dict, schedule: dict, conditions: 
     """Generate one image per noise in the bank (same noise for every model);
     a conditional model (ANL) takes the i-th of ``conditions["embeddings"]``."""
     p = parse(SamplingParams, sampling, "sampling")
-    sched = make_schedule(**parse(ScheduleParams, schedule, "schedule").model_dump())
+    sched = model_schedule(model, schedule)
     cond = conditions["embeddings"] if conditions is not None else None
     if cond is None and isinstance(model, AdaptedUNet) and model.adapter.needs_condition:
         raise ValueError(f"the {model.kind} model is conditional: sampling needs conditions")
@@ -238,7 +244,7 @@ def sample_prompts(model, noise_bank: dict, clip, method: dict, sampling: dict, 
     first noises of the bank. Without prompts, a one-line note image."""
     m = parse(MethodParams, method, "methods")
     p = parse(SamplingParams, sampling, "sampling")
-    sched = make_schedule(**parse(ScheduleParams, schedule, "schedule").model_dump())
+    sched = model_schedule(model, schedule)
     prompts, k = m.condition.prompts, min(m.condition.n_per_prompt, len(noise_bank["noise"]))
     if not prompts:
         return _text_image("no prompts configured (methods.anl.condition.prompts)")
@@ -272,17 +278,11 @@ def _labelled_rows(rows: list[np.ndarray], labels: list[str], scale: int = 2) ->
     return sheet
 
 
-def source_names(prefix: str = "") -> dict[str, str]:
-    """Catalog names of one source domain's shared datasets. The default
-    source (FFHQ; FaceWorld photos) has no prefix; another source (LSUN
-    Church) prefixes its own: ``church_source_model``, ``church_noise_bank``..."""
-    return {name: f"{prefix}{name}"
-            for name in ("source_model", "source_images", "noise_bank", "source_samples", "translation_inputs")}
-
-
-def create_source_pipeline(prefix: str = "") -> Pipeline:
-    """One source model's samples from its own noise bank (one per source domain)."""
-    n = source_names(prefix)
+def create_source_pipeline(source: dict[str, str], prefix: str = "") -> Pipeline:
+    """One source model's samples from its own noise bank (one per source
+    domain); ``source`` maps the roles (``source_model``, ``noise_bank``...)
+    to the domain's catalog entries (``declared.SourceDomain.entries``)."""
+    n = source
     return Pipeline(
         [
             node(create_noise_bank, ["params:sampling", n["source_model"]], n["noise_bank"],
@@ -295,17 +295,14 @@ def create_source_pipeline(prefix: str = "") -> Pipeline:
     )
 
 
-CONDITIONAL_METHODS = ("anl",)
-GUIDED_METHODS = ("tan",)
-
-
-def create_method_pipeline(method: str, dataset: str, source_prefix: str = "") -> Pipeline:
+def create_method_pipeline(method: str, dataset: str, source: dict[str, str]) -> Pipeline:
     """``{method}_{dataset}``: the template in the run's namespace, wired to
     the dataset's curated sets and to its source domain's model, noise bank
-    and samples (:func:`source_names` with ``source_prefix``)."""
+    and samples (``source``: their catalog entries)."""
+    info = METHODS[method]
     train_inputs = ["source_model", "curated", "params:method", "params:dataset", "params:train", "params:schedule",
                     "params:paths.checkpoints"]
-    if method in CONDITIONAL_METHODS:
+    if info.conditional:
         # ANL: CLIP embeddings of the training images condition training; the
         # samples condition on masked training images (and text prompts).
         train_and_sample = [
@@ -321,7 +318,7 @@ def create_method_pipeline(method: str, dataset: str, source_prefix: str = "") -
             node(sample_prompts, ["finetuned_model", "noise_bank", "condition_clip", "params:method", "params:sampling",
                                   "params:schedule"], "prompt_grid", name="sample_prompts", tags=["sample"]),
         ]
-    elif method in GUIDED_METHODS:
+    elif info.guided:
         # TAN: the dataset's noisy domain classifier guides training.
         train_and_sample = [
             node(finetune_guided, train_inputs + ["domain_classifier"], ["finetuned_model", "training_history"],
@@ -340,7 +337,7 @@ def create_method_pipeline(method: str, dataset: str, source_prefix: str = "") -
     translate_inputs = ["finetuned_model", "source_model", "domain_classifier", "translation_inputs",
                         "params:translation", "params:dataset", "params:schedule"]
     translation = [
-        node(translate, translate_inputs + (["sampling_conditions"] if method in CONDITIONAL_METHODS else []),
+        node(translate, translate_inputs + (["sampling_conditions"] if info.conditional else []),
              "translations", name="translate", tags=["translate"]),
         node(evaluate_translations, ["translations", "reference", "evaluation_clip", "attribute_classifier",
                                      "params:evaluation", "params:dataset"],
@@ -360,8 +357,8 @@ def create_method_pipeline(method: str, dataset: str, source_prefix: str = "") -
                  ["report", "sample_grid", "loss_curve"], name="report", tags=["report"]),
         ]
     )
-    shared = {"evaluation_clip", "attribute_classifier"} | ({"condition_clip"} if method in CONDITIONAL_METHODS else set())
-    source = {k: v for k, v in source_names(source_prefix).items() if k != "source_images"}
+    shared = {"evaluation_clip", "attribute_classifier"} | ({"condition_clip"} if info.conditional else set())
+    source = {k: v for k, v in source.items() if k != "source_images"}
     # The dataset's noisy domain classifier: TAN's guidance, EGSDE's realism energy.
     extra_inputs = {"domain_classifier": f"{dataset}_domain_classifier"}
     return Pipeline(

@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar
 
 import click
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class InvalidParametersError(click.ClickException, ValueError):
@@ -24,10 +24,15 @@ class _Params(BaseModel):
 
 
 class ScheduleParams(_Params):
-    kind: Literal["linear", "cosine"] = "linear"
-    num_timesteps: int = Field(1000, ge=2)
-    beta_start: float = Field(1e-4, gt=0, lt=1)
-    beta_end: float = Field(0.02, gt=0, lt=1)
+    """Overrides of the model's own noise schedule (its diffusers scheduler
+    config; DDPM's linear 1e-4..0.02, T=1000, epsilon when the model folder
+    has none). Null keeps the model's value; the report says which was used."""
+
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "cosine"] | None = None
+    num_train_timesteps: int | None = Field(None, ge=2)
+    beta_start: float | None = Field(None, gt=0, lt=1)
+    beta_end: float | None = Field(None, gt=0, lt=1)
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] | None = None
 
 
 class TrainParams(_Params):
@@ -36,6 +41,12 @@ class TrainParams(_Params):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    #: EMA decay warm-up (core/training/ema.py): diffusers EMAModel's default | its "power" form | none (constant)
+    ema_warmup: Literal["diffusers", "power", "none"] = "diffusers"
+    ema_inv_gamma: float = Field(1.0, gt=0)  # "power": 1 - (1 + s / inv_gamma) ** -power
+    ema_power: float = Field(2 / 3, gt=0)
+    #: linear lr warm-up from 0 over this many optimiser steps (diffusers' constant_with_warmup)
+    lr_warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     checkpoint_every: int = Field(200, ge=1)
     log_every: int = Field(10, ge=1)
@@ -169,16 +180,41 @@ class MethodParams(_Params):
     sampling conditions."""
 
     model_config = ConfigDict(extra="allow")
-    name: Literal["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "tan"]
+    name: str
     train: dict[str, Any] = Field(default_factory=dict)
     condition: ConditionParams = Field(default_factory=ConditionParams)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from diffusion_transfer.core.methods import method_names
+
+        if name not in method_names():
+            raise ValueError(f"unknown method {name!r}; known methods: {method_names()}")
+        return name
 
     def hyperparameters(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
 class DatasetParams(_Params):
+    """One target dataset, declared under ``datasets.<name>`` (any
+    environment, ``conf/local`` included). Declaring it makes
+    ``curate_<name>``, ``classifier_<name>``, ``<method>_<name>`` and
+    ``compare_<name>`` exist (``pipeline_registry``)."""
+
+    #: Filled from the key by the project's config loader.
     name: str
+    #: ``full``: curated by ``curation`` (CLIP filter or zero-shot removal, or
+    #: kept whole); ``few_shot``: a deterministic ``curation.n_shot`` split, the
+    #: rest is the FID reference (TAN protocol).
+    kind: Literal["full", "few_shot"] = "full"
+    #: The source domain it is adapted from (a key of ``sources``).
+    source: str = "ffhq"
+    #: Its images: a catalog entry, or a folder (a path with a ``/``);
+    #: null: the catalog entry ``<name>_raw``.
+    images: str | None = None
+    curation: CurateParams = Field(default_factory=lambda: CurateParams())
     #: Which images FID/KID compare against: the whole raw dataset (the SDFT
     #: paper's AAHQ protocol) or the curated training set (MetFaces).
     fid_reference: Literal["raw", "curated"] = "curated"
@@ -189,10 +225,11 @@ class DatasetParams(_Params):
     #: Few-shot targets: intra-LPIPS (CDC/TAN protocol) against the training shots.
     intra_lpips: bool = False
     intra_lpips_max_per_cluster: int = Field(50, ge=2)
-    #: FaceWorld attribute metrics apply (face targets); false for LSUN Church targets.
-    attributes: bool = True
-    #: The target domain is faces: the ArcFace identity metric applies (false for LSUN Church).
-    faces: bool = True
+    #: FaceWorld's attribute metrics apply (face rate, retention, coverage): its
+    #: attribute classifier reads FaceWorld faces only, so only FaceWorld datasets set it.
+    attributes: bool = False
+    #: The images are faces: the ArcFace identity metric applies (when weights are given).
+    faces: bool = False
     #: Samples of the fine-tuned model for this dataset's metrics: the first n of
     #: the noise bank (whose source samples they are compared with); null: all.
     #: TAN's few-shot protocol uses 1,000.
@@ -203,7 +240,9 @@ class DatasetParams(_Params):
 
 
 class CurateParams(_Params):
-    resolution: int = Field(32, ge=8)
+    #: Images are prepared at the source model's ``sample_size``; an explicit
+    #: value must agree with it (checked before any compute).
+    resolution: int | None = Field(None, ge=8)
     min_size: int | None = Field(None, ge=1)
     #: CLIP-similarity filter (AAHQ): keep scores >= threshold, or the top_n.
     prompt: str | None = None
@@ -215,7 +254,8 @@ class CurateParams(_Params):
     remove_prompts: list[str] = Field(default_factory=list)
     remove_threshold: float = Field(0.5, gt=0, lt=1)
     exclude: list[str] = Field(default_factory=list)
-    embeddings_cache: str = "data/04_feature/clip_embeddings"
+    #: null: ``<paths.features>/clip_embeddings`` (under the environment's data root)
+    embeddings_cache: str | None = None
     #: Few-shot datasets (TAN protocol): a deterministic n_shot split; the rest
     #: is the evaluation reference.
     n_shot: int | None = Field(None, ge=1)
@@ -251,6 +291,28 @@ class ClassifierParams(_Params):
             if isinstance(over.get(key), dict):
                 merged[key] = {**getattr(self, key), **over[key]}
         return parse(ClassifierParams, merged, f"classifier (with classifier.datasets.{name})")
+
+
+DatasetParams.model_rebuild()
+
+
+class SourceParams(_Params):
+    """A source domain under ``sources.<name>``: the pretrained model and the
+    images it was trained on (the domain classifier's class 0 and the
+    translation inputs). ``model`` and ``images`` are catalog entries or
+    paths (a path has a ``/``; the model may be a diffusers model folder, a
+    pipeline folder with ``unet/`` and ``scheduler/``, or a Hub id)."""
+
+    name: str
+    model: str
+    images: str
+    #: Prefix of its derived catalog names (noise bank, samples, translation
+    #: inputs); null: ``<name>_``. The first source (FFHQ) uses "".
+    prefix: str | None = None
+
+    @property
+    def catalog_prefix(self) -> str:
+        return f"{self.name}_" if self.prefix is None else self.prefix
 
 
 P = TypeVar("P", bound=BaseModel)

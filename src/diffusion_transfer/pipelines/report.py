@@ -75,6 +75,11 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
             models[key]["intra_lpips"] = res["intra_lpips"]
             models[key]["intra_lpips_detail"] = res
         weights["intra_lpips"] = lpips.label
+    skipped = [] if d.intra_lpips else [f"intra-LPIPS: off (datasets.{d.name}.intra_lpips: false)"]
+    if not (p.attributes and d.attributes and classifier is not None):
+        why = (f"datasets.{d.name}.attributes: false" if not d.attributes else
+               "evaluation.attributes: false" if not p.attributes else "no attribute classifier")
+        skipped.append(f"FaceWorld attribute metrics (face rate, retention, coverage): off ({why})")
     if p.attributes and d.attributes and classifier is not None:
         from diffusion_transfer.core.world.classifier import predict_attributes
         from diffusion_transfer.core.world.render import ATTRIBUTES
@@ -93,7 +98,11 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
             models[key]["coverage"] = attr_metrics.attribute_coverage(attrs, train_attrs, attributes=_ATTRS,
                                                                       vocabulary=vocab)
             models[key]["frequencies"] = attr_metrics.attribute_frequencies(attrs)
-        models["finetuned"]["retention"] = attr_metrics.attribute_retention(src_attrs, trg_attrs, attributes=_ATTRS)
+        try:
+            models["finetuned"]["retention"] = attr_metrics.attribute_retention(src_attrs, trg_attrs,
+                                                                                attributes=_ATTRS)
+        except ValueError as err:  # e.g. no source sample is a face: nothing to retain
+            skipped.append(f"attribute retention: {err}")
         # What SDFT is for: of the source samples showing a value the training
         # set lacks (glasses, a smile...), how many keep it after fine-tuning.
         absent = {k: v for k, v in models["source"]["coverage"]["absent_values"].items() if v}
@@ -109,6 +118,7 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
         weights["attributes"] = "FaceWorld attribute classifier (evaluation only, never a training signal)"
     metrics["models"] = models
     metrics["weights"] = weights
+    metrics["skipped"] = skipped
     return metrics
 
 
@@ -166,6 +176,26 @@ def _parameter_lines(history: dict) -> list[str]:
     return [line + "."]
 
 
+def _noise_schedule_lines(history: dict) -> list[str]:
+    from diffusion_transfer.pipelines.schedule import describe_schedule
+
+    info = history.get("noise_schedule")
+    return [f"Noise schedule: {describe_schedule(info)}."] if info else []
+
+
+def _schedule_lines(history: dict) -> list[str]:
+    """EMA decay warm-up and lr warm-up, from ``history["schedule"]`` (runs before it: none)."""
+    from diffusion_transfer.core.training.ema import describe
+
+    s = history.get("schedule")
+    if not s:
+        return []
+    lr = s.get("lr") or {}
+    warm = (f"linear from 0 over {lr['warmup_steps']} steps, then {lr['lr']}" if lr.get("warmup_steps")
+            else "none")
+    return [f"EMA: {describe(s.get('ema'))}. LR warm-up: {warm}."]
+
+
 def _translation_lines(tm: dict) -> list[str]:
     from diffusion_transfer.pipelines.translate import translation_table
 
@@ -197,6 +227,8 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
                      f"{fmt(row.get('lpips_src_trg'))} | {fmt(row.get('intra_lpips'))} | {fmt(row.get('face_rate'))} "
                      f"| {fmt(cov)} |")
     lines += ["", f"FID/KID against the {metrics['fid_reference']}."]
+    if metrics.get("skipped"):
+        lines += ["", "Metrics not run: " + "; ".join(metrics["skipped"]) + "."]
     if "retention" in m["finetuned"]:
         ret = m["finetuned"]["retention"]
         lines += ["", "## Attribute retention (source sample -> fine-tuned sample, same noise)", "",
@@ -221,7 +253,9 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
               "![source vs fine-tuned](samples_src_vs_trg.png)", "", "## Training", "",
               f"Hyperparameters: `{run['hyperparameters']}`; steps {run['train']['steps']}, "
               f"batch {run['train']['batch_size']}, lr {run['train']['lr']}, EMA {run['train']['ema_decay']}.",
-              f"Resumed from step: {history.get('resumed_from_step')}.", *_parameter_lines(history), "",
+              f"Resumed from step: {history.get('resumed_from_step')}.", *_noise_schedule_lines(history),
+              *_schedule_lines(history),
+              *_parameter_lines(history), "",
               "![loss curves](loss_curve.png)", "",
               "## Curation", "",
               _curation_line(curation_summary), "",

@@ -27,17 +27,16 @@ from diffusion_transfer.core.metrics.identity import IdentitySimilarity
 from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric
 from diffusion_transfer.core.models.adapted import AdaptedUNet
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn
-from diffusion_transfer.core.schedule import make_schedule
 from diffusion_transfer.core.translation import ddib, egsde, ilvr, sdedit
 from diffusion_transfer.pipelines.params import (
     DatasetParams,
     EvaluationParams,
     InvalidParametersError,
-    ScheduleParams,
     TranslationParams,
     parse,
     translation_for,
 )
+from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
 
 LABELS = {"sdedit": "SDEdit", "ilvr": "ILVR", "egsde": "EGSDE", "ddib": "DDIB"}
@@ -87,7 +86,7 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
 
     d = parse(DatasetParams, dataset, "datasets")
     p = translation_for(translation, d)
-    sched = make_schedule(**parse(ScheduleParams, schedule, "schedule").model_dump())
+    sched = model_schedule(source_model, schedule)  # the fine-tuned model was trained with the same
     x_all = to_tensor(inputs["images"].numpy())
     _check_factors(p, int(x_all.shape[-1]))
     enabled = p.enabled()
@@ -101,7 +100,7 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
     device, dtype = inference_setup(p.precision)
     target_model.eval().to(device)
     source_model.eval().to(device)
-    target_eps, source_eps = model_eps_fn(target_model, dtype), model_eps_fn(source_model, dtype)
+    target_eps, source_eps = model_eps_fn(target_model, sched, dtype), model_eps_fn(source_model, sched, dtype)
     if classifier is not None:
         classifier.eval().to(device)
     # EGSDE differentiates through the classifier: kept in float32
@@ -184,7 +183,10 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
             row["identity"] = float(identity(x_in, y).mean())
         if use_attrs:
             out_attrs = predict_attributes(attribute_classifier, translations[name].numpy())
-            row["retention"] = attr_metrics.attribute_retention(in_attrs, out_attrs, attributes=_ATTRS)["mean"]
+            try:
+                row["retention"] = attr_metrics.attribute_retention(in_attrs, out_attrs, attributes=_ATTRS)["mean"]
+            except ValueError:  # no input is a face: nothing to retain
+                row["retention"] = None
             row["face_rate"] = attr_metrics.face_rate(out_attrs)
         rows[name] = row
     weights = {"fid_kid": extractor.weights, "lpips": lpips.label, "psnr_ssim": CHANNEL_CONVENTION}

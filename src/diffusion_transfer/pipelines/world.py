@@ -2,9 +2,9 @@
 
 Its outputs are committed under ``data/06_models/world/`` so that a fresh
 clone never needs to run it; run it to rebuild them (about an hour on two CPU
-cores). The outputs are their own catalog entries (``built_*``) so that an
-environment can send them elsewhere: ``smoke`` writes to
-``data/06_models/world_smoke/`` and never overwrites the committed models."""
+cores). The outputs are their own catalog entries (``built_*``) under the
+environment's data root: ``base`` rewrites the committed folders, ``smoke``
+writes to ``data/smoke/06_models/world/`` and never overwrites them."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from kedro.pipeline import Pipeline, node
 def train_source(world: dict[str, Any], schedule: dict[str, Any]):
     from diffusion_transfer.core.world.source import train_source_model
 
+    from diffusion_transfer.pipelines.schedule import model_schedule
+
     src = world["source"]
-    return train_source_model(src.get("unet", {}), src["train"], src["n_images"], schedule=schedule,
+    return train_source_model(src.get("unet", {}), src["train"], src["n_images"],
+                              schedule=model_schedule(None, schedule),
                               seed=src.get("seed", 0), loss=src.get("loss"), checkpoint_dir=src.get("checkpoint_dir"))
 
 

@@ -1,0 +1,36 @@
+"""The project's config loader: Kedro's OmegaConfigLoader, with
+
+- the names of declared datasets and source domains filled from their keys,
+  so that ``datasets.mydata: {...}`` needs no ``name: mydata``;
+- a data root of its own for every environment: ``data/<env>`` unless the
+  environment's ``globals.yml`` sets ``data_root`` (base and local write
+  under ``data``), so a new environment never writes over another's results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kedro.config import OmegaConfigLoader
+
+
+class ProjectConfigLoader(OmegaConfigLoader):
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        config = super().__getitem__(key)
+        if key == "parameters":
+            from diffusion_transfer.declared import with_declared_names
+
+            config = with_declared_names(config)
+        if key == "globals":
+            env = self.env or self.default_run_env
+            if env not in (self.base_env, "local", None) and not self._env_sets_data_root(env):
+                config = {**config, "data_root": f"data/{env}"}
+        return config
+
+    def _env_sets_data_root(self, env: str) -> bool:
+        for path in sorted((Path(self.conf_source) / env).glob("globals*.yml")):
+            content = yaml.safe_load(path.read_text()) or {}
+            if isinstance(content, dict) and "data_root" in content:
+                return True
+        return False

@@ -1,0 +1,169 @@
+"""Datasets and source domains declared in configuration.
+
+``sources.<name>`` (a pretrained model and the images it was trained on)
+and ``datasets.<name>`` (a target dataset adapted from one source) are read
+from the active environment's parameters. The pipeline registry makes
+``curate_<name>``, ``classifier_<name>``, ``<method>_<name>`` and
+``compare_<name>`` for each dataset; the catalog hook registers a folder or
+model given as a path under its derived catalog name. Nothing here names a
+dataset: FaceWorld's and the papers' are entries of ``conf/base`` like any
+other.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffusion_transfer.pipelines.params import DatasetParams, InvalidParametersError, SourceParams, parse
+
+#: The config loader of the current Kedro context (set by the project hook),
+#: so that pipelines are registered for the environment being run.
+_ACTIVE: dict[str, Any] = {"loader": None}
+
+
+def is_catalog_name(value: str) -> bool:
+    """A catalog entry name, not a path or a Hub id (those contain ``/``)."""
+    return "/" not in value and "\\" not in value and not value.startswith((".", "~"))
+
+
+@dataclass(frozen=True)
+class SourceDomain:
+    params: SourceParams
+
+    @property
+    def name(self) -> str:
+        return self.params.name
+
+    @property
+    def prefix(self) -> str:
+        return self.params.catalog_prefix
+
+    @property
+    def entries(self) -> dict[str, str]:
+        """Catalog names of this source's shared datasets."""
+        p, s = self.prefix, self.params
+        return {
+            "source_model": s.model if is_catalog_name(s.model) else f"{p}source_model",
+            "source_images": s.images if is_catalog_name(s.images) else f"{p}source_images",
+            **{k: f"{p}{k}" for k in ("noise_bank", "source_samples", "translation_inputs")},
+        }
+
+
+@dataclass(frozen=True)
+class TargetDataset:
+    params: DatasetParams
+    source: SourceDomain
+
+    @property
+    def name(self) -> str:
+        return self.params.name
+
+    @property
+    def few_shot(self) -> bool:
+        return self.params.kind == "few_shot"
+
+    @property
+    def raw_entry(self) -> str:
+        images = self.params.images
+        return images if images is not None and is_catalog_name(images) else f"{self.name}_raw"
+
+
+@dataclass(frozen=True)
+class Declarations:
+    sources: dict[str, SourceDomain]
+    datasets: dict[str, TargetDataset]
+
+
+def with_declared_names(parameters: dict[str, Any]) -> dict[str, Any]:
+    """``datasets.<k>.name`` and ``sources.<k>.name`` default to their key ``k``."""
+    out = dict(parameters)
+    for block in ("datasets", "sources"):
+        entries = out.get(block)
+        if isinstance(entries, dict):
+            out[block] = {k: ({"name": k, **v} if isinstance(v, dict) else v) for k, v in entries.items()}
+    return out
+
+
+def declarations(parameters: dict[str, Any]) -> Declarations:
+    """Validate ``sources`` and ``datasets``; errors name the YAML key."""
+    parameters = with_declared_names(parameters)
+    sources = {}
+    for key, block in (parameters.get("sources") or {}).items():
+        s = parse(SourceParams, block, f"sources.{key}")
+        _same_name(s.name, key, "sources")
+        sources[key] = SourceDomain(s)
+    datasets = {}
+    for key, block in (parameters.get("datasets") or {}).items():
+        d = parse(DatasetParams, block, f"datasets.{key}")
+        _same_name(d.name, key, "datasets")
+        if d.source not in sources:
+            raise InvalidParametersError(
+                f"Invalid parameters in 'datasets.{key}.source': {d.source!r} is not a declared source domain; "
+                f"declare it under 'sources' or use one of {sorted(sources)}")
+        if d.kind == "few_shot" and d.curation.n_shot is None:
+            raise InvalidParametersError(
+                f"Invalid parameters in 'datasets.{key}.curation.n_shot': a few_shot dataset needs n_shot "
+                "(the number of training images, e.g. 10)")
+        datasets[key] = TargetDataset(d, sources[d.source])
+    prefixes = [s.prefix for s in sources.values()]
+    if len(set(prefixes)) != len(prefixes):
+        raise InvalidParametersError(f"Invalid parameters in 'sources': two source domains share a catalog "
+                                     f"prefix ({prefixes}); give each its own 'prefix'")
+    return Declarations(sources, datasets)
+
+
+def _same_name(name: str, key: str, block: str) -> None:
+    if name != key:
+        raise InvalidParametersError(
+            f"Invalid parameters in '{block}.{key}.name': {name!r} differs from its key {key!r}; "
+            "leave 'name' out (it defaults to the key)")
+
+
+# --- the active environment's parameters --------------------------------------
+
+
+def use_config_loader(loader: Any) -> None:
+    """Register pipelines from this config loader's parameters from now on."""
+    _ACTIVE["loader"] = loader
+
+
+def active_parameters() -> dict[str, Any]:
+    """The parameters of the environment being run: the current Kedro
+    context's, else ``$KEDRO_ENV`` (or the default ``local``) over base, as
+    ``kedro registry list`` sees them."""
+    loader = _ACTIVE["loader"]
+    if loader is None:
+        from diffusion_transfer import settings
+
+        loader = settings.CONFIG_LOADER_CLASS(conf_source=str(_project_root() / "conf"),
+                                              env=os.getenv("KEDRO_ENV"), **settings.CONFIG_LOADER_ARGS)
+    return loader["parameters"]
+
+
+def _project_root() -> Path:
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "conf" / "base").is_dir():
+            return folder
+    return Path(__file__).resolve().parents[2]
+
+
+def path_datasets(decl: Declarations) -> dict[str, Any]:
+    """Catalog datasets for what is declared as a path: ``<name>_raw`` image
+    folders and ``<prefix>source_model`` / ``<prefix>source_images``."""
+    from diffusion_transfer.datasets import ImageFolderDataset, UNetDataset
+
+    out: dict[str, Any] = {}
+    for d in decl.datasets.values():
+        if d.params.images is not None and not is_catalog_name(d.params.images):
+            out[d.raw_entry] = ImageFolderDataset(d.params.images, metadata={"kedro-viz": {"layer": "raw"}})
+    for s in decl.sources.values():
+        if not is_catalog_name(s.params.model):
+            out[s.entries["source_model"]] = UNetDataset(s.params.model, metadata={"kedro-viz": {"layer": "pretrained"}})
+        if not is_catalog_name(s.params.images):
+            out[s.entries["source_images"]] = ImageFolderDataset(s.params.images,
+                                                                 metadata={"kedro-viz": {"layer": "raw"}})
+    return out
