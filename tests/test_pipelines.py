@@ -120,6 +120,7 @@ def test_base_parameters_validate():
     "path, value, expected",
     [
         (("train", "batch_size"), 0, "train (with datasets.aahq.train).batch_size"),
+        (("train", "lr"), float("inf"), "train (with datasets.aahq.train).lr"),
         (("sampling", "sampler"), "euler", "sampling.sampler"),
         (("methods", "sdft", "lambda_distill"), -1.0, "lambda_distill"),
         (("methods", "sdft", "weighting"), "cubic", "weighting"),

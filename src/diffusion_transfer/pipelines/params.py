@@ -13,6 +13,8 @@ import click
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from diffusion_transfer.core.training import TrainConfig
+
 
 class InvalidParametersError(click.ClickException, ValueError):
     """Raised when a parameter block does not validate; names the parameters.
@@ -35,28 +37,12 @@ class ScheduleParams(_Params):
     prediction_type: Literal["epsilon", "v_prediction", "sample"] | None = None
 
 
-class TrainParams(_Params):
-    steps: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    ema_decay: float = Field(0.999, ge=0, lt=1)
-    #: EMA decay warm-up (core/training/ema.py): diffusers EMAModel's default | its "power" form | none (constant)
-    ema_warmup: Literal["diffusers", "power", "none"] = "diffusers"
-    ema_inv_gamma: float = Field(1.0, gt=0)  # "power": 1 - (1 + s / inv_gamma) ** -power
-    ema_power: float = Field(2 / 3, gt=0)
-    #: linear lr warm-up from 0 over this many optimiser steps (diffusers' constant_with_warmup)
-    lr_warmup_steps: int = Field(0, ge=0)
-    grad_clip: float | None = Field(1.0, gt=0)
-    checkpoint_every: int = Field(200, ge=1)
-    log_every: int = Field(10, ge=1)
-    seed: int = 0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    hflip: bool = True
-    #: global batch = batch_size x num_processes x gradient_accumulation_steps
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    #: > 1: the training node spawns this many DDP workers (gloo on CPU, one GPU each)
-    num_processes: int = Field(1, ge=1)
+class TrainParams(TrainConfig):
+    """``train`` and its overrides (``methods.<m>.train``, ``datasets.<d>.train``,
+    ``datasets.<d>.method_overrides.<m>.train``): the core loop's own
+    :class:`TrainConfig`, one schema, so every training option (``betas``,
+    ``adam_eps``, ``keep_checkpoints``, EMA and lr warm-up...) is settable from
+    conf with the loop's defaults. ``grad_clip`` null or 0 disables clipping."""
 
     def run_config(self) -> dict[str, Any]:
         """The TrainConfig settings. The scale-out keys are left out at 1, so
