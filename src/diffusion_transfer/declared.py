@@ -135,7 +135,7 @@ def active_parameters() -> dict[str, Any]:
     context's, else ``$KEDRO_ENV`` (or the default ``local``) over base, as
     ``kedro registry list`` sees them."""
     loader = _ACTIVE["loader"]
-    if loader is None:
+    if loader is None or not Path(str(loader.conf_source)).is_dir():  # none yet, or a finished scratch project
         from diffusion_transfer import settings
 
         loader = settings.CONFIG_LOADER_CLASS(conf_source=str(_project_root() / "conf"),
