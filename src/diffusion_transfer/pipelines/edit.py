@@ -1,0 +1,251 @@
+"""The edit stage: text-guided editing with Asyrp (SDFT section 4.3, Table 2).
+
+``edit_<method>_<dataset>`` is a pipeline of its own rather than a stage of
+every ``<method>_<dataset>`` run: it trains one f_t per prompt (5 prompts x
+epochs x images x steps, each step three UNet calls), far more than the
+translate stage, on an already fine-tuned model, so it runs on demand after
+the method run without re-running or lengthening it. Its nodes live in the
+method run's namespace, so ``finetuned_model`` is that run's model (plain
+or adapted: A3FT, ANL, TAN; ANL's conditional model takes the CLIP embedding
+of the image being edited as its condition).
+
+Nodes: pick the edit inputs from the target dataset (``<dataset>_reference``:
+the first ``n_train`` of a seeded permutation train f_t, the next ``n_test``
+are edited); train f_t per prompt; edit; evaluate (S_dir with the run's
+evaluation CLIP, labelled; ArcFace ID where weights are given and the data
+are faces; FaceWorld edit success and preservation); one grid per prompt
+(the inputs, then their edits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from kedro.pipeline import Pipeline, node
+from PIL import Image, ImageDraw
+
+from diffusion_transfer.core.data.images import to_tensor, to_uint8
+from diffusion_transfer.core.editing import ImplicitFunction, edit, text_direction, timestep_at, train_asyrp
+from diffusion_transfer.core.methods import METHODS
+from diffusion_transfer.core.metrics import attributes as attr_metrics
+from diffusion_transfer.core.metrics.editing import directional_similarity, edit_success, prompt_attribute
+from diffusion_transfer.pipelines.editing_params import EditingParams
+from diffusion_transfer.pipelines.params import DatasetParams, EvaluationParams, InvalidParametersError, parse
+from diffusion_transfer.pipelines.schedule import model_schedule
+from diffusion_transfer.pipelines.utils import inference_setup
+
+WORLD_CLIP_NOTE = "world CLIP (FaceWorld demo stand-in for CLIP ViT-B/32)"
+
+
+def select_edit_inputs(reference: dict, editing: dict) -> dict:
+    """``n_train`` training and ``n_test`` test images, disjoint, from a
+    seeded permutation of the target dataset (uint8, N x H x W x 3)."""
+    p = parse(EditingParams, editing, "editing")
+    images = reference["images"]
+    n = int(images.shape[0])
+    if p.n_train + p.n_test > n:
+        raise InvalidParametersError(
+            f"Invalid parameters in 'editing.n_train' / 'editing.n_test': {p.n_train} + {p.n_test} images "
+            f"requested but the dataset has {n}")
+    order = np.random.default_rng(p.seed).permutation(n)
+    train_idx, test_idx = order[:p.n_train], order[p.n_train:p.n_train + p.n_test]
+    return {"train": images[torch.from_numpy(train_idx)], "test": images[torch.from_numpy(test_idx)],
+            "meta": {"seed": p.seed, "n_train": p.n_train, "n_test": p.n_test, "of": n,
+                     "train_index": train_idx.tolist(), "test_index": test_idx.tolist()}}
+
+
+def _conditions(model, condition_clip, images: torch.Tensor) -> torch.Tensor | None:
+    """ANL's condition for editing image i: the CLIP embedding of image i."""
+    adapter = getattr(model, "adapter", None)
+    if adapter is None or not getattr(adapter, "needs_condition", False):
+        return None
+    if condition_clip is None:
+        raise ValueError(f"the {model.kind} model is conditional: editing needs the condition CLIP")
+    from diffusion_transfer.core.methods.anl import image_conditions
+
+    return image_conditions(condition_clip, images).float().cpu()
+
+
+def _check_size(model, images: torch.Tensor) -> None:
+    size = int(model.config.sample_size)
+    if images.shape[-1] != size or images.shape[-2] != size:
+        raise ValueError(f"edit inputs are {tuple(images.shape[-2:])} but the model samples {size}x{size}")
+
+
+def train_edit_directions(model, inputs: dict, clip, editing: dict, schedule: dict,
+                          condition_clip=None) -> dict:
+    """One f_t per prompt (``core.editing.train_asyrp``); the weights go into
+    one tensor file as ``<prompt>.<parameter>``, each prompt's config and loss
+    history into its ``meta``."""
+    p = parse(EditingParams, editing, "editing")
+    sched = model_schedule(model, schedule)
+    device, _ = inference_setup()
+    model.eval().to(device)
+    clip = clip.to(device) if hasattr(clip, "to") else clip
+    x = to_tensor(inputs["train"].numpy())
+    _check_size(model, x)
+    cond = _conditions(model, condition_clip, x)
+    t_edit = timestep_at(sched, p.t_edit, "editing.t_edit")
+    out: dict[str, Any] = {}
+    meta: dict[str, Any] = {"t_edit": t_edit, "t_boost": timestep_at(sched, p.t_boost, "editing.t_boost"),
+                            "clip": getattr(clip, "weights_label", type(clip).__name__), "prompts": {}}
+    for name, prompt in p.prompts.items():
+        res = train_asyrp(model, sched, x, clip, prompt.source, prompt.target, p.asyrp_config(name, t_edit),
+                          conditions=cond, desc=f"asyrp ({p.label(name)})")
+        for k, v in res.f_t.state_dict().items():
+            out[f"{name}.{k}"] = v.detach().cpu()
+        meta["prompts"][name] = {**res.meta, "f_t": res.f_t.config, "history": res.history}
+    out["meta"] = meta
+    return out
+
+
+def load_directions(directions: dict, prompt: str) -> ImplicitFunction:
+    """Rebuild one prompt's f_t from :func:`train_edit_directions`' output."""
+    info = directions["meta"]["prompts"].get(prompt)
+    if info is None:
+        raise ValueError(f"no trained f_t for prompt {prompt!r}; trained: {sorted(directions['meta']['prompts'])}")
+    f_t = ImplicitFunction(**info["f_t"])
+    f_t.load_state_dict({k[len(prompt) + 1:]: v for k, v in directions.items()
+                         if isinstance(v, torch.Tensor) and k.startswith(f"{prompt}.")})
+    return f_t
+
+
+def apply_edits(model, directions: dict, inputs: dict, editing: dict, schedule: dict, condition_clip=None) -> dict:
+    """Edit the test images with every prompt's f_t; also the unedited DDIM
+    reconstruction (same inversion, same boosting noise)."""
+    p = parse(EditingParams, editing, "editing")
+    sched = model_schedule(model, schedule)
+    device, _ = inference_setup()
+    model.eval().to(device)
+    x = to_tensor(inputs["test"].numpy())
+    _check_size(model, x)
+    cond = _conditions(model, condition_clip, x)
+    kw = dict(inversion_steps=p.inversion_steps, steps=p.steps, t_edit=directions["meta"]["t_edit"],
+              t_boost=directions["meta"]["t_boost"], scale=p.scale, batch_size=p.edit_batch_size, seed=p.seed,
+              conditions=cond)
+    out: dict[str, Any] = {"inputs": inputs["test"]}
+    recon = None
+    for name in p.prompts:
+        res = edit(model, load_directions(directions, name), x, sched, **kw)
+        out[name] = torch.from_numpy(to_uint8(res["edited"]))
+        recon = res["reconstructed"] if recon is None else recon
+    out["reconstructed"] = torch.from_numpy(to_uint8(recon))
+    out["meta"] = {"prompts": list(p.prompts), "labels": {k: p.label(k) for k in p.prompts},
+                   "settings": {k: v for k, v in kw.items() if k != "conditions"},
+                   "texts": {k: {"source": v.source, "target": v.target} for k, v in p.prompts.items()}}
+    return out
+
+
+def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, editing: dict, dataset: dict) -> dict:
+    """Per prompt: S_dir (the run's evaluation CLIP, labelled), ID (ArcFace,
+    input vs edit, where weights are given and the data are faces), and on
+    FaceWorld edit success and preservation (n/a for a prompt without a
+    FaceWorld attribute); plus the reconstruction's ID / retention as the
+    no-edit baseline."""
+    from diffusion_transfer.core.metrics.identity import IdentitySimilarity
+
+    p = parse(EditingParams, editing, "editing")
+    ev = parse(EvaluationParams, evaluation, "evaluation")
+    d = parse(DatasetParams, dataset, "datasets")
+    device = inference_setup()[0]
+    clip = clip.to(device) if hasattr(clip, "to") else clip
+    x_in = to_tensor(edits["inputs"].numpy())
+    identity = (IdentitySimilarity(ev.identity_weights, device=device, batch_size=ev.batch_size)
+                if ev.identity_weights and d.faces else None)
+    use_attrs = ev.attributes and d.attributes and attribute_classifier is not None
+    if use_attrs:
+        from diffusion_transfer.core.world.classifier import predict_attributes
+
+        in_attrs = predict_attributes(attribute_classifier, edits["inputs"].numpy())
+    world = getattr(clip, "name", None) == "faceworld-clip"
+    rows: dict[str, dict[str, Any]] = {}
+    for name in edits["meta"]["prompts"]:
+        prompt = p.prompts[name]
+        y = to_tensor(edits[name].numpy())
+        direction = text_direction(clip, prompt.source, prompt.target)
+        row: dict[str, Any] = {"label": p.label(name),
+                               "s_dir": float(directional_similarity(clip, x_in, y, direction).mean())}
+        if identity is not None:
+            row["identity"] = float(identity(x_in, y).mean())
+        if use_attrs:
+            spec = prompt_attribute(name, {"attribute": prompt.attribute, "values": prompt.values}
+                                    if prompt.attribute else None)
+            out_attrs = predict_attributes(attribute_classifier, edits[name].numpy())
+            row["face_rate"] = attr_metrics.face_rate(out_attrs)
+            if spec is None:
+                row.update(success=None, preservation=None, attribute="n/a (no FaceWorld attribute)")
+            else:
+                row.update(edit_success(in_attrs, out_attrs, *spec))
+        rows[name] = row
+    baseline: dict[str, Any] = {}
+    if identity is not None:
+        baseline["identity"] = float(identity(x_in, to_tensor(edits["reconstructed"].numpy())).mean())
+    if use_attrs:
+        rec = predict_attributes(attribute_classifier, edits["reconstructed"].numpy())
+        try:
+            baseline["retention"] = attr_metrics.attribute_retention(in_attrs, rec)["mean"]
+        except ValueError:
+            baseline["retention"] = None
+    weights = {"s_dir": (WORLD_CLIP_NOTE + ": " if world else "") + getattr(clip, "weights_label", type(clip).__name__)}
+    if identity is not None:
+        weights["identity"] = identity.label
+    if use_attrs:
+        weights["attributes"] = "FaceWorld attribute classifier (evaluation only, never a training signal)"
+    return {"dataset": d.name, "n_inputs": int(len(x_in)), "rows": rows, "reconstruction": baseline,
+            "settings": edits["meta"]["settings"], "weights": weights}
+
+
+def edit_grids(edits: dict, editing: dict, scale: int = 2) -> dict[str, Image.Image]:
+    """One image per prompt: the first ``grid_inputs`` inputs, then their edits."""
+    p = parse(EditingParams, editing, "editing")
+    k = min(p.grid_inputs, int(edits["inputs"].shape[0]))
+    grids = {}
+    for name in edits["meta"]["prompts"]:
+        rows = [("input", edits["inputs"].numpy()[:k]), (p.label(name), edits[name].numpy()[:k])]
+        h, w = rows[0][1].shape[1] * scale, rows[0][1].shape[2] * scale
+        label_w = 8 + 6 * max(len(r[0]) for r in rows)
+        sheet = Image.new("RGB", (label_w + k * (w + 2), 2 * (h + 2)), "white")
+        draw = ImageDraw.Draw(sheet)
+        for r, (label, row) in enumerate(rows):
+            y = r * (h + 2)
+            draw.text((4, y + h // 2 - 5), label, fill="black")
+            for i, img in enumerate(row):
+                sheet.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (label_w + i * (w + 2), y))
+        grids[name] = sheet
+    return grids
+
+
+def create_edit_pipeline(method: str, dataset: str, source: dict[str, str]) -> Pipeline:
+    """``edit_<method>_<dataset>``: the edit stage in the method run's
+    namespace (``<method>_<dataset>.edits`` ...), wired to the run's
+    fine-tuned model, the dataset's reference set and the shared CLIP and
+    attribute classifier. ``source`` (the source domain's catalog entries)
+    is accepted for symmetry with ``create_method_pipeline``; the stage edits
+    the fine-tuned model only."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}")
+    conditional = METHODS[method].conditional
+    extra = ["condition_clip"] if conditional else []
+    template = Pipeline([
+        node(train_edit_directions, ["finetuned_model", "edit_inputs", "evaluation_clip", "params:editing",
+                                     "params:schedule"] + extra, "edit_directions", name="train_edit_directions",
+             tags=["edit"]),
+        node(apply_edits, ["finetuned_model", "edit_directions", "edit_inputs", "params:editing",
+                           "params:schedule"] + extra, "edits", name="apply_edits", tags=["edit"]),
+        node(evaluate_edits, ["edits", "evaluation_clip", "attribute_classifier", "params:evaluation",
+                              "params:editing", "params:dataset"], "edit_metrics", name="evaluate_edits",
+             tags=["edit", "evaluate"]),
+        node(edit_grids, ["edits", "params:editing"], "edit_grids", name="edit_grids", tags=["edit", "report"]),
+    ])
+    shared = {"evaluation_clip", "attribute_classifier"} | ({"condition_clip"} if conditional else set())
+    select = Pipeline([node(select_edit_inputs, [f"{dataset}_reference", "params:editing"],
+                            f"{dataset}_edit_inputs", name=f"{dataset}_select_edit_inputs", tags=["edit"])])
+    return select + Pipeline(
+        template,
+        namespace=f"{method}_{dataset}",
+        inputs={**{s: s for s in shared}, "edit_inputs": f"{dataset}_edit_inputs"},
+        parameters={"params:editing": "params:editing", "params:schedule": "params:schedule",
+                    "params:evaluation": "params:evaluation", "params:dataset": f"params:datasets.{dataset}"},
+    )
