@@ -134,3 +134,17 @@ def test_edit_pipeline_lives_in_the_run_namespace_and_has_catalog_entries():
         assert name in patterns
     with pytest.raises(ValueError, match="unknown method"):
         create_edit_pipeline("nope", "aahq", {})
+
+
+def test_edit_table_by_hand():
+    from diffusion_transfer.pipelines.edit import edit_table
+
+    m = {"sdft": {"rows": {"smiling": {"label": "smiling", "s_dir": 0.1234, "success": 0.5, "preservation": 0.75},
+                           "angry": {"label": "angry", "s_dir": 0.2, "success": None, "preservation": None}}},
+         "naive": {"rows": {"smiling": {"label": "smiling", "s_dir": 0.05, "success": 0.25, "preservation": 1.0},
+                            "angry": {"label": "angry", "s_dir": -0.1, "success": None, "preservation": None}}}}
+    lines = edit_table(m)
+    assert lines[0] == ("| method | smiling S_dir ↑ | smiling success ↑ | smiling preservation ↑ | angry S_dir ↑ | "
+                        "angry success ↑ | angry preservation ↑ |")
+    assert lines[2] == "| sdft | 0.123 | 0.500 | 0.750 | 0.200 | n/a | n/a |"
+    assert lines[3] == "| naive | 0.050 | 0.250 | 1.000 | -0.100 | n/a | n/a |"

@@ -249,3 +249,35 @@ def create_edit_pipeline(method: str, dataset: str, source: dict[str, str]) -> P
         parameters={"params:editing": "params:editing", "params:schedule": "params:schedule",
                     "params:evaluation": "params:evaluation", "params:dataset": f"params:datasets.{dataset}"},
     )
+
+
+def edit_table(metrics_by_method: dict[str, dict[str, Any]]) -> list[str]:
+    """SDFT Table 2 as markdown lines: one row per method (its
+    ``edit_metrics``), per prompt S_dir, then ID where measured and FaceWorld
+    edit success / preservation where measured ("n/a" otherwise)."""
+    if not metrics_by_method:
+        return ["(no edit metrics)"]
+    prompts = list(next(iter(metrics_by_method.values()))["rows"])
+    rows_all = [m["rows"] for m in metrics_by_method.values()]
+    has = {k: any(k in r for rows in rows_all for r in rows.values()) for k in ("identity", "success")}
+    fmt = lambda v, f="{:.3f}": "n/a" if v is None else f.format(v)  # noqa: E731
+    head, cells_of = ["method"], []
+    for pr in prompts:
+        label = next(iter(metrics_by_method.values()))["rows"][pr].get("label", pr)
+        head.append(f"{label} S_dir ↑")
+        cells_of.append(lambda r: fmt(r.get("s_dir")))
+        if has["identity"]:
+            head.append(f"{label} ID ↑")
+            cells_of.append(lambda r: fmt(r.get("identity")))
+        if has["success"]:
+            head += [f"{label} success ↑", f"{label} preservation ↑"]
+            cells_of += [lambda r: fmt(r.get("success")), lambda r: fmt(r.get("preservation"))]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    per = len(cells_of) // len(prompts)
+    for method, m in metrics_by_method.items():
+        cells = [method]
+        for i, pr in enumerate(prompts):
+            r = m["rows"].get(pr, {})
+            cells += [f(r) for f in cells_of[i * per:(i + 1) * per]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
