@@ -650,3 +650,15 @@ def test_paper_training_lengths_per_method_and_dataset():
         assert run("sdft", dataset)["train"]["steps"] == 5000
     with pytest.raises(ValueError, match="method_overrides.tan.train must be a mapping"):
         resolve_run(params["methods"]["tan"], {"name": "x", "method_overrides": {"tan": {"train": 3}}}, params["train"])
+
+
+@pytest.mark.slow
+def test_edit_stage_runs_on_the_smoke_run_s_fine_tuned_model(smoke_run):
+    """``edit_sdft_aahq`` (Asyrp, issue 15) on the model ``sdft_aahq`` wrote: a grid per prompt and metrics."""
+    _run(smoke_run, "smoke", "edit_sdft_aahq")
+    out = smoke_run / SMOKE_DATA / "08_reporting" / "sdft_aahq"
+    metrics = json.loads((out / "edit_metrics.json").read_text())
+    assert set(metrics["rows"]) == {"smiling", "sad", "angry", "young", "old"}
+    for row in metrics["rows"].values():
+        assert -1.0 <= row["s_dir"] <= 1.0
+    assert len(list((out / "edits").glob("*.png"))) == 5

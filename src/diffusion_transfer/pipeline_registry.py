@@ -5,7 +5,7 @@ Datasets and source domains come from the active environment's parameters
 (``datasets`` and ``sources``, see ``declared.py``); methods from the one
 method registry (``core.methods.METHODS``). Declaring ``datasets.mydata`` in
 ``conf/local`` makes ``curate_mydata``, ``classifier_mydata``,
-``<method>_mydata`` and ``compare_mydata``."""
+``<method>_mydata``, ``edit_<method>_mydata`` and ``compare_mydata``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from kedro.pipeline import Pipeline
 
 from diffusion_transfer.core.methods import method_names
 from diffusion_transfer.declared import active_parameters, declarations
-from diffusion_transfer.pipelines import classifier, compare, convert, curate, method, world
+from diffusion_transfer.pipelines import classifier, compare, convert, curate, edit, method, world
 
 
 def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pipeline]:
@@ -35,6 +35,9 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
             run = clf + source + method.create_method_pipeline(m, name, entries)
             pipelines[f"{m}_{name}"] = run
             runs.append(run)
+            # Asyrp text editing of the run's fine-tuned model, on demand (training f_t per
+            # prompt is costly): it reads the model <m>_<name> wrote, or the pre-run check says so.
+            pipelines[f"edit_{m}_{name}"] = edit.create_edit_pipeline(m, name, entries)
         pipelines[f"compare_{name}"] = sum(runs, Pipeline([])) + compare.create_compare_node_pipeline(name, methods)
     default = "sdft_aahq" if "sdft_aahq" in pipelines else next(
         (f"sdft_{name}" for name in decl.datasets), "world")
