@@ -12,7 +12,10 @@ beta~_t:
 L_vlb is, per sample, KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) for
 t > 0 and the discretised-Gaussian decoder NLL -log p_theta(x_0 | x_1) at
 t = 0, in bits per dimension. As in improved DDPM, the mean uses a *detached*
-eps, so L_vlb trains the variance only and L_simple alone trains eps.
+eps, so L_vlb trains the variance only and L_simple alone trains eps. The x_0
+prediction inside that mean is NOT clipped to [-1, 1]: guided-diffusion's
+``training_losses`` calls ``_vb_terms_bpd(..., clip_denoised=False)`` (clipping
+belongs to sampling only).
 
 L_vlb is the sum of the T terms; a loss that samples one t uniformly
 estimates it as T * L_t, so lambda L_vlb enters the loss as lambda T L_t
@@ -92,7 +95,7 @@ def variance_vlb(
     _, log_var, coef_x0, coef_xt = _posterior(schedule)
     true_mean = schedule.at(coef_x0, t, x_t) * x0 + schedule.at(coef_xt, t, x_t) * x_t
     true_log_var = schedule.at(log_var, t, x_t)
-    pred_x0 = schedule.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
+    pred_x0 = schedule.predict_x0(x_t, t, eps)  # unclipped, as guided-diffusion trains it
     model_mean = schedule.at(coef_x0, t, x_t) * pred_x0 + schedule.at(coef_xt, t, x_t) * x_t
     model_log_var = reverse_log_variance(schedule, v, t)
     kl = _normal_kl(true_mean, true_log_var, model_mean, model_log_var).flatten(1).mean(1) / math.log(2.0)
