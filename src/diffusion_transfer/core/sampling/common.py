@@ -35,13 +35,19 @@ def model_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, autocast_dtype
     ``torch.bfloat16``) under ``torch.autocast`` on ``x``'s device type. For a
     learned-variance model (``out_channels == 2 * C``, e.g. 6 for RGB) only the
     eps half, the first C channels, is returned. The result has ``x``'s dtype.
+
+    The returned eps_fn carries ``eps_fn.eps_and_variance(x, t) -> (eps, v)``,
+    one model call giving eps and the variance channels ``v`` (None for a
+    C-channel model): ancestral sampling (:func:`sample_ddpm`) uses it for a
+    learned variance. A wrapper around eps_fn that drops the attribute
+    samples with the fixed variance.
     """
 
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"model_eps_fn(model, schedule, autocast_dtype=None): schedule must be a NoiseSchedule, "
                         f"got {type(schedule).__name__}")
 
-    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def eps_and_variance(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         ctx = (
             torch.autocast(device_type=x.device.type, dtype=autocast_dtype)
             if autocast_dtype is not None
@@ -54,17 +60,26 @@ def model_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, autocast_dtype
         elif isinstance(out, (tuple, list)):
             out = out[0]
         c = x.shape[1]
+        v = None
         if out.shape[1] == 2 * c:
-            out = out[:, :c]
-        return schedule.eps_from_output(out.to(x.dtype), x, t)
+            out, v = out[:, :c], out[:, c:].to(x.dtype)
+        return schedule.eps_from_output(out.to(x.dtype), x, t), v
 
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return eps_and_variance(x, t)[0]
+
+    eps_fn.eps_and_variance = eps_and_variance  # type: ignore[attr-defined]  # read by sample_ddpm
     return eps_fn
 
 
 def call_eps(eps_fn: EpsFn, x: torch.Tensor, t: int) -> torch.Tensor:
     """``eps_fn(x, full((B,), t))`` with a clear error on a wrongly shaped result."""
     tt = torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)
-    eps = eps_fn(x, tt)
+    return check_eps(eps_fn(x, tt), x)
+
+
+def check_eps(eps: Any, x: torch.Tensor) -> torch.Tensor:
+    """``eps`` if it is a tensor shaped like ``x``, else a clear error."""
     if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
         got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
         raise ValueError(
