@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from diffusion_transfer.core.sampling import sample_ddim, sample_ddpm
 from diffusion_transfer.core.sampling.common import EpsFn, PostStep, Progress, check_image_batch
 from diffusion_transfer.core.schedule import NoiseSchedule
+from diffusion_transfer.core.translation.resizer import LOW_PASS_FILTERS, block_low_pass, resizer_low_pass
 
 Sampler = Literal["ddim", "ddpm"]
 
@@ -35,19 +35,25 @@ def perturb(x0: torch.Tensor, schedule: NoiseSchedule, t_start: int, noise: torc
     return schedule.q_sample(x0, t, noise)
 
 
-def low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """phi_N(x): average over factor x factor blocks, then repeat each block
-    mean (nearest upsampling). It is a projection, phi(phi(x)) = phi(x), so
-    the ILVR replacement leaves exactly the reference's low frequencies."""
+def low_pass(x: torch.Tensor, factor: int, kind: str = "block") -> torch.Tensor:
+    """phi_N(x), the low-pass filter of ILVR and EGSDE (:mod:`.resizer`).
+    ``kind="block"``: average over factor x factor blocks, then repeat each
+    block mean (nearest upsampling); a projection, phi(phi(x)) = phi(x), so the
+    ILVR replacement leaves exactly the reference's low frequencies.
+    ``"cubic"`` / ``"linear"``: the released ILVR / EGSDE code's resizer."""
     check_image_batch(x)
     h, w = x.shape[-2:]
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
         raise ValueError(f"the low-pass downsampling factor must be a positive integer, got {factor!r}")
     if h % factor or w % factor:
         raise ValueError(f"the low-pass factor {factor} must divide the image size {h}x{w}")
+    if kind not in LOW_PASS_FILTERS:
+        raise ValueError(f"the low-pass filter must be one of {list(LOW_PASS_FILTERS)}, got {kind!r}")
     if factor == 1:
         return x
-    return F.interpolate(F.avg_pool2d(x, factor), scale_factor=factor, mode="nearest")
+    if kind == "block":
+        return block_low_pass(x, factor)
+    return resizer_low_pass(x, factor, kind)
 
 
 def reverse(
@@ -61,14 +67,19 @@ def reverse(
     generator: torch.Generator | None = None,
     post_step: PostStep | None = None,
     progress: Progress | None = None,
+    clip_x0: bool = True,
+    learned_variance: bool = True,
 ) -> torch.Tensor:
     """Denoise x_{t_start} to x_0 with DDIM or ancestral DDPM over ``steps``
-    evenly spaced timesteps of [0, t_start] (fewer if t_start is small)."""
+    evenly spaced timesteps of [0, t_start] (fewer if t_start is small).
+    ``clip_x0`` clips the x_0 prediction to [-1, 1]; ``learned_variance``
+    lets ancestral sampling use a learned-variance model's own variance."""
     steps = min(int(steps), t_start + 1)
     if sampler == "ddim":
         return sample_ddim(eps_fn, x, schedule, steps=steps, eta=eta, t_start=t_start, generator=generator,
-                           post_step=post_step, progress=progress)
+                           post_step=post_step, progress=progress, clip_x0=clip_x0)
     if sampler == "ddpm":
         return sample_ddpm(eps_fn, x, schedule, steps=steps, t_start=t_start, generator=generator,
-                           post_step=post_step, progress=progress)
+                           post_step=post_step, progress=progress, clip_x0=clip_x0,
+                           learned_variance=learned_variance)
     raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")

@@ -28,11 +28,14 @@ def sdedit(
     generator: torch.Generator | None = None,
     post_step: PostStep | None = None,
     progress: Progress | None = None,
+    clip_x0: bool = True,
+    learned_variance: bool = True,
 ) -> torch.Tensor:
     """Translate ``x0`` (B, C, H, W) in [-1, 1]. ``noise`` is the start
     perturbation (drawn from ``generator`` when None). With t0 = 0 the input
     is returned unchanged. ``post_step`` is the sampler's plug-in point (EGSDE
-    and ILVR use it)."""
+    and ILVR use it); ``clip_x0`` and ``learned_variance`` go to the sampler
+    (:func:`~.common.reverse`)."""
     check_image_batch(x0, "x0")
     t_start = start_timestep(schedule, t0)
     if t_start < 0:
@@ -41,4 +44,4 @@ def sdedit(
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     x = perturb(x0, schedule, t_start, noise)
     return reverse(eps_fn, x, schedule, t_start, sampler=sampler, steps=steps, eta=eta, generator=generator,
-                   post_step=post_step, progress=progress)
+                   post_step=post_step, progress=progress, clip_x0=clip_x0, learned_variance=learned_variance)
