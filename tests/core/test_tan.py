@@ -184,8 +184,11 @@ def test_tan_model_saves_and_loads_as_base_plus_adaptors(tmp_path):
 
 def test_registry_builds_tan_with_its_ablations_and_rejects_bad_values():
     spec = build_method("tan", {}, SCHED)
-    assert spec.needs_classifier and spec.loss_fn.params == {"gamma": 5.0, "adversarial": True,
-                                                             "adversarial_steps": 10, "omega": 0.02, "target_class": 1}
+    assert spec.needs_classifier and spec.loss_fn.params == {
+        "gamma": 5.0, "adversarial": True, "adversarial_steps": 10, "omega": 0.02, "target_class": 1,
+        # the paper variant (Eq. 6 and 8), the default
+        "shift": "sigma_hat", "adversarial_reduction": "sum", "adversarial_model_grad": "every_step",
+        "adversarial_timesteps": "fixed"}
     assert isinstance(spec.build_student(tiny_unet()).adapter, ShiftAdaptors)
     assert build_method("tan", {"adversarial": False}, SCHED).loss_fn.adversarial is False
     assert build_method("tan", {"adversarial": False, "gamma": 0.0}, SCHED).loss_fn.gamma == 0.0

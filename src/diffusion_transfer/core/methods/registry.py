@@ -85,7 +85,7 @@ def _build_tan(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
     rank = adapter.get("rank", 8)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
-    return Method("tan", TANLoss(schedule, **params), needs_teacher=False, init="source",
+    return Method("tan", TANLoss.from_params(schedule, params), needs_teacher=False, init="source",
                   prepare=lambda unet: prepare_tan(unet, **adapter), needs_classifier=True)
 
 
