@@ -25,7 +25,7 @@ from diffusion_transfer.core.methods import METHODS, build_method, expand_preset
 from diffusion_transfer.core.methods.a3ft import attention_blocks
 from diffusion_transfer.core.methods.anl import image_conditions, masked_images, text_conditions
 from diffusion_transfer.core.models.adapted import AdaptedUNet, parameter_counts
-from diffusion_transfer.core.models.unet import build_unet
+from diffusion_transfer.core.models.unet import build_unet, learns_variance
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim, sample_ddpm
 from diffusion_transfer.core.models.scheduler_config import attach_scheduler_config, scheduler_config_of
 from diffusion_transfer.core.training import TrainConfig, train
@@ -215,6 +215,9 @@ def sample(model, noise_bank: dict, sampling: dict, schedule: dict, conditions: 
         raise ValueError(f"the {model.kind} model is conditional: sampling needs conditions")
     images = _generate(model, noise_bank["noise"], p, sched, cond)
     meta = {"sampler": p.sampler, "steps": p.steps, "eta": p.eta}
+    if p.sampler == "ddpm":  # ancestral sampling: the model's learned variance, else the fixed one
+        meta["variance"] = ("learned (the model's variance channels, guided-diffusion's learned range)"
+                            if learns_variance(model) else "fixed (posterior beta-tilde)")
     if conditions is not None:
         meta["conditions"] = conditions.get("meta", {})
     return {"images": torch.from_numpy(to_uint8(images)), "meta": meta}

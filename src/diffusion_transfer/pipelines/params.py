@@ -103,6 +103,13 @@ class ILVRParams(_Params):
     t0: float | None = Field(1.0, ge=0, le=1)
     factor: int = Field(16, ge=1)         # downsampling factor N of the low-pass filter
     until: float = Field(0.0, ge=0, le=1)  # refine while t >= until T
+    #: paper (ILVR Algorithm 1) | authors_code (jychoi118/ilvr_adm); null: ``translation.variant``.
+    #: Each option below, null: the variant's (core/translation/variants.py, docs/DEVIATIONS.md).
+    variant: Literal["paper", "authors_code"] | None = None
+    filter: Literal["block", "cubic", "linear"] | None = None   # low-pass phi_N; the released Resizer: cubic
+    reference_step: Literal["t_prev", "t"] | None = None        # reference noised to t-1 (paper) or t (code)
+    reference_noise: Literal["fixed", "fresh"] | None = None    # one noise per image (paper) or per step (code)
+    refine_last: bool | None = None                              # refine the last step (paper) or not (code)
 
 
 class EGSDEParams(_Params):
@@ -112,6 +119,12 @@ class EGSDEParams(_Params):
     realism_weight: float = Field(500.0, ge=0)      # lambda_s (EGSDE)
     faithfulness_weight: float = Field(2.0, ge=0)   # lambda_i
     factor: int = Field(32, ge=1)                   # low-pass downsampling factor
+    #: paper (EGSDE Eq. 6) | authors_code (ML-GSAI/EGSDE); null: ``translation.variant``.
+    #: Each option below, null: the variant's (core/translation/variants.py, docs/DEVIATIONS.md).
+    variant: Literal["paper", "authors_code"] | None = None
+    filter: Literal["block", "cubic", "linear"] | None = None   # low-pass phi_N; the released Resizer: linear
+    clip_x0: bool | None = None            # clip x_0 in the ancestral mean (paper) or not (code)
+    learned_variance: bool | None = None   # a learned-variance model's variance (paper) or fixed (code)
 
 
 class DDIBParams(_Params):
@@ -128,6 +141,8 @@ class TranslationParams(_Params):
     batch_size: int = Field(64, ge=1)
     precision: Literal["no", "bf16", "fp16"] = "no"   # on a GPU; the CPU runs float32
     t0: float = Field(0.5, ge=0, le=1)     # shared editing range of SDEdit and EGSDE
+    #: ILVR's and EGSDE's implementation variant unless their block sets one
+    variant: Literal["paper", "authors_code"] = "paper"
     grid_inputs: int = Field(8, ge=1)
     sdedit: SDEditParams = Field(default_factory=SDEditParams)
     ilvr: ILVRParams = Field(default_factory=ILVRParams)
@@ -136,6 +151,19 @@ class TranslationParams(_Params):
 
     def enabled(self) -> list[str]:
         return [name for name in ("sdedit", "ilvr", "egsde", "ddib") if getattr(self, name).enabled]
+
+    def options(self, name: str) -> dict[str, Any]:
+        """ILVR's or EGSDE's resolved variant and options (each null one from
+        the variant); empty for the other methods."""
+        if name not in ("ilvr", "egsde"):
+            return {}
+        from diffusion_transfer.core.translation.variants import resolve_options
+
+        block = getattr(self, name)
+        variant = block.variant or self.variant
+        keys = ("filter", "reference_step", "reference_noise", "refine_last") if name == "ilvr" else \
+            ("filter", "clip_x0", "learned_variance")
+        return {"variant": variant, **resolve_options(name, variant, **{k: getattr(block, k) for k in keys})}
 
 
 def translation_for(translation: dict[str, Any], dataset: DatasetParams) -> TranslationParams:

@@ -196,6 +196,15 @@ def _schedule_lines(history: dict) -> list[str]:
     return [f"EMA: {describe(s.get('ema'))}. LR warm-up: {warm}."]
 
 
+def _sampling_lines(samples: dict) -> list[str]:
+    """The sampler and, for ancestral sampling, which variance it used (sample meta)."""
+    m = samples.get("meta") or {}
+    if "sampler" not in m:
+        return []
+    line = f"Sampler: {m['sampler']}, {m['steps']} steps" + (f", eta {m['eta']}" if m["sampler"] == "ddim" else "")
+    return [line + (f"; variance: {m['variance']}" if m.get("variance") else "") + ".", ""]
+
+
 def _translation_lines(tm: dict) -> list[str]:
     from diffusion_transfer.pipelines.translate import translation_table
 
@@ -250,7 +259,8 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
     if translation_metrics is not None:
         lines += _translation_lines(translation_metrics)
     lines += ["", "## Samples", "", "Top row: source model; bottom row: fine-tuned model, same initial noise.", "",
-              "![source vs fine-tuned](samples_src_vs_trg.png)", "", "## Training", "",
+              *_sampling_lines(target_samples), "![source vs fine-tuned](samples_src_vs_trg.png)", "",
+              "## Training", "",
               f"Hyperparameters: `{run['hyperparameters']}`; steps {run['train']['steps']}, "
               f"batch {run['train']['batch_size']}, lr {run['train']['lr']}, EMA {run['train']['ema_decay']}.",
               f"Resumed from step: {history.get('resumed_from_step')}.", *_noise_schedule_lines(history),

@@ -26,6 +26,7 @@ from diffusion_transfer.core.metrics.image_metrics import psnr, ssim
 from diffusion_transfer.core.metrics.identity import IdentitySimilarity
 from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric
 from diffusion_transfer.core.models.adapted import AdaptedUNet
+from diffusion_transfer.core.models.unet import learns_variance
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn
 from diffusion_transfer.core.translation import ddib, egsde, ilvr, sdedit
 from diffusion_transfer.pipelines.params import (
@@ -101,6 +102,7 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
     target_model.eval().to(device)
     source_model.eval().to(device)
     target_eps, source_eps = model_eps_fn(target_model, sched, dtype), model_eps_fn(source_model, sched, dtype)
+    learned = learns_variance(target_model)
     if classifier is not None:
         classifier.eval().to(device)
     # EGSDE differentiates through the classifier: kept in float32
@@ -113,7 +115,11 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
         block = getattr(p, name)
         t0 = getattr(block, "t0", None)
         t0 = p.t0 if t0 is None and name in ("sdedit", "egsde") else t0
-        settings[name] = {**block.model_dump(), **({"t0": t0} if t0 is not None else {})}
+        opts = p.options(name)  # ILVR / EGSDE: variant and options, resolved (docs/DEVIATIONS.md)
+        settings[name] = {**block.model_dump(), **opts, **({"t0": t0} if t0 is not None else {})}
+        if name == "egsde" or getattr(block, "sampler", None) == "ddpm":  # ancestral: which variance
+            settings[name]["variance"] = ("learned (the model's variance channels)"
+                                          if learned and opts.get("learned_variance", True) else "fixed (beta-tilde)")
         gen = torch.Generator().manual_seed(p.seed + 11)
         results, start = [], time.perf_counter()
         with tqdm(total=len(x_all), desc=f"translate ({LABELS[name]})", unit="img") as bar:
@@ -128,11 +134,11 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
                                    steps=block.steps, eta=block.eta, generator=gen)
                     elif name == "ilvr":
                         y = ilvr(target_eps, x, sched, factor=block.factor, t0=t0, until=block.until, noise=noise,
-                                 sampler=block.sampler, steps=block.steps, eta=block.eta, generator=gen)
+                                 sampler=block.sampler, steps=block.steps, eta=block.eta, generator=gen, **opts)
                     elif name == "egsde":
                         y = egsde(target_eps, x, sched, features=features, realism_weight=block.realism_weight,
                                   faithfulness_weight=block.faithfulness_weight, factor=block.factor, t0=t0,
-                                  noise=noise, steps=block.steps, generator=gen)
+                                  noise=noise, steps=block.steps, generator=gen, **opts)
                     else:
                         y = ddib(source_eps, target_eps, x, sched, steps=block.steps)
                 results.append(y.float().clamp(-1, 1).cpu())
