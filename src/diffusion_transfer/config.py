@@ -16,6 +16,18 @@ from kedro.config import OmegaConfigLoader
 
 
 class ProjectConfigLoader(OmegaConfigLoader):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Kedro (kedro run, kedro viz, notebooks) makes a session's loader before it reads
+        # the pipelines: register them from this environment's declared datasets.
+        from kedro.framework.project import PACKAGE_NAME, pipelines
+
+        from diffusion_transfer.declared import use_config_loader
+
+        use_config_loader(self)
+        if PACKAGE_NAME:
+            pipelines.configure(f"{PACKAGE_NAME}.pipeline_registry")
+
     def __getitem__(self, key: str) -> dict[str, Any]:
         config = super().__getitem__(key)
         if key == "parameters":

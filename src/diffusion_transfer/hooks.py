@@ -72,16 +72,7 @@ def _validate_run(method: dict[str, Any], dataset: dict[str, Any], train: dict[s
 class ValidateParametersHook:
     @hook_impl
     def after_context_created(self, context) -> None:
-        self._context = context
-        # Pipelines are registered from this environment's declared datasets:
-        # point the registry at its config and drop pipelines built for another.
-        from kedro.framework.project import PACKAGE_NAME, pipelines
-
-        from diffusion_transfer.declared import use_config_loader
-
-        use_config_loader(context.config_loader)
-        if PACKAGE_NAME:
-            pipelines.configure(f"{PACKAGE_NAME}.pipeline_registry")
+        self._context = context  # (pipelines follow the context's config: config.ProjectConfigLoader)
 
     @hook_impl
     def after_catalog_created(self, catalog, parameters: dict[str, Any]) -> None:
