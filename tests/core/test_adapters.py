@@ -314,7 +314,7 @@ def test_masked_images_blacken_only_the_rectangle():
 
 
 def test_text_and_image_conditions_drive_a_conditional_anl_model():
-    from diffusion_transfer.core.world.clip import load_world_clip
+    from diffusion_transfer.core.world.clip_io import load_world_clip
 
     clip = load_world_clip(ROOT / "data" / "06_models" / "world" / "clip")
     text = text_conditions(clip, ["A realistic painting of a smiling woman with glasses", "A photo of a man"])

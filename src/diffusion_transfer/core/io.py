@@ -6,9 +6,10 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 
 @contextmanager
@@ -26,6 +27,16 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def atomic_write_file(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """:func:`atomic_path` for a writer: ``write(fh)`` fills the temporary file
+    (opened ``"wb"``), which is flushed and fsynced before it is renamed onto ``path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 @contextmanager
@@ -50,6 +61,34 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def atomic_write_folder(folder: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_dir)`` then move ``tmp_dir`` into place as ``folder``
+    (the previous folder, if any, is replaced only once the new one is complete).
+
+    Unlike :func:`atomic_dir`: the new folder is made 0755 (``mkdtemp`` gives
+    0700), the previous folder is moved to a unique name and is put back if
+    the final rename fails."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    old = None
+    try:
+        os.chmod(tmp, 0o755)
+        write(tmp)
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}-{time.time_ns()}"
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not folder.exists():
+            os.replace(old, folder)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def write_json_atomic(data: Any, path: str | Path) -> None:

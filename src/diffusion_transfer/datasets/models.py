@@ -86,7 +86,7 @@ class ClipDataset(AbstractDataset[Any, Any]):
 
     def load(self):
         if self._kind == "world":
-            from diffusion_transfer.core.world.clip import load_world_clip
+            from diffusion_transfer.core.world.clip_io import load_world_clip
 
             return load_world_clip(self._path)
         from diffusion_transfer.core.models.clip import load_open_clip
@@ -105,7 +105,7 @@ class ClipDataset(AbstractDataset[Any, Any]):
     def save(self, clip) -> None:
         if self._kind != "world":
             raise DatasetError("Only the FaceWorld CLIP (kind: world) is saved by this project")
-        from diffusion_transfer.core.world.clip import save_world_clip
+        from diffusion_transfer.core.world.clip_io import save_world_clip
 
         save_world_clip(clip.model if hasattr(clip, "model") else clip, self._path)
 
@@ -157,7 +157,7 @@ class _ModelFolderDataset(AbstractDataset[Any, Any]):
 class AttributeClassifierDataset(_ModelFolderDataset):
     """The FaceWorld attribute classifier (evaluation only)."""
 
-    _module = "diffusion_transfer.core.world.classifier"
+    _module = "diffusion_transfer.core.world.classifier_io"
     _load_fn, _save_fn = "load_attribute_classifier", "save_attribute_classifier"
 
 

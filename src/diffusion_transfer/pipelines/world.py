@@ -25,13 +25,13 @@ def train_source(world: dict[str, Any], schedule: dict[str, Any]):
 
 
 def train_clip(world: dict[str, Any]):
-    from diffusion_transfer.core.world.clip import DEFAULT_CLIP_CONFIG, train_world_clip
+    from diffusion_transfer.core.world.clip_train import DEFAULT_CLIP_CONFIG, train_world_clip
 
     return train_world_clip({**_as_dict(DEFAULT_CLIP_CONFIG), **world.get("clip", {})}, seed=world.get("seed", 0))
 
 
 def train_classifier(world: dict[str, Any]):
-    from diffusion_transfer.core.world.classifier import DEFAULT_CLASSIFIER_CONFIG, train_attribute_classifier
+    from diffusion_transfer.core.world.classifier_train import DEFAULT_CLASSIFIER_CONFIG, train_attribute_classifier
 
     return train_attribute_classifier({**_as_dict(DEFAULT_CLASSIFIER_CONFIG), **world.get("classifier", {})},
                                       seed=world.get("seed", 0))
