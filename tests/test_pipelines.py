@@ -510,7 +510,7 @@ def test_a_missing_church_model_names_where_it_comes_from(tmp_path):
 
 
 def test_few_shot_curation_is_a_deterministic_split_with_the_rest_as_reference(tmp_path):
-    from diffusion_transfer.core.data.curation import EmptyCurationError
+    from diffusion_transfer.core.data.selection import EmptyCurationError
     from types import SimpleNamespace
 
     from diffusion_transfer.pipelines.curate import curate_few_shot as curate_with_model

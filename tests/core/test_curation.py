@@ -11,24 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_transfer.core.data.curation import (
-    CurationResult,
-    EmptyCurationError,
-    apply_exclusions,
+from diffusion_transfer.core.data.contact_sheet import contact_sheet, curation_contact_sheet
+from diffusion_transfer.core.data.curation import CurationResult, curate_by_score, curate_zero_shot
+from diffusion_transfer.core.data.embeddings import (
     cached_embeddings,
     clip_scores,
-    contact_sheet,
-    curate_by_score,
-    curate_zero_shot,
-    curation_contact_sheet,
     embedding_cache_key,
-    few_shot_split,
     image_embeddings,
     scores_from_embeddings,
-    select_by_score,
     text_embeddings,
     zero_shot_probabilities,
-    zero_shot_remove,
 )
 from diffusion_transfer.core.data.images import (
     IngestResult,
@@ -37,6 +29,13 @@ from diffusion_transfer.core.data.images import (
     save_png_atomic,
     to_tensor,
     to_uint8,
+)
+from diffusion_transfer.core.data.selection import (
+    EmptyCurationError,
+    apply_exclusions,
+    few_shot_split,
+    select_by_score,
+    zero_shot_remove,
 )
 
 # ---------------------------------------------------------------------------

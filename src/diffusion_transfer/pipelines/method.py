@@ -151,7 +151,7 @@ def trainable_report(student, source_model, method: str) -> dict[str, Any]:
 def embed_conditions(curated: dict, clip, method: dict, dataset: dict) -> dict:
     """ANL's c = phi(x) for every training image, computed once per (images,
     CLIP weights) and cached on disk (Eq. 7)."""
-    from diffusion_transfer.core.data.curation import cached_embeddings
+    from diffusion_transfer.core.data.embeddings import cached_embeddings
 
     m = parse(MethodParams, method, "methods")
     name = parse(DatasetParams, dataset, "datasets").name

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from diffusion_transfer.core.data.curation import contact_sheet  # noqa: E402
+from diffusion_transfer.core.data.contact_sheet import contact_sheet  # noqa: E402
 from diffusion_transfer.core.data.images import to_tensor  # noqa: E402
 from diffusion_transfer.core.metrics import attributes as attr_metrics  # noqa: E402
 from diffusion_transfer.core.metrics.fid import clip_extractor, compute_fid_kid, inception_extractor  # noqa: E402

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ..io import atomic_write_file
 
 logger = logging.getLogger(__name__)
 
@@ -308,18 +309,5 @@ def save_png_atomic(array: np.ndarray | Image.Image, path: str | os.PathLike) ->
         if arr.ndim == 3 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         img = Image.fromarray(np.ascontiguousarray(arr))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_file(path, lambda fh: img.save(fh, format="PNG"))
     return path
