@@ -18,10 +18,11 @@ pre-run check can list everything at once before any compute.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from .io import atomic_path
 
 CACHE_ENV_VAR = "DT_WEIGHTS_CACHE"
 
@@ -140,10 +141,8 @@ def _has_gdown() -> bool:
 def _download(release: Release, dest: Path) -> None:
     """Fetch ``release`` to ``dest`` through a temporary file in the same
     folder, renamed only when complete."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(dest, ".part") as part:
+        tmp = str(part)
         if release.url is not None:
             import torch.hub
 
@@ -153,10 +152,6 @@ def _download(release: Release, dest: Path) -> None:
 
             if gdown.download(id=release.gdrive_id, output=tmp, quiet=False) is None:
                 raise WeightsUnavailable(f"gdown could not fetch {release.source}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 #: The download function (tests replace it; nothing in the suite touches the network).
