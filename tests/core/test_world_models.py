@@ -10,6 +10,7 @@ import open_clip
 import pytest
 import torch
 
+from diffusion_transfer.core.world.captions import caption
 from diffusion_transfer.core.world.classifier import classifier_probs, predict_attributes
 from diffusion_transfer.core.world.classifier_eval import evaluate_attribute_classifier
 from diffusion_transfer.core.world.classifier_io import load_attribute_classifier, save_attribute_classifier
@@ -19,7 +20,7 @@ from diffusion_transfer.core.world.clip_eval import evaluate_world_clip, ranking
 from diffusion_transfer.core.world.clip_io import load_world_clip, save_world_clip
 from diffusion_transfer.core.world.clip_train import DEFAULT_CLIP_CONFIG, WorldClipConfig, train_world_clip
 from diffusion_transfer.core.world.common import render_held_out
-from diffusion_transfer.core.world.render import ATTRIBUTES, STYLES, caption, sample_attributes
+from diffusion_transfer.core.world.render import ATTRIBUTES, STYLES, sample_attributes
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD = ROOT / "data" / "06_models" / "world"

@@ -16,12 +16,11 @@ from diffusion_transfer.core.world.domains import (
     render_batch,
     render_domain,
 )
+from diffusion_transfer.core.world.captions import caption, caption_variants
 from diffusion_transfer.core.world.render import (
     ATTRIBUTES,
     STYLES,
     FaceAttributes,
-    caption,
-    caption_variants,
     render_face,
     render_non_face,
     sample_attributes,

@@ -41,15 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_transfer.core.world.common import as_float_images, resize_images
-from diffusion_transfer.core.world.render import (
-    ATTRIBUTES,
-    EXPRESSION_WORDS,
-    EYEWEAR_PHRASES,
-    STYLE_PHRASES,
-    STYLES,
-    FaceAttributes,
-    caption,
-)
+from diffusion_transfer.core.world.captions import EXPRESSION_WORDS, EYEWEAR_PHRASES, STYLE_PHRASES, caption
+from diffusion_transfer.core.world.render import ATTRIBUTES, STYLES, FaceAttributes
 
 MODEL_NAME = "faceworld-clip"
 MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")

@@ -35,12 +35,11 @@ from diffusion_transfer.core.world.common import (
     progress_bar,
     torch_threads,
 )
+from diffusion_transfer.core.world.captions import caption, caption_variants
 from diffusion_transfer.core.world.render import (
     ATTRIBUTES,
     STYLES,
     FaceAttributes,
-    caption,
-    caption_variants,
     render_face,
     sample_attributes,
 )

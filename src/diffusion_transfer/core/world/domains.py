@@ -22,15 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .render import (
-    ATTRIBUTES,
-    STYLES,
-    FaceAttributes,
-    caption,
-    render_face,
-    sample_attributes,
-    validate_probs,
-)
+from .captions import caption
+from .render import ATTRIBUTES, STYLES, FaceAttributes, render_face, sample_attributes, validate_probs
 
 #: Bump when the renderer's output changes, so cached folders are re-rendered.
 WORLD_VERSION = 1
