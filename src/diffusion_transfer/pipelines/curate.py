@@ -15,8 +15,16 @@ import numpy as np
 import torch
 from kedro.pipeline import Pipeline, node
 
-from diffusion_transfer.core.data import curation as cur
+from diffusion_transfer.core.data.contact_sheet import contact_sheet
+from diffusion_transfer.core.data.curation import curate_by_score, curate_zero_shot
+from diffusion_transfer.core.data.embeddings import (
+    cached_embeddings,
+    scores_from_embeddings,
+    text_embeddings,
+    zero_shot_probabilities,
+)
 from diffusion_transfer.core.data.images import ingest_images
+from diffusion_transfer.core.data.selection import EmptyCurationError, few_shot_split
 from diffusion_transfer.datasets.folders import ImageFolder
 from diffusion_transfer.pipelines.params import CurateParams, DatasetParams, InvalidParametersError, parse
 
@@ -54,24 +62,24 @@ def curate(folder: ImageFolder, clip: Any, source_model: Any, dataset: dict[str,
     # new prompt or threshold does not re-encode the dataset.
     clip_id = getattr(clip, "weights_label", type(clip).__name__)
     cache = Path(p.embeddings_cache or Path(features_root) / "clip_embeddings") / f"{dataset}.npy"
-    img_emb = cur.cached_embeddings(clip.encode_images, images, cache, key=clip_id)
+    img_emb = cached_embeddings(clip.encode_images, images, cache, key=clip_id)
     common = dict(exclude=p.exclude, skipped=ingest.skipped, notes=ingest.notes, param_prefix=prefix)
     if p.prompt is not None:
-        scores = cur.scores_from_embeddings(img_emb, cur.text_embeddings(clip.encode_text, p.prompt))
-        result = cur.curate_by_score(names, scores.reshape(-1), threshold=p.threshold, top_n=p.top_n,
+        scores = scores_from_embeddings(img_emb, text_embeddings(clip.encode_text, p.prompt))
+        result = curate_by_score(names, scores.reshape(-1), threshold=p.threshold, top_n=p.top_n,
                                      criteria={"prompt": p.prompt}, **common)
     elif p.remove_prompts:
         prompts = list(p.keep_prompts) + list(p.remove_prompts)
-        probs = cur.zero_shot_probabilities(img_emb, cur.text_embeddings(clip.encode_text, prompts))
+        probs = zero_shot_probabilities(img_emb, text_embeddings(clip.encode_text, prompts))
         remove = list(range(len(p.keep_prompts), len(prompts)))
-        result = cur.curate_zero_shot(names, probs, remove, threshold=p.remove_threshold,
+        result = curate_zero_shot(names, probs, remove, threshold=p.remove_threshold,
                                       criteria={"keep_prompts": p.keep_prompts, "remove_prompts": p.remove_prompts},
                                       **common)
     else:
-        result = cur.curate_by_score(names, np.zeros(len(names)), top_n=len(names), **common)
+        result = curate_by_score(names, np.zeros(len(names)), top_n=len(names), **common)
     kept_idx = np.asarray(result.kept_idx, dtype=int)
     if kept_idx.size == 0:
-        raise cur.EmptyCurationError(
+        raise EmptyCurationError(
             f"{prefix}exclude: nothing is left after the exclusion list ({len(p.exclude)} names)")
     summary = {"dataset": dataset, "source": folder.source, "folder": str(folder.root), "clip": clip_id,
                **result.summary()}
@@ -100,10 +108,10 @@ def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: dict[str, A
     images, names = ingest.images, list(ingest.names)
     excluded = sorted(set(p.exclude) & set(names))
     usable = [i for i, n in enumerate(names) if n not in set(p.exclude)]
-    shot, rest = cur.few_shot_split([names[i] for i in usable], p.n_shot, p.split_seed, param_prefix=prefix)
+    shot, rest = few_shot_split([names[i] for i in usable], p.n_shot, p.split_seed, param_prefix=prefix)
     shot_idx, rest_idx = np.asarray(usable)[shot], np.asarray(usable)[rest]
     if rest_idx.size < 2:
-        raise cur.EmptyCurationError(f"{prefix}n_shot={p.n_shot} leaves {rest_idx.size} images for the "
+        raise EmptyCurationError(f"{prefix}n_shot={p.n_shot} leaves {rest_idx.size} images for the "
                                      "evaluation reference; FID/KID need at least 2")
     shot_names, rest_names = [names[i] for i in shot_idx], [names[i] for i in rest_idx]
     summary = {"dataset": dataset, "source": folder.source, "folder": str(folder.root), "few_shot": True,
@@ -114,7 +122,7 @@ def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: dict[str, A
                "criteria": {"n_shot": p.n_shot, "split_seed": p.split_seed},
                "kept": shot_names, "excluded": excluded,
                "skipped": [{"file": n, "reason": r} for n, r in ingest.skipped]}
-    sheet = cur.contact_sheet(images[shot_idx], labels=shot_names, columns=min(10, len(shot_idx)),
+    sheet = contact_sheet(images[shot_idx], labels=shot_names, columns=min(10, len(shot_idx)),
                               title=f"{dataset}: {p.n_shot}-shot training set (split seed {p.split_seed})")
     curated = {"images": torch.from_numpy(images[shot_idx]),
                "meta": {"names": shot_names, "records": _records_for(folder, shot_names), "dataset": dataset}}

@@ -4,13 +4,12 @@
 live here; the parts they use live in :mod:`.embeddings` (CLIP embeddings and
 scores through ``encode_images`` / ``encode_text`` callables, the embedding
 cache), :mod:`.selection` (selection rules, :class:`EmptyCurationError`) and
-:mod:`.contact_sheet`.  The names the ``curate`` pipeline reaches through this
-module (``cur.<name>``) are re-exported here.
+:mod:`.contact_sheet`.
 
 Selection functions return index arrays into the ingested images, in input
 order. When a step leaves nothing, :class:`EmptyCurationError` names the
 parameter to change; the caller passes its configuration prefix
-(``param_prefix="curate_aahq."``) so the message matches the user's YAML.
+(``param_prefix="datasets.aahq.curation."``) so the message matches the user's YAML.
 """
 
 from __future__ import annotations
@@ -22,13 +21,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .contact_sheet import contact_sheet, curation_contact_sheet
-from .embeddings import cached_embeddings, scores_from_embeddings, text_embeddings, zero_shot_probabilities
+from .contact_sheet import curation_contact_sheet
 from .selection import (
     EmptyCurationError,
     apply_exclusions,
     check_scores,
-    few_shot_split,
     select_by_score,
     zero_shot_remove,
 )
@@ -254,13 +251,6 @@ __all__ = [
     "STAGE_ZERO_SHOT",
     "CurationResult",
     "DroppedImage",
-    "EmptyCurationError",
-    "cached_embeddings",
-    "contact_sheet",
     "curate_by_score",
     "curate_zero_shot",
-    "few_shot_split",
-    "scores_from_embeddings",
-    "text_embeddings",
-    "zero_shot_probabilities",
 ]
