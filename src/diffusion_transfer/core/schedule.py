@@ -192,14 +192,6 @@ def make_schedule(
     return NoiseSchedule(betas=betas, prediction_type=prediction_type, beta_schedule=kind)
 
 
-def schedule_from_scheduler_config(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> NoiseSchedule:
-    """The schedule of a diffusers ``scheduler_config.json`` dict; see
-    :func:`diffusion_transfer.core.parameterization.schedule_from_scheduler_config`."""
-    from .parameterization import schedule_from_scheduler_config as build
-
-    return build(config, overrides)
-
-
 # --- weightings w(t) -------------------------------------------------------
 #
 # Each returns a float32 tensor of per-sample weights for integer timesteps t.

@@ -16,23 +16,16 @@ from PIL import Image  # noqa: E402
 from diffusion_transfer.core.data.contact_sheet import contact_sheet  # noqa: E402
 from diffusion_transfer.core.data.images import to_tensor  # noqa: E402
 from diffusion_transfer.core.metrics import attributes as attr_metrics  # noqa: E402
-from diffusion_transfer.core.metrics.fid import clip_extractor, compute_fid_kid, inception_extractor  # noqa: E402
+from diffusion_transfer.core.metrics.fid import compute_fid_kid  # noqa: E402
 from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric  # noqa: E402
+from diffusion_transfer.pipelines.evaluation import (  # noqa: E402
+    ATTRIBUTES_WEIGHTS,
+    EVALUATED_ATTRIBUTES,
+    feature_extractor,
+    reference_subset,
+)
 from diffusion_transfer.pipelines.params import DatasetParams, EvaluationParams, parse  # noqa: E402
 from diffusion_transfer.pipelines.utils import inference_setup  # noqa: E402
-
-_ATTRS = ("expression", "eyewear", "gender", "age", "hair_colour", "hair_style", "skin_tone")
-
-
-def _extractor(p: EvaluationParams, clip):
-    if p.fid_features == "inception":
-        device, dtype = inference_setup(p.precision)
-        return inception_extractor(p.inception_path, device=device, autocast_dtype=dtype)
-    label = getattr(clip, "weights_label", getattr(clip, "name", "CLIP"))
-    return clip_extractor(clip.encode_images, name=getattr(clip, "name", "clip"),
-                          weights=f"{label} image encoder (substitute for Inception; not comparable to "
-                                  f"published FID/KID)")
-
 
 def evaluate(source_samples: dict, target_samples: dict, curated: dict, reference: dict, clip, classifier,
              evaluation: dict, dataset: dict) -> dict[str, Any]:
@@ -44,13 +37,9 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
     ref = reference if d.fid_reference == "raw" else curated
     trg = target_samples["images"].numpy()
     src = source_samples["images"].numpy()[: len(trg)]  # the source samples from the same noises
-    ref_images = ref["images"].numpy()
-    n_ref = len(ref_images)
-    if p.max_reference_images is not None and n_ref > p.max_reference_images:
-        # A fixed, seeded subset: the same for every run, so its features are cached once.
-        keep = np.sort(np.random.default_rng(0).choice(n_ref, p.max_reference_images, replace=False))
-        ref_images = ref_images[keep]
-    extractor = _extractor(p, clip)
+    n_ref = len(ref["images"])
+    ref_images = reference_subset(ref["images"].numpy(), p.max_reference_images)
+    extractor = feature_extractor(p, clip)
     cache = Path(p.cache_dir)
     metrics: dict[str, Any] = {"dataset": d.name,
                                "fid_reference": f"{d.fid_reference} set ({len(ref_images)} of {n_ref} images)",
@@ -80,46 +69,53 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
         why = (f"datasets.{d.name}.attributes: false" if not d.attributes else
                "evaluation.attributes: false" if not p.attributes else "no attribute classifier")
         skipped.append(f"FaceWorld attribute metrics (face rate, retention, coverage): off ({why})")
-    if p.attributes and d.attributes and classifier is not None:
-        from diffusion_transfer.core.world.classifier import predict_attributes
-        from diffusion_transfer.core.world.render import ATTRIBUTES
-
-        src_attrs = predict_attributes(classifier, src)
-        trg_attrs = predict_attributes(classifier, trg)
-        train_records = curated["meta"].get("records") or []
-        if train_records:
-            train_attrs, train_src = train_records, "ground-truth FaceWorld records of the curated set"
-        else:
-            train_attrs = predict_attributes(classifier, curated["images"].numpy())
-            train_src = "attribute classifier predictions on the curated set"
-        vocab = {k: ATTRIBUTES[k] for k in _ATTRS}
-        for key, attrs in (("source", src_attrs), ("finetuned", trg_attrs)):
-            models[key]["face_rate"] = attr_metrics.face_rate(attrs)
-            models[key]["coverage"] = attr_metrics.attribute_coverage(attrs, train_attrs, attributes=_ATTRS,
-                                                                      vocabulary=vocab)
-            models[key]["frequencies"] = attr_metrics.attribute_frequencies(attrs)
-        try:
-            models["finetuned"]["retention"] = attr_metrics.attribute_retention(src_attrs, trg_attrs,
-                                                                                attributes=_ATTRS)
-        except ValueError as err:  # e.g. no source sample is a face: nothing to retain
-            skipped.append(f"attribute retention: {err}")
-        # What SDFT is for: of the source samples showing a value the training
-        # set lacks (glasses, a smile...), how many keep it after fine-tuning.
-        absent = {k: v for k, v in models["source"]["coverage"]["absent_values"].items() if v}
-        if absent:
-            try:
-                models["finetuned"]["retention_of_absent"] = attr_metrics.attribute_retention(
-                    src_attrs, trg_attrs, attributes=list(absent), only_values=absent)
-            except ValueError:  # no source sample shows an absent value
-                pass
-        metrics["training_set_attributes"] = {"source": train_src,
-                                              "frequencies": attr_metrics.attribute_frequencies(train_attrs),
-                                              "absent_values": absent}
-        weights["attributes"] = "FaceWorld attribute classifier (evaluation only, never a training signal)"
+    else:
+        metrics["training_set_attributes"] = _attribute_metrics(classifier, src, trg, curated, models, skipped)
+        weights["attributes"] = ATTRIBUTES_WEIGHTS
     metrics["models"] = models
     metrics["weights"] = weights
     metrics["skipped"] = skipped
     return metrics
+
+
+def _attribute_metrics(classifier, src: np.ndarray, trg: np.ndarray, curated: dict,
+                       models: dict[str, dict[str, Any]], skipped: list[str]) -> dict[str, Any]:
+    """Adds face rate, coverage and frequencies to ``models["source"]`` and
+    ``models["finetuned"]``, and retention to the latter (what it cannot score
+    goes to ``skipped``); returns the training set's attribute summary."""
+    from diffusion_transfer.core.world.classifier import predict_attributes
+    from diffusion_transfer.core.world.render import ATTRIBUTES
+
+    src_attrs = predict_attributes(classifier, src)
+    trg_attrs = predict_attributes(classifier, trg)
+    train_records = curated["meta"].get("records") or []
+    if train_records:
+        train_attrs, train_src = train_records, "ground-truth FaceWorld records of the curated set"
+    else:
+        train_attrs = predict_attributes(classifier, curated["images"].numpy())
+        train_src = "attribute classifier predictions on the curated set"
+    vocab = {k: ATTRIBUTES[k] for k in EVALUATED_ATTRIBUTES}
+    for key, attrs in (("source", src_attrs), ("finetuned", trg_attrs)):
+        models[key]["face_rate"] = attr_metrics.face_rate(attrs)
+        models[key]["coverage"] = attr_metrics.attribute_coverage(attrs, train_attrs, attributes=EVALUATED_ATTRIBUTES,
+                                                                  vocabulary=vocab)
+        models[key]["frequencies"] = attr_metrics.attribute_frequencies(attrs)
+    try:
+        models["finetuned"]["retention"] = attr_metrics.attribute_retention(src_attrs, trg_attrs,
+                                                                            attributes=EVALUATED_ATTRIBUTES)
+    except ValueError as err:  # e.g. no source sample is a face: nothing to retain
+        skipped.append(f"attribute retention: {err}")
+    # What SDFT is for: of the source samples showing a value the training
+    # set lacks (glasses, a smile...), how many keep it after fine-tuning.
+    absent = {k: v for k, v in models["source"]["coverage"]["absent_values"].items() if v}
+    if absent:
+        try:
+            models["finetuned"]["retention_of_absent"] = attr_metrics.attribute_retention(
+                src_attrs, trg_attrs, attributes=list(absent), only_values=absent)
+        except ValueError:  # no source sample shows an absent value
+            pass
+    return {"source": train_src, "frequencies": attr_metrics.attribute_frequencies(train_attrs),
+            "absent_values": absent}
 
 
 def fmt(v: Any, digits: int = 3) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from diffusion_transfer.core.models.scheduler_config import scheduler_config_of
-from diffusion_transfer.core.schedule import NoiseSchedule, UnsupportedScheduleError, schedule_from_scheduler_config
+from diffusion_transfer.core.parameterization import schedule_from_scheduler_config
+from diffusion_transfer.core.schedule import NoiseSchedule, UnsupportedScheduleError
 from diffusion_transfer.pipelines.params import InvalidParametersError, ScheduleParams, parse
 
 #: DDPM (Ho et al.): the schedule of every paper here and of the FaceWorld models.

@@ -29,6 +29,12 @@ from diffusion_transfer.core.models.adapted import AdaptedUNet
 from diffusion_transfer.core.models.unet import learns_variance
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn
 from diffusion_transfer.core.translation import ddib, egsde, ilvr, sdedit
+from diffusion_transfer.pipelines.evaluation import (
+    ATTRIBUTES_WEIGHTS,
+    EVALUATED_ATTRIBUTES,
+    feature_extractor,
+    reference_subset,
+)
 from diffusion_transfer.pipelines.params import (
     DatasetParams,
     EvaluationParams,
@@ -155,18 +161,13 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
                           dataset: dict) -> dict[str, Any]:
     """Faithfulness (input vs translation) and realism (translations vs the
     whole target dataset) per method; every number names its weights."""
-    from diffusion_transfer.pipelines.report import _ATTRS, _extractor
-
     p = parse(EvaluationParams, evaluation, "evaluation")
     d = parse(DatasetParams, dataset, "datasets")
     methods = translations["meta"]["methods"]
     x_in = to_tensor(translations["inputs"].numpy())
-    ref_images = reference["images"].numpy()
-    n_ref = len(ref_images)
-    if p.max_reference_images is not None and n_ref > p.max_reference_images:
-        keep = np.sort(np.random.default_rng(0).choice(n_ref, p.max_reference_images, replace=False))
-        ref_images = ref_images[keep]  # the same fixed subset as the generation metrics (cached once)
-    extractor = _extractor(p, clip)
+    n_ref = len(reference["images"])
+    ref_images = reference_subset(reference["images"].numpy(), p.max_reference_images)
+    extractor = feature_extractor(p, clip)
     metric_device = inference_setup()[0]
     lpips = LPIPSMetric(net=p.lpips_net, backbone_weights=p.lpips_backbone_weights, device=metric_device)
     identity = (IdentitySimilarity(p.identity_weights, device=metric_device, batch_size=p.batch_size)
@@ -190,7 +191,7 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
         if use_attrs:
             out_attrs = predict_attributes(attribute_classifier, translations[name].numpy())
             try:
-                row["retention"] = attr_metrics.attribute_retention(in_attrs, out_attrs, attributes=_ATTRS)["mean"]
+                row["retention"] = attr_metrics.attribute_retention(in_attrs, out_attrs, attributes=EVALUATED_ATTRIBUTES)["mean"]
             except ValueError:  # no input is a face: nothing to retain
                 row["retention"] = None
             row["face_rate"] = attr_metrics.face_rate(out_attrs)
@@ -199,7 +200,7 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
     if identity is not None:
         weights["identity"] = identity.label
     if use_attrs:
-        weights["attributes"] = "FaceWorld attribute classifier (evaluation only, never a training signal)"
+        weights["attributes"] = ATTRIBUTES_WEIGHTS
     return {"dataset": d.name, "n_inputs": int(len(x_in)),
             "fid_reference": f"raw target set ({len(ref_images)} of {n_ref} images)",
             "settings": translations["meta"]["settings"], "rows": rows, "weights": weights}
