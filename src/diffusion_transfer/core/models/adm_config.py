@@ -1,0 +1,186 @@
+"""The guided-diffusion (ADM) UNet architecture and the ``UNet2DModel`` that
+computes the same function (why each setting matches: :mod:`.adm`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+GROUPS = 32  # GroupNorm32 in guided-diffusion's nn.normalization
+NORM_EPS = 1e-5  # nn.GroupNorm's default, which GroupNorm32 keeps
+
+
+class ADMCheckpointError(ValueError):
+    """The checkpoint cannot be converted; the message says which keys / why."""
+
+
+class ADMCheckpointNotFoundError(ADMCheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist (also a ``FileNotFoundError``)."""
+
+
+def _comma_tuple(value: Any) -> Any:
+    # guided-diffusion's scripts take "1,1,2,2,4,4" / "32,16,8" strings; so do the CLI and JSON.
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, int):
+        return (value,)
+    return value
+
+
+class ADMConfig(BaseModel):
+    """The guided-diffusion ``create_model`` arguments that shape the UNet.
+
+    The defaults are the P2-weighting FFHQ model (:data:`FFHQ_P2`). Unknown keys
+    are rejected (naming the key), so a misspelt field never passes silently.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image_size: int = Field(256, ge=1, description="image resolution (pixels)")
+    num_channels: int = Field(128, ge=1, description="base channel count (model_channels)")
+    num_res_blocks: int = Field(1, ge=1, description="ResBlocks per level on the way down")
+    channel_mult: tuple[int | float, ...] = Field(
+        (1, 1, 2, 2, 4, 4), min_length=1, description="channel multiplier per level, e.g. 1,1,2,2,4,4"
+    )
+    attention_resolutions: tuple[int, ...] = Field(
+        (16,), description="feature-map resolutions with attention, e.g. 32,16,8 (ADM: image_size // ds)"
+    )
+    num_heads: int = Field(1, ge=1, description="attention heads when num_head_channels is -1")
+    num_head_channels: int = Field(64, description="channels per attention head; -1 uses num_heads")
+    num_heads_upsample: int = Field(-1, description="heads on the way up when num_head_channels is -1; -1 = num_heads")
+    use_scale_shift_norm: bool = Field(True, description="FiLM-like scale/shift time conditioning")
+    resblock_updown: bool = Field(True, description="down/upsample with ResBlocks instead of (conv) resamplers")
+    learn_sigma: bool = Field(True, description="6 output channels (eps + variance interpolation)")
+    use_new_attention_order: bool = Field(False, description="QKVAttention (True) or QKVAttentionLegacy (False)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="ResBlock dropout (training only)")
+    class_cond: bool = Field(False, description="class-conditional model (not supported)")
+
+    @field_validator("channel_mult", "attention_resolutions", mode="before")
+    @classmethod
+    def _split_strings(cls, value: Any) -> Any:
+        return _comma_tuple(value)
+
+    @field_validator("channel_mult", "attention_resolutions")
+    @classmethod
+    def _positive_entries(cls, value: tuple[int | float, ...]) -> tuple[int | float, ...]:
+        if any(v <= 0 for v in value):
+            raise ValueError(f"entries must be positive, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _convertible(self) -> ADMConfig:
+        # These are the cases where diffusers' UNet2DModel cannot express the ADM net.
+        if self.class_cond:
+            raise ValueError("class-conditional ADM models (class_cond=True) are not supported")
+        chans = self.block_channels
+        if chans[0] != self.num_channels:
+            # ADM sizes the time embedding by num_channels, diffusers by block_out_channels[0].
+            raise ValueError(f"channel_mult[0] must be 1 (got {self.channel_mult[0]}): diffusers sizes "
+                             "the time embedding by the first level's channels")
+        if any(c % GROUPS for c in chans):
+            raise ValueError(f"every level's channel count must be a multiple of {GROUPS} (GroupNorm32), got {chans}")
+        factor = 2 ** (len(chans) - 1)
+        if self.image_size % factor:
+            raise ValueError(f"image_size {self.image_size} must be divisible by 2**(levels-1) = {factor}")
+        for name in ("num_head_channels", "num_heads_upsample"):
+            if getattr(self, name) == 0 or getattr(self, name) < -1:
+                raise ValueError(f"{name} must be positive or -1, got {getattr(self, name)}")
+        _ = self.head_dim  # raises ValueError when diffusers cannot express ADM's heads
+        return self
+
+    @property
+    def block_channels(self) -> tuple[int, ...]:
+        """Channels of each level, ``int(mult * num_channels)`` as in ADM."""
+        return tuple(int(m * self.num_channels) for m in self.channel_mult)
+
+    @property
+    def attention_levels(self) -> frozenset[int]:
+        """Levels with attention: level L has downsampling rate ``ds = 2**L``,
+        and ADM attends where ``ds`` is one of ``image_size // res``."""
+        rates = {self.image_size // res for res in self.attention_resolutions}
+        return frozenset(level for level in range(len(self.channel_mult)) if 2**level in rates)
+
+    def heads(self, channels: int, upsample: bool = False) -> int:
+        """Attention heads ADM uses for a block of ``channels`` channels."""
+        if self.num_head_channels > 0:
+            return channels // self.num_head_channels
+        if upsample and self.num_heads_upsample != -1:
+            return self.num_heads_upsample
+        return self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        """The one attention head width diffusers allows (``attention_head_dim``)."""
+        chans = self.block_channels
+        attended = {chans[-1]} | {chans[level] for level in self.attention_levels}  # the mid block always attends
+        if self.num_head_channels > 0:
+            bad = sorted(c for c in attended if c % self.num_head_channels)
+            if bad:
+                raise ValueError(
+                    f"num_head_channels {self.num_head_channels} does not divide the attention channels {bad}"
+                )
+            return self.num_head_channels
+        # A fixed head count: the width per head varies with the channels; diffusers needs one width.
+        level_chans = [chans[level] for level in self.attention_levels]
+        widths = {chans[-1] / self.heads(chans[-1])}  # the mid block uses num_heads
+        widths |= {c / self.heads(c, upsample=up) for c in level_chans for up in (False, True)}
+        if len(widths) != 1 or not float(next(iter(widths))).is_integer():
+            raise ValueError(f"with num_head_channels=-1 every attention layer must have the same head width "
+                             f"for diffusers; these heads give widths {sorted(widths)}")
+        return int(next(iter(widths)))
+
+
+#: The P2-weighting FFHQ 256x256 model (``ffhq_p2.pt``, jychoi118/P2-weighting README flags).
+FFHQ_P2 = ADMConfig(
+    image_size=256,
+    num_channels=128,
+    num_res_blocks=1,
+    channel_mult=(1, 1, 2, 2, 4, 4),
+    attention_resolutions=(16,),
+    num_head_channels=64,
+    use_scale_shift_norm=True,
+    resblock_updown=True,
+    learn_sigma=True,
+    use_new_attention_order=False,
+    dropout=0.0,
+)
+
+PRESETS: dict[str, ADMConfig] = {"ffhq_p2": FFHQ_P2}
+
+
+def adm_unet_config(cfg: ADMConfig) -> dict[str, Any]:
+    """``UNet2DModel`` keyword arguments that reproduce the ADM net of ``cfg``."""
+    levels = range(len(cfg.channel_mult))
+    attn = cfg.attention_levels
+    if cfg.resblock_updown:  # levels without attention: blocks whose resampler is a ResnetBlock2D
+        plain_down, plain_up, resample = "ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D", "resnet"
+    else:  # ... or a strided conv / nearest + conv, like ADM's Downsample / Upsample(use_conv=True)
+        plain_down, plain_up, resample = "DownBlock2D", "UpBlock2D", "conv"
+    return {
+        "sample_size": cfg.image_size,
+        "in_channels": 3,
+        "out_channels": 6 if cfg.learn_sigma else 3,
+        "block_out_channels": cfg.block_channels,
+        "layers_per_block": cfg.num_res_blocks,
+        "down_block_types": tuple("AttnDownBlock2D" if lv in attn else plain_down for lv in levels),
+        "up_block_types": tuple("AttnUpBlock2D" if lv in attn else plain_up for lv in reversed(levels)),
+        "mid_block_type": "UNetMidBlock2D",
+        "add_attention": True,  # ADM's middle block always attends
+        "attention_head_dim": cfg.head_dim,
+        "norm_num_groups": GROUPS,
+        "attn_norm_num_groups": GROUPS,  # else no GroupNorm in the mid attention under scale_shift
+        "norm_eps": NORM_EPS,
+        "resnet_time_scale_shift": "scale_shift" if cfg.use_scale_shift_norm else "default",
+        "downsample_type": resample,  # only read by the Attn* blocks; the others are chosen above
+        "upsample_type": resample,
+        "downsample_padding": 1,  # ADM's strided 3x3 conv pads 1
+        "time_embedding_type": "positional",
+        "flip_sin_to_cos": True,  # ADM: cat([cos, sin])
+        "freq_shift": 0,  # ADM divides the exponent by half, not half - shift
+        "act_fn": "silu",
+        "dropout": cfg.dropout,
+        "center_input_sample": False,
+        "mid_block_scale_factor": 1,
+    }
+
