@@ -144,7 +144,32 @@ def test_edit_table_by_hand():
          "naive": {"rows": {"smiling": {"label": "smiling", "s_dir": 0.05, "success": 0.25, "preservation": 1.0},
                             "angry": {"label": "angry", "s_dir": -0.1, "success": None, "preservation": None}}}}
     lines = edit_table(m)
-    assert lines[0] == ("| method | smiling S_dir ↑ | smiling success ↑ | smiling preservation ↑ | angry S_dir ↑ | "
+    # means over prompts (Table 2's layout); None (no FaceWorld attribute) is left out of the mean
+    assert lines[0] == "| method | mean S_dir ↑ | mean success ↑ | mean preservation ↑ |"
+    assert lines[2] == f"| sdft | {(0.1234 + 0.2) / 2:.3f} | 0.500 | 0.750 |"
+    assert lines[3] == f"| naive | {(0.05 - 0.1) / 2:.3f} | 0.250 | 1.000 |"
+    assert lines[5] == ("| method | smiling S_dir ↑ | smiling success ↑ | smiling preservation ↑ | angry S_dir ↑ | "
                         "angry success ↑ | angry preservation ↑ |")
-    assert lines[2] == "| sdft | 0.123 | 0.500 | 0.750 | 0.200 | n/a | n/a |"
-    assert lines[3] == "| naive | 0.050 | 0.250 | 1.000 | -0.100 | n/a | n/a |"
+    assert lines[7] == "| sdft | 0.123 | 0.500 | 0.750 | 0.200 | n/a | n/a |"
+    assert lines[8] == "| naive | 0.050 | 0.250 | 1.000 | -0.100 | n/a | n/a |"
+
+
+def test_dataset_editing_block_overrides_the_editing_block():
+    """SDFT app. E edits 500 MetFaces / 400 AAHQ test images: ``datasets.<d>.editing`` merges over ``editing``."""
+    from diffusion_transfer.pipelines.editing_params import editing_for
+
+    dataset = {"name": "aahq", "editing": {"n_test": 2, "prompts": {"angry": {"source": ["x"], "target": ["y"]}}}}
+    p = editing_for(EDITING, dataset)
+    assert (p.n_test, p.n_train) == (2, EDITING["n_train"])
+    assert p.prompts["angry"].target == ["y"] and p.prompts["angry"].label is None  # that prompt replaced whole
+    assert p.prompts["smiling"].target == ["a smiling man"]  # the others kept
+    assert select_edit_inputs(reference(4), EDITING, dataset)["meta"]["n_test"] == 2  # 2 + 2 <= 4: no error
+    with pytest.raises(InvalidParametersError, match=r"datasets\.aahq\.editing"):
+        editing_for(EDITING, {"name": "aahq", "editing": {"n_test": 0}})
+
+
+def test_source_model_edit_pipeline_reads_the_source_model():
+    """``edit_source_<dataset>``: the baseline row edits the pretrained model, in the namespace source_<dataset>."""
+    pipe = create_edit_pipeline("source", "aahq", {"source_model": "ffhq_model"})
+    assert "ffhq_model" in pipe.inputs() and not any(i.endswith("finetuned_model") for i in pipe.inputs())
+    assert pipe.all_outputs() >= {"source_aahq.edit_metrics", "source_aahq.edit_grids"}

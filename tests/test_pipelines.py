@@ -103,6 +103,25 @@ def test_compare_runs_lays_out_translation_like_table_1():
     assert "translation psnr_ssim" in report and list(table["rows"]) == ["source (pretrained)", "naive", "sdft"]
 
 
+def test_compare_runs_lays_out_editing_like_table_2():
+    from diffusion_transfer.pipelines.compare import compare_runs
+
+    def em(s_dir):
+        rows = {"smiling": {"label": "smiling", "s_dir": s_dir}, "old": {"label": "old", "s_dir": s_dir + 0.2}}
+        return {"n_inputs": 4, "rows": rows, "settings": {"inversion_steps": 40, "steps": 40},
+                "weights": {"s_dir": "clip"}}
+
+    table, report = compare_runs("aahq", naive=_metrics(3.0, 0.25), sdft=_metrics(4.0, 0.75),
+                                 edit_sdft=em(0.3), edit_source=em(0.1), edit_naive=em(0.2))
+    assert list(table["edit_rows"]) == ["source (pretrained)", "sdft", "naive"]
+    assert "Text-guided editing (SDFT Table 2 protocol" in report and "editing s_dir" in report
+    lines = report.splitlines()
+    means = [line for line in lines if line.startswith("| source (pretrained) | 0.")]
+    assert means[0] == f"| source (pretrained) | {(0.1 + 0.3) / 2:.3f} |"  # mean over prompts first
+    assert "| sdft | 0.300 | 0.500 |" in report  # then per prompt
+    assert list(table["rows"]) == ["source (pretrained)", "naive", "sdft"]  # edit keys are not methods
+
+
 def _base_params() -> dict:
     params: dict = {}
     for f in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
@@ -135,6 +154,8 @@ def test_base_parameters_validate():
         (("datasets", "sketches", "method_overrides"), {"tan": {"train": {"steps": 0}}},
          "train (with methods.tan.train and datasets.sketches.train and "
          "datasets.sketches.method_overrides.tan.train).steps"),
+        (("editing", "t_boost"), 0.9, "editing"),
+        (("datasets", "aahq", "editing"), {"n_test": 0}, "editing (with datasets.aahq.editing).n_test"),
     ],
 )
 def test_invalid_parameters_are_rejected_naming_the_parameter(path, value, expected):
@@ -306,6 +327,9 @@ def test_compare_metfaces_smoke_runs_every_method(tmp_path):
     assert "| sdft |" in (reporting / "compare_metfaces" / "comparison.md").read_text()
     pairs = {(r["translation"], r["method"]) for r in table["translation_rows"]}
     assert pairs == {(t, m) for t in ("sdedit", "ilvr", "egsde", "ddib") for m in ALL_METHODS}
+    assert list(table["edit_rows"]) == ["source (pretrained)"] + ALL_METHODS  # Asyrp on every model (Table 2)
+    assert set(table["edit_rows"]["sdft"]) == {"smiling", "sad", "angry", "young", "old"}
+    assert "## Text-guided editing" in (reporting / "compare_metfaces" / "comparison.md").read_text()
     anl_translations = json.loads((reporting / "anl_metfaces" / "translation_metrics.json").read_text())
     assert anl_translations["settings"]["sdedit"]["t0"] == 0.5  # MetFaces' 0.5T
     models = proj / SMOKE_DATA / "06_models"
@@ -361,6 +385,12 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
             assert params["datasets"]["sketches"]["n_samples"] == 1000  # TAN: 1,000 samples
             assert params["datasets"]["sketches"]["intra_lpips"] and params["datasets"]["aahq"]["translation"]
             assert params["translation"]["n_inputs"] == 10000 and params["translation"]["egsde"]["factor"] == 32
+            from diffusion_transfer.pipelines.editing_params import editing_for
+
+            aahq, metfaces = (editing_for(params["editing"], params["datasets"][d]) for d in ("aahq", "metfaces"))
+            assert (aahq.n_test, metfaces.n_test, aahq.n_train, aahq.inversion_steps) == (400, 500, 100, 100)
+            assert [aahq.asyrp_config(k, 500).epochs for k in aahq.prompts] == [5, 3, 3, 5, 3]  # SDFT app. E
+            assert aahq.prompts["angry"].target == ["angry face"] and aahq.label("angry") == "angry"  # Asyrp text
             with pytest.raises(DatasetError, match="ffhq_p2_diffusers"):
                 context.catalog.load("source_model")
             with pytest.raises(DatasetError, match="AAHQ"):

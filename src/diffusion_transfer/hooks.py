@@ -7,6 +7,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from diffusion_transfer.pipelines import params as P
+from diffusion_transfer.pipelines.editing_params import editing_for
 
 
 def validate_parameters(parameters: dict[str, Any]) -> None:
@@ -17,6 +18,8 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
     for key, model in blocks.items():
         if key in parameters:
             P.parse(model, parameters[key], key)
+    if "editing" in parameters:
+        editing_for(parameters["editing"])
     if "classifier" in parameters:
         base = P.parse(P.ClassifierParams, parameters["classifier"], "classifier")
         from diffusion_transfer.core.training import TrainConfig
@@ -46,6 +49,8 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
             _validate_run(mblock, block, train, d)
         if "translation" in parameters:
             P.translation_for(parameters["translation"], d)
+        if "editing" in parameters or d.editing:
+            editing_for(parameters.get("editing"), block)
 
 
 def _validate_run(method: dict[str, Any], dataset: dict[str, Any], train: dict[str, Any],

@@ -5,7 +5,8 @@ Datasets and source domains come from the active environment's parameters
 (``datasets`` and ``sources``, see ``declared.py``); methods from the one
 method registry (``core.methods.METHODS``). Declaring ``datasets.mydata`` in
 ``conf/local`` makes ``curate_mydata``, ``classifier_mydata``,
-``<method>_mydata``, ``edit_<method>_mydata`` and ``compare_mydata``."""
+``<method>_mydata``, ``edit_<method>_mydata``, ``edit_source_mydata`` and
+``compare_mydata`` (every run, every edit run, then the tables)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,11 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
             # Asyrp text editing of the run's fine-tuned model, on demand (training f_t per
             # prompt is costly): it reads the model <m>_<name> wrote, or the pre-run check says so.
             pipelines[f"edit_{m}_{name}"] = edit.create_edit_pipeline(m, name, entries)
-        pipelines[f"compare_{name}"] = sum(runs, Pipeline([])) + compare.create_compare_node_pipeline(name, methods)
+        # the baseline row of the Table 2 analogue: Asyrp on the source model itself
+        pipelines[f"edit_source_{name}"] = curation + edit.create_edit_pipeline(edit.SOURCE_RUN, name, entries)
+        edits = [pipelines[f"edit_{m}_{name}"] for m in (edit.SOURCE_RUN, *methods)]
+        pipelines[f"compare_{name}"] = (sum(runs, Pipeline([])) + sum(edits, Pipeline([]))
+                                        + compare.create_compare_node_pipeline(name, methods))
     default = "sdft_aahq" if "sdft_aahq" in pipelines else next(
         (f"sdft_{name}" for name in decl.datasets), "world")
     pipelines["__default__"] = pipelines[default]

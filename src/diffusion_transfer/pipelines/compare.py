@@ -10,6 +10,7 @@ from typing import Any
 
 from kedro.pipeline import Pipeline, node
 
+from diffusion_transfer.pipelines.edit import SOURCE_RUN, edit_table
 from diffusion_transfer.pipelines.report import fmt
 from diffusion_transfer.pipelines.utils import bind
 
@@ -26,6 +27,8 @@ _COLUMNS = (
 )
 _HISTORY = "history_"
 _TRANSLATION = "translation_"
+_EDIT = "edit_"
+_SOURCE_ROW = "source (pretrained)"
 
 
 def _row(model: dict[str, Any]) -> dict[str, Any]:
@@ -45,15 +48,20 @@ def compare_runs(dataset: str, **metrics_by_method: dict[str, Any]) -> tuple[dic
     """One row per method plus the source model (the same for every run: one
     noise bank, one set of source samples). Keyword ``<method>`` is that run's
     metrics; ``history_<method>`` (optional) its training history, for the
-    trainable-parameter share."""
+    trainable-parameter share; ``translation_<method>`` its translation
+    metrics (Table 1); ``edit_<method>`` and ``edit_source`` the Asyrp edit
+    metrics (Table 2)."""
     histories = {k[len(_HISTORY):]: v for k, v in metrics_by_method.items() if k.startswith(_HISTORY)}
     translations = {k[len(_TRANSLATION):]: v for k, v in metrics_by_method.items() if k.startswith(_TRANSLATION)}
+    edits = {k[len(_EDIT):]: v for k, v in metrics_by_method.items() if k.startswith(_EDIT)}
+    # the source row first, then the methods in their order
+    edits = {(_SOURCE_ROW if k == SOURCE_RUN else k): edits[k] for k in sorted(edits, key=lambda k: k != SOURCE_RUN)}
     metrics_by_method = {k: v for k, v in metrics_by_method.items()
-                         if not k.startswith(_HISTORY) and not k.startswith(_TRANSLATION)}
+                         if not k.startswith((_HISTORY, _TRANSLATION, _EDIT))}
     if not metrics_by_method:
         raise ValueError("compare_runs needs the metrics of at least one method")
     first = next(iter(metrics_by_method.values()))
-    rows = {"source (pretrained)": {**_row(first["models"]["source"]), "trainable_percent": None}}
+    rows = {_SOURCE_ROW: {**_row(first["models"]["source"]), "trainable_percent": None}}
     for method, metrics in metrics_by_method.items():
         rows[method] = _row(metrics["models"]["finetuned"])
         share = (histories.get(method) or {}).get("parameters", {}).get("trainable_share")
@@ -73,13 +81,18 @@ def compare_runs(dataset: str, **metrics_by_method: dict[str, Any]) -> tuple[dic
     translation_rows = _translation_rows(translations)
     if translation_rows:
         lines += _translation_lines(translation_rows, next(iter(translations.values())))
+    if edits:
+        lines += _edit_lines(edits)
     weights = {**first["weights"], **({f"translation {k}": v for k, v in
-                                        next(iter(translations.values()))["weights"].items()} if translations else {})}
+                                        next(iter(translations.values()))["weights"].items()} if translations else {}),
+               **({f"editing {k}": v for k, v in next(iter(edits.values()))["weights"].items()} if edits else {})}
     lines += ["", "## Weights each metric ran on", ""]
     lines += [f"- **{k}**: {v}" for k, v in weights.items()]
     out = {"dataset": dataset, "rows": rows, "absent_values": absent}
     if translation_rows:
         out["translation_rows"] = translation_rows
+    if edits:
+        out["edit_rows"] = {k: v["rows"] for k, v in edits.items()}
     return out, "\n".join(lines) + "\n"
 
 
@@ -113,6 +126,18 @@ def _translation_lines(rows: list[dict[str, Any]], example: dict[str, Any]) -> l
     return lines
 
 
+def _edit_lines(edits: dict[str, dict[str, Any]]) -> list[str]:
+    """SDFT Table 2's protocol: Asyrp on each model (the source model's row first)."""
+    example = next(iter(edits.values()))
+    settings = example.get("settings", {})
+    return ["", "## Text-guided editing (SDFT Table 2 protocol, Asyrp)", "",
+            f"{example['n_inputs']} test images of the target dataset, the same for every model; "
+            f"{settings.get('inversion_steps', '?')} inversion steps, {settings.get('steps', '?')} generative steps. "
+            "S_dir: directional CLIP similarity; ID: ArcFace identity (input vs edit); success: share of edits whose "
+            "FaceWorld attribute moved toward the prompt's; preservation: retention of the other attributes.", "",
+            *edit_table(edits)]
+
+
 def create_compare_node_pipeline(dataset: str, methods: tuple[str, ...]) -> Pipeline:
     return Pipeline(
         [
@@ -120,7 +145,8 @@ def create_compare_node_pipeline(dataset: str, methods: tuple[str, ...]) -> Pipe
                 bind(compare_runs, dataset=dataset),
                 inputs={**{m: f"{m}_{dataset}.metrics" for m in methods},
                         **{f"{_HISTORY}{m}": f"{m}_{dataset}.training_history" for m in methods},
-                        **{f"{_TRANSLATION}{m}": f"{m}_{dataset}.translation_metrics" for m in methods}},
+                        **{f"{_TRANSLATION}{m}": f"{m}_{dataset}.translation_metrics" for m in methods},
+                        **{f"{_EDIT}{m}": f"{m}_{dataset}.edit_metrics" for m in (SOURCE_RUN, *methods)}},
                 outputs=[f"{dataset}_comparison", f"{dataset}_comparison_report"],
                 name=f"compare_{dataset}",
                 tags=["report"],

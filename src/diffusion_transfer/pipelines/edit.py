@@ -31,7 +31,7 @@ from diffusion_transfer.core.editing import ImplicitFunction, edit, text_directi
 from diffusion_transfer.core.methods import METHODS
 from diffusion_transfer.core.metrics import attributes as attr_metrics
 from diffusion_transfer.core.metrics.editing import directional_similarity, edit_success, prompt_attribute
-from diffusion_transfer.pipelines.editing_params import EditingParams
+from diffusion_transfer.pipelines.editing_params import editing_for
 from diffusion_transfer.pipelines.params import DatasetParams, EvaluationParams, InvalidParametersError, parse
 from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
@@ -39,10 +39,10 @@ from diffusion_transfer.pipelines.utils import inference_setup
 WORLD_CLIP_NOTE = "world CLIP (FaceWorld demo stand-in for CLIP ViT-B/32)"
 
 
-def select_edit_inputs(reference: dict, editing: dict) -> dict:
+def select_edit_inputs(reference: dict, editing: dict, dataset: dict | None = None) -> dict:
     """``n_train`` training and ``n_test`` test images, disjoint, from a
     seeded permutation of the target dataset (uint8, N x H x W x 3)."""
-    p = parse(EditingParams, editing, "editing")
+    p = editing_for(editing, dataset)
     images = reference["images"]
     n = int(images.shape[0])
     if p.n_train + p.n_test > n:
@@ -74,12 +74,12 @@ def _check_size(model, images: torch.Tensor) -> None:
         raise ValueError(f"edit inputs are {tuple(images.shape[-2:])} but the model samples {size}x{size}")
 
 
-def train_edit_directions(model, inputs: dict, clip, editing: dict, schedule: dict,
+def train_edit_directions(model, inputs: dict, clip, editing: dict, schedule: dict, dataset: dict | None = None,
                           condition_clip=None) -> dict:
     """One f_t per prompt (``core.editing.train_asyrp``); the weights go into
     one tensor file as ``<prompt>.<parameter>``, each prompt's config and loss
     history into its ``meta``."""
-    p = parse(EditingParams, editing, "editing")
+    p = editing_for(editing, dataset)
     sched = model_schedule(model, schedule)
     device, _ = inference_setup()
     model.eval().to(device)
@@ -112,10 +112,11 @@ def load_directions(directions: dict, prompt: str) -> ImplicitFunction:
     return f_t
 
 
-def apply_edits(model, directions: dict, inputs: dict, editing: dict, schedule: dict, condition_clip=None) -> dict:
+def apply_edits(model, directions: dict, inputs: dict, editing: dict, schedule: dict, dataset: dict | None = None,
+                condition_clip=None) -> dict:
     """Edit the test images with every prompt's f_t; also the unedited DDIM
     reconstruction (same inversion, same boosting noise)."""
-    p = parse(EditingParams, editing, "editing")
+    p = editing_for(editing, dataset)
     sched = model_schedule(model, schedule)
     device, _ = inference_setup()
     model.eval().to(device)
@@ -146,7 +147,7 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, ed
     no-edit baseline."""
     from diffusion_transfer.core.metrics.identity import IdentitySimilarity
 
-    p = parse(EditingParams, editing, "editing")
+    p = editing_for(editing, dataset)
     ev = parse(EvaluationParams, evaluation, "evaluation")
     d = parse(DatasetParams, dataset, "datasets")
     device = inference_setup()[0]
@@ -197,9 +198,9 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, ed
             "settings": edits["meta"]["settings"], "weights": weights}
 
 
-def edit_grids(edits: dict, editing: dict, scale: int = 2) -> dict[str, Image.Image]:
+def edit_grids(edits: dict, editing: dict, dataset: dict | None = None, scale: int = 2) -> dict[str, Image.Image]:
     """One image per prompt: the first ``grid_inputs`` inputs, then their edits."""
-    p = parse(EditingParams, editing, "editing")
+    p = editing_for(editing, dataset)
     k = min(p.grid_inputs, int(edits["inputs"].shape[0]))
     grids = {}
     for name in edits["meta"]["prompts"]:
@@ -217,67 +218,78 @@ def edit_grids(edits: dict, editing: dict, scale: int = 2) -> dict[str, Image.Im
     return grids
 
 
+#: ``edit_source_<dataset>``: Asyrp on the source (pretrained) model, the
+#: baseline row of the Table 2 analogue.
+SOURCE_RUN = "source"
+
+
 def create_edit_pipeline(method: str, dataset: str, source: dict[str, str]) -> Pipeline:
     """``edit_<method>_<dataset>``: the edit stage in the method run's
     namespace (``<method>_<dataset>.edits`` ...), wired to the run's
     fine-tuned model, the dataset's reference set and the shared CLIP and
-    attribute classifier. ``source`` (the source domain's catalog entries)
-    is accepted for symmetry with ``create_method_pipeline``; the stage edits
-    the fine-tuned model only."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}")
-    conditional = METHODS[method].conditional
+    attribute classifier. ``method="source"`` edits the source model
+    (``source["source_model"]``) on the same inputs, in the namespace
+    ``source_<dataset>``."""
+    if method != SOURCE_RUN and method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)} or {SOURCE_RUN!r}")
+    conditional = method != SOURCE_RUN and METHODS[method].conditional
     extra = ["condition_clip"] if conditional else []
+    settings = ["params:editing", "params:schedule", "params:dataset"]
     template = Pipeline([
-        node(train_edit_directions, ["finetuned_model", "edit_inputs", "evaluation_clip", "params:editing",
-                                     "params:schedule"] + extra, "edit_directions", name="train_edit_directions",
-             tags=["edit"]),
-        node(apply_edits, ["finetuned_model", "edit_directions", "edit_inputs", "params:editing",
-                           "params:schedule"] + extra, "edits", name="apply_edits", tags=["edit"]),
+        node(train_edit_directions, ["finetuned_model", "edit_inputs", "evaluation_clip", *settings] + extra,
+             "edit_directions", name="train_edit_directions", tags=["edit"]),
+        node(apply_edits, ["finetuned_model", "edit_directions", "edit_inputs", *settings] + extra,
+             "edits", name="apply_edits", tags=["edit"]),
         node(evaluate_edits, ["edits", "evaluation_clip", "attribute_classifier", "params:evaluation",
                               "params:editing", "params:dataset"], "edit_metrics", name="evaluate_edits",
              tags=["edit", "evaluate"]),
-        node(edit_grids, ["edits", "params:editing"], "edit_grids", name="edit_grids", tags=["edit", "report"]),
+        node(edit_grids, ["edits", "params:editing", "params:dataset"], "edit_grids", name="edit_grids",
+             tags=["edit", "report"]),
     ])
     shared = {"evaluation_clip", "attribute_classifier"} | ({"condition_clip"} if conditional else set())
-    select = Pipeline([node(select_edit_inputs, [f"{dataset}_reference", "params:editing"],
-                            f"{dataset}_edit_inputs", name=f"{dataset}_select_edit_inputs", tags=["edit"])])
-    return select + Pipeline(
+    model = {"finetuned_model": source["source_model"]} if method == SOURCE_RUN else {}
+    return create_edit_inputs_pipeline(dataset) + Pipeline(
         template,
         namespace=f"{method}_{dataset}",
-        inputs={**{s: s for s in shared}, "edit_inputs": f"{dataset}_edit_inputs"},
+        inputs={**{s: s for s in shared}, **model, "edit_inputs": f"{dataset}_edit_inputs"},
         parameters={"params:editing": "params:editing", "params:schedule": "params:schedule",
                     "params:evaluation": "params:evaluation", "params:dataset": f"params:datasets.{dataset}"},
     )
 
 
+def create_edit_inputs_pipeline(dataset: str) -> Pipeline:
+    return Pipeline([node(select_edit_inputs, [f"{dataset}_reference", "params:editing", f"params:datasets.{dataset}"],
+                          f"{dataset}_edit_inputs", name=f"{dataset}_select_edit_inputs", tags=["edit"])])
+
+
+_EDIT_COLUMNS = (("S_dir ↑", "s_dir"), ("ID ↑", "identity"), ("success ↑", "success"),
+                 ("preservation ↑", "preservation"))
+
+
+def _mean(values: list[Any]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
 def edit_table(metrics_by_method: dict[str, dict[str, Any]]) -> list[str]:
-    """SDFT Table 2 as markdown lines: one row per method (its
-    ``edit_metrics``), per prompt S_dir, then ID where measured and FaceWorld
-    edit success / preservation where measured ("n/a" otherwise)."""
+    """SDFT Table 2 as markdown lines: first the mean over prompts per method
+    (Table 2's layout), then one row per method with each prompt's S_dir, ID
+    where measured and FaceWorld edit success / preservation where measured
+    ("n/a" where a prompt has no value)."""
     if not metrics_by_method:
         return ["(no edit metrics)"]
-    prompts = list(next(iter(metrics_by_method.values()))["rows"])
     rows_all = [m["rows"] for m in metrics_by_method.values()]
-    has = {k: any(k in r for rows in rows_all for r in rows.values()) for k in ("identity", "success")}
-    fmt = lambda v, f="{:.3f}": "n/a" if v is None else f.format(v)  # noqa: E731
-    head, cells_of = ["method"], []
-    for pr in prompts:
-        label = next(iter(metrics_by_method.values()))["rows"][pr].get("label", pr)
-        head.append(f"{label} S_dir ↑")
-        cells_of.append(lambda r: fmt(r.get("s_dir")))
-        if has["identity"]:
-            head.append(f"{label} ID ↑")
-            cells_of.append(lambda r: fmt(r.get("identity")))
-        if has["success"]:
-            head += [f"{label} success ↑", f"{label} preservation ↑"]
-            cells_of += [lambda r: fmt(r.get("success")), lambda r: fmt(r.get("preservation"))]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    per = len(cells_of) // len(prompts)
+    prompts = list(dict.fromkeys(p for rows in rows_all for p in rows))
+    labels = {p: next(rows[p].get("label", p) for rows in rows_all if p in rows) for p in prompts}
+    cols = [(h, k) for h, k in _EDIT_COLUMNS if any(k in r for rows in rows_all for r in rows.values())]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["| method | " + " | ".join(f"mean {h}" for h, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, m in metrics_by_method.items():
-        cells = [method]
-        for i, pr in enumerate(prompts):
-            r = m["rows"].get(pr, {})
-            cells += [f(r) for f in cells_of[i * per:(i + 1) * per]]
-        lines.append("| " + " | ".join(cells) + " |")
+        means = [_mean([r.get(k) for r in m["rows"].values()]) for _, k in cols]
+        lines.append(f"| {method} | " + " | ".join(fmt(v) for v in means) + " |")
+    head = [f"{labels[p]} {h}" for p in prompts for h, _ in cols]
+    lines += ["", "| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for method, m in metrics_by_method.items():
+        cells = [fmt(m["rows"].get(p, {}).get(k)) for p in prompts for _, k in cols]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines

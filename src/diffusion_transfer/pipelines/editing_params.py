@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from diffusion_transfer.core.editing.train import AsyrpConfig
+from diffusion_transfer.pipelines.params import parse
 
 
 class _Params(BaseModel):
@@ -93,3 +96,15 @@ class EditingParams(_Params):
                            lr_step_epochs=self.lr_step_epochs, lr_gamma=self.lr_gamma, batch_size=self.batch_size,
                            clip_weight=self.clip_weight, l1_weight=self.l1_weight, scale=self.scale,
                            use_timestep=self.use_timestep, seed=self.seed)
+
+
+def editing_for(editing: dict[str, Any] | None, dataset: dict[str, Any] | None = None) -> EditingParams:
+    """``editing`` with ``datasets.<name>.editing`` merged over it (a prompt
+    given there replaces that prompt; other keys replace their value);
+    errors name both blocks."""
+    overrides = (dataset or {}).get("editing") or {}
+    merged = dict(editing or {})
+    for key, value in overrides.items():
+        merged[key] = {**(merged.get(key) or {}), **value} if isinstance(value, dict) else value
+    where = f"editing (with datasets.{dataset.get('name')}.editing)" if overrides else "editing"
+    return parse(EditingParams, merged, where)

@@ -251,6 +251,9 @@ class DatasetParams(_Params):
     #: Overrides of the ``translation`` block for this dataset (e.g. the SDFT
     #: paper's editing range t0 = 0.625 for AAHQ), merged one level deep.
     translation: dict[str, Any] = Field(default_factory=dict)
+    #: Overrides of the ``editing`` block for this dataset (e.g. SDFT app. E's
+    #: 500 MetFaces / 400 AAHQ test images), merged one level deep.
+    editing: dict[str, Any] = Field(default_factory=dict)
 
 
 class CurateParams(_Params):
