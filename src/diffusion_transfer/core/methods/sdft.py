@@ -40,6 +40,21 @@ Efficiency: ONE student forward over the concatenated batch [x_t; x_aux] (2B)
 serves L_diff, L_distill and L_aux, and ONE teacher forward over the same 2B
 batch runs inside ``torch.no_grad()``: no gradient ever reaches the teacher.
 
+Negligible weights (``skip_distill_below``, default 1e-6; 0 disables): a
+sample whose w_distill(t) is below ``skip_distill_below`` x max_t w_distill
+gets no teacher forward at x_t (its student forward still serves L_diff), and
+one whose w_aux(t') is below the same fraction of max_t' w_aux gets neither
+the teacher nor the student forward at x_aux. Their terms count as 0 in the
+batch means. A skipped term lambda w mse / B has w < skip_distill_below x
+max w, so the loss differs from the full computation by
+
+    |L - L_full| < skip_distill_below x (lambda_distill max w_distill + lambda_aux max w_aux)
+                   x (largest skipped teacher-student mse) x (skipped samples / B)
+
+(for AAHQ, max w = 57: below 2.3e-5 x that mse at the default). With AAHQ's gamma = 50
+(P2, w_t factor) 37% of the timesteps fall below 1e-6 of the maximum;
+MetFaces' gamma = 3: 3.5%. The random draws are the same either way.
+
 Random draws, in order, from ``generator``: t (B), eps (B,3,H,W); then, for
 ``aux_input="independent"``, x_T (B,3,H,W) and t' (B).
 
@@ -63,7 +78,11 @@ from ..schedule import NoiseSchedule
 from .base import WEIGHTINGS, check_choice, check_float, per_sample_mse, randn, sample_timesteps, timestep_weight
 from .vlb import VLB_WEIGHT, variance_vlb, vlb_term_weight
 
-__all__ = ["SDFTLoss", "SDFT_PAPER_DEFAULTS", "SDFT_VARIANTS"]
+__all__ = ["SDFTLoss", "SDFT_PAPER_DEFAULTS", "SDFT_VARIANTS", "SKIP_DISTILL_BELOW"]
+
+#: Default fraction of the maximum weight below which a distillation or
+#: auxiliary term is skipped (its forwards are not run).
+SKIP_DISTILL_BELOW = 1e-6
 
 SDFT_PAPER_DEFAULTS: dict[str, dict[str, float]] = {
     "metfaces": {"lambda_distill": 0.1, "lambda_aux": 0.1, "gamma_distill": 3.0, "gamma_aux": 3.0},
@@ -107,6 +126,7 @@ class SDFTLoss:
         aux_input: str = "independent",
         teacher_dtype: str | torch.dtype | None = None,
         vlb_weight: float = VLB_WEIGHT,
+        skip_distill_below: float = SKIP_DISTILL_BELOW,
     ) -> None:
         self.schedule = schedule
         self.vlb_weight = check_float("vlb_weight", vlb_weight)
@@ -127,6 +147,10 @@ class SDFTLoss:
                     f"teacher_dtype must be null, 'half' or one of {sorted(_TEACHER_DTYPES)}, got {teacher_dtype!r}"
                 )
         self.teacher_dtype = teacher_dtype
+        self.skip_distill_below = check_float("skip_distill_below", skip_distill_below)
+        if self.skip_distill_below >= 1:
+            raise ValueError(f"skip_distill_below is a fraction of the maximum weight, below 1; got {skip_distill_below!r}")
+        self._max_weights: dict[str, float] = {}
 
     @classmethod
     def from_params(cls, schedule: NoiseSchedule, params: dict[str, Any] | None = None) -> SDFTLoss:
@@ -166,6 +190,18 @@ class SDFTLoss:
             min_snr_gamma=self.min_snr_gamma, include_ddpm_weight=self.include_ddpm_weight,
         )
 
+    def kept_samples(self, w: torch.Tensor, which: str) -> torch.Tensor | None:
+        """Indices of the samples whose weight ``w`` (``which``: "distill" or
+        "aux") is at least ``skip_distill_below`` x its maximum over all
+        timesteps; ``None`` when every sample is kept."""
+        if self.skip_distill_below == 0:
+            return None
+        if which not in self._max_weights:
+            weight_fn = self.weight_distill if which == "distill" else self.weight_aux
+            self._max_weights[which] = float(weight_fn(torch.arange(self.schedule.num_timesteps)).max())
+        keep = w >= self.skip_distill_below * self._max_weights[which]
+        return None if bool(keep.all()) else keep.nonzero().squeeze(1)
+
     # -- teacher ---------------------------------------------------------------
 
     def _teacher_autocast(self, device: torch.device) -> tuple[contextlib.AbstractContextManager, torch.dtype | None]:
@@ -177,6 +213,10 @@ class SDFTLoss:
         if dt is None or dt == torch.float32:
             return contextlib.nullcontext(), None
         return torch.autocast(device_type=device.type, dtype=dt), dt
+
+    def _teacher_rows(self, teacher: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """:meth:`teacher_eps`, or an empty batch without a forward when every row was skipped."""
+        return self.teacher_eps(teacher, x, t) if x.shape[0] else x.new_zeros(x.shape, dtype=torch.float32)
 
     @torch.no_grad()
     def teacher_eps(self, teacher: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -218,19 +258,24 @@ class SDFTLoss:
         else:  # authors' code: the noise that built x_t, at the same t
             x_aux, t_aux = noise, t
 
-        x = torch.cat([x_t, x_aux])
-        tt = torch.cat([t, t_aux])
+        w_distill, w_aux = self.weight_distill(t), self.weight_aux(t_aux)
+        keep_d, keep_a = self.kept_samples(w_distill, "distill"), self.kept_samples(w_aux, "aux")
+        x_a, t_a, w_a = _take(x_aux, keep_a), _take(t_aux, keep_a), _take(w_aux, keep_a)
+        x_d, t_d, w_d = _take(x_t, keep_d), _take(t, keep_d), _take(w_distill, keep_d)
+        x = torch.cat([x_t, x_a])
+        tt = torch.cat([t, t_a])
         # Teacher first: run while the student's autograd graph is not yet held
         # in memory; measured ~15% faster per step on CPU than the other order.
-        eps_src = self.teacher_eps(teacher, x, tt)  # ONE teacher forward over 2B, no grad
-        out = model_output(student, x, tt)  # ONE student forward over 2B
+        eps_src = self._teacher_rows(teacher, torch.cat([x_d, x_a]), torch.cat([t_d, t_a]))  # ONE teacher forward
+        out = model_output(student, x, tt)  # ONE student forward over B + the kept auxiliary samples
         c = images.shape[1]
         pred = out[:, :c]  # native prediction (eps, v or x0)
         eps_s = self.schedule.eps_from_output(pred, x, tt)
+        n_d = x_d.shape[0]
 
         diffusion = per_sample_mse(pred[:b], self.schedule.training_target(images, noise, t)).mean()
-        distill = (self.weight_distill(t) * per_sample_mse(eps_s[:b], eps_src[:b])).mean()
-        aux = (self.weight_aux(t_aux) * per_sample_mse(eps_s[b:], eps_src[b:])).mean()
+        distill = _spread(w_d * per_sample_mse(_take(eps_s[:b], keep_d), eps_src[:n_d]), keep_d, b).mean()
+        aux = _spread(w_a * per_sample_mse(eps_s[b:], eps_src[n_d:]), keep_a, b).mean()
         loss = diffusion + self.lambda_distill * distill + self.lambda_aux * aux
         terms = {"diffusion": diffusion.detach(), "distill": distill.detach(), "aux": aux.detach()}
         if out.shape[1] == 2 * c:
@@ -249,8 +294,18 @@ class SDFTLoss:
             "weighting": self.weighting, "min_snr_gamma": self.min_snr_gamma,
             "include_ddpm_weight": self.include_ddpm_weight, "aux_input": self.aux_input,
             "teacher_dtype": str(self.teacher_dtype) if self.teacher_dtype is not None else None,
-            "vlb_weight": self.vlb_weight,
+            "vlb_weight": self.vlb_weight, "skip_distill_below": self.skip_distill_below,
         }
 
     def __repr__(self) -> str:
         return "SDFTLoss(" + ", ".join(f"{k}={v!r}" for k, v in self.params.items()) + ")"
+
+
+def _take(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """The rows ``index`` of ``x`` (all of them for ``None``)."""
+    return x if index is None else x.index_select(0, index)
+
+
+def _spread(values: torch.Tensor, index: torch.Tensor | None, size: int) -> torch.Tensor:
+    """``values`` at rows ``index`` of a zero vector of ``size``: a skipped sample's term is 0."""
+    return values if index is None else values.new_zeros(size).index_copy(0, index, values)
