@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from kedro.pipeline import Pipeline, node
+from kedro.pipeline import Node, Pipeline, node
 from PIL import Image
 
 from diffusion_transfer.core.data.images import to_tensor, to_uint8
 from diffusion_transfer.core.methods import METHODS, build_method, expand_preset
+from diffusion_transfer.core.methods.registry import MethodInfo
 from diffusion_transfer.core.methods.a3ft import attention_blocks
 from diffusion_transfer.core.methods.anl import image_conditions, masked_images, text_conditions
 from diffusion_transfer.core.models.adapted import AdaptedUNet, parameter_counts
@@ -298,17 +299,14 @@ def create_source_pipeline(source: dict[str, str], prefix: str = "") -> Pipeline
     )
 
 
-def create_method_pipeline(method: str, dataset: str, source: dict[str, str]) -> Pipeline:
-    """``{method}_{dataset}``: the template in the run's namespace, wired to
-    the dataset's curated sets and to its source domain's model, noise bank
-    and samples (``source``: their catalog entries)."""
-    info = METHODS[method]
+def _train_and_sample_nodes(info: MethodInfo) -> list[Node]:
+    """The fine-tuning and sampling nodes: plain, conditional (ANL) or guided (TAN)."""
     train_inputs = ["source_model", "curated", "params:method", "params:dataset", "params:train", "params:schedule",
                     "params:paths.checkpoints"]
     if info.conditional:
         # ANL: CLIP embeddings of the training images condition training; the
         # samples condition on masked training images (and text prompts).
-        train_and_sample = [
+        return [
             node(embed_conditions, ["curated", "condition_clip", "params:method", "params:dataset"],
                  "training_conditions", name="embed_conditions", tags=["train"]),
             node(finetune, train_inputs + ["training_conditions"], ["finetuned_model", "training_history"],
@@ -321,22 +319,29 @@ def create_method_pipeline(method: str, dataset: str, source: dict[str, str]) ->
             node(sample_prompts, ["finetuned_model", "noise_bank", "condition_clip", "params:method", "params:sampling",
                                   "params:schedule"], "prompt_grid", name="sample_prompts", tags=["sample"]),
         ]
-    elif info.guided:
+    if info.guided:
         # TAN: the dataset's noisy domain classifier guides training.
-        train_and_sample = [
+        return [
             node(finetune_guided, train_inputs + ["domain_classifier"], ["finetuned_model", "training_history"],
                  name="finetune", tags=["train"]),
             node(sample_target, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule",
                                  "params:dataset"], "target_samples",
                  name="sample_finetuned", tags=["sample"]),
         ]
-    else:
-        train_and_sample = [
-            node(finetune, train_inputs, ["finetuned_model", "training_history"], name="finetune", tags=["train"]),
-            node(sample_target, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule",
-                                 "params:dataset"], "target_samples",
-                 name="sample_finetuned", tags=["sample"]),
-        ]
+    return [
+        node(finetune, train_inputs, ["finetuned_model", "training_history"], name="finetune", tags=["train"]),
+        node(sample_target, ["finetuned_model", "noise_bank", "params:sampling", "params:schedule",
+                             "params:dataset"], "target_samples",
+             name="sample_finetuned", tags=["sample"]),
+    ]
+
+
+def create_method_pipeline(method: str, dataset: str, source: dict[str, str]) -> Pipeline:
+    """``{method}_{dataset}``: the template in the run's namespace, wired to
+    the dataset's curated sets and to its source domain's model, noise bank
+    and samples (``source``: their catalog entries)."""
+    info = METHODS[method]
+    train_and_sample = _train_and_sample_nodes(info)
     translate_inputs = ["finetuned_model", "source_model", "domain_classifier", "translation_inputs",
                         "params:translation", "params:dataset", "params:schedule"]
     translation = [

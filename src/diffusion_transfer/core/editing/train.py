@@ -86,6 +86,35 @@ class AsyrpResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def _check_inputs(cfg: AsyrpConfig, schedule: NoiseSchedule, images: torch.Tensor,
+                  conditions: torch.Tensor | None) -> None:
+    T = schedule.num_timesteps
+    if cfg.t_edit > T - 1:
+        raise ValueError(f"t_edit must be a timestep in [0, {T - 1}], got {cfg.t_edit}")
+    if images.ndim != 4 or images.shape[0] < 1:
+        raise ValueError(f"images must be a non-empty (B, 3, H, W) batch, got shape {tuple(images.shape)}")
+    if conditions is not None and conditions.shape[0] != images.shape[0]:
+        raise ValueError(f"conditions has {conditions.shape[0]} rows for {images.shape[0]} images")
+
+
+def _fresh_or_copied_f_t(model: nn.Module, cfg: AsyrpConfig, init: ImplicitFunction | None) -> ImplicitFunction:
+    """A fresh, zero-output f_t for ``model``, or a copy of ``init``."""
+    if init is None:
+        return ImplicitFunction.for_model(model, cfg.use_timestep)
+    f_t = type(init)(**init.config)
+    f_t.load_state_dict(init.state_dict())
+    return f_t
+
+
+def _invert_all(model: nn.Module, images: torch.Tensor, conditions: torch.Tensor | None, schedule: NoiseSchedule,
+                cfg: AsyrpConfig, device: torch.device) -> torch.Tensor:
+    """Every image DDIM-inverted to x_{T-1} once (Asyrp's ``precompute_pairs``), on the CPU."""
+    return torch.cat([
+        invert(model, images[i:i + cfg.batch_size].to(device), schedule, cfg.inversion_steps,
+               conditions[i:i + cfg.batch_size].to(device) if conditions is not None else None).cpu()
+        for i in range(0, images.shape[0], cfg.batch_size)])
+
+
 def _next_timesteps(schedule: NoiseSchedule, steps: int) -> dict[int, int]:
     grid = ddim_timesteps(schedule.num_timesteps, steps)
     return {t: (grid[i + 1] if i + 1 < len(grid) else -1) for i, t in enumerate(grid)}
@@ -104,21 +133,10 @@ def train_asyrp(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor,
     from tqdm.auto import tqdm
 
     cfg = config or AsyrpConfig()
-    T = schedule.num_timesteps
-    if cfg.t_edit > T - 1:
-        raise ValueError(f"t_edit must be a timestep in [0, {T - 1}], got {cfg.t_edit}")
-    if images.ndim != 4 or images.shape[0] < 1:
-        raise ValueError(f"images must be a non-empty (B, 3, H, W) batch, got shape {tuple(images.shape)}")
-    if conditions is not None and conditions.shape[0] != images.shape[0]:
-        raise ValueError(f"conditions has {conditions.shape[0]} rows for {images.shape[0]} images")
+    _check_inputs(cfg, schedule, images, conditions)
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
-    if init is None:
-        f_t = ImplicitFunction.for_model(model, cfg.use_timestep)
-    else:
-        f_t = type(init)(**init.config)
-        f_t.load_state_dict(init.state_dict())
-    f_t = f_t.to(device).train()
+    f_t = _fresh_or_copied_f_t(model, cfg, init).to(device).train()
     direction = text_direction(clip, source, target).to(device)
     text_cos = text_similarity(clip, source, target)
     ts = edit_timesteps(schedule, cfg.train_steps, cfg.t_edit)
@@ -133,10 +151,7 @@ def train_asyrp(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor,
     model.eval()
     x_src_all = images.float()
     with frozen(model), HSpace(model) as space:
-        x_T_all = torch.cat([
-            invert(model, x_src_all[i:i + cfg.batch_size].to(device), schedule, cfg.inversion_steps,
-                   conditions[i:i + cfg.batch_size].to(device) if conditions is not None else None).cpu()
-            for i in range(0, images.shape[0], cfg.batch_size)])
+        x_T_all = _invert_all(model, x_src_all, conditions, schedule, cfg, device)
         n_batches = (images.shape[0] + cfg.batch_size - 1) // cfg.batch_size
         bar = tqdm(total=cfg.epochs * n_batches, desc=desc, unit="batch", disable=not progress)
         try:

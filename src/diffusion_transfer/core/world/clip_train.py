@@ -177,6 +177,26 @@ def _lr_at(step: int, cfg: WorldClipConfig) -> float:
     return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
 
 
+def _new_model(cfg: WorldClipConfig) -> tuple[torch.nn.Module, Any, WorldClip]:
+    """A freshly initialised open_clip model (from the global torch RNG), its
+    tokenizer, and the two wrapped as a :class:`WorldClip` for training."""
+    model_cfg = {**world_clip_model_config(), **cfg.model_cfg}
+    model_cfg["vision_cfg"] = {**model_cfg["vision_cfg"], "image_size": cfg.image_size}
+    model = create_world_clip_model(model_cfg)
+    model.world_clip_model_cfg = model_cfg
+    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    return model, tokenizer, WorldClip(model, tokenizer, None, MODEL_NAME, "training")
+
+
+def _zero_unused_tokens(model: torch.nn.Module, used_tokens: set[int]) -> None:
+    """Zero the token-embedding rows of tokens never seen in training (module docstring)."""
+    with torch.no_grad():
+        emb = model.token_embedding.weight
+        keep = torch.zeros(emb.shape[0], dtype=torch.bool)
+        keep[torch.tensor(sorted(used_tokens), dtype=torch.long)] = True
+        emb[~keep] = 0.0
+
+
 def train_world_clip(config: WorldClipConfig | Mapping[str, Any] | None = None, *, seed: int = 0,
                      progress: bool = True, callback=None) -> torch.nn.Module:
     """Train the world CLIP from scratch on freshly rendered FaceWorld images.
@@ -191,12 +211,7 @@ def train_world_clip(config: WorldClipConfig | Mapping[str, Any] | None = None, 
     t0, c0 = time.perf_counter(), time.process_time()
     with torch_threads(cfg.num_threads):
         torch.manual_seed(seed)
-        model_cfg = {**world_clip_model_config(), **cfg.model_cfg}
-        model_cfg["vision_cfg"] = {**model_cfg["vision_cfg"], "image_size": cfg.image_size}
-        model = create_world_clip_model(model_cfg)
-        model.world_clip_model_cfg = model_cfg
-        tokenizer = open_clip.get_tokenizer(MODEL_NAME)
-        clip = WorldClip(model, tokenizer, None, MODEL_NAME, "training")
+        model, tokenizer, clip = _new_model(cfg)
 
         pool, pool_attrs = _render_pair_pool(cfg, seed, progress)
         pool_t = torch.from_numpy(pool)
@@ -247,11 +262,7 @@ def train_world_clip(config: WorldClipConfig | Mapping[str, Any] | None = None, 
                 bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}",
                                 scale=f"{float(model.logit_scale.detach().exp()):.1f}")
         model.eval()
-        with torch.no_grad():
-            emb = model.token_embedding.weight
-            keep = torch.zeros(emb.shape[0], dtype=torch.bool)
-            keep[torch.tensor(sorted(used_tokens), dtype=torch.long)] = True
-            emb[~keep] = 0.0
+        _zero_unused_tokens(model, used_tokens)
     model.world_clip_train_info = {
         "config": config_to_dict(cfg),
         "seed": seed,
