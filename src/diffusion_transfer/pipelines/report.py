@@ -25,6 +25,7 @@ from diffusion_transfer.pipelines.evaluation import (  # noqa: E402
     reference_subset,
 )
 from diffusion_transfer.pipelines.params import DatasetParams, EvaluationParams, parse  # noqa: E402
+from diffusion_transfer.pipelines.skipped_files import skipped_file_lines  # noqa: E402
 from diffusion_transfer.pipelines.utils import inference_setup  # noqa: E402
 
 def evaluate(source_samples: dict, target_samples: dict, curated: dict, reference: dict, clip, classifier,
@@ -264,7 +265,7 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
               *_parameter_lines(history), "",
               "![loss curves](loss_curve.png)", "",
               "## Curation", "",
-              _curation_line(curation_summary), "",
+              _curation_line(curation_summary), *skipped_file_lines(curation_summary, translation_metrics), "",
               "![curation contact sheet](../curate_" + str(run["dataset"]) + "/contact_sheet.png)", "",
               "## Weights each metric ran on", ""]
     weights = {**metrics["weights"], **({f"translation {k}": v for k, v in translation_metrics["weights"].items()}
