@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import _all_finite, _atomic_save, _load_latest, checkpoint_paths
+from .checkpoint import _all_finite, _atomic_save, checkpoint_paths, load_usable
 from .config import NonFiniteLossError, TrainConfig, TrainResult
 from .ema import ema_decay_at, ema_update_, schedule_summary
 from .launch import _launch
@@ -199,7 +199,7 @@ def train(
     stored_k: int | None = None
 
     if ckpt_dir is not None:
-        found = _load_latest(ckpt_dir)
+        found = load_usable(ckpt_dir, raw_model, optimizer, ema, config)  # skips unusable ones, saying why
         if found is not None:
             payload, last_ckpt = found
             try:
