@@ -4,7 +4,12 @@ asserted here: performance bars live in the benchmarks themselves)."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import re
+import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,3 +46,54 @@ def test_bench_steps_prints_ratio_and_enforces_bar(capsys, tmp_path):
     # The bar is enforced: a ratio above --max-ratio exits non-zero.
     assert bench.main(args + ["--methods", "sdft", "--max-ratio", "0"]) == 1
     assert "FAIL" in capsys.readouterr().err
+
+
+def test_bench_gpu_tiny_on_cpu_reports_what_it_timed(tmp_path):
+    """The GPU benchmark's --tiny run (a 16 px ADM on the CPU), in a fresh interpreter as the
+    device runs it: no Kedro import, every run timed, ratios and rates derived from the
+    recorded times, and the two DDIM loops computing the same samples."""
+    out = tmp_path / "out"
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['bench_gpu.py', '--tiny', '--device', 'cpu', '--out', {str(out)!r}]\n"
+            "try:\n"
+            f"    runpy.run_path({str(ROOT / 'benchmarks' / 'bench_gpu.py')!r}, run_name='__main__')\n"
+            "except SystemExit as exc:\n"
+            "    assert not exc.code, exc.code\n"
+            "print('kedro imported:', any(m.split('.')[0] == 'kedro' for m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "kedro imported: False" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert (out / "results.md").read_text() in proc.stdout  # the printed report is the saved one
+    assert results["skipped"] == [] and set(results["training"]) == set(results["sampling"]) == {"fp32"}
+    assert "random init" in results["model"]["weights"] and results["model"]["sample_size"] == 16
+
+    train = results["training"]["fp32"]
+    runs = train["runs"]
+    assert set(runs) == {"naive", "sdft_teacher_bf16", "sdft_teacher_fp32", "sdft_teacher_bf16_weights", "diffusers"}
+    for run in runs.values():
+        assert len(run["times_s"]) == 2 and run["median_s"] == statistics.median(run["times_s"])
+        assert run["steps_per_s"] == 1 / run["median_s"]
+        assert run["images_per_s"] == 2 / run["median_s"]  # batch 2 target images a step
+    naive = runs["naive"]["median_s"]
+    assert train["ratios"] == {
+        "sdft_teacher_bf16/naive": runs["sdft_teacher_bf16"]["median_s"] / naive,
+        "sdft_teacher_fp32/naive": runs["sdft_teacher_fp32"]["median_s"] / naive,
+        "sdft_teacher_bf16_weights/naive": runs["sdft_teacher_bf16_weights"]["median_s"] / naive,
+        "naive/diffusers": naive / runs["diffusers"]["median_s"],
+    }
+
+    sampling = results["sampling"]["fp32"]
+    assert sampling["timesteps"] == [750, 500, 250, 0]  # diffusers' "leading" grid, 4 steps of 1000 // 4
+    loops = sampling["runs"]
+    assert sampling["ratio_project_to_diffusers"] == loops["project"]["median_s"] / loops["diffusers"]["median_s"]
+    assert sampling["max_abs_diff"] < 1e-4  # same UNet, noise and grid: the loops compute the same samples
+
+
+def test_bench_gpu_skips_sections_past_its_budget(tmp_path):
+    bench = _load("bench_gpu")
+    assert bench.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--budget-s", "0"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["training"] == {} and results["sampling"] == {}
+    assert [s.split(" (")[0] for s in results["skipped"]] == ["training fp32", "sampling fp32"]
