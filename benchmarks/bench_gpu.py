@@ -63,6 +63,9 @@ LR = 2e-5  # conf/paper train.lr
 FP32_SLOWDOWN = 4.0  # assumed fp32/bf16 time when deciding whether an fp32 section fits the budget
 FLOOR = ("SDFT's floor in FLOPs: one student forward+backward over 2B (2x a naive step) plus one teacher "
          "forward over 2B (2/3 of a naive step, a backward costing about two forwards) = 2.67x naive.")
+MEMORY_NOTE = ("images/s counts target images (not SDFT's auxiliary inputs); peak MiB is "
+               "torch.cuda.max_memory_allocated during a step with every run's model and AdamW state resident; "
+               "step peak MiB is that peak minus what was allocated before the step (its activations and temporaries).")
 SDFT_RUNS = {  # run name -> (SDFTLoss teacher_dtype, teacher weights' dtype)
     "sdft_teacher_bf16": ("bf16", torch.float32),
     "sdft_teacher_fp32": ("fp32", torch.float32),
@@ -311,6 +314,8 @@ def to_markdown(results: dict[str, Any]) -> str:
                   f" | {_fmt(r['model_tflop_per_s'], 1)} | {_fmt(r['peak_mib'], 0)} | {_fmt(r['step_peak_mib'], 0)} |"
                   for name, r in res["runs"].items()]
         lines += [""] + [f"- {key}: **{value:.3f}**" for key, value in res["ratios"].items()] + [""]
+    if results["training"]:
+        lines += [MEMORY_NOTE, ""]
     for precision, res in results["sampling"].items():
         lines += [f"## DDIM sampling, {precision}, batch {res['batch']}, {res['steps']} steps, median of "
                   f"{res['repeats']}", "", "| loop | median s | images/s | model TFLOP/s |", "|---|---|---|---|"]
