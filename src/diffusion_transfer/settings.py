@@ -1,9 +1,11 @@
 """Kedro project settings."""
 
 from diffusion_transfer.config import ProjectConfigLoader
+from diffusion_transfer.distributed import DistributedRunHook
 from diffusion_transfer.hooks import ValidateParametersHook
 
-HOOKS = (ValidateParametersHook(),)
+# DistributedRunHook: under torchrun / accelerate launch only rank 0 writes catalog outputs.
+HOOKS = (ValidateParametersHook(), DistributedRunHook())
 
 CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {

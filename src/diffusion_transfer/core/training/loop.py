@@ -14,18 +14,20 @@ stops before a bad update is applied and never checkpoints non-finite weights.
 ``loss_fn(model, batch, teacher=teacher, generator=g) -> dict[str, Tensor]``
 with key ``"loss"`` (see ``core/methods``).
 
-Random streams per shard: ``rng.py``; checkpoints: ``checkpoint.py``; worker
-processes started from a Kedro node: ``launch.py``; settings: ``config.py``.
+``train()`` reads as NVlabs/edm's ``training_loop``, in sections: Setup,
+Resume, Train (with Checkpoint and Log inside), Done. Random streams per
+shard: ``rng.py``; checkpoint files: ``checkpoint.py``; worker processes
+started from a Kedro node: ``launch.py``; settings: ``config.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -35,65 +37,19 @@ from tqdm.auto import tqdm
 from .checkpoint import _all_finite, _atomic_save, checkpoint_paths, load_usable
 from .config import NonFiniteLossError, TrainConfig, TrainResult
 from .ema import ema_decay_at, ema_update_, schedule_summary
-from .launch import _launch
+from .launch import launch_workers
 from .lr_schedule import lr_at, set_lr_
-from .rng import (_all_gather, _in_distributed_run, _make_shards, _reseed_shard, _restore_shard, _shard_rng,
-                  _shard_state, _stored_shards)
+from .rng import all_gather, in_distributed_run, reseed_shard, restore_shard, shard_rng, shard_state, stored_shards
+from .run import Run, as_config, check_inputs
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "checkpoint_paths", "train"]
 
 log = logging.getLogger(__name__)
 
-# --- helpers ----------------------------------------------------------------------
-
-
-def _check_images(images: torch.Tensor, batch_size: int) -> None:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a float tensor (N, 3, H, W) in [-1, 1], got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError("images is empty: nothing to train on")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor in [-1, 1], got dtype {images.dtype}")
-    lo, hi = float(images.min()), float(images.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1.001 or hi > 1.001:
-        raise ValueError(f"images must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
-
-
-def _make_accelerator(config: TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    cpu = not torch.cuda.is_available()
-    try:
-        return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
-    except ValueError as exc:
-        if "already been initialized" not in str(exc):
-            raise
-        # An earlier train() in this process used another precision: reset the
-        # shared accelerator state (not the process group) and retry.
-        AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
-
-
-def _sample_batch(
-    images: torch.Tensor, batch_size: int, gen: torch.Generator, hflip: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    n = images.shape[0]
-    if n >= batch_size:
-        idx = torch.randperm(n, generator=gen)[:batch_size]
-    else:
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
-    batch = images[idx.to(images.device)]
-    if hflip:
-        flip = (torch.rand(batch_size, generator=gen) < 0.5).to(batch.device).view(-1, 1, 1, 1)
-        batch = torch.where(flip, batch.flip(-1), batch)
-    return batch, idx
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
+# Settings a resumed run warns about when they changed, with the values checkpoints
+# written before the setting existed imply.
+_COMPARED_ON_RESUME = ("batch_size", "seed", "lr", "mixed_precision", "ema_decay")
+_LEGACY_DEFAULTS = {"ema_warmup": "none", "ema_inv_gamma": 1.0, "ema_power": 2 / 3, "lr_warmup_steps": 0}
 
 
 # --- the loop -----------------------------------------------------------------------
@@ -124,254 +80,267 @@ def train(
     and resumes from the latest checkpoint found there. ``on_log(record)`` is
     called (in the main process) with each history record (after any
     checkpoint of that step). With ``config.num_processes > 1`` the worker
-    processes are started here (see the module docstring; ``checkpoint_dir``
-    is then required). Returns the trained model and its EMA (both in eval
-    mode) and the history (one record every ``log_every`` steps: ``step``,
-    the loss terms averaged over the shards and the interval, ``grad_norm``,
-    ``lr``, ``sec_per_step``).
+    processes are started here (see ``launch.py``; ``checkpoint_dir`` is then
+    required). Returns the trained model and its EMA (both in eval mode) and
+    the history (one record every ``log_every`` steps: ``step``, the loss
+    terms averaged over the shards and the interval, ``grad_norm``, ``lr``,
+    ``sec_per_step``).
     """
-    if isinstance(config, dict):
-        config = TrainConfig(**config)
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig or dict, got {type(config).__name__}")
-    _check_images(images, config.batch_size)
-    if conditions is not None and (not isinstance(conditions, torch.Tensor) or conditions.shape[0] != images.shape[0]):
-        got = tuple(conditions.shape) if isinstance(conditions, torch.Tensor) else type(conditions).__name__
-        raise ValueError(f"conditions must be a tensor with one row per image ({images.shape[0]}), got {got}")
-    if config.num_processes > 1 and not _in_distributed_run():
-        return _launch(model, loss_fn, images, config, teacher=teacher, trainable_parameters=trainable_parameters,
-                       conditions=conditions, checkpoint_dir=checkpoint_dir, progress=progress, desc=desc,
-                       on_log=on_log)
+    # Setup: settings, inputs, processes and their shards.
+    config = as_config(config)
+    check_inputs(images, conditions)
+    if config.num_processes > 1 and not in_distributed_run():
+        return launch_workers(train, model, loss_fn, images, config, teacher=teacher,
+                              trainable_parameters=trainable_parameters, conditions=conditions,
+                              checkpoint_dir=checkpoint_dir, progress=progress, desc=desc, on_log=on_log)
+    run = Run.start(config, checkpoint_dir)
 
-    accelerator = _make_accelerator(config)
-    device = accelerator.device
-    rank = accelerator.process_index
-    n_proc = accelerator.num_processes
-    is_main = accelerator.is_main_process
-    if config.num_processes not in (1, n_proc):
-        raise ValueError(
-            f"num_processes={config.num_processes} but this distributed run has {n_proc} processes; "
-            f"set num_processes to {n_proc} (or 1 to take the launcher's), or run without the launcher"
-        )
-    accum = config.gradient_accumulation_steps
-    n_shards = n_proc * accum
-    swap = accum > 1  # several shards per process: swap their global RNG states in per micro-step
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    # Setup: model, EMA, teacher, optimiser (prepared by accelerate).
+    model, optimizer = run.prepare(model, trainable_parameters, teacher)
 
-    shards = _make_shards(config.seed, [rank * accum + m for m in range(accum)], device, swap)
-    model.to(device)
-    model.train()
-    if trainable_parameters is None:
-        params = [p for p in model.parameters() if p.requires_grad]
-    else:
-        params = list(trainable_parameters)
-    if not params:
-        raise ValueError("no trainable parameters: every parameter of the model is frozen")
-    model_param_ids = {id(p) for p in model.parameters()}
-    if any(id(p) not in model_param_ids for p in params):
-        raise ValueError("trainable_parameters must be parameters of model")
+    # Resume from the latest checkpoint in checkpoint_dir, if any.
+    state = _resume(run) if run.ckpt_dir is not None else _State()
+    start = state.step
 
-    ema: torch.nn.Module | None = None
-    ema_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    if config.ema_decay > 0:
-        ema = copy.deepcopy(model).eval().requires_grad_(False)
-        trainable = {id(p) for p in params}
-        ema_pairs = [
-            (pe, pm) for pe, pm in zip(ema.parameters(), model.parameters()) if id(pm) in trainable
-        ]
-
-    if teacher is not None:
-        teacher.to(device).eval().requires_grad_(False)
-
-    optimizer = torch.optim.AdamW(
-        params, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model = accelerator.unwrap_model(model)
-
-    start = 0
-    history: list[dict[str, float]] = []
-    sums: dict[str, float] = {}
-    n_sum = 0
-    resumed_from: int | None = None
-    last_ckpt: Path | None = None
-    missing: list[int] = []  # shards without a usable RNG state in the checkpoint
-    stored_k: int | None = None
-
-    if ckpt_dir is not None:
-        found = load_usable(ckpt_dir, raw_model, optimizer, ema, config)  # skips unusable ones, saying why
-        if found is not None:
-            payload, last_ckpt = found
-            try:
-                raw_model.load_state_dict(payload["model"])
-                if ema is not None and payload.get("ema") is not None:
-                    ema.load_state_dict(payload["ema"])
-                elif ema is not None:
-                    ema.load_state_dict(payload["model"])
-                optimizer.load_state_dict(payload["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as exc:
-                raise RuntimeError(
-                    f"checkpoint {str(last_ckpt)!r} does not match this model/optimizer ({exc}); "
-                    f"delete {str(ckpt_dir)!r} to start over"
-                ) from exc
-            if accelerator.scaler is not None and payload.get("scaler") is not None:
-                accelerator.scaler.load_state_dict(payload["scaler"])
-            start = int(payload["step"])
-            resumed_from = start
-            history = list(payload.get("history", []))
-            sums = dict(payload.get("sums", {}))
-            n_sum = int(payload.get("n_sum", 0))
-            stored = _stored_shards(payload["rng"])
-            stored_k = len(stored) if "shards" in payload["rng"] else None
-            for shard in shards:
-                state = stored.get(shard.k)
-                try:
-                    if state is None:
-                        raise KeyError(shard.k)
-                    _restore_shard(shard, state, device, swap)
-                except (KeyError, RuntimeError, ValueError, TypeError):
-                    missing.append(shard.k)
-                    _reseed_shard(shard, config.seed, start, device, swap)
-            old = payload.get("config", {})
-            legacy = {"ema_warmup": "none", "ema_inv_gamma": 1.0, "ema_power": 2 / 3, "lr_warmup_steps": 0}
-            for key in ("batch_size", "seed", "lr", "mixed_precision", "ema_decay", *legacy):
-                was = old.get(key, legacy.get(key)) if old else None  # legacy: checkpoints before the setting
-                if was is not None and was != getattr(config, key):
-                    log.warning("resuming %s: %s was %r, now %r", last_ckpt, key, was, getattr(config, key))
-            if start > config.steps:
-                log.warning("checkpoint %s is at step %d, beyond steps=%d", last_ckpt, start, config.steps)
-            log.info("resumed from %s (step %d)", last_ckpt, start)
-        gathered = _all_gather((start, missing), n_proc)
-        if len({s for s, _ in gathered}) > 1:
-            raise RuntimeError(
-                f"the processes resumed from different steps {[s for s, _ in gathered]} in {str(ckpt_dir)!r}"
-            )
-        missing = sorted({k for _, ks in gathered for k in ks})
-        if is_main and stored_k is not None and stored_k != n_shards:
-            log.warning(
-                "resuming %s: the global batch changed from %d to %d shard(s) (= %d process(es) x %d micro-step(s))",
-                last_ckpt, stored_k, n_shards, n_proc, accum,
-            )
-        if is_main and missing and stored_k is not None:
-            log.warning(
-                "resuming %s: no usable RNG state for shard(s) %s; re-seeded them from the seed and the step",
-                last_ckpt, missing,
-            )
-
-    def save_checkpoint(step: int) -> None:
-        nonlocal last_ckpt
-        path = ckpt_dir / f"step_{step:07d}.pt"  # type: ignore[operator]
-        # every rank checks its (DDP-identical) weights, so that all stop together
-        if not _all_finite(raw_model) or (ema is not None and not _all_finite(ema)):
-            raise NonFiniteLossError(step, {"weights": float("nan")}, last_ckpt)
-        shard_states = [st for per_rank in _all_gather([_shard_state(s, device, swap) for s in shards], n_proc)
-                        for st in per_rank]
-        if is_main:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            payload = {
-                "format": 2,
-                "step": step,
-                "model": raw_model.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                "rng": {
-                    "shards": sorted(shard_states, key=lambda st: st["k"]),
-                    "layout": {"num_processes": n_proc, "gradient_accumulation_steps": accum},
-                },
-                "history": history,
-                "sums": sums,
-                "n_sum": n_sum,
-                "config": config.model_dump(),
-            }
-            _atomic_save(payload, path)
-            for old in checkpoint_paths(ckpt_dir)[: -config.keep_checkpoints]:
-                old.unlink(missing_ok=True)
-        accelerator.wait_for_everyone()
-        last_ckpt = path
-
-    pbar = tqdm(
-        total=config.steps, initial=min(start, config.steps), desc=desc,
-        disable=not progress or not is_main, dynamic_ncols=True,
-    )
-    clip = config.grad_clip if config.grad_clip else None
+    # Train.
+    pbar = tqdm(total=config.steps, initial=min(start, config.steps), desc=desc,
+                disable=not progress or not run.is_main, dynamic_ncols=True)
     t_last = time.perf_counter()
     try:
         for step in range(start, config.steps):
             done = step + 1
-            names: list[str] | None = None
-            acc: torch.Tensor | None = None  # this process's per-term sums over its shards
-            for micro, shard in enumerate(shards):
-                last_micro = micro == accum - 1
-                sync = contextlib.nullcontext() if last_micro else accelerator.no_sync(model)
-                with _shard_rng(shard, device, swap), sync:
-                    batch, idx = _sample_batch(images, config.batch_size, shard.batch, config.hflip)
-                    batch = batch.to(device)
-                    if conditions is None:
-                        terms = loss_fn(model, batch, teacher=teacher, generator=shard.loss)
-                    else:  # e.g. ANL: each image with its own CLIP embedding
-                        terms = loss_fn(model, batch, teacher=teacher, generator=shard.loss,
-                                        condition=conditions[idx].to(device))
-                    if "loss" not in terms:
-                        raise KeyError("loss_fn must return a dict with key 'loss'")
-                    if names is None:
-                        names = list(terms)
-                    elif list(terms) != names:
-                        raise KeyError(f"loss_fn returned the terms {list(terms)} after {names} in the same step")
-                    vec = torch.stack([terms[k].detach().float().reshape(()) for k in names]).double()
-                    acc = vec if acc is None else acc + vec
-                    # a non-finite loss only poisons .grad: checked below, before any update
-                    accelerator.backward(terms["loss"] if accum == 1 else terms["loss"] / accum)
-            assert acc is not None and names is not None
-            if n_proc > 1:  # also stops every rank together on a non-finite term (no hung all-reduce)
-                acc = accelerator.reduce(acc, reduction="sum")
-            values = dict(zip(names, (acc / n_shards).tolist()))
+            values = _accumulate_gradients(run, model, loss_fn, images, conditions, teacher)
             if not all(math.isfinite(v) for v in values.values()):
-                raise NonFiniteLossError(done, values, last_ckpt)
+                raise NonFiniteLossError(done, values, state.last_ckpt)
 
-            grad_norm = float("nan")
-            if clip is not None and accelerator.sync_gradients:
-                grad_norm = float(accelerator.clip_grad_norm_(params, clip))
-                if not math.isfinite(grad_norm) and accelerator.scaler is None:
-                    raise NonFiniteLossError(done, {**values, "grad_norm": grad_norm}, last_ckpt)
-            set_lr_(optimizer, lr_at(done, config.lr, config.lr_warmup_steps))  # from the global step
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:  # once per optimiser step; the decay follows the global step
-                ema_update_([e for e, _ in ema_pairs], [m for _, m in ema_pairs],
-                            ema_decay_at(done, config.ema_decay, config.ema_warmup, config.ema_inv_gamma,
-                                         config.ema_power))
-
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if math.isfinite(grad_norm):
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
-            n_sum += 1
+            grad_norm = _update(run, optimizer, values, done, state.last_ckpt)
+            state.add(values, grad_norm)
             pbar.update(1)
-            pbar.set_postfix({k: _fmt(v) for k, v in values.items()}, refresh=False)
+            pbar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
 
+            # Log (averages over the interval), then Checkpoint, then hand the record on.
             record = None
             if done % config.log_every == 0 or done == config.steps:
                 now = time.perf_counter()
-                record = {"step": done, **{k: v / n_sum for k, v in sums.items()}}
-                record["lr"] = optimizer.param_groups[0]["lr"]
-                record["sec_per_step"] = (now - t_last) / n_sum
+                record = state.close_interval(done, optimizer.param_groups[0]["lr"], now - t_last)
                 t_last = now
-                history.append(record)
-                sums, n_sum = {}, 0
-            if ckpt_dir is not None and (done % config.checkpoint_every == 0 or done == config.steps):
-                save_checkpoint(done)
-            if record is not None and on_log is not None and is_main:
+            if run.ckpt_dir is not None and (done % config.checkpoint_every == 0 or done == config.steps):
+                state.last_ckpt = _save_checkpoint(run, state, done)
+            if record is not None and on_log is not None and run.is_main:
                 on_log(record)
     finally:
         pbar.close()
 
-    final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    # Done.
+    return _result(run, model, state, start)
+
+
+# --- progress, resume, checkpoints ------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """Where the run is: the step reached, the history and the open logging
+    interval (what a checkpoint stores besides weights and RNG), and the
+    latest checkpoint."""
+
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=dict)
+    n_sum: int = 0
+    resumed_from: int | None = None
+    last_ckpt: Path | None = None
+
+    def add(self, values: dict[str, float], grad_norm: float) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        if math.isfinite(grad_norm):
+            self.sums["grad_norm"] = self.sums.get("grad_norm", 0.0) + grad_norm
+        self.n_sum += 1
+
+    def close_interval(self, step: int, lr: float, seconds: float) -> dict[str, float]:
+        """The history record of the interval ending at ``step``; starts the next one."""
+        record = {"step": step, **{k: v / self.n_sum for k, v in self.sums.items()}}
+        record["lr"] = lr
+        record["sec_per_step"] = seconds / self.n_sum
+        self.history.append(record)
+        self.sums, self.n_sum = {}, 0
+        return record
+
+
+def _resume(run: Run) -> _State:
+    """The state of the latest readable checkpoint in ``run.ckpt_dir``, loaded
+    into the model, EMA, optimiser and shards; a fresh state without one.
+    Every process must resume from the same step."""
+    state, missing, stored_k = _State(), [], None
+    found = load_usable(run.ckpt_dir, run.raw_model, run.optimizer, run.ema, run.config)  # skips unusable ones
+    if found is not None:
+        payload, state.last_ckpt = found
+        _load_weights(run, payload, state.last_ckpt)
+        state.step = state.resumed_from = int(payload["step"])
+        state.history = list(payload.get("history", []))
+        state.sums = dict(payload.get("sums", {}))
+        state.n_sum = int(payload.get("n_sum", 0))
+        stored = stored_shards(payload["rng"])
+        stored_k = len(stored) if "shards" in payload["rng"] else None
+        for shard in run.shards:
+            try:
+                if shard.k not in stored:
+                    raise KeyError(shard.k)
+                restore_shard(shard, stored[shard.k], run.device, run.swap)
+            except (KeyError, RuntimeError, ValueError, TypeError):
+                missing.append(shard.k)
+                reseed_shard(shard, run.config.seed, state.step, run.device, run.swap)
+        _warn_changed_settings(state.last_ckpt, payload.get("config", {}), run.config, state.step)
+        log.info("resumed from %s (step %d)", state.last_ckpt, state.step)
+    gathered = all_gather((state.step, missing), run.n_proc)
+    if len({s for s, _ in gathered}) > 1:
+        raise RuntimeError(
+            f"the processes resumed from different steps {[s for s, _ in gathered]} in {str(run.ckpt_dir)!r}"
+        )
+    missing = sorted({k for _, ks in gathered for k in ks})
+    if run.is_main and stored_k is not None and stored_k != run.n_shards:
+        log.warning(
+            "resuming %s: the global batch changed from %d to %d shard(s) (= %d process(es) x %d micro-step(s))",
+            state.last_ckpt, stored_k, run.n_shards, run.n_proc, run.config.gradient_accumulation_steps,
+        )
+    if run.is_main and missing and stored_k is not None:
+        log.warning("resuming %s: no usable RNG state for shard(s) %s; re-seeded them from the seed and the step",
+                    state.last_ckpt, missing)
+    return state
+
+
+def _load_weights(run: Run, payload: dict[str, Any], path: Path) -> None:
+    try:
+        run.raw_model.load_state_dict(payload["model"])
+        if run.ema is not None:
+            run.ema.load_state_dict(payload["ema"] if payload.get("ema") is not None else payload["model"])
+        run.optimizer.load_state_dict(payload["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise RuntimeError(
+            f"checkpoint {str(path)!r} does not match this model/optimizer ({exc}); "
+            f"delete {str(run.ckpt_dir)!r} to start over"
+        ) from exc
+    if run.accelerator.scaler is not None and payload.get("scaler") is not None:
+        run.accelerator.scaler.load_state_dict(payload["scaler"])
+
+
+def _warn_changed_settings(ckpt: Path, old: dict[str, Any], config: TrainConfig, step: int) -> None:
+    for key in (*_COMPARED_ON_RESUME, *_LEGACY_DEFAULTS):
+        was = old.get(key, _LEGACY_DEFAULTS.get(key)) if old else None  # legacy: checkpoints before the setting
+        if was is not None and was != getattr(config, key):
+            log.warning("resuming %s: %s was %r, now %r", ckpt, key, was, getattr(config, key))
+    if step > config.steps:
+        log.warning("checkpoint %s is at step %d, beyond steps=%d", ckpt, step, config.steps)
+
+
+def _save_checkpoint(run: Run, state: _State, step: int) -> Path:
+    """Write ``step_NNNNNNN.pt`` (main process; every shard's RNG gathered
+    from all ranks), drop the oldest beyond ``keep_checkpoints``; returns its path."""
+    path = run.ckpt_dir / f"step_{step:07d}.pt"
+    # every rank checks its (DDP-identical) weights, so that all stop together
+    if not _all_finite(run.raw_model) or (run.ema is not None and not _all_finite(run.ema)):
+        raise NonFiniteLossError(step, {"weights": float("nan")}, state.last_ckpt)
+    shard_states = [st for per_rank in all_gather([shard_state(s, run.device, run.swap) for s in run.shards],
+                                                  run.n_proc) for st in per_rank]
+    if run.is_main:
+        run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        scaler = run.accelerator.scaler
+        _atomic_save({
+            "format": 2, "step": step, "model": run.raw_model.state_dict(),
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": {"shards": sorted(shard_states, key=lambda st: st["k"]),
+                    "layout": {"num_processes": run.n_proc,
+                               "gradient_accumulation_steps": run.config.gradient_accumulation_steps}},
+            "history": state.history, "sums": state.sums, "n_sum": state.n_sum,
+            "config": run.config.model_dump(),
+        }, path)
+        for old in checkpoint_paths(run.ckpt_dir)[: -run.config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+    run.accelerator.wait_for_everyone()
+    return path
+
+
+def _update(run: Run, optimizer: Any, values: dict[str, float], done: int, last_ckpt: Path | None) -> float:
+    """Clip, set the lr, step the optimiser, update the EMA; returns the
+    gradient norm before clipping (nan without clipping)."""
+    config, accelerator = run.config, run.accelerator
+    grad_norm = float("nan")
+    if config.grad_clip and accelerator.sync_gradients:
+        grad_norm = float(accelerator.clip_grad_norm_(run.params, config.grad_clip))
+        if not math.isfinite(grad_norm) and accelerator.scaler is None:
+            raise NonFiniteLossError(done, {**values, "grad_norm": grad_norm}, last_ckpt)
+    set_lr_(optimizer, lr_at(done, config.lr, config.lr_warmup_steps))  # from the global step
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:  # once per optimiser step; the decay follows the global step
+        ema_update_([e for e, _ in run.ema_pairs], [m for _, m in run.ema_pairs],
+                    ema_decay_at(done, config.ema_decay, config.ema_warmup, config.ema_inv_gamma, config.ema_power))
+    return grad_norm
+
+
+def _result(run: Run, model: torch.nn.Module, state: _State, start: int) -> TrainResult:
+    """The live model and its EMA, both in eval mode, with the run's history."""
+    final = run.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     final.eval()
-    if ema is not None:
+    if run.ema is not None:
         # buffers (e.g. running stats) follow the live model
         with torch.no_grad():
-            for be, bm in zip(ema.buffers(), final.buffers()):
+            for be, bm in zip(run.ema.buffers(), final.buffers()):
                 be.copy_(bm)
-    return TrainResult(model=final, ema_model=ema, history=history, resumed_from_step=resumed_from,
-                       checkpoint=last_ckpt, schedule=schedule_summary(config, max(start, config.steps)))
+    return TrainResult(model=final, ema_model=run.ema, history=state.history, resumed_from_step=state.resumed_from,
+                       checkpoint=state.last_ckpt, schedule=schedule_summary(run.config, max(start, run.config.steps)))
+
+
+# --- one optimiser step's gradients -------------------------------------------------------
+
+
+def _accumulate_gradients(run: Run, model: torch.nn.Module, loss_fn: Callable[..., dict[str, torch.Tensor]],
+                          images: torch.Tensor, conditions: torch.Tensor | None,
+                          teacher: torch.nn.Module | None) -> dict[str, float]:
+    """Backward passes of this process's shards (one micro-step each, DDP
+    averaging on the last); returns each loss term averaged over all shards."""
+    accum, device, batch_size = run.config.gradient_accumulation_steps, run.device, run.config.batch_size
+    names: list[str] | None = None
+    acc: torch.Tensor | None = None  # this process's per-term sums over its shards
+    for micro, shard in enumerate(run.shards):
+        sync = contextlib.nullcontext() if micro == accum - 1 else run.accelerator.no_sync(model)
+        with shard_rng(shard, device, run.swap), sync:
+            batch, idx = _sample_batch(images, batch_size, shard.batch, run.config.hflip)
+            batch = batch.to(device)
+            if conditions is None:
+                terms = loss_fn(model, batch, teacher=teacher, generator=shard.loss)
+            else:  # e.g. ANL: each image with its own CLIP embedding
+                terms = loss_fn(model, batch, teacher=teacher, generator=shard.loss,
+                                condition=conditions[idx].to(device))
+            if "loss" not in terms:
+                raise KeyError("loss_fn must return a dict with key 'loss'")
+            if names is None:
+                names = list(terms)
+            elif list(terms) != names:
+                raise KeyError(f"loss_fn returned the terms {list(terms)} after {names} in the same step")
+            vec = torch.stack([terms[k].detach().float().reshape(()) for k in names]).double()
+            acc = vec if acc is None else acc + vec
+            # a non-finite loss only poisons .grad: checked by the caller, before any update
+            run.accelerator.backward(terms["loss"] if accum == 1 else terms["loss"] / accum)
+    assert acc is not None and names is not None
+    if run.n_proc > 1:  # also stops every rank together on a non-finite term (no hung all-reduce)
+        acc = run.accelerator.reduce(acc, reduction="sum")
+    return dict(zip(names, (acc / run.n_shards).tolist()))
+
+
+def _sample_batch(
+    images: torch.Tensor, batch_size: int, gen: torch.Generator, hflip: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n = images.shape[0]
+    if n >= batch_size:
+        idx = torch.randperm(n, generator=gen)[:batch_size]
+    else:
+        idx = torch.randint(0, n, (batch_size,), generator=gen)
+    batch = images[idx.to(images.device)]
+    if hflip:
+        flip = (torch.rand(batch_size, generator=gen) < 0.5).to(batch.device).view(-1, 1, 1, 1)
+        batch = torch.where(flip, batch.flip(-1), batch)
+    return batch, idx

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Shard:
+class Shard:
     """The random streams of shard ``k``: minibatch/flips, the loss's
     generator, and the global torch RNG (held here only when the process
     computes several shards and swaps them in per micro-step)."""
@@ -54,34 +54,34 @@ class _Shard:
     cuda_state: torch.Tensor | None = None
 
 
-def _shard_seeds(seed: int, k: int) -> tuple[int, int, int]:
+def shard_seeds(seed: int, k: int) -> tuple[int, int, int]:
     """(minibatch, loss, global torch) seeds of shard ``k``; shard 0 uses the
     seeds of the single-process loop of earlier versions."""
     return seed * 1_000_003 + k, seed * 1_000_003 + 7919 + k, seed + k
 
 
-def _global_states(seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def global_states(seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The global CPU (and this device's CUDA) RNG state after ``torch.manual_seed(seed)``."""
     cpu = torch.Generator().manual_seed(seed).get_state()
     cuda = torch.Generator(device=device).manual_seed(seed).get_state() if device.type == "cuda" else None
     return cpu, cuda
 
 
-def _make_shards(seed: int, ks: list[int], device: torch.device, swap: bool) -> list[_Shard]:
+def make_shards(seed: int, ks: list[int], device: torch.device, swap: bool) -> list[Shard]:
     shards = []
     for k in ks:
-        b, l, g = _shard_seeds(seed, k)
-        shard = _Shard(k, torch.Generator().manual_seed(b), torch.Generator(device=device).manual_seed(l))
+        b, l, g = shard_seeds(seed, k)
+        shard = Shard(k, torch.Generator().manual_seed(b), torch.Generator(device=device).manual_seed(l))
         if swap:
-            shard.torch_state, shard.cuda_state = _global_states(g, device)
+            shard.torch_state, shard.cuda_state = global_states(g, device)
         shards.append(shard)
     if not swap:
-        torch.manual_seed(_shard_seeds(seed, ks[0])[2])
+        torch.manual_seed(shard_seeds(seed, ks[0])[2])
     return shards
 
 
 @contextlib.contextmanager
-def _shard_rng(shard: _Shard, device: torch.device, swap: bool):
+def shard_rng(shard: Shard, device: torch.device, swap: bool):
     """Run a micro-step with ``shard``'s global torch RNG (when swapping)."""
     if not swap:
         yield
@@ -97,7 +97,7 @@ def _shard_rng(shard: _Shard, device: torch.device, swap: bool):
             shard.cuda_state = torch.cuda.get_rng_state(device)
 
 
-def _shard_state(shard: _Shard, device: torch.device, swap: bool) -> dict[str, Any]:
+def shard_state(shard: Shard, device: torch.device, swap: bool) -> dict[str, Any]:
     cuda = device.type == "cuda"
     return {
         "k": shard.k,
@@ -108,7 +108,7 @@ def _shard_state(shard: _Shard, device: torch.device, swap: bool) -> dict[str, A
     }
 
 
-def _restore_shard(shard: _Shard, state: dict[str, Any], device: torch.device, swap: bool) -> None:
+def restore_shard(shard: Shard, state: dict[str, Any], device: torch.device, swap: bool) -> None:
     shard.batch.set_state(state["batch"])
     shard.loss.set_state(state["loss"])
     cuda = state.get("cuda")
@@ -125,25 +125,25 @@ def _restore_shard(shard: _Shard, state: dict[str, Any], device: torch.device, s
             torch.cuda.set_rng_state(cuda, device)
 
 
-def _reseed_shard(shard: _Shard, seed: int, step: int, device: torch.device, swap: bool) -> None:
+def reseed_shard(shard: Shard, seed: int, step: int, device: torch.device, swap: bool) -> None:
     """Fresh streams for shard ``k`` at ``step`` (a checkpoint without its state)."""
     s = (seed * 1_000_003 + shard.k) * 7_777_777 + step
     shard.batch.manual_seed(s + 1)
     shard.loss.manual_seed(s + 2)
     if swap:
-        shard.torch_state, shard.cuda_state = _global_states(s, device)
+        shard.torch_state, shard.cuda_state = global_states(s, device)
     else:
         torch.manual_seed(s)
 
 
-def _stored_shards(rng: dict[str, Any]) -> dict[int, dict[str, Any]]:
+def stored_shards(rng: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Shard RNG states of a checkpoint by ``k`` (format 1: shard 0 only)."""
     if "shards" in rng:
         return {int(st["k"]): st for st in rng["shards"]}
     return {0: {"batch": rng["batch"], "loss": rng["loss"], "torch": rng["torch"], "cuda_all": rng.get("cuda")}}
 
 
-def _all_gather(obj: Any, num_processes: int) -> list[Any]:
+def all_gather(obj: Any, num_processes: int) -> list[Any]:
     if num_processes == 1:
         return [obj]
     out: list[Any] = [None] * num_processes
@@ -151,7 +151,7 @@ def _all_gather(obj: Any, num_processes: int) -> list[Any]:
     return out
 
 
-def _in_distributed_run() -> bool:
+def in_distributed_run() -> bool:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return True
     try:

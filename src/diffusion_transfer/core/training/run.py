@@ -1,0 +1,138 @@
+"""The fixed parts of one ``train()`` call (its Setup section): settings and
+inputs checked, the accelerator and this process's place in the run, its
+shards, the trainable parameters and the EMA copy."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from .config import TrainConfig
+from .rng import Shard, make_shards
+
+
+@dataclass
+class Run:
+    """The fixed parts of one ``train()`` call in one process: settings, the
+    accelerator and this process's place in the run, its shards, and (after
+    the model setup) the unwrapped model, its EMA and the optimiser."""
+
+    config: TrainConfig
+    accelerator: Any
+    device: torch.device
+    rank: int
+    n_proc: int
+    is_main: bool
+    shards: list[Shard]
+    swap: bool  # several shards per process: their global RNG states are swapped in per micro-step
+    ckpt_dir: Path | None
+    params: list[torch.nn.Parameter] = field(default_factory=list)  # the trained ones
+    raw_model: torch.nn.Module | None = None
+    ema: torch.nn.Module | None = None
+    ema_pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (EMA, live) trained
+    optimizer: Any = None
+
+    @property
+    def n_shards(self) -> int:
+        return self.n_proc * self.config.gradient_accumulation_steps
+
+    @classmethod
+    def start(cls, config: TrainConfig, checkpoint_dir: str | os.PathLike[str] | None) -> Run:
+        accelerator = make_accelerator(config)
+        rank, n_proc = accelerator.process_index, accelerator.num_processes
+        if config.num_processes not in (1, n_proc):
+            raise ValueError(
+                f"num_processes={config.num_processes} but this distributed run has {n_proc} processes; "
+                f"set num_processes to {n_proc} (or 1 to take the launcher's), or run without the launcher"
+            )
+        accum = config.gradient_accumulation_steps
+        swap = accum > 1
+        shards = make_shards(config.seed, [rank * accum + m for m in range(accum)], accelerator.device, swap)
+        return cls(config, accelerator, accelerator.device, rank, n_proc, accelerator.is_main_process, shards, swap,
+                   Path(checkpoint_dir) if checkpoint_dir is not None else None)
+
+    def prepare(self, model: torch.nn.Module, trainable_parameters: Iterable[torch.nn.Parameter] | None,
+                teacher: torch.nn.Module | None) -> tuple[torch.nn.Module, Any]:
+        """Move ``model`` to the device in train mode, copy its EMA, freeze the
+        teacher, and return the model and its AdamW optimiser as accelerate
+        prepared them (DDP-wrapped in a multi-process run)."""
+        config = self.config
+        model.to(self.device)
+        model.train()
+        self.params = trainable_parameters_of(model, trainable_parameters)
+        self.ema, self.ema_pairs = make_ema(model, self.params, config.ema_decay)
+        if teacher is not None:
+            teacher.to(self.device).eval().requires_grad_(False)
+        optimizer = torch.optim.AdamW(
+            self.params, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay
+        )
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        self.optimizer, self.raw_model = optimizer, self.accelerator.unwrap_model(model)
+        return model, optimizer
+
+
+def as_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:
+    if isinstance(config, dict):
+        config = TrainConfig(**config)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig or dict, got {type(config).__name__}")
+    return config
+
+
+def check_inputs(images: torch.Tensor, conditions: torch.Tensor | None) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a float tensor (N, 3, H, W) in [-1, 1], got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("images is empty: nothing to train on")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be a float tensor in [-1, 1], got dtype {images.dtype}")
+    lo, hi = float(images.min()), float(images.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1.001 or hi > 1.001:
+        raise ValueError(f"images must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    if conditions is not None and (not isinstance(conditions, torch.Tensor) or conditions.shape[0] != images.shape[0]):
+        got = tuple(conditions.shape) if isinstance(conditions, torch.Tensor) else type(conditions).__name__
+        raise ValueError(f"conditions must be a tensor with one row per image ({images.shape[0]}), got {got}")
+
+
+def make_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    cpu = not torch.cuda.is_available()
+    try:
+        return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+    except ValueError as exc:
+        if "already been initialized" not in str(exc):
+            raise
+        # An earlier train() in this process used another precision: reset the
+        # shared accelerator state (not the process group) and retry.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+
+
+def trainable_parameters_of(model: torch.nn.Module, chosen: Iterable[torch.nn.Parameter] | None) -> list[torch.nn.Parameter]:
+    params = [p for p in model.parameters() if p.requires_grad] if chosen is None else list(chosen)
+    if not params:
+        raise ValueError("no trainable parameters: every parameter of the model is frozen")
+    model_param_ids = {id(p) for p in model.parameters()}
+    if any(id(p) not in model_param_ids for p in params):
+        raise ValueError("trainable_parameters must be parameters of model")
+    return params
+
+
+def make_ema(model: torch.nn.Module, params: list[torch.nn.Parameter], decay: float
+              ) -> tuple[torch.nn.Module | None, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """A frozen copy of ``model`` and its (EMA, live) pairs of trained parameters; (None, []) for decay 0."""
+    if decay <= 0:
+        return None, []
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    trainable = {id(p) for p in params}
+    return ema, [(pe, pm) for pe, pm in zip(ema.parameters(), model.parameters()) if id(pm) in trainable]
