@@ -77,7 +77,7 @@ def train(
     (ANL's CLIP embeddings; the embedding of the unflipped image under hflip). The ``teacher``, if given, is
     moved to the device, put in eval mode and frozen. With ``checkpoint_dir``
     the run checkpoints every ``config.checkpoint_every`` steps and at the end,
-    and resumes from the latest checkpoint found there. ``on_log(record)`` is
+    and resumes from the newest usable checkpoint found there. ``on_log(record)`` is
     called (in the main process) with each history record (after any
     checkpoint of that step). With ``config.num_processes > 1`` the worker
     processes are started here (see ``launch.py``; ``checkpoint_dir`` is then
@@ -98,7 +98,7 @@ def train(
     # Setup: model, EMA, teacher, optimiser (prepared by accelerate).
     model, optimizer = run.prepare(model, trainable_parameters, teacher)
 
-    # Resume from the latest checkpoint in checkpoint_dir, if any.
+    # Resume from the newest usable checkpoint in checkpoint_dir, if any.
     state = _resume(run) if run.ckpt_dir is not None else _State()
     start = state.step
 
@@ -169,7 +169,7 @@ class _State:
 
 
 def _resume(run: Run) -> _State:
-    """The state of the latest readable checkpoint in ``run.ckpt_dir``, loaded
+    """The state of the newest usable checkpoint in ``run.ckpt_dir``, loaded
     into the model, EMA, optimiser and shards; a fresh state without one.
     Every process must resume from the same step."""
     state, missing, stored_k = _State(), [], None
