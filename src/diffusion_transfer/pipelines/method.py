@@ -41,6 +41,7 @@ from diffusion_transfer.pipelines.params import (
 from diffusion_transfer.pipelines.report import build_report, evaluate
 from diffusion_transfer.pipelines.schedule import model_schedule, resolve_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
+from diffusion_transfer.training_samples import training_sampler, training_samples_strip
 from diffusion_transfer.pipelines.translate import (
     evaluate_translations,
     select_translation_inputs,
@@ -71,7 +72,7 @@ def resolve_run(method: dict, dataset: dict, train_defaults: dict) -> dict[str, 
               f"train (with methods.{m.name}.train and datasets.{d.name}.train"
               + (f" and datasets.{d.name}.method_overrides.{m.name}.train)" if run_train else ")"))
     return {"run": f"{m.name}_{d.name}", "method": m.name, "dataset": d.name, "hyperparameters": hyper,
-            "train": t.run_config()}
+            "train": t.run_config(), "samples": t.sample_settings()}
 
 
 def _fingerprint(tensors) -> bytes:
@@ -111,21 +112,25 @@ def finetune(source_model, curated: dict, method: dict, dataset: dict, train_def
     # Checkpoints are keyed by the configuration, the source weights and the
     # training images, so that any change starts a fresh run instead of
     # resuming a different one.
-    key = hashlib.sha256(json.dumps({**run, "schedule": sched.describe()}, sort_keys=True).encode())
+    trained_by = {k: v for k, v in run.items() if k != "samples"}  # samples during training change no weight
+    key = hashlib.sha256(json.dumps({**trained_by, "schedule": sched.describe()}, sort_keys=True).encode())
     key.update(_fingerprint(source_model.state_dict().values()))
     key.update(_fingerprint([curated["images"]] + ([cond] if cond is not None else [])))
     if classifier is not None and spec.needs_classifier:
         key.update(_fingerprint(classifier.state_dict().values()))
     key = key.hexdigest()[:12]
     ckpt_dir = Path(checkpoint_root) / run["run"] / key
+    sampler = training_sampler(run, config, student, source_model, sched, cond, ckpt_dir)  # issue 17
     result = train(student, spec.loss_fn, images, config, teacher=teacher, conditions=cond,
-                   checkpoint_dir=ckpt_dir, desc=f"{run['run']}")
+                   checkpoint_dir=ckpt_dir, desc=f"{run['run']}", on_log=sampler if config.num_processes == 1 else None)
     model = result.ema_model if result.ema_model is not None else result.model
     # The fine-tuned model keeps the schedule it was trained with (saved beside its config.json).
     attach_scheduler_config(model, {**(scheduler_config_of(source_model) or {}), **sched.scheduler_config()})
     history = {"noise_schedule": schedule_info, "run": run, "history": result.history, "resumed_from_step": result.resumed_from_step,
                "checkpoint_dir": str(ckpt_dir), "parameters": trainable_report(student, source_model, run["method"]),
                "schedule": result.schedule}  # EMA decay and lr warm-up reached (core/training/ema.py)
+    if sampler is not None:
+        history["training_samples"] = sampler.finish(model, "final (EMA)" if result.ema_model is not None else "final")
     return model, history
 
 
@@ -351,6 +356,8 @@ def create_method_pipeline(method: str, dataset: str, source: dict[str, str]) ->
                                      "params:evaluation", "params:dataset"],
              "translation_metrics", name="evaluate_translations", tags=["evaluate"]),
         node(translation_grid, ["translations", "params:translation"], "translation_grid", name="translation_grid",
+             tags=["report"]),
+        node(training_samples_strip, ["training_history"], "training_samples", name="training_samples_strip",
              tags=["report"]),
     ]
     template = Pipeline(

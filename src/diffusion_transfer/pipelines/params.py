@@ -44,11 +44,25 @@ class TrainParams(TrainConfig):
     ``adam_eps``, ``keep_checkpoints``, EMA and lr warm-up...) is settable from
     conf with the loop's defaults. ``grad_clip`` null or 0 disables clipping."""
 
+    # Samples during training (training_samples.py): not loop settings, so not in checkpoint keys.
+    sample_every: int | None = Field(None, ge=0, description="sample every this many steps; 0 or null: off")
+    sample_n: int = Field(4, ge=1, description="fixed noises sampled each time")
+    sample_steps: int = Field(10, ge=1, description="DDIM steps of those samples")
+
     def run_config(self) -> dict[str, Any]:
         """The TrainConfig settings. The scale-out keys are left out at 1, so
         checkpoint keys (and resumes) of single-process runs stay as they were."""
         scale = ("num_processes", "gradient_accumulation_steps")
-        return self.model_dump(exclude={k for k in scale if getattr(self, k) == 1})
+        return self.model_dump(exclude={k for k in scale if getattr(self, k) == 1} | set(_SAMPLE_KEYS))
+
+    def sample_settings(self) -> dict[str, int] | None:
+        """``{"every", "n", "steps"}`` of the samples during training; None when off."""
+        if not self.sample_every:
+            return None
+        return {"every": self.sample_every, "n": self.sample_n, "steps": self.sample_steps}
+
+
+_SAMPLE_KEYS = ("sample_every", "sample_n", "sample_steps")
 
 
 class SamplingParams(_Params):

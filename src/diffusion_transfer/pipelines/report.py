@@ -27,6 +27,7 @@ from diffusion_transfer.pipelines.evaluation import (  # noqa: E402
 from diffusion_transfer.pipelines.params import DatasetParams, EvaluationParams, parse  # noqa: E402
 from diffusion_transfer.pipelines.skipped_files import skipped_file_lines  # noqa: E402
 from diffusion_transfer.pipelines.utils import inference_setup  # noqa: E402
+from diffusion_transfer.training_samples import training_samples_lines  # noqa: E402
 
 def evaluate(source_samples: dict, target_samples: dict, curated: dict, reference: dict, clip, classifier,
              evaluation: dict, dataset: dict) -> dict[str, Any]:
@@ -263,7 +264,7 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
               f"Resumed from step: {history.get('resumed_from_step')}.", *_noise_schedule_lines(history),
               *_schedule_lines(history),
               *_parameter_lines(history), "",
-              "![loss curves](loss_curve.png)", "",
+              "![loss curves](loss_curve.png)", *training_samples_lines(history), "",
               "## Curation", "",
               _curation_line(curation_summary), *skipped_file_lines(curation_summary, translation_metrics), "",
               "![curation contact sheet](../curate_" + str(run["dataset"]) + "/contact_sheet.png)", "",
