@@ -5,6 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
 .PHONY: setup demo test bench viz

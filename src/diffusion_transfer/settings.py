@@ -3,9 +3,13 @@
 from diffusion_transfer.config import ProjectConfigLoader
 from diffusion_transfer.distributed import DistributedRunHook
 from diffusion_transfer.hooks import ValidateParametersHook
+from diffusion_transfer.tracking import TrackingHook
 
 # DistributedRunHook: under torchrun / accelerate launch only rank 0 writes catalog outputs.
-HOOKS = (ValidateParametersHook(), DistributedRunHook())
+# TrackingHook: kedro-mlflow's hook when tracking is on (tracking.enabled, DT_TRACKING; docs/TRACKING.md),
+# so kedro-mlflow's own auto-registered copy is turned off here.
+HOOKS = (ValidateParametersHook(), DistributedRunHook(), TrackingHook())
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {
