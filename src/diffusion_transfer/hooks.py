@@ -1,4 +1,5 @@
-"""Cross-cutting hooks: parameter validation and the missing-inputs check before any node runs."""
+"""Cross-cutting hooks: parameter validation and the pre-run checks (inputs, models, folders, outputs)
+before any node runs; the failing node's name on an error."""
 
 from __future__ import annotations
 
@@ -91,7 +92,16 @@ class ValidateParametersHook:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         from diffusion_transfer.preflight import check_inputs, check_models
+        from diffusion_transfer.preflight_folders import check_image_folders, check_outputs_writable
 
-        validate_parameters(self._context.params)
-        check_inputs(pipeline, catalog, self._context.params)
-        check_models(pipeline, catalog, self._context.params)
+        params = self._context.params
+        validate_parameters(params)
+        check_inputs(pipeline, catalog, params)
+        check_models(pipeline, catalog, params)
+        check_image_folders(pipeline, catalog, params)
+        check_outputs_writable(pipeline, catalog, params)
+
+    @hook_impl
+    def on_node_error(self, error: Exception, node) -> None:
+        """The failing node, for the one-paragraph error of ``kedro run`` (cli.py)."""
+        error.add_note(f"in node '{node.name}':")

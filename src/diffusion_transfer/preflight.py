@@ -7,6 +7,7 @@ missing file."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -71,43 +72,95 @@ def check_inputs(pipeline, catalog, params: dict[str, Any]) -> None:
 
 
 def check_models(pipeline, catalog, params: dict[str, Any]) -> None:
-    """Before any compute: each source model of the run has a schedule and
+    """Before any compute: each source model of the run loads (config.json
+    parses, the weights are whole and match it), has a schedule and
     prediction type this project honours, a supported channel count, and a
-    ``sample_size`` that agrees with any explicit ``curation.resolution``.
-    Read from the model folders' JSON files; no weights are loaded."""
+    square ``sample_size`` that every stage of the run accepts and that
+    agrees with any explicit ``curation.resolution`` and translation factor.
+    Read from the model folders' JSON files and weight headers; nothing is loaded."""
     from diffusion_transfer.declared import declarations
     from diffusion_transfer.pipelines.params import InvalidParametersError
-    from diffusion_transfer.pipelines.schedule import resolve_schedule
 
     decl = declarations(params)
     used = {i.split(".", 1)[1] for n in pipeline.nodes for i in n.inputs if i.startswith("params:datasets.")}
-    problems = []
+    problems: list[str] = []
     for name in sorted(used & set(decl.datasets)):
-        target = decl.datasets[name]
-        entry = target.source.entries["source_model"]
+        entry = decl.datasets[name].source.entries["source_model"]
         dataset = catalog.get(entry)
-        if not hasattr(dataset, "configs"):
-            continue
-        where = f"the source model '{entry}' ({getattr(dataset, '_path', entry)})"
-        try:
-            unet, scheduler = dataset.configs()
-        except ValueError as err:
-            problems.append(f"{where}: {err}")
-            continue
-        try:
-            resolve_schedule(None, params.get("schedule"), config=scheduler, where=where)
-        except InvalidParametersError as err:
-            problems.append(str(err.message))
-        if unet is None:
-            continue
-        if unet.get("in_channels", 3) != 3 or unet.get("out_channels", 3) not in (3, 6):
-            problems.append(f"{where}: in_channels {unet.get('in_channels')} / out_channels {unet.get('out_channels')}"
-                            "; this project trains RGB models predicting 3 channels (6 with a learned variance)")
-        size = unet.get("sample_size")
-        wanted = target.params.curation.resolution
-        if wanted is not None and size is not None and wanted != (size[0] if isinstance(size, list) else size):
-            problems.append(f"datasets.{name}.curation.resolution is {wanted} but {where} has sample_size {size}: "
-                            f"images are prepared at the model's resolution; remove the parameter or set it to {size}")
+        if hasattr(dataset, "configs"):
+            problems += _model_problems(pipeline, dataset, entry, decl.datasets[name], params)
+    problems = list(dict.fromkeys(problems))  # datasets sharing a source model: said once
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise InvalidParametersError(f"{len(problems)} problem(s) with the run's models; nothing was computed:\n{lines}")
+
+
+def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any]) -> list[str]:
+    from diffusion_transfer.core.models.folder_check import unet_folder_problems
+    from diffusion_transfer.pipelines.params import InvalidParametersError
+    from diffusion_transfer.pipelines.schedule import resolve_schedule
+
+    path = getattr(dataset, "_path", entry)
+    where = f"the source model '{entry}' ({path})"
+    try:
+        unet, scheduler = dataset.configs()
+    except ValueError as err:
+        return [f"{where}: {err}"]
+    problems = [f"{where}: {p}" for p in (unet_folder_problems(path) if Path(str(path)).is_dir() else [])]
+    try:
+        resolve_schedule(None, params.get("schedule"), config=scheduler, where=where)
+    except InvalidParametersError as err:
+        problems.append(str(err.message))
+    if unet is None or problems:
+        return problems
+    if unet.get("in_channels", 3) != 3 or unet.get("out_channels", 3) not in (3, 6):
+        problems.append(f"{where}: in_channels {unet.get('in_channels')} / out_channels {unet.get('out_channels')}"
+                        "; this project trains RGB models predicting 3 channels (6 with a learned variance)")
+    return problems + _size_problems(pipeline, unet, where, target, params)
+
+
+def _size_problems(pipeline, unet: dict[str, Any], where: str, target, params: dict[str, Any]) -> list[str]:
+    """``sample_size`` against what each stage of the run needs."""
+    from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
+    from diffusion_transfer.pipelines.params import InvalidParametersError, translation_for
+    from diffusion_transfer.pipelines.translate import check_factors
+
+    size, name = unet.get("sample_size"), target.name
+    if isinstance(size, list):
+        if len(set(size)) != 1:
+            return [f"{where}: sample_size {size} is not square; this project trains and samples square images"]
+        size = size[0]
+    if not isinstance(size, int) or size < 1:
+        return [f"{where}: config.json has no usable sample_size ({size!r}); set it to the image side it was trained at"]
+    problems = []
+    halvings = len(unet.get("down_block_types") or [None] * 4) - 1
+    if size % 2 ** halvings:
+        problems.append(f"{where}: sample_size {size} is not a multiple of {2 ** halvings}, which its "
+                        f"{halvings + 1} down blocks need (each but the last halves the image)")
+    wanted = target.params.curation.resolution
+    if wanted is not None and wanted != size:
+        problems.append(f"datasets.{name}.curation.resolution is {wanted} but {where} has sample_size {size}: "
+                        f"images are prepared at the model's resolution; remove the parameter or set it to {size}")
+    stages = {i for n in pipeline.nodes for i in n.inputs}
+    if "params:evaluation" in stages:
+        net = (params.get("evaluation") or {}).get("lpips_net", "alex")
+        smallest = smallest_input_size(net)
+        if size < smallest:
+            others = {n: smallest_input_size(n) for n in ("alex", "vgg", "squeeze") if n != net}
+            fits = [f"{n} ({s} px)" for n, s in others.items() if s <= size]
+            problems.append(
+                f"evaluation.lpips_net: LPIPS '{net}' needs images of at least {smallest}x{smallest} but {where} has "
+                f"sample_size {size}, so the evaluation would fail after training. "
+                + (f"Set evaluation.lpips_net to {' or '.join(fits)}." if fits else
+                   f"Use a model of sample_size >= {min(others.values())}."))
+    if "params:translation" in stages and "translation" in params:
+        try:
+            translation = translation_for(params["translation"], target.params)
+            check_factors(translation, size)
+        except InvalidParametersError as err:
+            problems.append(str(err.message))
+        else:
+            if not translation.enabled():
+                problems.append("Invalid parameters in 'translation': every method is disabled; set "
+                                "translation.<sdedit|ilvr|egsde|ddib>.enabled: true for one at least")
+    return problems

@@ -24,6 +24,7 @@ from diffusion_transfer.core.data.embeddings import (
 )
 from diffusion_transfer.core.data.images import (
     IngestResult,
+    ImageFolderError,
     ingest_images,
     list_image_files,
     save_png_atomic,
@@ -69,12 +70,13 @@ def messy_folder(tmp_path):
     (d / "i_notes.txt").write_text("not an image")
     _solid((0, 0, 0, 0), mode="CMYK").save(d / "j_cmyk.jpg")  # CMYK white
     (d / "k_empty.png").write_bytes(b"")
-    # never listed: hidden files, sidecars, subfolders
+    # never listed: hidden files, sidecars; listed as skipped: a sub-folder, a broken symbolic link
     (d / ".DS_Store").write_bytes(b"\0\1")
     (d / "attributes.jsonl").write_text("{}\n")
     (d / "world.json").write_text("{}")
     (d / "sub").mkdir()
     _solid((1, 2, 3)).save(d / "sub" / "nested.png")
+    (d / "l_link.png").symlink_to(d / "gone.png")
     return d
 
 
@@ -87,8 +89,9 @@ def test_list_image_files_filters_and_sorts(messy_folder):
     names = [p.name for p in list_image_files(messy_folder)]
     assert names == sorted(names)
     assert "i_notes.txt" in names and "d_corrupt.png" in names
-    for hidden in (".DS_Store", "attributes.jsonl", "world.json", "sub", "nested.png"):
+    for hidden in (".DS_Store", "attributes.jsonl", "world.json", "nested.png"):
         assert hidden not in names
+    assert "sub" in names and "l_link.png" in names  # for ingest_images to list as skipped
     with pytest.raises(FileNotFoundError, match="does not exist"):
         list_image_files(messy_folder / "nope")
 
@@ -99,8 +102,11 @@ def test_ingest_keeps_converts_and_lists_skips(messy_folder):
     assert res.names == ["a_good.png", "b_good.png", "c_photo.jpg", "f_gray.png", "g_rgba.png", "j_cmyk.jpg"]
     assert res.images.shape == (6, 32, 32, 3) and res.images.dtype == np.uint8
     skipped = dict(res.skipped)
-    assert set(skipped) == {"d_corrupt.png", "e_truncated.png", "h_tiny.png", "i_notes.txt", "k_empty.png"}
+    assert set(skipped) == {"d_corrupt.png", "e_truncated.png", "h_tiny.png", "i_notes.txt", "k_empty.png",
+                            "l_link.png", "sub"}
     assert skipped["k_empty.png"] == "empty file"
+    assert skipped["l_link.png"] == f"broken symbolic link: its target {messy_folder / 'gone.png'} does not exist"
+    assert skipped["sub"].startswith("a sub-folder (1 file(s) inside): sub-folders are not read")
     assert skipped["d_corrupt.png"].startswith("truncated or corrupt image")
     assert skipped["e_truncated.png"].startswith("truncated or corrupt image: ")
     assert "truncated" in skipped["e_truncated.png"].split(": ", 1)[1]
@@ -175,6 +181,11 @@ def test_empty_and_all_bad_folders_raise_clearly(tmp_path):
     _solid((1, 1, 1), (4, 4)).save(bad / "c.png")
     with pytest.raises(ValueError, match=r"all 3 files were skipped.*not an image file \(2\).*too small \(1\)"):
         ingest_images(bad)
+    # a list of files (what the pipelines pass) names their folder, each file and the size needed
+    with pytest.raises(ImageFolderError) as err:
+        ingest_images(sorted(bad.iterdir()), resolution=32)
+    assert f"no usable images in {bad}:" in str(err.value)
+    assert "c.png: too small: 4x4 < 32" in str(err.value) and "at least 32x32 pixels" in str(err.value)
 
 
 def test_tensor_round_trip_and_atomic_png(tmp_path):

@@ -18,6 +18,8 @@ class ImageFolder:
     #: Per-file records (FaceWorld ``attributes.jsonl``), keyed by file name; empty for real data.
     records: dict[str, dict] = field(default_factory=dict)
     source: str = "folder"
+    #: ``(line, reason)`` for each ``attributes.jsonl`` line that could not be used.
+    sidecar_problems: list[tuple[str, str]] = field(default_factory=list)
 
 
 class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
@@ -51,19 +53,25 @@ class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
         if not self._path.is_dir():
             hint = f" {self._hint}" if self._hint else ""
             raise DatasetError(f"Image folder {self._path} does not exist.{hint}")
-        records = {}
-        sidecar = self._path / "attributes.jsonl"
-        if sidecar.exists():
-            from diffusion_transfer.core.world.domains import read_records
-
-            records = {r["file"]: r for r in read_records(self._path)}
-        return ImageFolder(self._path, list_image_files(self._path), records)
+        records, problems = _read_sidecar(self._path / "attributes.jsonl")
+        return ImageFolder(self._path, list_image_files(self._path), records, sidecar_problems=problems)
 
     def missing(self) -> str | None:
         """For the pre-run check: why loading would fail, or None."""
         if self._faceworld or self._path.is_dir():
             return None
+        if self._path.exists():
+            return f"{self._path} is a file, not a folder: set the parameter or catalog entry to the image folder."
         return f"image folder {self._path} does not exist." + (f" {self._hint}" if self._hint else "")
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def rendered(self) -> bool:
+        """A FaceWorld domain, rendered into the folder on load."""
+        return bool(self._faceworld)
 
     def save(self, data: None) -> None:
         raise DatasetError("ImageFolderDataset is read-only")
@@ -73,3 +81,27 @@ class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "faceworld": self._faceworld}
+
+
+def _read_sidecar(path: Path) -> tuple[dict[str, dict], list[tuple[str, str]]]:
+    """A real folder's optional ``attributes.jsonl``: the records by file name,
+    and ``(line, reason)`` for each line that is not a JSON object with a ``file``."""
+    import json
+
+    records: dict[str, dict] = {}
+    problems: list[tuple[str, str]] = []
+    if not path.is_file():
+        return records, problems
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            problems.append((f"{path.name} line {number}", f"not valid JSON ({err})"))
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+            problems.append((f"{path.name} line {number}", "a record without a 'file' name"))
+            continue
+        records[record["file"]] = record
+    return records, problems

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from kedro.pipeline import Pipeline, node  # noqa: E402
 
-from diffusion_transfer.core.data.images import ingest_images, to_tensor  # noqa: E402
+from diffusion_transfer.core.data.images import ImageFolderError, ingest_images, to_tensor  # noqa: E402
 from diffusion_transfer.core.models.domain_classifier import (  # noqa: E402
     DomainClassifier,
     accuracy_by_timestep,
@@ -32,6 +32,7 @@ from diffusion_transfer.core.models.domain_classifier import (  # noqa: E402
 from diffusion_transfer.core.training import TrainConfig, train  # noqa: E402
 from diffusion_transfer.pipelines.params import ClassifierParams, parse  # noqa: E402
 from diffusion_transfer.pipelines.schedule import model_schedule  # noqa: E402
+from diffusion_transfer.pipelines.skipped_files import skipped_records  # noqa: E402
 from diffusion_transfer.pipelines.utils import bind  # noqa: E402
 
 _TRAIN_DEFAULTS = {"steps": 1500, "batch_size": 64, "lr": 3e-4, "ema_decay": 0.0, "checkpoint_every": 500,
@@ -47,7 +48,10 @@ def train_domain_classifier(source_folder, curated: dict, reference: dict, sourc
     size = int(curated["images"].shape[1])
     ingest = ingest_images(source_folder.files, resolution=size)
     if len(ingest.names) < 4:
-        raise ValueError(f"classifier: only {len(ingest.names)} valid source images in {source_folder.root}")
+        raise ImageFolderError(f"classifier_{dataset}: only {len(ingest.names)} usable source images in "
+                               f"{source_folder.root} (at least 4 needed; skipped: "
+                               f"{'; '.join(f'{n}: {r}' for n, r in ingest.skipped[:5]) or 'none'}); add images to "
+                               "the source domain's 'images' folder")
     rng = np.random.default_rng(p.seed)
     order = rng.permutation(len(ingest.names))[: p.source_images]
     n_held = max(1, int(round(p.held_out * len(order))))
@@ -87,7 +91,8 @@ def train_domain_classifier(source_folder, curated: dict, reference: dict, sourc
                                             "target_repeated_to": int(trg_balanced.shape[0])},
               "held_out": {"source": int(src_held.shape[0]), "target": int(trg_held.shape[0])},
               "accuracy_by_timestep": by_t, "config": config.model_dump(), "network": clf.config,
-              "history": result.history, "checkpoint_dir": str(ckpt)}
+              "history": result.history, "checkpoint_dir": str(ckpt),
+              "source_folder": str(source_folder.root), "skipped_source_images": skipped_records(ingest.skipped)}
     return clf, report, _accuracy_plot(by_t, dataset)
 
 

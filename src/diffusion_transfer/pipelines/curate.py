@@ -23,14 +23,11 @@ from diffusion_transfer.core.data.embeddings import (
     text_embeddings,
     zero_shot_probabilities,
 )
-from diffusion_transfer.core.data.images import ingest_images
+from diffusion_transfer.core.data.images import ImageFolderError, ingest_images
 from diffusion_transfer.core.data.selection import EmptyCurationError, few_shot_split
 from diffusion_transfer.datasets.folders import ImageFolder
 from diffusion_transfer.pipelines.params import CurateParams, DatasetParams, InvalidParametersError, parse
-
-
-def _records_for(folder: ImageFolder, names: list[str]) -> list[dict]:
-    return [folder.records[n] for n in names] if folder.records else []
+from diffusion_transfer.pipelines.skipped_files import records_for, sidecar_summary
 
 
 def model_resolution(source_model: Any, curation: CurateParams, where: str) -> int:
@@ -49,6 +46,18 @@ def model_resolution(source_model: Any, curation: CurateParams, where: str) -> i
     return int(size)
 
 
+def _ingest(folder: ImageFolder, d: DatasetParams, size: int):
+    """The folder's images at ``size``; when none is usable, the error names
+    the dataset's parameters as well as the folder."""
+    try:
+        return ingest_images(folder.files, resolution=size, min_size=d.curation.min_size)
+    except ImageFolderError as err:
+        entry = d.images or f"the catalog entry {d.name}_raw"
+        raise ImageFolderError(
+            f"datasets.{d.name}.images ({entry}): {err}. Images are prepared at {size}x{size}, the source model's "
+            f"sample_size; 'datasets.{d.name}.curation.min_size' sets the smallest side accepted") from None
+
+
 def curate(folder: ImageFolder, clip: Any, source_model: Any, dataset: dict[str, Any],
            features_root: str = "data/04_feature") -> tuple[dict, dict, dict, Any]:
     """Ingest a folder, filter it with CLIP, return the curated set, the
@@ -56,7 +65,7 @@ def curate(folder: ImageFolder, clip: Any, source_model: Any, dataset: dict[str,
     d = parse(DatasetParams, dataset, "datasets")
     p, dataset = d.curation, d.name
     prefix = f"datasets.{dataset}.curation."
-    ingest = ingest_images(folder.files, resolution=model_resolution(source_model, p, prefix), min_size=p.min_size)
+    ingest = _ingest(folder, d, model_resolution(source_model, p, prefix))
     images, names = ingest.images, list(ingest.names)
     # Image embeddings are cached per (images, CLIP weights): re-running with a
     # new prompt or threshold does not re-encode the dataset.
@@ -82,16 +91,16 @@ def curate(folder: ImageFolder, clip: Any, source_model: Any, dataset: dict[str,
         raise EmptyCurationError(
             f"{prefix}exclude: nothing is left after the exclusion list ({len(p.exclude)} names)")
     summary = {"dataset": dataset, "source": folder.source, "folder": str(folder.root), "clip": clip_id,
-               **result.summary()}
+               **result.summary(), "sidecar": sidecar_summary(folder, names)}
     sheet = result.contact_sheet(images)
     kept_names = result.kept_names
     curated = {
         "images": torch.from_numpy(images[kept_idx]),
-        "meta": {"names": kept_names, "records": _records_for(folder, kept_names), "dataset": dataset},
+        "meta": {"names": kept_names, "records": records_for(folder, kept_names), "dataset": dataset},
     }
     reference = {
         "images": torch.from_numpy(images),
-        "meta": {"names": names, "records": _records_for(folder, names), "dataset": dataset},
+        "meta": {"names": names, "records": records_for(folder, names), "dataset": dataset},
     }
     return curated, reference, summary, sheet
 
@@ -104,7 +113,7 @@ def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: dict[str, A
     prefix = f"datasets.{dataset}.curation."
     if p.n_shot is None:
         raise InvalidParametersError(f"Invalid parameters in '{prefix}n_shot': a few_shot dataset needs it")
-    ingest = ingest_images(folder.files, resolution=model_resolution(source_model, p, prefix), min_size=p.min_size)
+    ingest = _ingest(folder, d, model_resolution(source_model, p, prefix))
     images, names = ingest.images, list(ingest.names)
     excluded = sorted(set(p.exclude) & set(names))
     usable = [i for i, n in enumerate(names) if n not in set(p.exclude)]
@@ -121,13 +130,14 @@ def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: dict[str, A
                           "dropped_by_score": 0, "dropped_by_zero_shot": 0},
                "criteria": {"n_shot": p.n_shot, "split_seed": p.split_seed},
                "kept": shot_names, "excluded": excluded,
-               "skipped": [{"file": n, "reason": r} for n, r in ingest.skipped]}
+               "skipped": [{"file": n, "reason": r} for n, r in ingest.skipped],
+               "sidecar": sidecar_summary(folder, names)}
     sheet = contact_sheet(images[shot_idx], labels=shot_names, columns=min(10, len(shot_idx)),
                               title=f"{dataset}: {p.n_shot}-shot training set (split seed {p.split_seed})")
     curated = {"images": torch.from_numpy(images[shot_idx]),
-               "meta": {"names": shot_names, "records": _records_for(folder, shot_names), "dataset": dataset}}
+               "meta": {"names": shot_names, "records": records_for(folder, shot_names), "dataset": dataset}}
     reference = {"images": torch.from_numpy(images[rest_idx]),
-                 "meta": {"names": rest_names, "records": _records_for(folder, rest_names), "dataset": dataset,
+                 "meta": {"names": rest_names, "records": records_for(folder, rest_names), "dataset": dataset,
                           "role": "held-out reference (everything but the training shots)"}}
     return curated, reference, summary, sheet
 

@@ -44,6 +44,7 @@ from diffusion_transfer.pipelines.params import (
     translation_for,
 )
 from diffusion_transfer.pipelines.schedule import model_schedule
+from diffusion_transfer.pipelines.skipped_files import skipped_records
 from diffusion_transfer.pipelines.utils import inference_setup
 
 LABELS = {"sdedit": "SDEdit", "ilvr": "ILVR", "egsde": "EGSDE", "ddib": "DDIB"}
@@ -75,12 +76,14 @@ def select_translation_inputs(source_folder, source_model, translation: dict) ->
     return {"images": torch.from_numpy(ingest.images[: p.n_inputs]), "meta": meta}
 
 
-def _check_factors(p: TranslationParams, size: int) -> None:
+def check_factors(p: TranslationParams, size: int) -> None:
+    """ILVR's and EGSDE's low-pass factor must divide the image size (the pre-run check calls it too)."""
     for name in ("ilvr", "egsde"):
         block = getattr(p, name)
         if block.enabled and size % block.factor:
             raise InvalidParametersError(f"Invalid parameters in 'translation.{name}.factor': {block.factor} must "
-                                         f"divide the image size {size}")
+                                         f"divide the image size {size} (the source model's sample_size); use one of "
+                                         f"{[f for f in range(2, size + 1) if size % f == 0][:8]}")
 
 
 def translate(target_model, source_model, classifier, inputs: dict, translation: dict, dataset: dict,
@@ -95,7 +98,7 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
     p = translation_for(translation, d)
     sched = model_schedule(source_model, schedule)  # the fine-tuned model was trained with the same
     x_all = to_tensor(inputs["images"].numpy())
-    _check_factors(p, int(x_all.shape[-1]))
+    check_factors(p, int(x_all.shape[-1]))
     enabled = p.enabled()
     if not enabled:
         raise InvalidParametersError("Invalid parameters in 'translation': every method is disabled")
@@ -153,6 +156,7 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
         out[name] = torch.from_numpy(to_uint8(torch.cat(results)))
     out["meta"] = {"methods": enabled, "settings": settings, "n_inputs": int(len(x_all)),
                    "inputs": inputs.get("meta", {}).get("folder"),
+                   "skipped_inputs": skipped_records(inputs.get("meta", {}).get("skipped") or []),
                    "conditions": conditions.get("meta", {}) if conditions is not None else None}
     return out
 
@@ -203,7 +207,10 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
         weights["attributes"] = ATTRIBUTES_WEIGHTS
     return {"dataset": d.name, "n_inputs": int(len(x_in)),
             "fid_reference": f"raw target set ({len(ref_images)} of {n_ref} images)",
-            "settings": translations["meta"]["settings"], "rows": rows, "weights": weights}
+            "settings": translations["meta"]["settings"], "rows": rows, "weights": weights,
+            # unusable files met while drawing the inputs from the source images
+            "inputs_folder": translations["meta"].get("inputs"),
+            "skipped_inputs": translations["meta"].get("skipped_inputs", [])}
 
 
 def translation_table(metrics: dict[str, Any]) -> list[str]:

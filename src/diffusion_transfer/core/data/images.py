@@ -2,8 +2,9 @@
 
 Every file in a folder is either turned into a ``uint8 (R, R, 3)`` RGB array
 or listed as skipped with a reason; a bad file never raises. Only an empty
-input, or an input where nothing survives, raises a :class:`ValueError` whose
-message counts the skipped files and names the most common reasons.
+input, or an input where nothing survives, raises an :class:`ImageFolderError`
+(a ``ValueError``) whose message names the folder, counts the skipped files
+and names the most common reasons.
 
 Decoding is strict: a truncated file is an error here (this module never sets
 ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``; if another module turned it on
@@ -57,25 +58,38 @@ class IngestResult:
         return iter((self.images, self.names, self.skipped))
 
 
+class ImageFolderError(ValueError):
+    """A folder yields no usable image (empty, images only in sub-folders,
+    every file unusable); the message names the folder and what to do."""
+
+
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
-    """Every regular file directly in ``folder``, sorted by name.
+    """Every entry directly in ``folder``, sorted by name.
 
     Hidden files (leading ``.``) and sidecars (``attributes.jsonl``,
-    ``world.json``) are left out; everything else, non-image files included,
-    is returned so that :func:`ingest_images` can list it as skipped.
-    Subfolders are not descended into.
+    ``world.json``) are left out; everything else, non-image files, broken
+    symbolic links and sub-folders included, is returned so that
+    :func:`ingest_images` lists it as skipped with its reason. Sub-folders
+    are not descended into.
     """
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"image folder does not exist: {folder}")
     if not folder.is_dir():
         raise NotADirectoryError(f"expected an image folder, got a file: {folder}")
-    files = [
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name not in SIDECAR_NAMES
-    ]
+    files = [p for p in folder.iterdir() if not p.name.startswith(".") and p.name not in SIDECAR_NAMES]
     return sorted(files, key=lambda p: p.name)
+
+
+def not_a_file_reason(path: Path) -> str:
+    """Why ``path`` (an entry of an image folder that is not a regular file) is skipped."""
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link: its target {os.readlink(path)} does not exist"
+    if path.is_dir():
+        inside = sum(1 for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        return (f"a sub-folder ({inside} file(s) inside): sub-folders are not read; move its images up into "
+                f"{path.parent} or point the parameter at {path}")
+    return "missing file" if not path.exists() else "not a regular file"
 
 
 def _image_extensions() -> frozenset[str]:
@@ -221,9 +235,14 @@ def ingest_images(
         files = [source] if source.is_file() else list_image_files(source)  # raises if missing
     else:
         files = [Path(p) for p in paths]
-    where = f" in {source}" if source is not None else ""
+    parents = {p.parent for p in files}
+    folder = source if source is not None else (parents.pop() if len(parents) == 1 else None)
+    if not files and folder is None:
+        raise ImageFolderError("no files to ingest: the list of files is empty")
+    where = f" in {folder}" if folder is not None else ""
     if not files:
-        raise ValueError(f"no files to ingest{where}: the folder is empty (hidden files and sidecars are ignored)")
+        raise ImageFolderError(f"no files to ingest{where}: the folder is empty (hidden files and sidecars are "
+                               "ignored); put the images directly in it")
 
     if getattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False):
         logger.warning(
@@ -237,8 +256,8 @@ def ingest_images(
     notes: list[tuple[str, str]] = []
     for path in files:
         if not path.is_file():
-            reason = "missing file" if not path.exists() else "not a regular file"
-            skipped.append((path.name, reason))
+            skipped.append((path.name, not_a_file_reason(path)))
+            logger.warning("skipping %s: %s", path, skipped[-1][1])
             continue
         array, reason, note = _load_one(path, resolution, min_size, image_exts)
         if array is None:
@@ -251,9 +270,12 @@ def ingest_images(
             notes.append((path.name, note))
 
     if not arrays:
-        raise ValueError(
-            f"no usable images{where}: all {len(files)} files were skipped; "
-            f"top reasons: {_top_reasons(skipped)}"
+        listed = "; ".join(f"{name}: {reason}" for name, reason in skipped[:5])
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        raise ImageFolderError(
+            f"no usable images{where}: all {len(files)} files were skipped (top reasons: {_top_reasons(skipped)}): "
+            f"{listed}{more}. Put decodable images (PNG, JPEG, ...) of at least {min_size}x{min_size} pixels "
+            "directly in the folder"
         )
     if skipped:
         logger.info(

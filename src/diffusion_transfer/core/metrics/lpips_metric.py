@@ -22,6 +22,7 @@ images (e.g. 32x32) are fed at their own size, not upsampled.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -155,3 +156,26 @@ class LPIPSMetric:
             i, j = ii[s : s + batch_size], jj[s : s + batch_size]
             total += float(self(images[i], images[j]).double().sum())
         return total / ii.numel()
+
+
+@functools.lru_cache(maxsize=None)
+def smallest_input_size(net: str = "alex", largest: int = 256) -> int:
+    """The smallest square image side that LPIPS with backbone ``net`` accepts
+    (smaller inputs shrink to nothing in its pooling layers: "Output size is
+    too small"), found by running the backbone on the meta device (shapes
+    only: nothing is initialised or computed)."""
+    from lpips import pretrained_networks
+
+    backbone = {"alex": pretrained_networks.alexnet, "vgg": pretrained_networks.vgg16,
+                "squeeze": pretrained_networks.squeezenet}[net]
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")  # torchvision's `pretrained` deprecation notices
+        model = backbone(requires_grad=False, pretrained=False).eval()
+    for side in range(1, largest + 1):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, side, side, device="meta"))
+            return side
+        except RuntimeError:
+            continue
+    raise ValueError(f"LPIPS {net} accepts no image side up to {largest}")

@@ -1,0 +1,118 @@
+"""``kedro run`` for this project: Kedro's own command (same options), except
+that a failure ends in one ``Error:`` paragraph and exit status 1 instead of
+a traceback. ``kedro run --verbose`` prints the traceback too, for debugging.
+
+Kedro picks this module up by name (a project ``cli.py`` overrides its
+built-in commands); ``python -m diffusion_transfer`` runs the same command.
+The paragraph is built by :func:`failure_message`: the node that failed (the
+``on_node_error`` hook notes it), the message (known errors already name the
+file, folder or parameter and the fix) and, for Kedro's own failures (an
+unknown pipeline or environment), what to run instead."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import traceback
+from typing import Any
+
+import click
+from kedro.framework.cli.project import run as kedro_run
+
+#: Errors whose message is the whole story (it names the input and the fix).
+_KNOWN = ("InvalidParametersError", "MissingInputsError", "NonFiniteLossError", "EmptyCurationError",
+          "ModelLoadError", "ImageFolderError", "ArcFaceLoadError", "ClipLoadError", "WeightsUnavailable",
+          "InceptionWeightsNotFound", "ADMCheckpointError", "UnsupportedScheduleError", "CheckpointMismatchError")
+_VERBOSE_HINT = "Run again with --verbose to see the traceback."
+#: What to do, for known errors whose message cannot know it.
+_ADVICE = {
+    "NonFiniteLossError": "Lower 'train.lr' (or the lr that methods.<method>.train or datasets.<dataset>.train "
+                          "set) or 'train.grad_clip'; a rerun resumes from the last good checkpoint.",
+}
+
+
+@click.group(name="diffusion_transfer")
+def cli() -> None:
+    """Project commands (they override Kedro's of the same name)."""
+
+
+def _run(verbose: bool, **options: Any) -> Any:
+    try:
+        return kedro_run.callback(**options)
+    except click.ClickException:
+        if verbose:
+            traceback.print_exc()
+        raise  # already one "Error:" paragraph (parameter and pre-run checks)
+    except Exception as err:  # noqa: BLE001 - every failure becomes one paragraph
+        if verbose:
+            traceback.print_exc()
+        raise click.ClickException(failure_message(err, options.get("env"))) from None
+
+
+run = click.Command(
+    "run", callback=_run, help=kedro_run.help, short_help=kedro_run.short_help,
+    params=[*kedro_run.params,
+            click.Option(["--verbose", "-v"], is_flag=True,
+                         help="On failure, print the full traceback before the Error: paragraph.")])
+cli.add_command(run)
+
+
+def failure_message(err: BaseException, env: str | None = None) -> str:
+    """One paragraph for a failed run: where it failed, what failed (naming
+    the file, folder or parameter), and what to do."""
+    kedro_own = _kedro_failure(err, env)
+    if kedro_own:
+        return kedro_own
+    cause = _innermost_known(err)
+    where = "".join(f"{note} " for note in getattr(err, "__notes__", ()) if note.startswith("in node "))
+    if cause is not None:
+        advice = _ADVICE.get(type(cause).__name__)
+        return f"{where}{_text(cause)}{'. ' + advice if advice else ''}".strip()
+    text = _text(err)
+    return f"{where}{type(err).__name__}: {text} ({_VERBOSE_HINT})".strip()
+
+
+def _text(err: BaseException) -> str:
+    return str(err.message if isinstance(err, click.ClickException) else err).strip()
+
+
+def _innermost_known(err: BaseException) -> BaseException | None:
+    """The deepest error of a known kind in ``err``'s chain: Kedro wraps a
+    loader's error (``ModelLoadError``) in its ``DatasetError``."""
+    found, seen = None, set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if any(cls.__name__ in _KNOWN for cls in type(err).__mro__):
+            found = err
+        err = err.__cause__ or err.__context__
+    return found
+
+
+_NO_PIPELINE = re.compile(r"Failed to find the pipeline named '([^']+)'")
+_NO_ENV = re.compile(r"Given configuration path either does not exist or is not a valid directory: (\S+)")
+
+
+def _kedro_failure(err: BaseException, env: str | None) -> str | None:
+    """Kedro's own failures (an unknown pipeline, an unknown environment), said
+    with what to run instead."""
+    text = str(err)
+    env_var = f"KEDRO_ENV={env} " if env else ""
+    if isinstance(err, ValueError) and (match := _NO_PIPELINE.search(text)):
+        from kedro.framework.project import pipelines
+
+        name, names = match.group(1), sorted(pipelines.keys())
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+        suggest = f"Did you mean {', '.join(close)}? " if close else ""
+        return (f"no pipeline named '{name}'{' in environment ' + repr(env) if env else ''}. {suggest}"
+                f"`{env_var}kedro registry list` lists the {len(names)} pipelines; a dataset's pipelines exist "
+                "once it is declared under 'datasets' (conf/README.md, 'Your own data and model').")
+    if match := _NO_ENV.search(text):
+        from pathlib import Path
+
+        conf = Path(match.group(1)).parent
+        envs = sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name != "base") if conf.is_dir() else []
+        close = difflib.get_close_matches(str(env), envs, n=3, cutoff=0.6)
+        suggest = f"Did you mean {', '.join(close)}? " if close else ""
+        return (f"no environment '{env}': {match.group(1)} is not a folder. {suggest}The environments are the "
+                f"folders of {conf}: {', '.join(envs)}; create conf/{env}/ for a new one (conf/README.md).")
+    return None

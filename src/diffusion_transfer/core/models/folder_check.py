@@ -1,0 +1,75 @@
+"""What would stop a UNet folder from loading, found before any compute.
+
+``config.json`` must parse; a weights file must be there, whole (a truncated
+safetensors file is caught from its header) and hold tensors of the shapes
+the config describes (the channel counts included). Nothing is initialised
+or read in full: the UNet is built on the meta device, the weights are read
+by their header (safetensors) or memory-mapped (``.bin``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from diffusion_transfer.core.models.unet import CONFIG_NAME, WEIGHT_NAMES
+
+_FIX = "copy the model folder again (config.json and the weights written together by save_pretrained)"
+
+
+def unet_folder_problems(path: str | Path) -> list[str]:
+    """Why ``load_unet(path)`` would fail for the local folder ``path`` (a
+    model folder, or a pipeline folder with ``unet/``); empty when it loads."""
+    folder = Path(path)
+    if not (folder / CONFIG_NAME).is_file() and (folder / "unet" / CONFIG_NAME).is_file():
+        folder = folder / "unet"
+    config_file = folder / CONFIG_NAME
+    if not config_file.is_file():
+        return [f"{folder} has no {CONFIG_NAME}: {_FIX}"]
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as err:
+        return [f"{config_file} is not valid JSON ({err}): {_FIX}"]
+    if not isinstance(config, dict):
+        return [f"{config_file} holds a {type(config).__name__}, not the UNet's settings: {_FIX}"]
+    weights = next((folder / name for name in WEIGHT_NAMES if (folder / name).is_file()), None)
+    if weights is None:
+        return [f"{folder} has no weights file ({' or '.join(WEIGHT_NAMES)}): {_FIX}"]
+    try:
+        shapes = weight_shapes(weights)
+    except Exception as err:  # noqa: BLE001 - any reader failure means the file is damaged
+        return [f"{weights} cannot be read ({err}); it is truncated or damaged: {_FIX}"]
+    try:
+        expected = config_shapes(config)
+    except Exception as err:  # noqa: BLE001 - diffusers rejects the settings
+        return [f"{config_file} does not describe a diffusers UNet2DModel ({err}): {_FIX}"]
+    common = sorted(set(shapes) & set(expected))
+    if not common:
+        return [f"{weights} holds none of the tensors {config_file} describes: they are not this model's weights"]
+    differ = [f"{k} {shapes[k]} in the weights, {expected[k]} in the config" for k in common if shapes[k] != expected[k]]
+    if differ:
+        return [f"{weights} does not match {config_file}: {len(differ)} tensor shape(s) differ, e.g. "
+                f"{'; '.join(differ[:3])} (in_channels {config.get('in_channels')}, out_channels "
+                f"{config.get('out_channels')}, block_out_channels {config.get('block_out_channels')}): {_FIX}"]
+    return []
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in a safetensors or PyTorch weights file."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def config_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of the UNet ``config`` describes (built on the meta device)."""
+    from diffusers import UNet2DModel
+
+    with torch.device("meta"):
+        model = UNet2DModel.from_config(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
