@@ -1,4 +1,5 @@
-"""Atomic checkpoints, newest-first loading that skips unreadable files."""
+"""Atomic checkpoints; resuming loads the newest one the model can use
+(unreadable or mismatched ones are skipped, saying why)."""
 
 from __future__ import annotations
 
@@ -37,18 +38,6 @@ def _atomic_save(payload: dict[str, Any], path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _load_latest(checkpoint_dir: Path) -> tuple[dict[str, Any], Path] | None:
-    for path in reversed(checkpoint_paths(checkpoint_dir)):
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(payload, dict) or not {"step", "model", "optimizer", "rng"} <= set(payload):
-                raise ValueError("missing keys")
-            return payload, path
-        except Exception as exc:  # truncated / corrupt file: fall back to an older one
-            log.warning("skipping unreadable checkpoint %s (%s)", path, exc)
-    return None
 
 
 def _all_finite(module: torch.nn.Module) -> bool:
