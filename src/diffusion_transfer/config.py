@@ -4,15 +4,21 @@
   so that ``datasets.mydata: {...}`` needs no ``name: mydata``;
 - a data root of its own for every environment: ``data/<env>`` unless the
   environment's ``globals.yml`` sets ``data_root`` (base and local write
-  under ``data``), so a new environment never writes over another's results."""
+  under ``data``), so a new environment never writes over another's results;
+  ``DT_DATA_ROOT`` overrides it (a study point writes under its own folder)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kedro.config import OmegaConfigLoader
+
+
+#: Overrides every environment's data root (set by the study runner for each point).
+DATA_ROOT_ENV = "DT_DATA_ROOT"
 
 
 class ProjectConfigLoader(OmegaConfigLoader):
@@ -38,6 +44,8 @@ class ProjectConfigLoader(OmegaConfigLoader):
             env = self.env or self.default_run_env
             if env not in (self.base_env, "local", None) and not self._env_sets_data_root(env):
                 config = {**config, "data_root": f"data/{env}"}
+            if os.environ.get(DATA_ROOT_ENV):  # a study point's own root (diffusion_transfer.studies)
+                config = {**config, "data_root": os.environ[DATA_ROOT_ENV]}
         return config
 
     def _env_sets_data_root(self, env: str) -> bool:

@@ -1,0 +1,143 @@
+"""A study's report: one row per point (its grid values and its run's
+``metrics.json``), a plot of FID against the retention of the attribute
+values absent from the training set, one point per run, with the Pareto
+front marked (lower FID and higher retention are better; a run is on the
+front when no other run is at least as good on both and better on one).
+
+Written to ``<data root>/studies/<study>/``: ``study.md``, ``study.json``,
+``fid_vs_retention.png``. Points not run yet are listed as such.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from diffusion_transfer.studies.spec import Point, slug  # noqa: E402
+from diffusion_transfer.tracking.records import evaluation_metrics  # noqa: E402
+
+X_KEY, Y_KEY = "retention_of_absent.mean", "fid"
+#: (metric key, column title) of the table, after the grid values.
+COLUMNS = [("fid", "FID"), ("kid_x1e3", "KID x10^3"), (X_KEY, "absent values kept (mean)"),
+           ("retention.mean", "retention (mean)"), ("lpips_src_trg", "LPIPS src-trg"),
+           ("coverage.overall_rate", "coverage of absent values"), ("face_rate", "face rate")]
+PLOT_FILE = "fid_vs_retention.png"
+
+
+def point_row(point: Point, root: Path) -> dict[str, Any]:
+    """The point's grid values and metrics (``done`` False before it ran)."""
+    folder = root / point.id
+    row: dict[str, Any] = {"point": point.id, "pipeline": point.pipeline,
+                           "labels": {axis: _label(v) for axis, v in point.labels.items()}, "done": False}
+    metrics_path = folder / "08_reporting" / point.namespace / "metrics.json"
+    record_path = folder / "point.json"
+    if not (record_path.is_file() and metrics_path.is_file()):
+        return row
+    metrics = json.loads(metrics_path.read_text())
+    record = json.loads(record_path.read_text())
+    absent = (metrics.get("training_set_attributes") or {}).get("absent_values") or {}
+    row.update(done=True, metrics=evaluation_metrics(metrics), absent_values=absent,
+               run_seconds=record.get("run_seconds"), reused_shared_from=record.get("shared", {}).get("reused_from"))
+    return row
+
+
+def _label(value: Any) -> str:
+    return slug(value) if isinstance(value, dict) else str(value)
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> set[str]:
+    """Ids of the done rows no other row dominates (FID lower, retention higher)."""
+    scored = [(r["point"], r["metrics"].get(Y_KEY), r["metrics"].get(X_KEY)) for r in rows if r["done"]]
+    scored = [(p, f, k) for p, f, k in scored if f is not None and k is not None]
+    front = set()
+    for p, f, k in scored:
+        dominated = any(f2 <= f and k2 >= k and (f2 < f or k2 > k) for q, f2, k2 in scored if q != p)
+        if not dominated:
+            front.add(p)
+    return front
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _absent_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    attrs: dict[str, list[str]] = {}
+    for row in rows:
+        for attr, values in (row.get("absent_values") or {}).items():
+            attrs.setdefault(attr, values)
+    return [(f"retention_of_absent.{a}", f"{', '.join(v)} kept") for a, v in attrs.items()]
+
+
+def study_table(rows: list[dict[str, Any]], front: set[str]) -> list[str]:
+    axes = list(rows[0]["labels"]) if rows else []
+    columns = COLUMNS[:3] + _absent_columns(rows) + COLUMNS[3:]
+    lines = ["| point | " + " | ".join(axes + [title for _, title in columns]) + " | Pareto | run (s) |",
+             "|" + "---|" * (len(axes) + len(columns) + 3)]
+    for row in rows:
+        values = [row["labels"][a] for a in axes]
+        if not row["done"]:
+            lines.append(f"| {row['point']} | " + " | ".join(values + ["not run yet"] + [""] * (len(columns) + 1))
+                         + " |")
+            continue
+        m = row["metrics"]
+        cells = values + [_fmt(m.get(key), 2 if key in ("fid", "kid_x1e3") else 3) for key, _ in columns]
+        cells += ["**yes**" if row["point"] in front else "", _fmt(row.get("run_seconds"), 0)]
+        lines.append(f"| {row['point']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def study_plot(name: str, rows: list[dict[str, Any]], front: set[str]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    done = [r for r in rows if r["done"] and r["metrics"].get(X_KEY) is not None and r["metrics"].get(Y_KEY)
+            is not None]
+    for row in done:
+        x, y = row["metrics"][X_KEY], row["metrics"][Y_KEY]
+        on_front = row["point"] in front
+        ax.scatter([x], [y], s=60 if on_front else 30, c="tab:red" if on_front else "tab:blue", zorder=3)
+        ax.annotate(" ".join(row["labels"].values()), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    line = sorted((r["metrics"][X_KEY], r["metrics"][Y_KEY]) for r in done if r["point"] in front)
+    if line:
+        ax.plot([p[0] for p in line], [p[1] for p in line], "--", c="tab:red", label="Pareto front", zorder=2)
+    sources = {r["metrics"].get("source.fid") for r in done} - {None}
+    if len(sources) == 1:
+        ax.axhline(sources.pop(), ls=":", c="grey", label="source model's FID")
+    ax.set_xlabel("retention of attribute values absent from the training set (mean, higher is better)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(f"study {name}: {len(done)} run(s)")
+    if line or ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_study_report(name: str, points: list[Point], root: Path) -> Path:
+    """Write study.md, study.json and the plot under ``root``; returns study.md's path."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = [point_row(p, root) for p in points]
+    front = pareto_front(rows)
+    fig = study_plot(name, rows, front)
+    fig.savefig(root / PLOT_FILE, dpi=120)
+    plt.close(fig)
+    done = sum(r["done"] for r in rows)
+    lines = [f"# Study: {name}", "", f"{done} of {len(rows)} points run. Each point is its own run under "
+             f"`{root.name}/<point>/` (its own data root); `python -m diffusion_transfer.studies run {name}` "
+             f"runs the rest.", "", "Metrics of the fine-tuned model (`metrics.json`): FID/KID against the "
+             "target data; *kept*: of the source samples showing an attribute value absent from the training set, "
+             "the share whose fine-tuned sample (same noise) still shows it. Pareto: no other run has both a lower "
+             "or equal FID and a higher or equal retention of absent values (one of them strictly).", "",
+             *study_table(rows, front), "", f"![FID against retention of absent values]({PLOT_FILE})", ""]
+    sources = {r["metrics"].get("source.fid") for r in rows if r["done"]} - {None}
+    if sources:
+        lines.insert(6, f"The source (pretrained) model's FID: {', '.join(_fmt(s, 2) for s in sorted(sources))}.")
+        lines.insert(7, "")
+    (root / "study.json").write_text(json.dumps({"study": name, "pareto_front": sorted(front), "rows": rows},
+                                                indent=2, default=str))
+    (root / "study.md").write_text("\n".join(lines))
+    return root / "study.md"

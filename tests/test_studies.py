@@ -1,0 +1,175 @@
+"""Studies (issue 17): a grid declared in conf, each point its own run under
+its own data root, resumable, shared stages computed once, a report with the
+Pareto front of FID against retention of absent attributes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_tracking import scratch_project
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- declaring a study ---------------------------------------------------------------------------
+
+
+def test_grid_points_in_order_with_mapping_and_pipeline_axes():
+    from diffusion_transfer.studies import study_points
+
+    block = {"base": {"train.steps": 600},
+             "grid": {"pipeline": ["naive_aahq", "sdft_aahq"],
+                      "gamma": [{"methods.sdft.gamma_distill": 3, "methods.sdft.gamma_aux": 3},
+                                {"methods.sdft.gamma_distill": 50, "methods.sdft.gamma_aux": 50}]}}
+    points = study_points("s", block, {"naive_aahq", "sdft_aahq"})
+    assert [(p.pipeline, p.overrides["methods.sdft.gamma_aux"]) for p in points] == [
+        ("naive_aahq", 3), ("naive_aahq", 50), ("sdft_aahq", 3), ("sdft_aahq", 50)]
+    assert all(p.overrides["train.steps"] == 600 for p in points)
+    assert points[0].id.startswith("pipeline-naive-aahq_gamma-3-3_")
+    assert points[1].runtime_params() == {"train": {"steps": 600},
+                                          "methods": {"sdft": {"gamma_distill": 50, "gamma_aux": 50}}}
+    # ids are stable and change with any override
+    again = study_points("s", block, None)
+    assert [p.id for p in again] == [p.id for p in points]
+    changed = study_points("s", {**block, "base": {"train.steps": 601}}, None)
+    assert not {p.id for p in changed} & {p.id for p in points}
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"pipeline": "sdft_aahq", "grid": {}}, "studies.bad.grid"),
+    ({"pipeline": "sdft_aahq", "grid": {"train.steps": []}}, "grid axis 'train.steps' has no values"),
+    ({"grid": {"train.steps": [1]}}, "set 'pipeline' or a grid axis 'pipeline'"),
+    ({"pipeline": "sdft_nowhere", "grid": {"train.steps": [1]}}, "'studies.bad.pipeline': no pipeline 'sdft_nowhere'"),
+    ({"pipeline": "sdft_aahq", "grid": {"train.steps": [1]}, "extra": 1}, "studies.bad.extra"),
+    ({"pipeline": "sdft_aahq", "base": {"train": 5}, "grid": {"train.steps": [1]}}, "override 'train.steps'"),
+])
+def test_bad_studies_name_the_key(block, message):
+    from diffusion_transfer.pipelines.params import InvalidParametersError
+    from diffusion_transfer.studies import study_points
+
+    with pytest.raises(InvalidParametersError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        study_points("bad", block, {"sdft_aahq"})
+
+
+def test_every_shipped_study_expands_on_registered_pipelines():
+    from diffusion_transfer.pipeline_registry import register_pipelines
+    from diffusion_transfer.studies.runner import declared_studies
+
+    studies, root = declared_studies(ROOT, None)
+    from diffusion_transfer.studies import study_points
+
+    names = set(register_pipelines())
+    sizes = {name: len(study_points(name, block, names)) for name, block in studies.items()}
+    assert sizes == {"weighting_aahq": 3, "weighting_metfaces": 3, "lambdas_aahq": 18, "lambdas_metfaces": 18,
+                     "steps_aahq": 6, "steps_metfaces": 6}
+    assert root == ROOT / "data" / "studies"
+    weightings = [p.overrides["methods.sdft.weighting"] for p in study_points("weighting_aahq",
+                                                                              studies["weighting_aahq"], names)]
+    assert weightings == ["constant", "min_snr", "p2"]
+
+
+def test_shared_signature_leaves_out_what_only_the_method_run_reads():
+    from diffusion_transfer.studies.runner import _run_independent
+
+    block = {"curation": {"top_n": 24}, "method_overrides": {"sdft": {"lambda_aux": 1.0}}, "train": {"steps": 9}}
+    assert _run_independent("datasets.aahq", block) == {"curation": {"top_n": 24}}
+    assert _run_independent("datasets", {"aahq": block}) == {"aahq": {"curation": {"top_n": 24}}}
+    assert _run_independent("sampling", {"train": 1}) == {"train": 1}  # only datasets.<d>.train is left out
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def _row(point: str, fid: float | None, kept: float | None, done: bool = True) -> dict:
+    return {"point": point, "done": done, "labels": {"w": point},
+            "metrics": {k: v for k, v in (("fid", fid), ("retention_of_absent.mean", kept)) if v is not None}}
+
+
+def test_pareto_front_by_hand():
+    from diffusion_transfer.studies import pareto_front
+
+    rows = [_row("a", 10.0, 0.5), _row("b", 12.0, 0.7), _row("c", 11.0, 0.4),  # c: a is better on both
+            _row("d", 10.0, 0.5),  # ties with a: neither dominates the other
+            _row("e", 9.0, 0.1), _row("f", 15.0, 0.7),  # f: b has the same retention and a lower FID
+            _row("g", None, 0.9), _row("h", 1.0, 1.0, done=False)]  # no FID; not run
+    assert pareto_front(rows) == {"a", "b", "d", "e"}
+
+
+# --- a smoke-sized study, end to end -------------------------------------------------------------------
+
+
+def _study(proj: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "diffusion_transfer.studies", *args, "--env", "smoke",
+                           "--project", str(proj)], cwd=proj, env=env, capture_output=True, text=True, timeout=3000)
+
+
+@pytest.mark.slow
+def test_the_smoke_study_runs_each_point_once_tracked_and_reports_it(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from diffusion_transfer.studies import pareto_front
+
+    proj = scratch_project(tmp_path)
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    env = {**os.environ, "DT_TRACKING": "on", "MLFLOW_TRACKING_URI": store}
+    done = _study(proj, env, "run", "smoke")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    root = proj / "data" / "smoke" / "studies" / "smoke"
+    first, second = "weighting-constant", "weighting-p2"
+    folders = {f.name.rsplit("_", 1)[0]: f for f in root.iterdir() if f.is_dir()}
+    assert set(folders) == {first, second}
+    records = {k: json.loads((f / "point.json").read_text()) for k, f in folders.items()}
+    metrics = {k: json.loads((f / "08_reporting" / "sdft_aahq" / "metrics.json").read_text())
+               for k, f in folders.items()}
+    # each point ran its own weighting (the resolved run says so) under its own data root
+    for key, weighting in ((first, "constant"), (second, "p2")):
+        history = json.loads((folders[key] / "08_reporting" / "sdft_aahq" / "training_history.json").read_text())
+        assert history["run"]["hyperparameters"]["weighting"] == weighting
+        checkpoints = Path(history["checkpoint_dir"])
+        assert (checkpoints if checkpoints.is_absolute() else proj / checkpoints).is_relative_to(folders[key])
+    # the second point reused the shared stages (curation, classifier, source samples...): never rendered FaceWorld
+    assert records[second]["shared"]["reused_from"] == folders[first].name
+    assert records[second]["shared"]["signature"] == records[first]["shared"]["signature"]
+    assert (folders[first] / "01_raw").is_dir() and not (folders[second] / "01_raw").exists()
+    # the report: a row per point with its metrics, the Pareto front re-derived from metrics.json
+    study = json.loads((root / "study.json").read_text())
+    rows = {r["point"].rsplit("_", 1)[0]: r for r in study["rows"]}
+    for key in (first, second):
+        finetuned = metrics[key]["models"]["finetuned"]
+        assert rows[key]["metrics"]["fid"] == pytest.approx(finetuned["fid"])
+        assert rows[key]["metrics"]["retention_of_absent.mean"] == pytest.approx(finetuned["retention_of_absent"]["mean"])
+    by_hand = pareto_front([{"point": k, "done": True, "metrics": {
+        "fid": m["models"]["finetuned"]["fid"], "retention_of_absent.mean":
+        m["models"]["finetuned"]["retention_of_absent"]["mean"]}} for k, m in metrics.items()])
+    assert {p.rsplit("_", 1)[0] for p in study["pareto_front"]} == by_hand
+    report = (root / "study.md").read_text()
+    assert "2 of 2 points run" in report and report.count("| weighting-") == 2
+    assert (root / "fid_vs_retention.png").stat().st_size > 0
+    # tracked: one mlflow run per point in the study's experiment, named and tagged after it
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("study_smoke").experiment_id])
+    assert sorted(r.data.tags["study_point"] for r in runs) == sorted(f.name for f in folders.values())
+    for run in runs:
+        key = run.data.tags["study_point"].rsplit("_", 1)[0]
+        assert run.info.run_name == f"smoke/{run.data.tags['study_point']}"
+        assert run.data.metrics["fid"] == pytest.approx(metrics[key]["models"]["finetuned"]["fid"])
+    # resumable: a second run skips both points (no new mlflow run), and list marks them done
+    again = _study(proj, env, "run", "smoke")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(client.search_runs([runs[0].info.experiment_id])) == 2
+    listed = _study(proj, env, "list")
+    assert listed.returncode == 0 and "smoke: 2 points, 2 done" in listed.stdout
+
+
+def test_an_unknown_study_names_the_declared_ones():
+    done = subprocess.run([sys.executable, "-m", "diffusion_transfer.studies", "run", "nope", "--env", "smoke"],
+                          cwd=ROOT, env={**os.environ, "DT_TRACKING": "off"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 1
+    assert "Error: no study 'nope'" in done.stderr and "smoke" in done.stderr and "weighting_aahq" in done.stderr
