@@ -16,16 +16,16 @@ from torch.nn import functional as F
 from diffusion_transfer.core.methods.a3ft import prepare_a3ft
 from diffusion_transfer.core.models import build_unet
 from diffusion_transfer.core.world.classifier import AttributeClassifier
-from diffusion_transfer.pipelines.edit import (
+from diffusion_transfer.pipelines.edit.nodes import (
     apply_edits,
-    create_edit_pipeline,
     edit_grids,
     evaluate_edits,
     load_directions,
     select_edit_inputs,
     train_edit_directions,
 )
-from diffusion_transfer.pipelines.editing_params import EditingParams
+from diffusion_transfer.pipelines.edit.params import EditingParams
+from diffusion_transfer.pipelines.edit.pipeline import create_edit_pipeline
 from diffusion_transfer.pipelines.params import InvalidParametersError, parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_edit_pipeline_lives_in_the_run_namespace_and_has_catalog_entries():
 
 
 def test_edit_table_by_hand():
-    from diffusion_transfer.pipelines.edit import edit_table
+    from diffusion_transfer.pipelines.edit.nodes import edit_table
 
     m = {"sdft": {"rows": {"smiling": {"label": "smiling", "s_dir": 0.1234, "success": 0.5, "preservation": 0.75},
                            "angry": {"label": "angry", "s_dir": 0.2, "success": None, "preservation": None}}},
@@ -156,7 +156,7 @@ def test_edit_table_by_hand():
 
 def test_dataset_editing_block_overrides_the_editing_block():
     """SDFT app. E edits 500 MetFaces / 400 AAHQ test images: ``datasets.<d>.editing`` merges over ``editing``."""
-    from diffusion_transfer.pipelines.editing_params import editing_for
+    from diffusion_transfer.pipelines.edit.params import editing_for
 
     dataset = {"name": "aahq", "editing": {"n_test": 2, "prompts": {"angry": {"source": ["x"], "target": ["y"]}}}}
     p = editing_for(EDITING, dataset)

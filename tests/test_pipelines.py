@@ -73,7 +73,7 @@ def _metrics(fid: float, kept: float) -> dict:
 
 
 def test_compare_runs_tabulates_every_method_and_the_source_once():
-    from diffusion_transfer.pipelines.compare import compare_runs
+    from diffusion_transfer.pipelines.compare.nodes import compare_runs
 
     table, report = compare_runs("aahq", naive=_metrics(3.0, 0.25), sdft=_metrics(4.0, 0.75),
                                  history_sdft={"parameters": {"trainable_share": 0.25}})
@@ -88,7 +88,7 @@ def test_compare_runs_tabulates_every_method_and_the_source_once():
 
 
 def test_compare_runs_lays_out_translation_like_table_1():
-    from diffusion_transfer.pipelines.compare import compare_runs
+    from diffusion_transfer.pipelines.compare.nodes import compare_runs
 
     def tm(psnr):
         row = {"psnr": psnr, "ssim": 0.5, "lpips": 0.2, "fid": 10.0, "kid_x1e3": 5.0, "retention": 0.7}
@@ -104,7 +104,7 @@ def test_compare_runs_lays_out_translation_like_table_1():
 
 
 def test_compare_runs_lays_out_editing_like_table_2():
-    from diffusion_transfer.pipelines.compare import compare_runs
+    from diffusion_transfer.pipelines.compare.nodes import compare_runs
 
     def em(s_dir):
         rows = {"smiling": {"label": "smiling", "s_dir": s_dir}, "old": {"label": "old", "s_dir": s_dir + 0.2}}
@@ -385,7 +385,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
             assert params["datasets"]["sketches"]["n_samples"] == 1000  # TAN: 1,000 samples
             assert params["datasets"]["sketches"]["intra_lpips"] and params["datasets"]["aahq"]["translation"]
             assert params["translation"]["n_inputs"] == 10000 and params["translation"]["egsde"]["factor"] == 32
-            from diffusion_transfer.pipelines.editing_params import editing_for
+            from diffusion_transfer.pipelines.edit.params import editing_for
 
             aahq, metfaces = (editing_for(params["editing"], params["datasets"][d]) for d in ("aahq", "metfaces"))
             assert (aahq.n_test, metfaces.n_test, aahq.n_train, aahq.inversion_steps) == (400, 500, 100, 100)
@@ -543,7 +543,7 @@ def test_few_shot_curation_is_a_deterministic_split_with_the_rest_as_reference(t
     from diffusion_transfer.core.data.selection import EmptyCurationError
     from types import SimpleNamespace
 
-    from diffusion_transfer.pipelines.curate import curate_few_shot as curate_with_model
+    from diffusion_transfer.pipelines.curate.nodes import curate_few_shot as curate_with_model
 
     folder = _image_folder(tmp_path, 25, bad=2)
     model = SimpleNamespace(config=SimpleNamespace(sample_size=32))  # images at the model's resolution

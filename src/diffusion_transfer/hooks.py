@@ -8,7 +8,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from diffusion_transfer.pipelines import params as P
-from diffusion_transfer.pipelines.editing_params import editing_for
+from diffusion_transfer.pipelines.edit.params import editing_for
 
 
 def validate_parameters(parameters: dict[str, Any]) -> None:
@@ -33,7 +33,7 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
                 where = "classifier.train" + (f" (with classifier.datasets.{name})" if name else "")
                 raise P.InvalidParametersError(f"Invalid parameters in '{where}': {err}") from None
     if "convert_source" in parameters:
-        from diffusion_transfer.pipelines.convert import ConvertParams
+        from diffusion_transfer.pipelines.convert.nodes import ConvertParams
 
         P.parse(ConvertParams, parameters["convert_source"], "convert_source")
     for name, block in (parameters.get("methods") or {}).items():

@@ -16,19 +16,26 @@ from kedro.pipeline import Pipeline
 
 from diffusion_transfer.core.methods import method_names
 from diffusion_transfer.declared import active_parameters, declarations
-from diffusion_transfer.pipelines import classifier, compare, convert, curate, edit, method, world
+from diffusion_transfer.pipelines import method
+from diffusion_transfer.pipelines.compare.pipeline import create_compare_node_pipeline
+from diffusion_transfer.pipelines.convert.pipeline import create_pipeline as create_convert_pipeline
+from diffusion_transfer.pipelines.curate.pipeline import create_curate_pipeline
+from diffusion_transfer.pipelines.domain_classifier.pipeline import create_classifier_pipeline
+from diffusion_transfer.pipelines.edit.nodes import SOURCE_RUN
+from diffusion_transfer.pipelines.edit.pipeline import create_edit_pipeline
+from diffusion_transfer.pipelines.world.pipeline import create_pipeline as create_world_pipeline
 
 
 def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pipeline]:
     decl = declarations(active_parameters() if parameters is None else parameters)
-    pipelines: dict[str, Pipeline] = {"world": world.create_pipeline(), "convert_source": convert.create_pipeline()}
+    pipelines: dict[str, Pipeline] = {"world": create_world_pipeline(), "convert_source": create_convert_pipeline()}
     methods = method_names()
     for name, target in decl.datasets.items():
         entries = target.source.entries
         source = method.create_source_pipeline(entries, target.source.prefix)
-        curation = curate.create_curate_pipeline(name, target.raw_entry, entries["source_model"], target.few_shot)
+        curation = create_curate_pipeline(name, target.raw_entry, entries["source_model"], target.few_shot)
         pipelines[f"curate_{name}"] = curation
-        clf = curation + classifier.create_classifier_pipeline(name, entries)
+        clf = curation + create_classifier_pipeline(name, entries)
         pipelines[f"classifier_{name}"] = clf
         runs = []
         for m in methods:
@@ -38,12 +45,12 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
             runs.append(run)
             # Asyrp text editing of the run's fine-tuned model, on demand (training f_t per
             # prompt is costly): it reads the model <m>_<name> wrote, or the pre-run check says so.
-            pipelines[f"edit_{m}_{name}"] = edit.create_edit_pipeline(m, name, entries)
+            pipelines[f"edit_{m}_{name}"] = create_edit_pipeline(m, name, entries)
         # the baseline row of the Table 2 analogue: Asyrp on the source model itself
-        pipelines[f"edit_source_{name}"] = curation + edit.create_edit_pipeline(edit.SOURCE_RUN, name, entries)
-        edits = [pipelines[f"edit_{m}_{name}"] for m in (edit.SOURCE_RUN, *methods)]
+        pipelines[f"edit_source_{name}"] = curation + create_edit_pipeline(SOURCE_RUN, name, entries)
+        edits = [pipelines[f"edit_{m}_{name}"] for m in (SOURCE_RUN, *methods)]
         pipelines[f"compare_{name}"] = (sum(runs, Pipeline([])) + sum(edits, Pipeline([]))
-                                        + compare.create_compare_node_pipeline(name, methods))
+                                        + create_compare_node_pipeline(name, methods))
     default = "sdft_aahq" if "sdft_aahq" in pipelines else next(
         (f"sdft_{name}" for name in decl.datasets), "world")
     pipelines["__default__"] = pipelines[default]

@@ -481,7 +481,7 @@ def test_cli_errors_are_clear_messages(tmp_path, capsys):
 def test_convert_source_node_converts_a_checkpoint_with_preset_overrides(tmp_path):
     """The Kedro node behind ``kedro run --pipeline=convert_source``."""
     from diffusion_transfer.pipeline_registry import register_pipelines
-    from diffusion_transfer.pipelines.convert import convert_source
+    from diffusion_transfer.pipelines.convert.nodes import convert_source
 
     ref = reference(TINY)
     ckpt = tmp_path / "tiny_adm.pt"

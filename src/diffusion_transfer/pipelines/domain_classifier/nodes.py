@@ -21,7 +21,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from kedro.pipeline import Pipeline, node  # noqa: E402
 
 from diffusion_transfer.core.data.images import ImageFolderError, ingest_images, to_tensor  # noqa: E402
 from diffusion_transfer.core.models.domain_classifier import (  # noqa: E402
@@ -33,7 +32,6 @@ from diffusion_transfer.core.training import TrainConfig, train  # noqa: E402
 from diffusion_transfer.pipelines.params import ClassifierParams, parse  # noqa: E402
 from diffusion_transfer.pipelines.schedule import model_schedule  # noqa: E402
 from diffusion_transfer.pipelines.skipped_files import skipped_records  # noqa: E402
-from diffusion_transfer.pipelines.utils import bind  # noqa: E402
 
 _TRAIN_DEFAULTS = {"steps": 1500, "batch_size": 64, "lr": 3e-4, "ema_decay": 0.0, "checkpoint_every": 500,
                    "log_every": 50, "hflip": True}
@@ -109,17 +107,6 @@ def _accuracy_plot(by_t: dict[str, list[dict]], dataset: str) -> plt.Figure:
     ax.legend()
     fig.tight_layout()
     return fig
-
-
-def create_classifier_pipeline(dataset: str, source: dict[str, str]) -> Pipeline:
-    """``classifier_<dataset>``: source images of the dataset's own source
-    domain (``source``: its catalog entries) against its target images."""
-    return Pipeline([node(
-        bind(train_domain_classifier, dataset=dataset),
-        inputs=[source["source_images"], f"{dataset}_curated", f"{dataset}_reference", source["source_model"],
-                "params:classifier", "params:schedule", "params:paths.checkpoints"],
-        outputs=[f"{dataset}_domain_classifier", f"{dataset}_classifier_report", f"{dataset}_classifier_accuracy"],
-        name=f"classifier_{dataset}", tags=["train", "classifier"])])
 
 
 def classifier_summary(report: dict[str, Any]) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from kedro.pipeline import Pipeline, node
 from pydantic import Field
 
 from diffusion_transfer.pipelines.params import _Params, parse
@@ -28,8 +27,3 @@ def convert_source(convert: dict):
         raise ValueError(f"convert_source.preset must be one of {sorted(PRESETS)}, got {p.preset!r}")
     cfg = ADMConfig(**{**PRESETS[p.preset].model_dump(), **p.overrides})
     return convert_adm_checkpoint(p.checkpoint, cfg)
-
-
-def create_pipeline() -> Pipeline:
-    return Pipeline([node(convert_source, "params:convert_source", "converted_source_model", name="convert_source",
-                          tags=["convert"])])

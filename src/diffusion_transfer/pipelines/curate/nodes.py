@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from kedro.pipeline import Pipeline, node
 
 from diffusion_transfer.core.data.contact_sheet import contact_sheet
 from diffusion_transfer.core.data.curation import curate_by_score, curate_zero_shot
@@ -140,15 +139,3 @@ def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: dict[str, A
                  "meta": {"names": rest_names, "records": records_for(folder, rest_names), "dataset": dataset,
                           "role": "held-out reference (everything but the training shots)"}}
     return curated, reference, summary, sheet
-
-
-def create_curate_pipeline(dataset: str, raw: str, source_model: str, few_shot: bool = False) -> Pipeline:
-    """``raw`` (the dataset's image folder entry) -> ``<dataset>_curated``,
-    ``_reference``, ``_curation_summary`` and ``_curation_sheet``."""
-    outputs = [f"{dataset}_curated", f"{dataset}_reference", f"{dataset}_curation_summary",
-               f"{dataset}_curation_sheet"]
-    if few_shot:
-        inputs = [raw, source_model, f"params:datasets.{dataset}"]
-        return Pipeline([node(curate_few_shot, inputs, outputs, name=f"curate_{dataset}", tags=["curate"])])
-    inputs = [raw, "curation_clip", source_model, f"params:datasets.{dataset}", "params:paths.features"]
-    return Pipeline([node(curate, inputs, outputs, name=f"curate_{dataset}", tags=["curate"])])

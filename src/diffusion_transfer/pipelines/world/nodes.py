@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from kedro.pipeline import Pipeline, node
 
 
 def train_source(world: dict[str, Any], schedule: dict[str, Any]):
@@ -41,15 +40,3 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
     return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
-
-
-def create_pipeline() -> Pipeline:
-    return Pipeline(
-        [
-            node(train_clip, "params:world", "built_world_clip", name="train_world_clip", tags=["world"]),
-            node(train_classifier, "params:world", "built_attribute_classifier", name="train_attribute_classifier",
-                 tags=["world"]),
-            node(train_source, ["params:world", "params:schedule"], "built_source_model", name="train_source_model",
-                 tags=["world"]),
-        ]
-    )

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kedro.pipeline import Pipeline, node
 
-from diffusion_transfer.pipelines.edit import SOURCE_RUN, edit_table
+from diffusion_transfer.pipelines.edit.nodes import SOURCE_RUN, edit_table
 from diffusion_transfer.pipelines.report import fmt
-from diffusion_transfer.pipelines.utils import bind
 
 _COLUMNS = (
     ("FID", "fid", 2),
@@ -25,9 +23,9 @@ _COLUMNS = (
     ("absent-value rate", "coverage_rate", 3),
     ("trainable params (% of source)", "trainable_percent", 2),
 )
-_HISTORY = "history_"
-_TRANSLATION = "translation_"
-_EDIT = "edit_"
+HISTORY_PREFIX = "history_"
+TRANSLATION_PREFIX = "translation_"
+EDIT_PREFIX = "edit_"
 _SOURCE_ROW = "source (pretrained)"
 
 
@@ -51,13 +49,13 @@ def compare_runs(dataset: str, **metrics_by_method: dict[str, Any]) -> tuple[dic
     trainable-parameter share; ``translation_<method>`` its translation
     metrics (Table 1); ``edit_<method>`` and ``edit_source`` the Asyrp edit
     metrics (Table 2)."""
-    histories = {k[len(_HISTORY):]: v for k, v in metrics_by_method.items() if k.startswith(_HISTORY)}
-    translations = {k[len(_TRANSLATION):]: v for k, v in metrics_by_method.items() if k.startswith(_TRANSLATION)}
-    edits = {k[len(_EDIT):]: v for k, v in metrics_by_method.items() if k.startswith(_EDIT)}
+    histories = {k[len(HISTORY_PREFIX):]: v for k, v in metrics_by_method.items() if k.startswith(HISTORY_PREFIX)}
+    translations = {k[len(TRANSLATION_PREFIX):]: v for k, v in metrics_by_method.items() if k.startswith(TRANSLATION_PREFIX)}
+    edits = {k[len(EDIT_PREFIX):]: v for k, v in metrics_by_method.items() if k.startswith(EDIT_PREFIX)}
     # the source row first, then the methods in their order
     edits = {(_SOURCE_ROW if k == SOURCE_RUN else k): edits[k] for k in sorted(edits, key=lambda k: k != SOURCE_RUN)}
     metrics_by_method = {k: v for k, v in metrics_by_method.items()
-                         if not k.startswith((_HISTORY, _TRANSLATION, _EDIT))}
+                         if not k.startswith((HISTORY_PREFIX, TRANSLATION_PREFIX, EDIT_PREFIX))}
     if not metrics_by_method:
         raise ValueError("compare_runs needs the metrics of at least one method")
     first = next(iter(metrics_by_method.values()))
@@ -136,20 +134,3 @@ def _edit_lines(edits: dict[str, dict[str, Any]]) -> list[str]:
             "S_dir: directional CLIP similarity; ID: ArcFace identity (input vs edit); success: share of edits whose "
             "FaceWorld attribute moved toward the prompt's; preservation: retention of the other attributes.", "",
             *edit_table(edits)]
-
-
-def create_compare_node_pipeline(dataset: str, methods: tuple[str, ...]) -> Pipeline:
-    return Pipeline(
-        [
-            node(
-                bind(compare_runs, dataset=dataset),
-                inputs={**{m: f"{m}_{dataset}.metrics" for m in methods},
-                        **{f"{_HISTORY}{m}": f"{m}_{dataset}.training_history" for m in methods},
-                        **{f"{_TRANSLATION}{m}": f"{m}_{dataset}.translation_metrics" for m in methods},
-                        **{f"{_EDIT}{m}": f"{m}_{dataset}.edit_metrics" for m in (SOURCE_RUN, *methods)}},
-                outputs=[f"{dataset}_comparison", f"{dataset}_comparison_report"],
-                name=f"compare_{dataset}",
-                tags=["report"],
-            )
-        ]
-    )

@@ -1,0 +1,1 @@
+"""Comparison stage: ``nodes.py`` (functions), ``pipeline.py`` (wiring)."""

@@ -1,0 +1,1 @@
+"""ADM checkpoint conversion stage: ``nodes.py`` (functions), ``pipeline.py`` (wiring)."""

@@ -1,0 +1,1 @@
+"""Curation stage: ``nodes.py`` (functions), ``pipeline.py`` (wiring)."""

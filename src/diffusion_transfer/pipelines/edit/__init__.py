@@ -1,0 +1,1 @@
+"""Asyrp editing stage: ``nodes.py`` (functions), ``pipeline.py`` (wiring)."""

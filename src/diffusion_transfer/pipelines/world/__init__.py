@@ -1,0 +1,1 @@
+"""FaceWorld's model-building stage: ``nodes.py`` (functions), ``pipeline.py`` (wiring)."""
