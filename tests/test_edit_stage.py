@@ -1,4 +1,4 @@
-"""The Asyrp edit stage (pipelines/edit.py): a smoke run of its nodes on a
+"""The Asyrp edit stage (pipelines/edit/): a smoke run of its nodes on a
 tiny UNet writes a grid per prompt and the metrics; parameters and wiring."""
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_translation_inputs_list_the_source_images_they_skipped(tmp_path):
     it could not use reach translation_metrics.json and the report."""
     from diffusion_transfer.datasets import ImageFolderDataset
     from diffusion_transfer.pipelines.skipped_files import skipped_file_lines, skipped_records
-    from diffusion_transfer.pipelines.translate import select_translation_inputs
+    from diffusion_transfer.pipelines.translate.nodes import select_translation_inputs
 
     folder = tmp_path / "source"
     folder.mkdir()

@@ -451,7 +451,7 @@ def test_finetune_checkpoints_are_keyed_by_source_weights_and_data(tmp_path):
     import torch
 
     from diffusion_transfer.core.models.unet import build_unet
-    from diffusion_transfer.pipelines.method import finetune
+    from diffusion_transfer.pipelines.finetune.nodes import finetune
 
     tiny = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
@@ -612,7 +612,7 @@ def test_finetune_node_spawns_ddp_workers_matching_one_process_with_accumulation
     import torch
 
     from diffusion_transfer.core.models.unet import build_unet
-    from diffusion_transfer.pipelines.method import finetune
+    from diffusion_transfer.pipelines.finetune.nodes import finetune
 
     tiny = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
@@ -638,7 +638,7 @@ def test_a_dataset_samples_a_prefix_of_the_shared_noise_bank():
     import torch
 
     from diffusion_transfer.core.models.unet import build_unet
-    from diffusion_transfer.pipelines.method import sample, sample_target
+    from diffusion_transfer.pipelines.sample.nodes import sample, sample_target
     from diffusion_transfer.pipelines.params import InvalidParametersError
 
     tiny = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
@@ -659,7 +659,7 @@ def test_a_dataset_samples_a_prefix_of_the_shared_noise_bank():
 def test_paper_training_lengths_per_method_and_dataset():
     """conf/paper: SDFT's 80k iterations, A3FT's 2,000 MetFaces epochs, and on the
     10-shot targets TAN's ~300 iterations against the baselines' ~5,000."""
-    from diffusion_transfer.pipelines.method import resolve_run
+    from diffusion_transfer.pipelines.finetune.nodes import resolve_run
     from diffusion_transfer.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
 
     args = {**CONFIG_LOADER_ARGS, "default_run_env": "paper"}

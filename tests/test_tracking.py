@@ -147,7 +147,7 @@ def _finetune(tmp_path: Path, sample_every: int | None, steps: int = 4):
     import torch
 
     from diffusion_transfer.core.models.unet import build_unet
-    from diffusion_transfer.pipelines.method import finetune
+    from diffusion_transfer.pipelines.finetune.nodes import finetune
 
     torch.manual_seed(0)
     source = build_unet(TINY_UNET)

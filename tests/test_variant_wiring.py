@@ -45,7 +45,7 @@ def test_bad_options_name_the_yaml_key():
 
 def test_translate_passes_the_options_and_records_them_and_the_variance():
     from diffusion_transfer.core.data.images import to_tensor
-    from diffusion_transfer.pipelines.translate import translate
+    from diffusion_transfer.pipelines.translate.nodes import translate
 
     model = tiny(6)
     images = torch.randint(0, 256, (2, 8, 8, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
@@ -72,12 +72,12 @@ def test_translate_passes_the_options_and_records_them_and_the_variance():
 
 @pytest.mark.parametrize("channels, word", [(6, "learned"), (3, "fixed")])
 def test_ancestral_sample_meta_records_the_variance(channels, word):
-    from diffusion_transfer.pipelines.method import sample
+    from diffusion_transfer.pipelines.sample.nodes import sample
 
     bank = {"noise": torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))}
     out = sample(tiny(channels), bank, {"n_samples": 2, "sampler": "ddpm", "steps": 2, "batch_size": 2}, {})
     assert out["meta"]["variance"].startswith(word)
-    from diffusion_transfer.pipelines.report import _sampling_lines
+    from diffusion_transfer.pipelines.report.nodes import _sampling_lines
 
     assert _sampling_lines(out)[0] == f"Sampler: ddpm, 2 steps; variance: {out['meta']['variance']}."
     ddim = sample(tiny(channels), bank, {"n_samples": 2, "sampler": "ddim", "steps": 2, "batch_size": 2}, {})

@@ -60,7 +60,7 @@ def _validate_run(method: dict[str, Any], dataset: dict[str, Any], train: dict[s
     hyperparameters on the default schedule), each error naming its keys."""
     from diffusion_transfer.core.methods import build_method
     from diffusion_transfer.core.schedule import make_schedule
-    from diffusion_transfer.pipelines.method import resolve_run
+    from diffusion_transfer.pipelines.finetune.nodes import resolve_run
 
     try:
         run = resolve_run(method, dataset, train)

@@ -16,13 +16,13 @@ from kedro.pipeline import Pipeline
 
 from diffusion_transfer.core.methods import method_names
 from diffusion_transfer.declared import active_parameters, declarations
-from diffusion_transfer.pipelines import method
 from diffusion_transfer.pipelines.compare.pipeline import create_compare_node_pipeline
 from diffusion_transfer.pipelines.convert.pipeline import create_pipeline as create_convert_pipeline
 from diffusion_transfer.pipelines.curate.pipeline import create_curate_pipeline
 from diffusion_transfer.pipelines.domain_classifier.pipeline import create_classifier_pipeline
 from diffusion_transfer.pipelines.edit.nodes import SOURCE_RUN
 from diffusion_transfer.pipelines.edit.pipeline import create_edit_pipeline
+from diffusion_transfer.pipelines.method_run import create_method_pipeline, create_source_pipeline
 from diffusion_transfer.pipelines.world.pipeline import create_pipeline as create_world_pipeline
 
 
@@ -32,7 +32,7 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
     methods = method_names()
     for name, target in decl.datasets.items():
         entries = target.source.entries
-        source = method.create_source_pipeline(entries, target.source.prefix)
+        source = create_source_pipeline(entries, target.source.prefix)
         curation = create_curate_pipeline(name, target.raw_entry, entries["source_model"], target.few_shot)
         pipelines[f"curate_{name}"] = curation
         clf = curation + create_classifier_pipeline(name, entries)
@@ -40,7 +40,7 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
         runs = []
         for m in methods:
             # every run needs the classifier: TAN trains with it, EGSDE translates with it
-            run = clf + source + method.create_method_pipeline(m, name, entries)
+            run = clf + source + create_method_pipeline(m, name, entries)
             pipelines[f"{m}_{name}"] = run
             runs.append(run)
             # Asyrp text editing of the run's fine-tuned model, on demand (training f_t per

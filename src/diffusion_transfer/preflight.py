@@ -123,7 +123,7 @@ def _size_problems(pipeline, unet: dict[str, Any], where: str, target, params: d
     """``sample_size`` against what each stage of the run needs."""
     from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
     from diffusion_transfer.pipelines.params import InvalidParametersError, translation_for
-    from diffusion_transfer.pipelines.translate import check_factors
+    from diffusion_transfer.pipelines.translate.nodes import check_factors
 
     size, name = unet.get("sample_size"), target.name
     if isinstance(size, list):

@@ -236,7 +236,7 @@ def test_settings_are_validated():
 
 
 def test_report_line():
-    from diffusion_transfer.pipelines.report import _schedule_lines
+    from diffusion_transfer.pipelines.report.nodes import _schedule_lines
     from diffusion_transfer.core.training.ema import schedule_summary
 
     cfg = TrainConfig(steps=600, ema_decay=0.995)

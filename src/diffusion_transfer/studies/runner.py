@@ -14,7 +14,7 @@ a point copies their outputs from a finished point of the same study whose
 shared stages read the same parameter values (their signature), and Kedro
 skips them. ``datasets.<d>.method_overrides`` and ``datasets.<d>.train`` are
 left out of the signature: only the method run reads them
-(``pipelines/method.py:resolve_run``).
+(``pipelines/finetune/nodes.py:resolve_run``).
 """
 
 from __future__ import annotations

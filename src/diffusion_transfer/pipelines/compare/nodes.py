@@ -10,7 +10,7 @@ from typing import Any
 
 
 from diffusion_transfer.pipelines.edit.nodes import SOURCE_RUN, edit_table
-from diffusion_transfer.pipelines.report import fmt
+from diffusion_transfer.pipelines.report.nodes import fmt
 
 _COLUMNS = (
     ("FID", "fid", 2),
@@ -106,7 +106,7 @@ def _translation_rows(translations: dict[str, dict[str, Any]]) -> list[dict[str,
 
 
 def _translation_lines(rows: list[dict[str, Any]], example: dict[str, Any]) -> list[str]:
-    from diffusion_transfer.pipelines.translate import LABELS
+    from diffusion_transfer.pipelines.translate.nodes import LABELS
 
     has_attrs = any("retention" in r for r in rows)
     has_id = any("identity" in r for r in rows)

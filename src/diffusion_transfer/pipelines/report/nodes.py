@@ -1,8 +1,8 @@
-"""Evaluation and report nodes of the method template."""
+"""Report nodes of the method template: ``report.md``, the sample grid and
+the loss curve of one run."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -10,114 +10,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffusion_transfer.core.data.contact_sheet import contact_sheet  # noqa: E402
-from diffusion_transfer.core.data.images import to_tensor  # noqa: E402
-from diffusion_transfer.core.metrics import attributes as attr_metrics  # noqa: E402
-from diffusion_transfer.core.metrics.fid import compute_fid_kid  # noqa: E402
-from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric  # noqa: E402
-from diffusion_transfer.pipelines.evaluation import (  # noqa: E402
-    ATTRIBUTES_WEIGHTS,
-    EVALUATED_ATTRIBUTES,
-    feature_extractor,
-    reference_subset,
-)
-from diffusion_transfer.pipelines.params import DatasetParams, EvaluationParams, parse  # noqa: E402
 from diffusion_transfer.pipelines.skipped_files import skipped_file_lines  # noqa: E402
-from diffusion_transfer.pipelines.utils import inference_setup  # noqa: E402
 from diffusion_transfer.training_samples import training_samples_lines  # noqa: E402
-
-def evaluate(source_samples: dict, target_samples: dict, curated: dict, reference: dict, clip, classifier,
-             evaluation: dict, dataset: dict) -> dict[str, Any]:
-    """FID/KID of both models against the target data, LPIPS between source
-    and target samples from the same noise, FaceWorld attribute retention and
-    coverage. Every number states which weights it ran on."""
-    p = parse(EvaluationParams, evaluation, "evaluation")
-    d = parse(DatasetParams, dataset, "datasets")
-    ref = reference if d.fid_reference == "raw" else curated
-    trg = target_samples["images"].numpy()
-    src = source_samples["images"].numpy()[: len(trg)]  # the source samples from the same noises
-    n_ref = len(ref["images"])
-    ref_images = reference_subset(ref["images"].numpy(), p.max_reference_images)
-    extractor = feature_extractor(p, clip)
-    cache = Path(p.cache_dir)
-    metrics: dict[str, Any] = {"dataset": d.name,
-                               "fid_reference": f"{d.fid_reference} set ({len(ref_images)} of {n_ref} images)",
-                               "n_samples": int(len(trg))}
-    models: dict[str, dict[str, Any]] = {"source": {}, "finetuned": {}}
-    for key, imgs in (("source", src), ("finetuned", trg)):
-        fk = compute_fid_kid(imgs, ref_images, extractor, ref_cache=cache, batch_size=p.batch_size)
-        models[key].update(fid=fk["fid"], kid_x1e3=fk["kid_x1e3"])
-    lpips = LPIPSMetric(net=p.lpips_net, backbone_weights=p.lpips_backbone_weights, device=inference_setup()[0])
-    n = min(p.lpips_pairs, len(src))
-    models["finetuned"]["lpips_src_trg"] = lpips.mean_paired(to_tensor(src[:n]), to_tensor(trg[:n]),
-                                                             batch_size=p.batch_size)
-    weights = {"fid_kid": extractor.weights, "lpips": lpips.label}
-    if d.intra_lpips:
-        # Few-shot diversity (CDC/TAN protocol): every sample joins its nearest
-        # training image by LPIPS; mean pairwise LPIPS inside each cluster.
-        from diffusion_transfer.core.metrics.intra_lpips import intra_lpips
-
-        shots = to_tensor(curated["images"].numpy())
-        for key, imgs in (("source", src), ("finetuned", trg)):
-            res = intra_lpips(to_tensor(imgs), shots, lpips, max_per_cluster=d.intra_lpips_max_per_cluster)
-            models[key]["intra_lpips"] = res["intra_lpips"]
-            models[key]["intra_lpips_detail"] = res
-        weights["intra_lpips"] = lpips.label
-    skipped = [] if d.intra_lpips else [f"intra-LPIPS: off (datasets.{d.name}.intra_lpips: false)"]
-    if not (p.attributes and d.attributes and classifier is not None):
-        why = (f"datasets.{d.name}.attributes: false" if not d.attributes else
-               "evaluation.attributes: false" if not p.attributes else "no attribute classifier")
-        skipped.append(f"FaceWorld attribute metrics (face rate, retention, coverage): off ({why})")
-    else:
-        metrics["training_set_attributes"] = _attribute_metrics(classifier, src, trg, curated, models, skipped)
-        weights["attributes"] = ATTRIBUTES_WEIGHTS
-    metrics["models"] = models
-    metrics["weights"] = weights
-    metrics["skipped"] = skipped
-    return metrics
-
-
-def _attribute_metrics(classifier, src: np.ndarray, trg: np.ndarray, curated: dict,
-                       models: dict[str, dict[str, Any]], skipped: list[str]) -> dict[str, Any]:
-    """Adds face rate, coverage and frequencies to ``models["source"]`` and
-    ``models["finetuned"]``, and retention to the latter (what it cannot score
-    goes to ``skipped``); returns the training set's attribute summary."""
-    from diffusion_transfer.core.world.classifier import predict_attributes
-    from diffusion_transfer.core.world.render import ATTRIBUTES
-
-    src_attrs = predict_attributes(classifier, src)
-    trg_attrs = predict_attributes(classifier, trg)
-    train_records = curated["meta"].get("records") or []
-    if train_records:
-        train_attrs, train_src = train_records, "ground-truth FaceWorld records of the curated set"
-    else:
-        train_attrs = predict_attributes(classifier, curated["images"].numpy())
-        train_src = "attribute classifier predictions on the curated set"
-    vocab = {k: ATTRIBUTES[k] for k in EVALUATED_ATTRIBUTES}
-    for key, attrs in (("source", src_attrs), ("finetuned", trg_attrs)):
-        models[key]["face_rate"] = attr_metrics.face_rate(attrs)
-        models[key]["coverage"] = attr_metrics.attribute_coverage(attrs, train_attrs, attributes=EVALUATED_ATTRIBUTES,
-                                                                  vocabulary=vocab)
-        models[key]["frequencies"] = attr_metrics.attribute_frequencies(attrs)
-    try:
-        models["finetuned"]["retention"] = attr_metrics.attribute_retention(src_attrs, trg_attrs,
-                                                                            attributes=EVALUATED_ATTRIBUTES)
-    except ValueError as err:  # e.g. no source sample is a face: nothing to retain
-        skipped.append(f"attribute retention: {err}")
-    # What SDFT is for: of the source samples showing a value the training
-    # set lacks (glasses, a smile...), how many keep it after fine-tuning.
-    absent = {k: v for k, v in models["source"]["coverage"]["absent_values"].items() if v}
-    if absent:
-        try:
-            models["finetuned"]["retention_of_absent"] = attr_metrics.attribute_retention(
-                src_attrs, trg_attrs, attributes=list(absent), only_values=absent)
-        except ValueError:  # no source sample shows an absent value
-            pass
-    return {"source": train_src, "frequencies": attr_metrics.attribute_frequencies(train_attrs),
-            "absent_values": absent}
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -204,7 +101,7 @@ def _sampling_lines(samples: dict) -> list[str]:
 
 
 def _translation_lines(tm: dict) -> list[str]:
-    from diffusion_transfer.pipelines.translate import translation_table
+    from diffusion_transfer.pipelines.translate.nodes import translation_table
 
     settings = "; ".join(
         f"{name}: " + ", ".join(f"{k} {v}" for k, v in cfg.items() if k not in ("enabled", "seconds"))

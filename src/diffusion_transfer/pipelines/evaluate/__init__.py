@@ -1,0 +1,1 @@
+"""Evaluation stage: ``nodes.py`` (functions), ``pipeline.py`` (wiring)."""

@@ -1,0 +1,1 @@
+"""Fine-tuning stage: ``nodes.py`` (functions), ``pipeline.py`` (wiring)."""

@@ -1,0 +1,32 @@
+"""The fine-tuning nodes of the method template (un-namespaced; see
+``pipelines/method_run.py``)."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node
+
+from diffusion_transfer.core.methods.registry import MethodInfo
+from diffusion_transfer.pipelines.finetune.nodes import embed_conditions, finetune, finetune_guided
+
+
+def create_finetune_pipeline(info: MethodInfo) -> Pipeline:
+    """Plain, conditional (ANL: CLIP embeddings of the training images
+    condition training) or guided (TAN: the dataset's noisy domain classifier
+    guides training)."""
+    train_inputs = ["source_model", "curated", "params:method", "params:dataset", "params:train", "params:schedule",
+                    "params:paths.checkpoints"]
+    if info.conditional:
+        return Pipeline([
+            node(embed_conditions, ["curated", "condition_clip", "params:method", "params:dataset"],
+                 "training_conditions", name="embed_conditions", tags=["train"]),
+            node(finetune, train_inputs + ["training_conditions"], ["finetuned_model", "training_history"],
+                 name="finetune", tags=["train"]),
+        ])
+    if info.guided:
+        return Pipeline([
+            node(finetune_guided, train_inputs + ["domain_classifier"], ["finetuned_model", "training_history"],
+                 name="finetune", tags=["train"]),
+        ])
+    return Pipeline([
+        node(finetune, train_inputs, ["finetuned_model", "training_history"], name="finetune", tags=["train"]),
+    ])

@@ -1,0 +1,59 @@
+"""The method template: fine-tune -> sample -> translate -> evaluate -> report.
+
+One template, composed from the stages' pipeline factories and instantiated
+per method x dataset with a Kedro namespace (``sdft_aahq.finetuned_model``
+...), resolved by the catalog's dataset factories. Shared inputs (the source
+model, the curated set, the noise bank, the source model's samples) stay
+outside the namespace.
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline
+
+from diffusion_transfer.core.methods import METHODS
+from diffusion_transfer.pipelines.evaluate.pipeline import create_evaluate_pipeline
+from diffusion_transfer.pipelines.finetune.pipeline import create_finetune_pipeline
+from diffusion_transfer.pipelines.report.pipeline import create_report_pipeline
+from diffusion_transfer.pipelines.sample.pipeline import create_sample_pipeline, create_source_sampling_pipeline
+from diffusion_transfer.pipelines.translate.pipeline import (
+    create_translate_pipeline,
+    create_translation_inputs_pipeline,
+)
+
+
+def create_source_pipeline(source: dict[str, str], prefix: str = "") -> Pipeline:
+    """One source model's samples from its own noise bank, and its translation
+    inputs (one per source domain); ``source`` maps the roles
+    (``source_model``, ``noise_bank``...) to the domain's catalog entries
+    (``declared.SourceDomain.entries``)."""
+    return create_source_sampling_pipeline(source, prefix) + create_translation_inputs_pipeline(source, prefix)
+
+
+def create_method_pipeline(method: str, dataset: str, source: dict[str, str]) -> Pipeline:
+    """``{method}_{dataset}``: the template in the run's namespace, wired to
+    the dataset's curated sets and to its source domain's model, noise bank
+    and samples (``source``: their catalog entries)."""
+    info = METHODS[method]
+    template = (create_finetune_pipeline(info) + create_sample_pipeline(info) + create_translate_pipeline(info)
+                + create_evaluate_pipeline() + create_report_pipeline())
+    shared = {"evaluation_clip", "attribute_classifier"} | ({"condition_clip"} if info.conditional else set())
+    source = {k: v for k, v in source.items() if k != "source_images"}
+    # The dataset's noisy domain classifier: TAN's guidance, EGSDE's realism energy.
+    extra_inputs = {"domain_classifier": f"{dataset}_domain_classifier"}
+    return Pipeline(
+        template,
+        namespace=f"{method}_{dataset}",
+        inputs={**{s: s for s in shared}, **source, "curated": f"{dataset}_curated", "reference": f"{dataset}_reference",
+                "curation_summary": f"{dataset}_curation_summary", **extra_inputs},
+        parameters={
+            "params:method": f"params:methods.{method}",
+            "params:dataset": f"params:datasets.{dataset}",
+            "params:train": "params:train",
+            "params:schedule": "params:schedule",
+            "params:sampling": "params:sampling",
+            "params:evaluation": "params:evaluation",
+            "params:paths.checkpoints": "params:paths.checkpoints",
+            "params:translation": "params:translation",
+        },
+    )

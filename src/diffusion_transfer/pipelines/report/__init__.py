@@ -1,0 +1,1 @@
+"""Report stage: ``nodes.py`` (functions), ``pipeline.py`` (wiring)."""

@@ -1,0 +1,22 @@
+"""The report nodes of the method template (un-namespaced; see
+``pipelines/method_run.py``)."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node
+
+from diffusion_transfer.pipelines.report.nodes import build_report
+from diffusion_transfer.training_samples import training_samples_strip
+
+
+def create_report_pipeline() -> Pipeline:
+    """``report.md``, the sample grid and loss curve, and the strip of
+    samples taken during training."""
+    return Pipeline([
+        node(training_samples_strip, ["training_history"], "training_samples", name="training_samples_strip",
+             tags=["report"]),
+        node(build_report,
+             ["metrics", "training_history", "curation_summary", "source_samples", "target_samples",
+              "translation_metrics"],
+             ["report", "sample_grid", "loss_curve"], name="report", tags=["report"]),
+    ])

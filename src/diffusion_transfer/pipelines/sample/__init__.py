@@ -1,0 +1,1 @@
+"""Sampling stage: ``nodes.py`` (functions), ``pipeline.py`` (wiring)."""

@@ -1,0 +1,146 @@
+"""Sampling nodes: the shared noise bank, a model's samples from it (the
+same noise for every model), ANL's sampling conditions and its text-prompt
+grid."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffusion_transfer.core.data.images import to_tensor, to_uint8
+from diffusion_transfer.core.methods.anl import image_conditions, masked_images, text_conditions
+from diffusion_transfer.core.models.adapted import AdaptedUNet
+from diffusion_transfer.core.models.unet import learns_variance
+from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim, sample_ddpm
+from diffusion_transfer.pipelines.params import (
+    DatasetParams,
+    InvalidParametersError,
+    MethodParams,
+    SamplingParams,
+    parse,
+)
+from diffusion_transfer.pipelines.schedule import model_schedule
+from diffusion_transfer.pipelines.utils import inference_setup
+
+
+def sampling_conditions(curated: dict, noise_bank: dict, clip, method: dict, sampling: dict) -> dict:
+    """One condition per noise in the bank: training image i (cycled), masked
+    with a random rectangle of rate delta (ANL section 3.3), through CLIP."""
+    m = parse(MethodParams, method, "methods")
+    p = parse(SamplingParams, sampling, "sampling")
+    n = len(noise_bank["noise"])
+    images = to_tensor(curated["images"].numpy())
+    picked = images[torch.arange(n) % images.shape[0]]
+    gen = torch.Generator().manual_seed(p.seed + 2)
+    masked = masked_images(picked, m.condition.mask_rate, gen)
+    return {"embeddings": image_conditions(clip, masked),
+            "meta": {"mask_rate": m.condition.mask_rate, "n": n, "images": "training images, cycled"}}
+
+
+def create_noise_bank(sampling: dict, source_model) -> dict:
+    p = parse(SamplingParams, sampling, "sampling")
+    size = int(source_model.config.sample_size)
+    bank = make_noise_bank(p.n_samples, (3, size, size), seed=p.seed)
+    return {"noise": bank, "meta": {"seed": p.seed, "n": p.n_samples}}
+
+
+def _generate(model, noise: torch.Tensor, p: SamplingParams, sched, conditions: torch.Tensor | None) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    device, dtype = inference_setup(p.precision)
+    model.eval().to(device)
+    eps_fn = model_eps_fn(model, sched, autocast_dtype=dtype)
+    out = []
+    gen = torch.Generator().manual_seed(p.seed + 1)  # CPU noise: the same samples on every device
+    with tqdm(total=len(noise), desc=f"sampling ({p.sampler}, {p.steps} steps)", unit="img") as bar:
+        for i in range(0, len(noise), p.batch_size):
+            x = noise[i : i + p.batch_size].to(device)
+            ctx = model.conditioned(conditions[i : i + p.batch_size].to(device)) if conditions is not None \
+                else contextlib.nullcontext()
+            with ctx:
+                if p.sampler == "ddim":
+                    x0 = sample_ddim(eps_fn, x, sched, steps=p.steps, eta=p.eta, generator=gen)
+                else:
+                    x0 = sample_ddpm(eps_fn, x, sched, steps=p.steps, generator=gen)
+            out.append(x0.float().cpu())
+            bar.update(len(x))
+    return torch.cat(out)
+
+
+def sample(model, noise_bank: dict, sampling: dict, schedule: dict, conditions: dict | None = None) -> dict:
+    """Generate one image per noise in the bank (same noise for every model);
+    a conditional model (ANL) takes the i-th of ``conditions["embeddings"]``."""
+    p = parse(SamplingParams, sampling, "sampling")
+    sched = model_schedule(model, schedule)
+    cond = conditions["embeddings"] if conditions is not None else None
+    if cond is None and isinstance(model, AdaptedUNet) and model.adapter.needs_condition:
+        raise ValueError(f"the {model.kind} model is conditional: sampling needs conditions")
+    images = _generate(model, noise_bank["noise"], p, sched, cond)
+    meta = {"sampler": p.sampler, "steps": p.steps, "eta": p.eta}
+    if p.sampler == "ddpm":  # ancestral sampling: the model's learned variance, else the fixed one
+        meta["variance"] = ("learned (the model's variance channels, guided-diffusion's learned range)"
+                            if learns_variance(model) else "fixed (posterior beta-tilde)")
+    if conditions is not None:
+        meta["conditions"] = conditions.get("meta", {})
+    return {"images": torch.from_numpy(to_uint8(images)), "meta": meta}
+
+
+def sample_target(model, noise_bank: dict, sampling: dict, schedule: dict, dataset: dict,
+                  conditions: dict | None = None) -> dict:
+    """:func:`sample` on the first ``datasets.<name>.n_samples`` noises of the
+    bank (all when unset). The bank is prefix-stable, so target sample i still
+    shares its noise with source sample i."""
+    d = parse(DatasetParams, dataset, "datasets")
+    n_bank = len(noise_bank["noise"])
+    n = d.n_samples or n_bank
+    if n > n_bank:
+        raise InvalidParametersError(
+            f"Invalid parameters in 'datasets.{d.name}.n_samples': {n} is more than the noise bank's "
+            f"{n_bank} (sampling.n_samples)")
+    bank = {**noise_bank, "noise": noise_bank["noise"][:n]}
+    if conditions is not None:
+        conditions = {**conditions, "embeddings": conditions["embeddings"][:n]}
+    return sample(model, bank, sampling, schedule, conditions)
+
+
+def sample_prompts(model, noise_bank: dict, clip, method: dict, sampling: dict, schedule: dict) -> Image.Image:
+    """Text-to-image samples of a conditional model (ANL section 4): each
+    prompt's CLIP text embedding as the condition, one row per prompt, on the
+    first noises of the bank. Without prompts, a one-line note image."""
+    m = parse(MethodParams, method, "methods")
+    p = parse(SamplingParams, sampling, "sampling")
+    sched = model_schedule(model, schedule)
+    prompts, k = m.condition.prompts, min(m.condition.n_per_prompt, len(noise_bank["noise"]))
+    if not prompts:
+        return _text_image("no prompts configured (methods.anl.condition.prompts)")
+    rows = []
+    for prompt in prompts:
+        cond = text_conditions(clip, prompt).expand(k, -1)
+        rows.append(to_uint8(_generate(model, noise_bank["noise"][:k], p, sched, cond)))
+    return _labelled_rows(rows, prompts)
+
+
+def _text_image(text: str) -> Image.Image:
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (8 * len(text) + 16, 24), "white")
+    ImageDraw.Draw(img).text((8, 6), text, fill="black")
+    return img
+
+
+def _labelled_rows(rows: list[np.ndarray], labels: list[str], scale: int = 2) -> Image.Image:
+    from PIL import ImageDraw
+
+    n, h, w = rows[0].shape[0], rows[0].shape[1] * scale, rows[0].shape[2] * scale
+    label_w = 8 + 6 * max(len(s) for s in labels)
+    sheet = Image.new("RGB", (label_w + n * (w + 2), len(rows) * (h + 2)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (row, label) in enumerate(zip(rows, labels)):
+        y = r * (h + 2)
+        draw.text((4, y + h // 2 - 5), label, fill="black")
+        for i, img in enumerate(row):
+            sheet.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (label_w + i * (w + 2), y))
+    return sheet

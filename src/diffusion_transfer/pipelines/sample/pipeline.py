@@ -1,0 +1,45 @@
+"""Sampling nodes: the source domain's noise bank and samples, and the
+method template's samples of the fine-tuned model (un-namespaced; see
+``pipelines/method_run.py``)."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node
+
+from diffusion_transfer.core.methods.registry import MethodInfo
+from diffusion_transfer.pipelines.sample.nodes import (
+    create_noise_bank,
+    sample,
+    sample_prompts,
+    sample_target,
+    sampling_conditions,
+)
+
+
+def create_source_sampling_pipeline(source: dict[str, str], prefix: str = "") -> Pipeline:
+    """One source domain's noise bank and its source model's samples from it
+    (``source``: the domain's catalog entries)."""
+    n = source
+    return Pipeline([
+        node(create_noise_bank, ["params:sampling", n["source_model"]], n["noise_bank"],
+             name=f"{prefix}make_noise_bank", tags=["sample"]),
+        node(sample, [n["source_model"], n["noise_bank"], "params:sampling", "params:schedule"],
+             n["source_samples"], name=f"{prefix}sample_source", tags=["sample"]),
+    ])
+
+
+def create_sample_pipeline(info: MethodInfo) -> Pipeline:
+    """The fine-tuned model's samples; a conditional model (ANL) samples on
+    masked training images' conditions, and on text prompts."""
+    target_inputs = ["finetuned_model", "noise_bank", "params:sampling", "params:schedule", "params:dataset"]
+    if not info.conditional:
+        return Pipeline([node(sample_target, target_inputs, "target_samples", name="sample_finetuned",
+                              tags=["sample"])])
+    return Pipeline([
+        node(sampling_conditions, ["curated", "noise_bank", "condition_clip", "params:method", "params:sampling"],
+             "sampling_conditions", name="make_sampling_conditions", tags=["sample"]),
+        node(sample_target, target_inputs + ["sampling_conditions"], "target_samples", name="sample_finetuned",
+             tags=["sample"]),
+        node(sample_prompts, ["finetuned_model", "noise_bank", "condition_clip", "params:method", "params:sampling",
+                              "params:schedule"], "prompt_grid", name="sample_prompts", tags=["sample"]),
+    ])

@@ -1,0 +1,1 @@
+"""Translation stage (SDEdit, ILVR, EGSDE, DDIB): ``nodes.py`` (functions), ``pipeline.py`` (wiring)."""
