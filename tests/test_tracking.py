@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,23 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_pipelines import _scratch_project
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_UNET = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
                  attention_head_dim=8, norm_num_groups=4)
 
 
-def scratch_project(tmp_path: Path) -> Path:
-    """A copy of the project (conf, src) sharing the committed world models."""
-    proj = tmp_path / "project"
-    proj.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", proj / "pyproject.toml")
-    shutil.copytree(ROOT / "conf", proj / "conf", ignore=shutil.ignore_patterns("local"))
-    (proj / "conf" / "local").mkdir()
-    shutil.copytree(ROOT / "src", proj / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (proj / "data" / "06_models").mkdir(parents=True)
-    (proj / "data" / "06_models" / "world").symlink_to(ROOT / "data" / "06_models" / "world")
-    return proj
+scratch_project = _scratch_project  # a copy of the project sharing the committed world models
 
 
 # --- the switch ---------------------------------------------------------------------------

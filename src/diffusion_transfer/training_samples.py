@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from diffusion_transfer.core.data.contact_sheet import labelled_rows
 from diffusion_transfer.core.data.images import to_uint8
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim
 
@@ -152,21 +153,6 @@ def spread(items: list[Any], k: int) -> list[Any]:
     return [items[i] for i in idx]
 
 
-def labelled_strip(rows: list[tuple[str, np.ndarray]], scale: int = 2) -> Image.Image:
-    """One row per label: the label, then the row's images (uint8 ``(n, H, W, 3)``) side by side."""
-    n = max(r.shape[0] for _, r in rows)
-    h, w = rows[0][1].shape[1] * scale, rows[0][1].shape[2] * scale
-    label_w = 8 + 6 * max(len(label) for label, _ in rows)
-    sheet = Image.new("RGB", (label_w + n * (w + 2), len(rows) * (h + 2)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for r, (label, images) in enumerate(rows):
-        y = r * (h + 2)
-        draw.text((4, y + h // 2 - 5), label, fill="black")
-        for i, img in enumerate(images):
-            sheet.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (label_w + i * (w + 2), y))
-    return sheet
-
-
 def training_samples_strip(history: dict) -> Image.Image:
     """The report's strip: the source model's row, then the model being trained
     at each sampled step (at most ``MAX_STRIP_ROWS``), then the final model; a
@@ -182,7 +168,7 @@ def training_samples_strip(history: dict) -> Image.Image:
     final = meta.get("final", "final")
     ordered = ordered_rows(rows, final)
     steps = [r for r in ordered if r[0].startswith("step ")]
-    return labelled_strip([r for r in ordered if r[0] == "source"] + spread(steps, MAX_STRIP_ROWS)
+    return labelled_rows([r for r in ordered if r[0] == "source"] + spread(steps, MAX_STRIP_ROWS)
                           + [r for r in ordered if r[0] == final])
 
 

@@ -193,3 +193,19 @@ def curation_contact_sheet(
 
 
 __all__ = ["contact_sheet", "curation_contact_sheet"]
+
+
+def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int = 2) -> Image.Image:
+    """One row per label: the label, then the row's images (uint8 ``(n, H, W, 3)``)
+    side by side, each enlarged ``scale`` times (nearest neighbour)."""
+    n = max(r.shape[0] for _, r in rows)
+    h, w = rows[0][1].shape[1] * scale, rows[0][1].shape[2] * scale
+    label_w = 8 + 6 * max(len(label) for label, _ in rows)
+    sheet = Image.new("RGB", (label_w + n * (w + 2), len(rows) * (h + 2)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, images) in enumerate(rows):
+        y = r * (h + 2)
+        draw.text((4, y + h // 2 - 5), label, fill="black")
+        for i, img in enumerate(images):
+            sheet.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (label_w + i * (w + 2), y))
+    return sheet

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from diffusion_transfer.core.data.contact_sheet import labelled_rows
 from diffusion_transfer.core.data.images import to_tensor, to_uint8
 from diffusion_transfer.core.editing import ImplicitFunction, edit, text_direction, timestep_at, train_asyrp
 from diffusion_transfer.core.metrics import attributes as attr_metrics
@@ -200,20 +201,9 @@ def edit_grids(edits: dict, editing: dict, dataset: dict | None = None, scale: i
     """One image per prompt: the first ``grid_inputs`` inputs, then their edits."""
     p = editing_for(editing, dataset)
     k = min(p.grid_inputs, int(edits["inputs"].shape[0]))
-    grids = {}
-    for name in edits["meta"]["prompts"]:
-        rows = [("input", edits["inputs"].numpy()[:k]), (p.label(name), edits[name].numpy()[:k])]
-        h, w = rows[0][1].shape[1] * scale, rows[0][1].shape[2] * scale
-        label_w = 8 + 6 * max(len(r[0]) for r in rows)
-        sheet = Image.new("RGB", (label_w + k * (w + 2), 2 * (h + 2)), "white")
-        draw = ImageDraw.Draw(sheet)
-        for r, (label, row) in enumerate(rows):
-            y = r * (h + 2)
-            draw.text((4, y + h // 2 - 5), label, fill="black")
-            for i, img in enumerate(row):
-                sheet.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (label_w + i * (w + 2), y))
-        grids[name] = sheet
-    return grids
+    inputs = edits["inputs"].numpy()[:k]
+    return {name: labelled_rows([("input", inputs), (p.label(name), edits[name].numpy()[:k])], scale)
+             for name in edits["meta"]["prompts"]}
 
 
 #: ``edit_source_<dataset>``: Asyrp on the source (pretrained) model, the

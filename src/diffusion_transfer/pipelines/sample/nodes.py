@@ -120,7 +120,7 @@ def sample_prompts(model, noise_bank: dict, clip, method: dict, sampling: dict, 
     for prompt in prompts:
         cond = text_conditions(clip, prompt).expand(k, -1)
         rows.append(to_uint8(_generate(model, noise_bank["noise"][:k], p, sched, cond)))
-    return _labelled_rows(rows, prompts)
+    return labelled_rows(list(zip(prompts, rows)))
 
 
 def _text_image(text: str) -> Image.Image:
@@ -129,18 +129,3 @@ def _text_image(text: str) -> Image.Image:
     img = Image.new("RGB", (8 * len(text) + 16, 24), "white")
     ImageDraw.Draw(img).text((8, 6), text, fill="black")
     return img
-
-
-def _labelled_rows(rows: list[np.ndarray], labels: list[str], scale: int = 2) -> Image.Image:
-    from PIL import ImageDraw
-
-    n, h, w = rows[0].shape[0], rows[0].shape[1] * scale, rows[0].shape[2] * scale
-    label_w = 8 + 6 * max(len(s) for s in labels)
-    sheet = Image.new("RGB", (label_w + n * (w + 2), len(rows) * (h + 2)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for r, (row, label) in enumerate(zip(rows, labels)):
-        y = r * (h + 2)
-        draw.text((4, y + h // 2 - 5), label, fill="black")
-        for i, img in enumerate(row):
-            sheet.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (label_w + i * (w + 2), y))
-    return sheet
