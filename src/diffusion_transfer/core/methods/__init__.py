@@ -1,4 +1,4 @@
-"""Fine-tuning methods as EDM-style loss callables (see base.py)."""
+"""Fine-tuning methods as EDM-style loss callables (see base.py; names and flags in registry.py)."""
 
 from .base import Method, timestep_weight
 from .registry import METHODS, MethodInfo, build_method, expand_preset, method_names

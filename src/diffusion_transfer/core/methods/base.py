@@ -1,4 +1,4 @@
-"""What a fine-tuning method is, and the registry that builds one by name.
+"""What a fine-tuning method is, and the maths every method shares (the registry is registry.py).
 
 A method is a loss callable in the style of NVlabs/edm ``training/loss.py``::
 
