@@ -116,8 +116,12 @@ def test_editing_parameters_validate_and_name_the_parameter():
     with pytest.raises(InvalidParametersError, match=r"editing\.prompts\.smiling"):
         parse(EditingParams, {**EDITING, "prompts": {"smiling": {"source": ["a", "b"], "target": ["c", "d", "e"]}}},
               "editing")
-    with pytest.raises(InvalidParametersError, match="editing.n_train"):
-        select_edit_inputs(reference(4), EDITING)
+    # a dataset smaller than n_train + n_test (2 + 3) is split in the same proportion, not a late failure
+    small = select_edit_inputs(reference(4), EDITING)["meta"]
+    assert (small["n_train"], small["n_test"], small["requested"]) == (2, 2, {"n_train": 2, "n_test": 3})
+    assert set(small["train_index"]).isdisjoint(small["test_index"])
+    with pytest.raises(InvalidParametersError, match="at least 2 images"):
+        select_edit_inputs(reference(1), EDITING)
 
 
 def test_edit_pipeline_lives_in_the_run_namespace_and_has_catalog_entries():

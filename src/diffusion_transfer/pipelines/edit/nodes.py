@@ -19,6 +19,7 @@ are faces; FaceWorld edit success and preservation); one grid per prompt
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -35,23 +36,34 @@ from diffusion_transfer.pipelines.params import DatasetParams, EvaluationParams,
 from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
 
+logger = logging.getLogger(__name__)
 WORLD_CLIP_NOTE = "world CLIP (FaceWorld demo stand-in for CLIP ViT-B/32)"
 
 
 def select_edit_inputs(reference: dict, editing: dict, dataset: dict | None = None) -> dict:
     """``n_train`` training and ``n_test`` test images, disjoint, from a
-    seeded permutation of the target dataset (uint8, N x H x W x 3)."""
+    seeded permutation of the target dataset (uint8, N x H x W x 3). A
+    dataset smaller than ``n_train + n_test`` is split in the same
+    proportion (the meta and the log say so) rather than failing after the
+    method run; fewer than 2 images is an error."""
     p = editing_for(editing, dataset)
     images = reference["images"]
     n = int(images.shape[0])
-    if p.n_train + p.n_test > n:
-        raise InvalidParametersError(
-            f"Invalid parameters in 'editing.n_train' / 'editing.n_test': {p.n_train} + {p.n_test} images "
-            f"requested but the dataset has {n}")
+    n_train, n_test = p.n_train, p.n_test
+    if n < 2:
+        raise InvalidParametersError(f"Invalid parameters in 'editing': the edit stage needs at least 2 images "
+                                     f"(1 to train f_t, 1 to edit); the dataset has {n}")
+    reduced = n_train + n_test > n
+    if reduced:
+        n_train = min(n - 1, max(1, round(n * p.n_train / (p.n_train + p.n_test))))
+        n_test = n - n_train
+        logger.warning("editing.n_train / n_test: %d + %d requested but the dataset has %d images; using %d + %d",
+                       p.n_train, p.n_test, n, n_train, n_test)
     order = np.random.default_rng(p.seed).permutation(n)
-    train_idx, test_idx = order[:p.n_train], order[p.n_train:p.n_train + p.n_test]
+    train_idx, test_idx = order[:n_train], order[n_train:n_train + n_test]
     return {"train": images[torch.from_numpy(train_idx)], "test": images[torch.from_numpy(test_idx)],
-            "meta": {"seed": p.seed, "n_train": p.n_train, "n_test": p.n_test, "of": n,
+            "meta": {"seed": p.seed, "n_train": n_train, "n_test": n_test, "of": n,
+                     "requested": {"n_train": p.n_train, "n_test": p.n_test} if reduced else None,
                      "train_index": train_idx.tolist(), "test_index": test_idx.tolist()}}
 
 
