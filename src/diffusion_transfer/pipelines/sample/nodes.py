@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffusion_transfer.core.data.contact_sheet import labelled_rows
 from diffusion_transfer.core.data.images import to_tensor, to_uint8
 from diffusion_transfer.core.methods.anl import image_conditions, masked_images, text_conditions
 from diffusion_transfer.core.models.adapted import AdaptedUNet
