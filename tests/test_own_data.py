@@ -72,7 +72,7 @@ def _listed(stdout: str) -> list[str]:
     return [line[2:].strip() for line in stdout.splitlines() if line.startswith("- ")]
 
 
-def kedro(proj: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def kedro(proj: Path, *args: str, timeout: int = 2400) -> subprocess.CompletedProcess:
     return subprocess.run([str(KEDRO), *args], cwd=proj, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
