@@ -125,16 +125,16 @@ def build_run(name: str, model, teacher, batch: int, px: int, device, sdft_param
     return {"step": step, "params": sum(p.numel() for p in trainable)}
 
 
-def time_interleaved(runs: dict, warmup: int, repeats: int, device) -> dict:
+def time_interleaved(runs: dict, warmup: int, repeats: int, device, clock=time.perf_counter) -> dict:
     """Median seconds of each run; every repeat visits all runs, in alternating order."""
     def timed(fn) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return clock() - t0
 
     keys = list(runs)
     for _ in range(warmup):
@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teacher-dtype", default=None, help="SDFTLoss teacher_dtype (e.g. bfloat16, half); default: student's")
     ap.add_argument("--sdft-preset", default=None, help="SDFT Table 5 preset (metfaces, aahq); default: SDFTLoss's (MetFaces)")
     ap.add_argument("--max-ratio", type=float, default=None, help="one bar for every SDFT/naive ratio (default: 2.7 / 2.8)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: elapsed time; cpu: this process's CPU time (with --threads 1 the work done, "
+                         "little affected by other jobs on a shared machine)")
     ap.add_argument("--memory-batch", type=int, default=64, help="configurations at this batch get a peak-memory row")
     ap.add_argument("--methods", nargs="+", default=None, choices=ALL_METHODS,
                     help="methods to time against naive (default: sdft in the grid, all with --batch)")
@@ -242,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     names = ["naive"] + methods + (["naive@2B", "teacher@2B"] if grid and "sdft" in methods else [])
     runs = {(b, px, n): build_run(n, model, teacher, b, px, device, sdft_params(args))
             for b, px in configs for n in names}
-    medians = time_interleaved(runs, args.warmup, args.repeats, device)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    medians = time_interleaved(runs, args.warmup, args.repeats, device, clock)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {what} ({n_params / 1e6:.2f}M params), device {device}, threads {torch.get_num_threads()}, "
+          f"{'CPU time' if args.clock == 'cpu' else 'wall time'}, "
           f"{args.repeats} interleaved repeats after {args.warmup} warm-up, teacher dtype "
           f"{args.teacher_dtype or 'as student'}, sdft {sdft_params(args) or 'defaults (MetFaces preset)'}")
     failures = []
