@@ -67,7 +67,7 @@ def test_every_shipped_study_expands_on_registered_pipelines():
     names = set(register_pipelines())
     sizes = {name: len(study_points(name, block, names)) for name, block in studies.items()}
     assert sizes == {"weighting_aahq": 3, "weighting_metfaces": 3, "lambdas_aahq": 18, "lambdas_metfaces": 18,
-                     "steps_aahq": 6, "steps_metfaces": 6}
+                     "steps_aahq": 6, "steps_metfaces": 6, "edit_strength_aahq": 3}
     assert root == ROOT / "data" / "studies"
     weightings = [p.overrides["methods.sdft.weighting"] for p in study_points("weighting_aahq",
                                                                               studies["weighting_aahq"], names)]
@@ -99,6 +99,50 @@ def test_pareto_front_by_hand():
             _row("e", 9.0, 0.1), _row("f", 15.0, 0.7),  # f: b has the same retention and a lower FID
             _row("g", None, 0.9), _row("h", 1.0, 1.0, done=False)]  # no FID; not run
     assert pareto_front(rows) == {"a", "b", "d", "e"}
+
+
+def _edit_point(root: Path, point, rows: dict) -> None:
+    folder = root / point.id
+    (folder / "08_reporting" / point.namespace).mkdir(parents=True)
+    (folder / "08_reporting" / point.namespace / "edit_metrics.json").write_text(json.dumps(
+        {"rows": rows, "reconstruction": {"retention": 0.9}}))
+    (folder / "point.json").write_text(json.dumps({"run_seconds": 1.0}))
+
+
+def test_an_edit_study_reports_each_prompt_and_picks_its_point_by_the_declared_rule(tmp_path):
+    from diffusion_transfer.studies import write_study_report
+    from diffusion_transfer.studies.spec import Point
+
+    points = [Point("strength", "edit_source_aahq", {"editing.lr": lr}, {"editing.lr": lr}) for lr in (0.5, 0.1, 0.02)]
+    assert points[0].namespace == "source_aahq" and points[0].is_edit
+
+    def prompt(success, faces, preservation=0.8):
+        return {"label": "p", "s_dir": 0.1, "success": success, "preservation": preservation, "face_rate": faces}
+
+    # lr 0.5: the best mean success (0.6) but one prompt's edits are not faces (0.5 < 0.9): not eligible.
+    _edit_point(tmp_path, points[0], {"smiling": prompt(0.8, 1.0), "sad": prompt(0.4, 0.5)})
+    # lr 0.1: mean success (0.5 + 0.3) / 2 = 0.4; the n/a prompt (angry) is left out of the means.
+    _edit_point(tmp_path, points[1], {"smiling": prompt(0.5, 0.95), "sad": prompt(0.3, 0.9),
+                                      "angry": prompt(None, 0.92, None)})
+    # lr 0.02: faces kept, mean success 0.2.
+    _edit_point(tmp_path, points[2], {"smiling": prompt(0.2, 1.0), "sad": prompt(0.2, 1.0)})
+    report = write_study_report("strength", points, tmp_path)
+    record = json.loads((tmp_path / "study.json").read_text())
+    assert record["chosen"] == points[1].id
+    row = next(r for r in record["rows"] if r["point"] == points[1].id)
+    assert row["means"]["success"] == pytest.approx(0.4)
+    assert row["means"]["min_face_rate"] == pytest.approx(0.9)
+    text = report.read_text()
+    assert f"**Chosen point: {points[1].id}**" in text and "0.400" in text
+    assert (tmp_path / "edit_strength.png").stat().st_size > 0
+
+
+def test_an_edit_study_with_no_point_keeping_faces_chooses_none():
+    from diffusion_transfer.studies.edit_report import chosen_point
+
+    rows = [{"point": "a", "done": True, "means": {"success": 0.9, "preservation": 0.5, "min_face_rate": 0.2}},
+            {"point": "b", "done": False}]
+    assert chosen_point(rows) is None
 
 
 # --- a smoke-sized study, end to end -------------------------------------------------------------------
@@ -133,6 +177,10 @@ def test_the_smoke_study_runs_each_point_once_tracked_and_reports_it(tmp_path):
         assert history["run"]["hyperparameters"]["weighting"] == weighting
         checkpoints = Path(history["checkpoint_dir"])
         assert (checkpoints if checkpoints.is_absolute() else proj / checkpoints).is_relative_to(folders[key])
+        # outputs: [metrics]: what metrics.json needs ran, translation and the domain classifier did not
+        assert records[key]["outputs"] == ["sdft_aahq.metrics"]
+        assert not (folders[key] / "08_reporting" / "sdft_aahq" / "translation_metrics.json").exists()
+        assert not (folders[key] / "06_models" / "classifiers").exists()
     # the second point reused the shared stages (curation, classifier, source samples...): never rendered FaceWorld
     assert records[second]["shared"]["reused_from"] == folders[first].name
     assert records[second]["shared"]["signature"] == records[first]["shared"]["signature"]

@@ -118,7 +118,12 @@ def study_plot(name: str, rows: list[dict[str, Any]], front: set[str]) -> plt.Fi
 
 
 def write_study_report(name: str, points: list[Point], root: Path) -> Path:
-    """Write study.md, study.json and the plot under ``root``; returns study.md's path."""
+    """Write study.md, study.json and the plot under ``root``; returns study.md's path.
+    A study of edit runs gets the edit report (``edit_report.py``)."""
+    if points and all(p.is_edit for p in points):
+        from diffusion_transfer.studies.edit_report import write_edit_study_report
+
+        return write_edit_study_report(name, points, root)
     root.mkdir(parents=True, exist_ok=True)
     rows = [point_row(p, root) for p in points]
     front = pareto_front(rows)

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 from diffusion_transfer.config import DATA_ROOT_ENV
 from diffusion_transfer.pipelines.params import InvalidParametersError
-from diffusion_transfer.studies.spec import Point, study_points
+from diffusion_transfer.studies.spec import Point, namespace_of, study_points
 from diffusion_transfer.tracking.hook import POINT_ENV, STUDY_ENV
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def run_point(point: Point, project: Path, env: str | None, point_root: Path, in
     """Run one point (a fresh process unless ``in_process``); returns its record."""
     point_root.mkdir(parents=True, exist_ok=True)
     spec = {"study": point.study, "point": point.id, "pipeline": point.pipeline, "overrides": point.overrides,
-            "labels": point.labels, "env": env, "project": str(project),
+            "labels": point.labels, "outputs": point.to_outputs(), "env": env, "project": str(project),
             "data_root": os.path.relpath(point_root, project)}
     spec_path = point_root / SPEC_FILE
     spec_path.write_text(json.dumps(spec, indent=2, default=str))
@@ -151,9 +151,10 @@ def execute_point(spec_path: Path) -> dict[str, Any]:
         reused = reuse_shared_outputs(shared, point_root)
         start = time.perf_counter()
         with KedroSession.create(project_path=project, env=spec["env"], runtime_params=runtime) as session:
-            session.run(pipeline_names=[spec["pipeline"]], only_missing_outputs=True)
+            session.run(pipeline_names=[spec["pipeline"]], only_missing_outputs=True,
+                        to_outputs=spec.get("outputs"))
         seconds = time.perf_counter() - start
-    record = {**{k: spec[k] for k in ("study", "point", "pipeline", "overrides", "labels", "env")},
+    record = {**{k: spec.get(k) for k in ("study", "point", "pipeline", "overrides", "labels", "outputs", "env")},
               "data_root": spec["data_root"], "run_seconds": round(seconds, 1),
               "shared": {**shared, "reused_from": reused}}
     (point_root / POINT_RECORD).write_text(json.dumps(record, indent=2, default=str))
@@ -183,7 +184,7 @@ def shared_stage(project: Path, env: str | None, runtime: dict[str, Any], pipeli
     loader = _loader(project, env, runtime)
     params = loader["parameters"]
     pipeline = pipelines[pipeline_name]
-    namespace = pipeline_name
+    namespace = namespace_of(pipeline_name)
     shared = [n for n in pipeline.nodes if (n.namespace or "").split(".")[0] != namespace]
     names = sorted({i for n in shared for i in n.inputs if i.startswith("params:") or i == "parameters"})
     values = {n: _run_independent(n[7:], _lookup(params, n[7:])) if n != "parameters" else params for n in names}

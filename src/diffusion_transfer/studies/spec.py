@@ -7,6 +7,7 @@ and the points of its grid.
       weighting_aahq:
         pipeline: sdft_aahq                 # a method run: <method>_<dataset>
         base: {train.steps: 600}            # overrides shared by every point (dotted keys)
+        outputs: [metrics]                  # optional: only what metrics.json needs (no translation)
         grid:                               # one point per combination, in this order
           methods.sdft.weighting: [constant, min_snr, p2]
           gamma:                            # an axis of override sets: each value is a mapping
@@ -33,6 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from diffusion_transfer.pipelines.params import InvalidParametersError, parse
 
 PIPELINE_AXIS = "pipeline"
+EDIT_PREFIX = "edit_"
+
+
+def namespace_of(pipeline: str) -> str:
+    """``sdft_aahq`` -> ``sdft_aahq``; ``edit_source_aahq`` -> ``source_aahq``."""
+    return pipeline.removeprefix(EDIT_PREFIX)
 
 
 class StudyParams(BaseModel):
@@ -42,6 +49,8 @@ class StudyParams(BaseModel):
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]]
+    outputs: list[str] | None = Field(None, description="compute only these outputs of the run's namespace "
+                                      "(e.g. [metrics]) and what they need; default: the whole pipeline")
 
     @field_validator("grid")
     @classmethod
@@ -65,6 +74,7 @@ class Point:
     pipeline: str
     overrides: dict[str, Any]
     labels: dict[str, Any] = field(default_factory=dict)  # grid axis -> the value shown in tables
+    outputs: tuple[str, ...] | None = None  # the run's outputs to compute (None: the whole pipeline)
 
     @property
     def id(self) -> str:
@@ -75,8 +85,17 @@ class Point:
 
     @property
     def namespace(self) -> str:
-        """The method run's namespace (and reporting folder): the pipeline's name."""
-        return self.pipeline
+        """The run's namespace (and reporting folder): the pipeline's name, or
+        for an edit run ``edit_<run>`` the run it edits (``source_aahq``)."""
+        return namespace_of(self.pipeline)
+
+    @property
+    def is_edit(self) -> bool:
+        return self.pipeline.startswith(EDIT_PREFIX)
+
+    def to_outputs(self) -> list[str] | None:
+        """The catalog names Kedro runs up to (``to_outputs``), or None for the whole pipeline."""
+        return [f"{self.namespace}.{o}" for o in self.outputs] if self.outputs else None
 
     def runtime_params(self) -> dict[str, Any]:
         """The overrides as the nested mapping Kedro merges into the parameters."""
@@ -139,7 +158,8 @@ def study_points(name: str, block: Any, pipelines: set[str] | None = None) -> li
             nested(overrides)  # conflicting keys fail here, naming them
         except InvalidParametersError as err:
             raise InvalidParametersError(f"Invalid parameters in 'studies.{name}': {err}") from None
-        points.append(Point(name, str(pipeline), overrides, labels))
+        points.append(Point(name, str(pipeline), overrides, labels,
+                            tuple(study.outputs) if study.outputs else None))
     ids = [p.id for p in points]
     if len(set(ids)) != len(ids):
         raise InvalidParametersError(f"Invalid parameters in 'studies.{name}.grid': two points have the same "
