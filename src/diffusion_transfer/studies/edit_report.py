@@ -91,7 +91,7 @@ def edit_study_table(rows: list[dict[str, Any]], chosen: str | None) -> list[str
         cells = values + [_fmt(m["s_dir"]), _fmt(m["success"]), _fmt(m["preservation"]), _fmt(m["min_face_rate"])]
         cells += [" / ".join(_fmt(row["prompts"][p].get(k)) for k in _MEASURES) for p in prompts]
         cells += [_fmt(row["reconstruction"]), "**yes**" if row["point"] == chosen else "",
-                  _fmt(row.get("run_seconds"))]
+                  _fmt(round(row["run_seconds"]) if row.get("run_seconds") is not None else None)]
         lines.append(f"| {row['point']} | " + " | ".join(cells) + " |")
     return lines
 

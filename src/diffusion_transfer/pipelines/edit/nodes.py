@@ -139,7 +139,9 @@ def apply_edits(model, directions: dict, inputs: dict, editing: dict, schedule: 
               conditions=cond)
     out: dict[str, Any] = {"inputs": inputs["test"]}
     recon = None
-    for name in p.prompts:
+    from tqdm.auto import tqdm
+
+    for name in tqdm(p.prompts, desc=f"edit {x.shape[0]} images", unit="prompt"):
         res = edit(model, load_directions(directions, name), x, sched, **kw)
         out[name] = torch.from_numpy(to_uint8(res["edited"]))
         recon = res["reconstructed"] if recon is None else recon
