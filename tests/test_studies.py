@@ -72,6 +72,23 @@ def test_every_shipped_study_expands_on_registered_pipelines():
     weightings = [p.overrides["methods.sdft.weighting"] for p in study_points("weighting_aahq",
                                                                               studies["weighting_aahq"], names)]
     assert weightings == ["constant", "min_snr", "p2"]
+    from diffusion_transfer.studies.runner import points_of
+
+    for name in studies:  # their 'outputs' name outputs of their runs (checked before any compute)
+        points, _ = points_of(name, ROOT, None)
+        assert all(p.outputs in (None, ("metrics",)) for p in points)
+
+
+def test_outputs_must_be_the_runs_own(tmp_path):
+    from diffusion_transfer.studies.runner import _check_outputs
+    from diffusion_transfer.studies.spec import Point
+    from diffusion_transfer.pipelines.params import InvalidParametersError
+
+    produced = {"sdft_aahq.metrics", "sdft_aahq.report", "aahq_curated"}
+    _check_outputs("s", Point("s", "sdft_aahq", {}, {}, ("metrics",)), produced)
+    with pytest.raises(InvalidParametersError, match=r"studies\.s\.outputs.*no output sdft_aahq\.metrix; its "
+                                                     r"outputs: metrics, report"):
+        _check_outputs("s", Point("s", "sdft_aahq", {}, {}, ("metrix",)), produced)
 
 
 def test_shared_signature_leaves_out_what_only_the_method_run_reads():

@@ -68,7 +68,20 @@ def points_of(name: str, project: Path, env: str | None) -> tuple[list[Point], P
     if name not in studies:
         raise InvalidParametersError(f"no study {name!r} in 'studies' (env {env or 'local'}); declared: "
                                      f"{', '.join(sorted(studies)) or 'none'} (conf/base/parameters_studies.yml)")
-    return study_points(name, studies[name], set(pipelines)), root / name
+    points = study_points(name, studies[name], set(pipelines))
+    for point in points:
+        _check_outputs(name, point, pipelines[point.pipeline].all_outputs())
+    return points, root / name
+
+
+def _check_outputs(name: str, point: Point, produced: set[str]) -> None:
+    """``outputs`` must name outputs of the run's namespace (before any compute)."""
+    missing = [o for o in point.to_outputs() or [] if o not in produced]
+    if missing:
+        prefix = f"{point.namespace}."
+        known = sorted(o[len(prefix):] for o in produced if o.startswith(prefix) and "." not in o[len(prefix):])
+        raise InvalidParametersError(f"Invalid parameters in 'studies.{name}.outputs': {point.pipeline} has no "
+                                     f"output {', '.join(missing)}; its outputs: {', '.join(known)}")
 
 
 def is_done(point_root: Path) -> bool:
