@@ -390,6 +390,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
             aahq, metfaces = (editing_for(params["editing"], params["datasets"][d]) for d in ("aahq", "metfaces"))
             assert (aahq.n_test, metfaces.n_test, aahq.n_train, aahq.inversion_steps) == (400, 500, 100, 100)
             assert [aahq.asyrp_config(k, 500).epochs for k in aahq.prompts] == [5, 3, 3, 5, 3]  # SDFT app. E
+            assert aahq.lr == 0.5  # Asyrp_official's, not base's FaceWorld strength
             assert aahq.prompts["angry"].target == ["angry face"] and aahq.label("angry") == "angry"  # Asyrp text
             with pytest.raises(DatasetError, match="ffhq_p2_diffusers"):
                 context.catalog.load("source_model")
