@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from diffusion_transfer.studies.report_common import report_header, save_figure  # noqa: E402
 from diffusion_transfer.studies.spec import Point, slug  # noqa: E402
 
 FACE_RATE_FLOOR = 0.9
@@ -120,15 +121,11 @@ def write_edit_study_report(name: str, points: list[Point], root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     rows = [edit_point_row(p, root) for p in points]
     chosen = chosen_point(rows)
-    fig = edit_study_plot(name, rows, chosen)
-    fig.savefig(root / PLOT_FILE, dpi=120)
-    plt.close(fig)
-    done = sum(r["done"] for r in rows)
+    save_figure(edit_study_plot(name, rows, chosen), root / PLOT_FILE)
     rule = (f"Chosen: among the points whose edits stay faces for every prompt (face rate >= {FACE_RATE_FLOOR}), "
             "the highest mean edit success (ties: the higher mean preservation). Means are over the prompts "
             "where a measure is defined.")
-    lines = [f"# Study: {name}", "", f"{done} of {len(rows)} points run. Each point is its own run under "
-             f"`{root.name}/<point>/`; `python -m diffusion_transfer.studies run {name}` runs the rest.", "",
+    lines = [*report_header(name, rows, root),
              "Per prompt: S_dir (run's CLIP) / FaceWorld edit success / preservation / face rate of the edits "
              "(`edit_metrics.json`, docs/EDITING.md).", "", rule, "",
              f"**Chosen point: {chosen or 'none (no point keeps faces for every prompt)'}**", "",

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from diffusion_transfer.studies.report_common import report_header, save_figure  # noqa: E402
 from diffusion_transfer.studies.spec import Point, slug  # noqa: E402
 from diffusion_transfer.tracking.records import evaluation_metrics  # noqa: E402
 
@@ -127,13 +128,8 @@ def write_study_report(name: str, points: list[Point], root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     rows = [point_row(p, root) for p in points]
     front = pareto_front(rows)
-    fig = study_plot(name, rows, front)
-    fig.savefig(root / PLOT_FILE, dpi=120)
-    plt.close(fig)
-    done = sum(r["done"] for r in rows)
-    lines = [f"# Study: {name}", "", f"{done} of {len(rows)} points run. Each point is its own run under "
-             f"`{root.name}/<point>/` (its own data root); `python -m diffusion_transfer.studies run {name}` "
-             f"runs the rest.", "", "Metrics of the fine-tuned model (`metrics.json`): FID/KID against the "
+    save_figure(study_plot(name, rows, front), root / PLOT_FILE)
+    lines = [*report_header(name, rows, root), "Metrics of the fine-tuned model (`metrics.json`): FID/KID against the "
              "target data; *kept*: of the source samples showing an attribute value absent from the training set, "
              "the share whose fine-tuned sample (same noise) still shows it. Pareto: no other run has both a lower "
              "or equal FID and a higher or equal retention of absent values (one of them strictly).", "",

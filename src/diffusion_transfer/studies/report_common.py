@@ -1,0 +1,24 @@
+"""What both study reports (``report.py``, ``edit_report.py``) write alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report_header(name: str, rows: list[dict[str, Any]], root: Path) -> list[str]:
+    """The report's title and how many points are done."""
+    done = sum(r["done"] for r in rows)
+    return [f"# Study: {name}", "", f"{done} of {len(rows)} points run. Each point is its own run under "
+            f"`{root.name}/<point>/` (its own data root); `python -m diffusion_transfer.studies run {name}` "
+            f"runs the rest.", ""]
