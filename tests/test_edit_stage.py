@@ -96,6 +96,7 @@ def test_smoke_edit_run_writes_grids_and_metrics(tmp_path, kind):
     assert rows["angry"]["success"] is None and rows["angry"]["attribute"].startswith("n/a")
     assert rows["smiling"]["attribute"] == "expression" and "identity" not in rows["smiling"]
     assert metrics["weights"]["s_dir"] == "hash clip (test stand-in)"
+    assert metrics["settings"]["f_t"] == {"lr": 0.05, "epochs": 1, "train_steps": 4, "n_train": 2}  # what trained f_t
     grids = edit_grids(edits, EDITING)
     assert set(grids) == {"smiling", "angry"}
     assert grids["smiling"].size[1] == 2 * (16 + 2)  # inputs row + edits row, 2x scale

@@ -147,7 +147,9 @@ def apply_edits(model, directions: dict, inputs: dict, editing: dict, schedule: 
         recon = res["reconstructed"] if recon is None else recon
     out["reconstructed"] = torch.from_numpy(to_uint8(recon))
     out["meta"] = {"prompts": list(p.prompts), "labels": {k: p.label(k) for k in p.prompts},
-                   "settings": {k: v for k, v in kw.items() if k != "conditions"},
+                   "settings": {**{k: v for k, v in kw.items() if k != "conditions"},
+                                "f_t": {"lr": p.lr, "epochs": p.epochs, "train_steps": p.train_steps,
+                                        "n_train": int(inputs["train"].shape[0])}},
                    "texts": {k: {"source": v.source, "target": v.target} for k, v in p.prompts.items()}}
     return out
 
