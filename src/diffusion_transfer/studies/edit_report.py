@@ -25,8 +25,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffusion_transfer.studies.report_common import report_header, save_figure  # noqa: E402
-from diffusion_transfer.studies.spec import Point, slug  # noqa: E402
+from diffusion_transfer.studies.report_common import grid_label, report_header, save_figure  # noqa: E402
+from diffusion_transfer.studies.spec import Point  # noqa: E402
 
 FACE_RATE_FLOOR = 0.9
 PLOT_FILE = "edit_strength.png"
@@ -37,8 +37,7 @@ def edit_point_row(point: Point, root: Path) -> dict[str, Any]:
     """The point's grid values and per-prompt edit metrics (``done`` False before it ran)."""
     folder = root / point.id
     row: dict[str, Any] = {"point": point.id, "pipeline": point.pipeline, "done": False,
-                           "labels": {axis: slug(v) if isinstance(v, dict) else str(v)
-                                      for axis, v in point.labels.items()}}
+                           "labels": {axis: grid_label(v) for axis, v in point.labels.items()}}
     metrics_path = folder / "08_reporting" / point.namespace / "edit_metrics.json"
     record_path = folder / "point.json"
     if not (record_path.is_file() and metrics_path.is_file()):

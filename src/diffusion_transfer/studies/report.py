@@ -19,8 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffusion_transfer.studies.report_common import report_header, save_figure  # noqa: E402
-from diffusion_transfer.studies.spec import Point, slug  # noqa: E402
+from diffusion_transfer.studies.report_common import grid_label, report_header, save_figure  # noqa: E402
+from diffusion_transfer.studies.spec import Point  # noqa: E402
 from diffusion_transfer.tracking.records import evaluation_metrics  # noqa: E402
 
 X_KEY, Y_KEY = "retention_of_absent.mean", "fid"
@@ -35,7 +35,7 @@ def point_row(point: Point, root: Path) -> dict[str, Any]:
     """The point's grid values and metrics (``done`` False before it ran)."""
     folder = root / point.id
     row: dict[str, Any] = {"point": point.id, "pipeline": point.pipeline,
-                           "labels": {axis: _label(v) for axis, v in point.labels.items()}, "done": False}
+                           "labels": {axis: grid_label(v) for axis, v in point.labels.items()}, "done": False}
     metrics_path = folder / "08_reporting" / point.namespace / "metrics.json"
     record_path = folder / "point.json"
     if not (record_path.is_file() and metrics_path.is_file()):
@@ -46,10 +46,6 @@ def point_row(point: Point, root: Path) -> dict[str, Any]:
     row.update(done=True, metrics=evaluation_metrics(metrics), absent_values=absent,
                run_seconds=record.get("run_seconds"), reused_shared_from=record.get("shared", {}).get("reused_from"))
     return row
-
-
-def _label(value: Any) -> str:
-    return slug(value) if isinstance(value, dict) else str(value)
 
 
 def pareto_front(rows: list[dict[str, Any]]) -> set[str]:

@@ -10,6 +10,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from diffusion_transfer.studies.spec import slug  # noqa: E402
+
+
+def grid_label(value: Any) -> str:
+    """A grid value as tables show it (a mapping axis: its values joined)."""
+    return slug(value) if isinstance(value, dict) else str(value)
+
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
     fig.savefig(path, dpi=120)
