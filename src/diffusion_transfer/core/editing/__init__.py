@@ -3,6 +3,7 @@
 from diffusion_transfer.core.editing.asyrp import (
     ImplicitFunction,
     edit,
+    edit_many,
     edit_timesteps,
     generate,
     invert,
@@ -17,10 +18,10 @@ from diffusion_transfer.core.editing.losses import (
     text_direction,
     text_similarity,
 )
-from diffusion_transfer.core.editing.train import AsyrpConfig, AsyrpResult, train_asyrp
+from diffusion_transfer.core.editing.train import AsyrpConfig, AsyrpResult, invert_images, train_asyrp
 
 __all__ = [
     "AsyrpConfig", "AsyrpResult", "HSpace", "ImplicitFunction", "asyrp_loss", "clip_objective",
-    "directional_loss", "edit", "edit_timesteps", "find_unet", "generate", "invert", "model_eps",
-    "text_direction", "text_similarity", "timestep_at", "train_asyrp",
+    "directional_loss", "edit", "edit_many", "edit_timesteps", "find_unet", "generate", "invert", "invert_images",
+    "model_eps", "text_direction", "text_similarity", "timestep_at", "train_asyrp",
 ]

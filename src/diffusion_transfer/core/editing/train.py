@@ -106,13 +106,21 @@ def _fresh_or_copied_f_t(model: nn.Module, cfg: AsyrpConfig, init: ImplicitFunct
     return f_t
 
 
-def _invert_all(model: nn.Module, images: torch.Tensor, conditions: torch.Tensor | None, schedule: NoiseSchedule,
-                cfg: AsyrpConfig, device: torch.device) -> torch.Tensor:
-    """Every image DDIM-inverted to x_{T-1} once (Asyrp's ``precompute_pairs``), on the CPU."""
-    return torch.cat([
-        invert(model, images[i:i + cfg.batch_size].to(device), schedule, cfg.inversion_steps,
-               conditions[i:i + cfg.batch_size].to(device) if conditions is not None else None).cpu()
-        for i in range(0, images.shape[0], cfg.batch_size)])
+def invert_images(model: nn.Module, images: torch.Tensor, schedule: NoiseSchedule, config: AsyrpConfig,
+                  conditions: torch.Tensor | None = None) -> torch.Tensor:
+    """Every image DDIM-inverted to x_{T-1} once (Asyrp's ``precompute_pairs``),
+    in ``config.batch_size`` batches, on the CPU: ``train_asyrp``'s
+    ``inverted``, shared by every prompt trained on the same images."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([
+            invert(model, images[i:i + config.batch_size].float().to(device), schedule, config.inversion_steps,
+                   conditions[i:i + config.batch_size].to(device) if conditions is not None else None).cpu()
+            for i in range(0, images.shape[0], config.batch_size)])
+    finally:
+        model.train(was_training)
 
 
 def _next_timesteps(schedule: NoiseSchedule, steps: int) -> dict[int, int]:
@@ -123,17 +131,21 @@ def _next_timesteps(schedule: NoiseSchedule, steps: int) -> dict[int, int]:
 def train_asyrp(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, clip: Any,
                 source: Sequence[str] | str, target: Sequence[str] | str, config: AsyrpConfig | None = None, *,
                 conditions: torch.Tensor | None = None, progress: bool = True, desc: str = "asyrp",
-                init: ImplicitFunction | None = None) -> AsyrpResult:
+                init: ImplicitFunction | None = None, inverted: torch.Tensor | None = None) -> AsyrpResult:
     """Train f_t to move ``images`` (B, 3, H, W) in [-1, 1] from the
     ``source`` texts toward the ``target`` texts in ``clip``'s space (any
     object with differentiable ``encode_images`` and ``encode_text``, both
     returning embeddings). The UNet's parameters are frozen for the run and
     their ``requires_grad`` restored afterwards. ``init``: start from this
-    f_t (copied) instead of a fresh, zero-output one."""
+    f_t (copied) instead of a fresh, zero-output one. ``inverted``: the
+    images' x_{T-1} from :func:`invert_images` with this config's inversion
+    settings (computed here when not given)."""
     from tqdm.auto import tqdm
 
     cfg = config or AsyrpConfig()
     _check_inputs(cfg, schedule, images, conditions)
+    if inverted is not None and tuple(inverted.shape) != tuple(images.shape):
+        raise ValueError(f"inverted has shape {tuple(inverted.shape)} but images {tuple(images.shape)}")
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
     f_t = _fresh_or_copied_f_t(model, cfg, init).to(device).train()
@@ -151,7 +163,7 @@ def train_asyrp(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor,
     model.eval()
     x_src_all = images.float()
     with frozen(model), HSpace(model) as space:
-        x_T_all = _invert_all(model, x_src_all, conditions, schedule, cfg, device)
+        x_T_all = inverted if inverted is not None else invert_images(model, x_src_all, schedule, cfg, conditions)
         n_batches = (images.shape[0] + cfg.batch_size - 1) // cfg.batch_size
         bar = tqdm(total=cfg.epochs * n_batches, desc=desc, unit="batch", disable=not progress)
         try:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from diffusion_transfer.core.io import atomic_path
 
@@ -51,15 +52,17 @@ def check_images(images: Any, what: str) -> np.ndarray:
 
 
 def extract_features(
-    extractor: FeatureExtractor, images_uint8: np.ndarray, batch_size: int = 64
+    extractor: FeatureExtractor, images_uint8: np.ndarray, batch_size: int = 64, desc: str | None = None
 ) -> np.ndarray:
-    """Features (N, D) float64 of uint8 images (N, H, W, 3)."""
+    """Features (N, D) float64 of uint8 images (N, H, W, 3); ``desc`` labels
+    a progress bar over the batches (none when ``None``)."""
     images = check_images(images_uint8, "images_uint8")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     feats: list[np.ndarray] = []
+    starts = range(0, images.shape[0], batch_size)
     with torch.no_grad():
-        for start in range(0, images.shape[0], batch_size):
+        for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None or len(starts) < 2, leave=False):
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
             out = extractor.fn(batch.permute(0, 3, 1, 2).contiguous())
             out = torch.as_tensor(out).detach().to("cpu", torch.float64)
@@ -103,8 +106,9 @@ def cached_features(extractor: FeatureExtractor, images_uint8: np.ndarray, cache
                     batch_size: int = 64, prefix: str = "gen") -> np.ndarray:
     """:func:`extract_features`, read from / written to ``cache_dir`` (no
     cache when it is ``None``)."""
+    desc = f"{extractor.name} features ({prefix}, {images_uint8.shape[0]} images)"
     if cache_dir is None:
-        return extract_features(extractor, images_uint8, batch_size)
+        return extract_features(extractor, images_uint8, batch_size, desc)
     cache_dir = Path(cache_dir)
     if cache_dir.exists() and not cache_dir.is_dir():
         raise ValueError(f"the feature cache must be a directory, got the file {cache_dir}")
@@ -117,7 +121,7 @@ def cached_features(extractor: FeatureExtractor, images_uint8: np.ndarray, cache
         except (OSError, ValueError):
             pass  # corrupt cache file: recompute and overwrite
         warnings.warn(f"ignoring unreadable feature cache {path}", RuntimeWarning, stacklevel=3)
-    feats = extract_features(extractor, images_uint8, batch_size)
+    feats = extract_features(extractor, images_uint8, batch_size, desc)
     with atomic_path(path, ".npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, feats, allow_pickle=False)

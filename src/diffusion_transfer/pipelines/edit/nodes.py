@@ -28,7 +28,14 @@ from PIL import Image
 
 from diffusion_transfer.core.data.contact_sheet import labelled_rows
 from diffusion_transfer.core.data.images import to_tensor, to_uint8
-from diffusion_transfer.core.editing import ImplicitFunction, edit, text_direction, timestep_at, train_asyrp
+from diffusion_transfer.core.editing import (
+    ImplicitFunction,
+    edit_many,
+    invert_images,
+    text_direction,
+    timestep_at,
+    train_asyrp,
+)
 from diffusion_transfer.core.metrics import attributes as attr_metrics
 from diffusion_transfer.core.metrics.editing import directional_similarity, edit_success, prompt_attribute
 from diffusion_transfer.pipelines.edit.params import editing_for
@@ -102,9 +109,14 @@ def train_edit_directions(model, inputs: dict, clip, editing: dict, schedule: di
     out: dict[str, Any] = {}
     meta: dict[str, Any] = {"t_edit": t_edit, "t_boost": timestep_at(sched, p.t_boost, "editing.t_boost"),
                             "clip": getattr(clip, "weights_label", type(clip).__name__), "prompts": {}}
+    inverted: dict[tuple[int, int], torch.Tensor] = {}  # per inversion setting: every prompt shares it
     for name, prompt in p.prompts.items():
-        res = train_asyrp(model, sched, x, clip, prompt.source, prompt.target, p.asyrp_config(name, t_edit),
-                          conditions=cond, desc=f"asyrp ({p.label(name)})")
+        config = p.asyrp_config(name, t_edit)
+        key = (config.inversion_steps, config.batch_size)
+        if key not in inverted:
+            inverted[key] = invert_images(model, x, sched, config, cond)
+        res = train_asyrp(model, sched, x, clip, prompt.source, prompt.target, config, conditions=cond,
+                          desc=f"asyrp ({p.label(name)})", inverted=inverted[key])
         for k, v in res.f_t.state_dict().items():
             out[f"{name}.{k}"] = v.detach().cpu()
         meta["prompts"][name] = {**res.meta, "f_t": res.f_t.config, "history": res.history}
@@ -138,14 +150,16 @@ def apply_edits(model, directions: dict, inputs: dict, editing: dict, schedule: 
               t_boost=directions["meta"]["t_boost"], scale=p.scale, batch_size=p.edit_batch_size, seed=p.seed,
               conditions=cond)
     out: dict[str, Any] = {"inputs": inputs["test"]}
-    recon = None
     from tqdm.auto import tqdm
 
-    for name in tqdm(p.prompts, desc=f"edit {x.shape[0]} images", unit="prompt"):
-        res = edit(model, load_directions(directions, name), x, sched, **kw)
-        out[name] = torch.from_numpy(to_uint8(res["edited"]))
-        recon = res["reconstructed"] if recon is None else recon
-    out["reconstructed"] = torch.from_numpy(to_uint8(recon))
+    # One inversion and one reconstruction per batch, shared by every prompt.
+    n_batches = -(-x.shape[0] // p.edit_batch_size)
+    with tqdm(total=n_batches * len(p.prompts), desc=f"edit {x.shape[0]} images", unit="batch") as bar:
+        res = edit_many(model, {name: load_directions(directions, name) for name in p.prompts}, x, sched, **kw,
+                        callback=lambda name: (bar.set_postfix(prompt=name), bar.update(1)))
+    for name in p.prompts:
+        out[name] = torch.from_numpy(to_uint8(res["edited"][name]))
+    out["reconstructed"] = torch.from_numpy(to_uint8(res["reconstructed"]))
     out["meta"] = {"prompts": list(p.prompts), "labels": {k: p.label(k) for k in p.prompts},
                    "settings": {**{k: v for k, v in kw.items() if k != "conditions"},
                                 "f_t": {"lr": p.lr, "epochs": p.epochs, "train_steps": p.train_steps,
