@@ -100,6 +100,24 @@ def test_shared_signature_leaves_out_what_only_the_method_run_reads():
     assert _run_independent("sampling", {"train": 1}) == {"train": 1}  # only datasets.<d>.train is left out
 
 
+def test_feature_files_of_finished_points_are_copied_once_and_never_half_written(tmp_path):
+    from diffusion_transfer.studies.runner import reuse_feature_cache
+
+    cache = "04_feature/fid_cache"
+    for point, files in (("a", {"ref_x.npy": b"ref", "gen_src.npy": b"src"}), ("b", {"gen_b.npy": b"b"})):
+        (tmp_path / point / cache).mkdir(parents=True)
+        for name, data in files.items():
+            (tmp_path / point / cache / name).write_bytes(data)
+    (tmp_path / "a" / cache / ".gen_y.npy.tmp123.npy").write_bytes(b"half")  # a write under way in point a
+    (tmp_path / "c" / cache).mkdir(parents=True)
+    (tmp_path / "c" / cache / "ref_x.npy").write_bytes(b"own")
+    assert reuse_feature_cache(cache, tmp_path / "c") == 2
+    got = {f.name: f.read_bytes() for f in (tmp_path / "c" / cache).iterdir()}
+    assert got == {"ref_x.npy": b"own", "gen_src.npy": b"src", "gen_b.npy": b"b"}  # its own file is kept
+    assert reuse_feature_cache(cache, tmp_path / "c") == 0
+    assert reuse_feature_cache(None, tmp_path / "c") == 0  # a cache outside the point's root is shared already
+
+
 # --- the report ---------------------------------------------------------------------------------
 
 
@@ -202,6 +220,11 @@ def test_the_smoke_study_runs_each_point_once_tracked_and_reports_it(tmp_path):
     assert records[second]["shared"]["reused_from"] == folders[first].name
     assert records[second]["shared"]["signature"] == records[first]["shared"]["signature"]
     assert (folders[first] / "01_raw").is_dir() and not (folders[second] / "01_raw").exists()
+    # ... and the first point's FID features (reference set, source samples) instead of recomputing them
+    assert records[first]["shared"]["feature_files_reused"] == 0
+    assert records[second]["shared"]["feature_files_reused"] >= 2
+    cache = [folders[k] / records[k]["shared"]["feature_cache"] for k in (first, second)]
+    assert {f.name for f in cache[0].glob("ref_*.npy")} <= {f.name for f in cache[1].glob("ref_*.npy")}
     # the report: a row per point with its metrics, the Pareto front re-derived from metrics.json
     study = json.loads((root / "study.json").read_text())
     rows = {r["point"].rsplit("_", 1)[0]: r for r in study["rows"]}

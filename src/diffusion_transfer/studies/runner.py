@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from diffusion_transfer.config import DATA_ROOT_ENV
+from diffusion_transfer.core.io import atomic_path
 from diffusion_transfer.pipelines.params import InvalidParametersError
 from diffusion_transfer.studies.spec import Point, namespace_of, study_points
 from diffusion_transfer.tracking.hook import POINT_ENV, STUDY_ENV
@@ -162,6 +163,7 @@ def execute_point(spec_path: Path) -> dict[str, Any]:
     with _point_environment(spec):
         shared = shared_stage(project, spec["env"], runtime, spec["pipeline"], point_root)
         reused = reuse_shared_outputs(shared, point_root)
+        features = reuse_feature_cache(shared.get("feature_cache"), point_root)
         start = time.perf_counter()
         with KedroSession.create(project_path=project, env=spec["env"], runtime_params=runtime) as session:
             session.run(pipeline_names=[spec["pipeline"]], only_missing_outputs=True,
@@ -169,7 +171,7 @@ def execute_point(spec_path: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - start
     record = {**{k: spec.get(k) for k in ("study", "point", "pipeline", "overrides", "labels", "outputs", "env")},
               "data_root": spec["data_root"], "run_seconds": round(seconds, 1),
-              "shared": {**shared, "reused_from": reused}}
+              "shared": {**shared, "reused_from": reused, "feature_files_reused": features}}
     (point_root / POINT_RECORD).write_text(json.dumps(record, indent=2, default=str))
     return record
 
@@ -211,7 +213,35 @@ def shared_stage(project: Path, env: str | None, runtime: dict[str, Any], pipeli
         path = _catalog_path(catalog, name, project)
         if path is not None and path.resolve().is_relative_to(point_root.resolve()):
             files.add(path.resolve().relative_to(point_root.resolve()).as_posix())
-    return {"signature": signature, "files": sorted(files), "nodes": sorted(n.name for n in shared)}
+    cache = _lookup(params, "evaluation.cache_dir")
+    cache = (Path(cache) if Path(cache).is_absolute() else project / cache).resolve() if cache else None
+    return {"signature": signature, "files": sorted(files), "nodes": sorted(n.name for n in shared),
+            "feature_cache": (cache.relative_to(point_root.resolve()).as_posix()
+                              if cache is not None and cache.is_relative_to(point_root.resolve()) else None)}
+
+
+def reuse_feature_cache(cache: str | None, point_root: Path) -> int:
+    """Copy the FID/KID feature files (``evaluation.cache_dir``, relative to
+    the data root) of every other point of the study that this point lacks;
+    returns how many. The files are keyed by image content and weights, so
+    any point's are valid here: the reference set's and the source samples'
+    features are computed once per study instead of once per point."""
+    if cache is None:
+        return 0
+    here = point_root / cache
+    copied = 0
+    for sibling in sorted(point_root.parent.iterdir()):
+        there = sibling / cache
+        if sibling == point_root or not there.is_dir():
+            continue
+        for src in there.glob("*.npy"):
+            dst = here / src.name
+            if src.name.startswith(".") or dst.exists():  # a dot file is a write still under way
+                continue
+            with atomic_path(dst, ".npy") as tmp:  # a half-copied file never passes for a cache entry
+                shutil.copy2(src, tmp)
+            copied += 1
+    return copied
 
 
 def _catalog_path(catalog: Any, name: str, project: Path) -> Path | None:
