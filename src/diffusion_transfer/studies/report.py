@@ -90,15 +90,25 @@ def study_table(rows: list[dict[str, Any]], front: set[str]) -> list[str]:
     return lines
 
 
+def _near_labels(done: list[dict[str, Any]], at: tuple[float, float], placed: list[tuple[float, float]]) -> int:
+    """How many labels already placed lie within a few percent of the axes' span of ``at``."""
+    spans = [max(r["metrics"][k] for r in done) - min(r["metrics"][k] for r in done) or 1.0 for k in (X_KEY, Y_KEY)]
+    return sum(abs(px - at[0]) < 0.08 * spans[0] and abs(py - at[1]) < 0.05 * spans[1] for px, py in placed)
+
+
 def study_plot(name: str, rows: list[dict[str, Any]], front: set[str]) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     done = [r for r in rows if r["done"] and r["metrics"].get(X_KEY) is not None and r["metrics"].get(Y_KEY)
             is not None]
+    placed: list[tuple[float, float]] = []
     for row in done:
         x, y = row["metrics"][X_KEY], row["metrics"][Y_KEY]
         on_front = row["point"] in front
         ax.scatter([x], [y], s=60 if on_front else 30, c="tab:red" if on_front else "tab:blue", zorder=3)
-        ax.annotate(" ".join(row["labels"].values()), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        near = _near_labels(done, (x, y), placed)  # runs that land on each other get their labels stacked
+        placed.append((x, y))
+        ax.annotate(" ".join(row["labels"].values()), (x, y), fontsize=7, xytext=(4, 3 - 9 * near),
+                    textcoords="offset points")
     line = sorted((r["metrics"][X_KEY], r["metrics"][Y_KEY]) for r in done if r["point"] in front)
     if line:
         ax.plot([p[0] for p in line], [p[1] for p in line], "--", c="tab:red", label="Pareto front", zorder=2)
