@@ -90,9 +90,8 @@ def study_table(rows: list[dict[str, Any]], front: set[str]) -> list[str]:
     return lines
 
 
-def _near_labels(done: list[dict[str, Any]], at: tuple[float, float], placed: list[tuple[float, float]]) -> int:
-    """How many labels already placed lie within a few percent of the axes' span of ``at``."""
-    spans = [max(r["metrics"][k] for r in done) - min(r["metrics"][k] for r in done) or 1.0 for k in (X_KEY, Y_KEY)]
+def _near_labels(spans: list[float], at: tuple[float, float], placed: list[tuple[float, float]]) -> int:
+    """How many labels already placed lie within a few percent of the axes' ``spans`` of ``at``."""
     return sum(abs(px - at[0]) < 0.08 * spans[0] and abs(py - at[1]) < 0.05 * spans[1] for px, py in placed)
 
 
@@ -101,11 +100,13 @@ def study_plot(name: str, rows: list[dict[str, Any]], front: set[str]) -> plt.Fi
     done = [r for r in rows if r["done"] and r["metrics"].get(X_KEY) is not None and r["metrics"].get(Y_KEY)
             is not None]
     placed: list[tuple[float, float]] = []
+    spans = [max(r["metrics"][k] for r in done) - min(r["metrics"][k] for r in done) or 1.0
+             for k in (X_KEY, Y_KEY)] if done else [1.0, 1.0]
     for row in done:
         x, y = row["metrics"][X_KEY], row["metrics"][Y_KEY]
         on_front = row["point"] in front
         ax.scatter([x], [y], s=60 if on_front else 30, c="tab:red" if on_front else "tab:blue", zorder=3)
-        near = _near_labels(done, (x, y), placed)  # runs that land on each other get their labels stacked
+        near = _near_labels(spans, (x, y), placed)  # runs that land on each other get their labels stacked
         placed.append((x, y))
         ax.annotate(" ".join(row["labels"].values()), (x, y), fontsize=7, xytext=(4, 3 - 9 * near),
                     textcoords="offset points")
