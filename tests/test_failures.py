@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._pipeline_helpers import _scratch_project
 from tests.test_own_data import _write_pngs, kedro, own_data_project, tiny_pipeline_folder
-from tests.test_pipelines import _scratch_project
 
 MODEL = Path("data/06_models/my_ddpm")
 TARGET = Path("data/01_raw/mydata")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.test_pipelines import ROOT, _scratch_project
+from tests._pipeline_helpers import ROOT, _scratch_project
 
 README = ROOT / "conf" / "README.md"
 KEDRO = Path(sys.executable).parent / "kedro"

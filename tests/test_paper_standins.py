@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_pipelines import _run, _scratch_project
+from tests._pipeline_helpers import _run, _scratch_project
 
 pytestmark = pytest.mark.slow
 

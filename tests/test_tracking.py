@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_pipelines import _scratch_project
+from tests._pipeline_helpers import _scratch_project
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_UNET = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,

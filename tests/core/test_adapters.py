@@ -1,19 +1,17 @@
 """attn / a3ft / anl / anl_uncond: exactness at initialisation, what trains and
-what stays frozen, adapter weight sharing, save/load, conditioning paths and
-the masked-sampling rectangle; the improved-DDPM hybrid loss."""
+what stays frozen, adapter weight sharing, save/load, the methods registry and
+resuming an interrupted adapted run."""
 
 from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from diffusion_transfer.core.methods import DenoisingLoss, build_method
 from diffusion_transfer.core.methods.a3ft import (
-    A3FTAdapter,
     ChannelCrossAttention,
     TimeFusion,
     TimeScaling,
@@ -21,49 +19,13 @@ from diffusion_transfer.core.methods.a3ft import (
     prepare_a3ft,
     prepare_attn,
 )
-from diffusion_transfer.core.methods.anl import (
-    ANLModule,
-    image_conditions,
-    mask_rectangle,
-    masked_images,
-    prepare_anl,
-    residual_blocks,
-    text_conditions,
-)
-from diffusion_transfer.core.methods.vlb import reverse_log_variance, variance_vlb
-from diffusion_transfer.core.models import AdaptedUNet, build_unet, load_unet, parameter_counts, save_unet
+from diffusion_transfer.core.methods.anl import prepare_anl, residual_blocks
+from diffusion_transfer.core.models import AdaptedUNet, load_unet, parameter_counts, save_unet
 from diffusion_transfer.core.sampling import model_eps_fn, sample_ddim
-from diffusion_transfer.core.schedule import make_schedule
 from diffusion_transfer.core.training import train
-
-ROOT = Path(__file__).resolve().parents[2]
-SCHED = make_schedule()
-# Attention at two widths (8 and 16) so that sharing per width is visible.
-TINY = dict(
-    sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
-    down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "AttnUpBlock2D"),
-    attention_head_dim=4, norm_num_groups=4,
-)
-
+from tests.core._adapter_helpers import SCHED, inputs, perturb, tiny_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
-
-
-def tiny_unet(out_channels: int = 3, seed: int = 0):
-    torch.manual_seed(seed)
-    return build_unet({**TINY, "out_channels": out_channels}).eval()
-
-
-def inputs(b: int = 3, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 3, 8, 8, generator=g), torch.randint(0, 1000, (b,), generator=g)
-
-
-def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 5) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
 
 
 def out(model, x, t, **kw):
@@ -269,93 +231,6 @@ def test_deepcopy_of_an_adapted_model_is_independent():
     assert not torch.allclose(out(twin, x, t), out(model, x, t))
 
 
-# --- ANL conditioning ----------------------------------------------------------------
-
-
-def test_conditional_anl_refuses_a_missing_or_misshapen_condition():
-    model = prepare_anl(tiny_unet(), 5)
-    x, t = inputs()
-    with pytest.raises(ValueError, match="conditional"):
-        model(x, t)
-    with pytest.raises(ValueError, match=r"shape \(B, 5\)"):
-        model(x, t, condition=torch.randn(3, 4))
-    with pytest.raises(ValueError, match="takes no condition"):
-        prepare_anl(tiny_unet(), None)(x, t, condition=torch.randn(3, 5))
-
-
-@pytest.mark.parametrize("rate", [0.25, 0.5, 0.7])
-def test_mask_rectangle_geometry(rate):
-    h, w = 32, 24
-    for seed in range(20):
-        m = mask_rectangle(h, w, rate, torch.Generator().manual_seed(seed))
-        assert m.shape == (h, w) and set(m.unique().tolist()) <= {0.0, 1.0}
-        rows = torch.nonzero((m == 0).any(dim=1)).flatten()
-        cols = torch.nonzero((m == 0).any(dim=0)).flatten()
-        mh, mw = round(rate * h), round(rate * w)
-        # one solid rectangle of round(delta*H) x round(delta*W), inside the image
-        assert len(rows) == mh and len(cols) == mw
-        assert int(rows[-1] - rows[0]) == mh - 1 and int(cols[-1] - cols[0]) == mw - 1
-        assert int((m == 0).sum()) == mh * mw
-    corners = {tuple(torch.nonzero(mask_rectangle(h, w, rate, torch.Generator().manual_seed(s)) == 0)[0].tolist())
-               for s in range(20)}
-    assert len(corners) > 1  # the position is random
-    assert torch.equal(mask_rectangle(h, w, 0.0), torch.ones(h, w))
-    with pytest.raises(ValueError, match="delta"):
-        mask_rectangle(h, w, 1.0)
-
-
-def test_masked_images_blacken_only_the_rectangle():
-    images = torch.rand(4, 3, 16, 16) * 2 - 1
-    masked = masked_images(images, 0.5, torch.Generator().manual_seed(0))
-    changed = (masked != images).any(dim=1)
-    for i in range(4):
-        assert bool((masked[i][:, changed[i]] == -1).all())
-        assert int((masked[i] == -1).all(dim=0).sum()) >= 64  # the 8x8 rectangle is black
-
-
-def test_text_and_image_conditions_drive_a_conditional_anl_model():
-    from diffusion_transfer.core.world.clip_io import load_world_clip
-
-    clip = load_world_clip(ROOT / "data" / "06_models" / "world" / "clip")
-    text = text_conditions(clip, ["A realistic painting of a smiling woman with glasses", "A photo of a man"])
-    assert text.shape == (2, clip.embed_dim)
-    assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)
-    images = torch.rand(2, 3, 32, 32) * 2 - 1
-    img = image_conditions(clip, masked_images(images, 0.5, torch.Generator().manual_seed(0)))
-    assert img.shape == (2, clip.embed_dim)
-    with pytest.raises(ValueError, match="non-empty"):
-        text_conditions(clip, [""])
-
-    model = prepare_anl(tiny_unet(), clip.embed_dim)
-    perturb(model.adapter)
-    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    outs = []
-    for cond in (text, img):
-        with model.conditioned(cond):
-            outs.append(sample_ddim(model_eps_fn(model, SCHED), noise, SCHED, steps=4))
-    assert all(torch.isfinite(o).all() for o in outs)
-    assert not torch.allclose(outs[0], outs[1])  # the condition reaches the samples
-
-
-def test_training_loop_hands_each_image_its_condition():
-    seen = []
-
-    def loss_fn(model, batch, teacher=None, generator=None, condition=None):
-        seen.append((batch.clone(), condition.clone()))
-        return {"loss": model.weight.sum() * 0 + batch.mean()}
-
-    images = torch.linspace(-1, 1, 5).view(5, 1, 1, 1).expand(5, 3, 2, 2).contiguous()
-    conditions = torch.arange(5.0).view(5, 1) * 10
-    model = torch.nn.Linear(1, 1)
-    train(model, loss_fn, images, dict(steps=3, batch_size=2, ema_decay=0, hflip=False), conditions=conditions,
-          progress=False)
-    for batch, cond in seen:
-        idx = ((batch[:, 0, 0, 0] + 1) / 0.5).round().long()
-        assert torch.equal(cond[:, 0], conditions[idx, 0])
-    with pytest.raises(ValueError, match="one row per image"):
-        train(model, loss_fn, images, dict(steps=1, batch_size=2), conditions=conditions[:3], progress=False)
-
-
 # --- methods registry ----------------------------------------------------------------
 
 
@@ -374,67 +249,7 @@ def test_registry_builds_the_new_methods_and_rejects_bad_adapter_parameters():
         build_method("anl", {"hidden_mult": -1.0}, SCHED)
 
 
-# --- hybrid loss (learned variance) -----------------------------------------------------
-
-
-def test_reverse_variance_interpolates_between_posterior_and_beta():
-    t = torch.tensor([10, 500, 999])
-    like = torch.zeros(3, 1, 1, 1)
-    betas = SCHED.betas[t].float()
-    abar, abar_prev = SCHED.alphas_cumprod[t].float(), SCHED.alphas_cumprod_prev[t].float()
-    post = betas * (1 - abar_prev) / (1 - abar)
-    assert torch.allclose(reverse_log_variance(SCHED, like + 1.0, t).flatten(), betas.log(), rtol=1e-5)
-    assert torch.allclose(reverse_log_variance(SCHED, like - 1.0, t).flatten(), post.log(), rtol=1e-5)
-    mid = reverse_log_variance(SCHED, like, t).flatten()
-    assert torch.allclose(mid, 0.5 * (betas.log() + post.log()), rtol=1e-5)
-
-
-def test_vlb_is_the_gaussian_kl_in_bits_and_trains_only_the_variance():
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.rand(2, 3, 4, 4, generator=g) * 2 - 1
-    t = torch.tensor([300, 700])
-    noise = torch.randn(x0.shape, generator=g)
-    x_t = SCHED.q_sample(x0, t, noise)
-    eps = (noise + 0.1 * torch.randn(x0.shape, generator=g)).requires_grad_(True)
-    v = torch.zeros_like(x0, requires_grad=True)
-    got = variance_vlb(SCHED, x0, x_t, t, eps, v)
-
-    # hand computation with torch.distributions
-    s = SCHED
-    b, ab, abp = (s.betas[t].float().view(-1, 1, 1, 1), s.alphas_cumprod[t].float().view(-1, 1, 1, 1),
-                  s.alphas_cumprod_prev[t].float().view(-1, 1, 1, 1))
-    c0, ct = b * abp.sqrt() / (1 - ab), (1 - abp) * (1 - b).sqrt() / (1 - ab)
-    post_var = b * (1 - abp) / (1 - ab)
-    pred_x0 = (x_t - (1 - ab).sqrt() * eps.detach()) / ab.sqrt()  # unclipped: guided-diffusion's clip_denoised=False
-    q = torch.distributions.Normal(c0 * x0 + ct * x_t, post_var.sqrt())
-    p = torch.distributions.Normal(c0 * pred_x0 + ct * x_t, (0.5 * (b.log() + post_var.log())).exp().sqrt())
-    want = torch.distributions.kl_divergence(q, p).flatten(1).mean(1) / math.log(2)
-    assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
-
-    got.sum().backward()
-    assert eps.grad is None or eps.grad.abs().sum() == 0  # eps is detached inside
-    assert v.grad is not None and v.grad.abs().sum() > 0
-
-
-def test_vlb_at_t0_is_the_discretised_decoder_nll():
-    x0 = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)
-    t = torch.tensor([0])
-    x_t = SCHED.q_sample(x0, t, torch.zeros_like(x0))
-    nll = variance_vlb(SCHED, x0, x_t, t, torch.zeros_like(x0), torch.zeros_like(x0))
-    assert nll.shape == (1,) and float(nll) > 0 and math.isfinite(float(nll))
-
-
-def test_denoising_loss_uses_the_hybrid_loss_for_learned_variance():
-    images = torch.rand(2, 3, 8, 8) * 2 - 1
-    loss = DenoisingLoss(SCHED)
-    terms6 = loss(tiny_unet(6).train(), images, generator=torch.Generator().manual_seed(0))
-    assert set(terms6) == {"loss", "diffusion", "vlb"}
-    # lambda = 1e-3 on L_vlb = sum of the T terms: one sampled term weighs lambda * T
-    # (improved DDPM's vb * T / 1000, i.e. 1.0 at T = 1000).
-    assert SCHED.num_timesteps == 1000
-    assert torch.allclose(terms6["loss"].detach(), terms6["diffusion"] + 1.0 * terms6["vlb"])
-    terms3 = loss(tiny_unet(3).train(), images, generator=torch.Generator().manual_seed(0))
-    assert set(terms3) == {"loss", "diffusion"}
+# --- resuming ---------------------------------------------------------------------
 
 
 class _Stop(Exception):

@@ -1,8 +1,9 @@
-"""FID/KID, LPIPS, attribute metrics, PSNR/SSIM."""
+"""FID/KID (from features, the extractors, compute_fid_kid and its feature
+cache, Inception) and LPIPS; attribute metrics are in
+tests/core/test_attribute_metrics.py, PSNR/SSIM in tests/core/test_psnr_ssim.py."""
 
 from __future__ import annotations
 
-import math
 import socket
 
 import numpy as np
@@ -13,19 +14,13 @@ from diffusion_transfer.core.metrics import (
     FeatureExtractor,
     InceptionWeightsNotFound,
     LPIPSMetric,
-    attribute_coverage,
-    attribute_frequencies,
-    attribute_retention,
     clip_extractor,
     compute_fid_kid,
     extract_features,
-    face_rate,
     fid_from_features,
     inception_extractor,
     kid_from_features,
-    psnr,
     resolve_inception_path,
-    ssim,
 )
 from diffusion_transfer.core.metrics import extractors as extractors_module
 from diffusion_transfer.core.metrics import fid as fid_module
@@ -304,124 +299,3 @@ def test_lpips_loads_local_backbone_weights(tmp_path):
         LPIPSMetric(net="squeeze", backbone_weights=bad)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         LPIPSMetric(backbone_weights=tmp_path / "missing.pth")
-
-
-# --- attributes -------------------------------------------------------------------
-
-
-def face(expression: str, eyewear: str, is_face: bool = True, **extra) -> dict:
-    return {"expression": expression, "eyewear": eyewear, "is_face": is_face, **extra}
-
-
-def test_attribute_retention_known_answer():
-    src = [face("smile", "none"), face("neutral", "glasses"), face("smile", "none"), face("sad", "none")]
-    trg = [face("smile", "none"), face("smile", "glasses"), face("smile", "sunglasses", is_face=False), face("sad", "glasses")]
-    r = attribute_retention(src, trg)
-    # expression: pairs 0 and 3 kept (pair 2's target is a non-face) -> 2/4; eyewear: pairs 0, 1 -> 2/4.
-    assert r == {"expression": 0.5, "eyewear": 0.5, "mean": 0.5}
-    assert attribute_retention(src, trg, attributes=["eyewear"]) == {"eyewear": 0.5, "mean": 0.5}
-    # A non-face source sample leaves the denominator: pairs 1..3 remain.
-    src_nf = [face("smile", "none", is_face=False)] + src[1:]
-    assert attribute_retention(src_nf, trg) == {"expression": pytest.approx(1 / 3), "eyewear": pytest.approx(1 / 3),
-                                                "mean": pytest.approx(1 / 3)}
-    with pytest.raises(ValueError, match="no pair"):
-        attribute_retention([face("smile", "none", is_face=False)], [face("smile", "none")])
-    with pytest.raises(ValueError, match="pair up"):
-        attribute_retention(src, trg[:3])
-    with pytest.raises(ValueError, match="at least one"):
-        attribute_retention([], [])
-
-
-def test_attribute_retention_of_chosen_values():
-    src = [face("smile", "glasses"), face("smile", "glasses"), face("neutral", "none"), face("sad", "glasses")]
-    trg = [face("neutral", "glasses"), face("smile", "none"), face("neutral", "none"), face("sad", "glasses")]
-    # Of the source samples with glasses (0, 1, 3), 0 and 3 keep them; of the smiles (0, 1), only 1 keeps it.
-    r = attribute_retention(src, trg, only_values={"eyewear": ["glasses"], "expression": ["smile"]})
-    assert r == {"expression": 0.5, "eyewear": pytest.approx(2 / 3), "mean": pytest.approx(7 / 12)}
-    # An attribute with no source sample showing a chosen value is left out.
-    assert attribute_retention(src, trg, only_values={"eyewear": ["sunglasses"], "expression": ["sad"]}) == {
-        "expression": 1.0, "mean": 1.0}
-
-
-def test_attribute_coverage_known_answer():
-    train = [face("neutral", "none"), face("smile", "none"), face("neutral", "none")]
-    samples = [
-        face("neutral", "none"),
-        face("sad", "none"),  # new expression
-        face("sad", "glasses"),  # new expression and new eyewear
-        face("angry", "glasses", is_face=False),  # non-faces never count
-    ]
-    cov = attribute_coverage(samples, train)
-    assert cov["absent_values"] == {"expression": ["sad"], "eyewear": ["glasses"]}
-    assert cov["absent_rate"] == {"expression": 0.5, "eyewear": 0.25}
-    assert cov["overall_rate"] == 0.5
-    assert cov["mean_rate"] == pytest.approx(0.375)
-    assert (cov["n_samples"], cov["n_faces"], cov["n_train"]) == (4, 3, 3)
-
-    vocab = {"expression": ["neutral", "smile", "sad", "angry"], "eyewear": ["none", "glasses", "sunglasses"]}
-    cov_v = attribute_coverage(samples, train, vocabulary=vocab)
-    assert cov_v["absent_values"] == {"expression": ["angry", "sad"], "eyewear": ["glasses", "sunglasses"]}
-    assert cov_v["absent_rate"] == cov["absent_rate"]
-
-
-def test_attribute_frequencies_and_face_rate():
-    attrs = [face("smile", "none", file="a.png", caption="x"), face("smile", "glasses"),
-             face("neutral", "none"), face("sad", "none", is_face=False)]
-    freqs = attribute_frequencies(attrs)
-    assert set(freqs) == {"expression", "eyewear"}  # bookkeeping keys are skipped
-    assert freqs["expression"] == pytest.approx({"smile": 2 / 3, "neutral": 1 / 3})
-    assert freqs["eyewear"] == pytest.approx({"none": 2 / 3, "glasses": 1 / 3})
-    assert face_rate(attrs) == 0.75
-    assert face_rate([{"expression": "smile"}]) == 1.0  # ground-truth records have no is_face
-    with pytest.raises(ValueError):
-        face_rate([])
-
-
-# --- PSNR / SSIM ------------------------------------------------------------------
-
-
-def test_psnr_identical_and_constant_offset():
-    a = torch.rand((2, 3, 16, 16), generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
-    assert torch.isinf(psnr(a, a)).all()
-    # An offset of 0.1 in [-1, 1] is 0.05 in [0, 1]: MSE = 0.0025, PSNR = 10 log10(400).
-    got = psnr(a, a + 0.1)
-    assert got.shape == (2,)
-    assert torch.allclose(got, torch.full((2,), 10 * math.log10(400.0), dtype=torch.float64), atol=1e-6)
-    assert psnr(a[0], a[0] + 0.1).shape == (1,)  # a single (3, H, W) image
-
-
-def test_ssim_identical_is_one_and_drops_with_noise():
-    g = torch.Generator().manual_seed(1)
-    a = torch.rand((2, 3, 32, 32), generator=g) * 2 - 1
-    assert torch.allclose(ssim(a, a), torch.ones(2, dtype=torch.float64))
-    noisy = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(-1, 1)
-    s = ssim(a, noisy)
-    assert (s < 0.95).all() and (s > -1).all()
-    assert (ssim(a, (a + 0.05).clamp(-1, 1)) > s).all()
-    small = torch.zeros(1, 3, 6, 6)
-    assert ssim(small, small).item() == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="same shape"):
-        ssim(a, a[:1])
-
-
-def test_ssim_against_hand_computed_values():
-    """Constant images: SSIM = (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1).
-    An 11x11 image is one Gaussian window: the weighted statistics by hand."""
-    c1, c2 = 0.01**2, 0.03**2
-    a, b = torch.full((1, 3, 16, 16), -0.2), torch.full((1, 3, 16, 16), 0.6)  # 0.4 and 0.8 in [0, 1]
-    expected = (2 * 0.4 * 0.8 + c1) / (0.4**2 + 0.8**2 + c1)
-    assert ssim(a, b).item() == pytest.approx(expected, rel=1e-6)  # float32 inputs
-
-    g = torch.Generator().manual_seed(4)
-    x, y = torch.rand((1, 3, 11, 11), generator=g) * 2 - 1, torch.rand((1, 3, 11, 11), generator=g) * 2 - 1
-    coords = torch.arange(11, dtype=torch.float64) - 5
-    w1 = torch.exp(-coords**2 / (2 * 1.5**2))
-    w = torch.outer(w1, w1) / torch.outer(w1, w1).sum()
-    per_channel = []
-    for ch in range(3):
-        p, q = (x[0, ch].double() + 1) / 2, (y[0, ch].double() + 1) / 2
-        mp, mq = (w * p).sum(), (w * q).sum()
-        vp, vq = (w * p * p).sum() - mp**2, (w * q * q).sum() - mq**2
-        cov = (w * p * q).sum() - mp * mq
-        per_channel.append(((2 * mp * mq + c1) * (2 * cov + c2) / ((mp**2 + mq**2 + c1) * (vp + vq + c2))).item())
-    assert ssim(x, y).item() == pytest.approx(sum(per_channel) / 3, rel=1e-9)

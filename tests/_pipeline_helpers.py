@@ -1,0 +1,58 @@
+"""Shared by the pipeline tests: the project root, the methods, each
+environment's data root, a scratch copy of the project, ``kedro run`` in it and
+a folder of random images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_METHODS = ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "tan"]
+# Each environment writes under its own data root (conf/<env>/globals.yml).
+SMOKE_DATA = Path("data", "smoke")
+PAPER_DATA = Path("data", "paper")
+
+
+def _scratch_project(tmp_path: Path) -> Path:
+    proj = tmp_path / "project"
+    proj.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", proj / "pyproject.toml")
+    shutil.copytree(ROOT / "conf", proj / "conf", ignore=shutil.ignore_patterns("local"))
+    (proj / "conf" / "local").mkdir()
+    shutil.copytree(ROOT / "src", proj / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (proj / "data" / "06_models").mkdir(parents=True)
+    (proj / "data" / "06_models" / "world").symlink_to(ROOT / "data" / "06_models" / "world")
+    return proj
+
+
+def _run(proj: Path, env: str, pipeline: str, runtime_params: dict | None = None) -> None:
+    """``kedro run --pipeline=<pipeline> --env=<env> [--params ...]`` in the project ``proj``."""
+    import os
+
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    old = Path.cwd()
+    os.chdir(proj)
+    try:
+        bootstrap_project(proj)
+        with KedroSession.create(project_path=proj, env=env, runtime_params=runtime_params) as session:
+            session.run(pipeline_names=[pipeline])
+    finally:
+        os.chdir(old)
+
+
+def _image_folder(tmp_path: Path, n: int, bad: int = 0, name: str = "fewshot", seed: int = 0):
+    from PIL import Image
+
+    from diffusion_transfer.datasets.folders import ImageFolder
+
+    root = tmp_path / name
+    root.mkdir()
+    rng = __import__("numpy").random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype="uint8")).save(root / f"img_{i:03d}.png")
+    for i in range(bad):
+        (root / f"broken_{i}.png").write_bytes(b"not an image")
+    return ImageFolder(root, sorted(root.iterdir()))
