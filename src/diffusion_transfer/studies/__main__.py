@@ -3,9 +3,12 @@
     python -m diffusion_transfer.studies list [--env ENV]
     python -m diffusion_transfer.studies run NAME [--env ENV] [--points ID,ID] [--in-process]
     python -m diffusion_transfer.studies report NAME [--env ENV]
+    python -m diffusion_transfer.studies compare NAME [NAME ...] [--reference naive] [--as NAME] [--env ENV]
 
 ``run`` runs the points not done yet, each in its own process, and rewrites
 the study's report after each one; interrupted, it resumes where it stopped.
+``compare`` pools the done runs of several studies and sets each against the
+reference method's path at the same FID (``compare.py``).
 Failures end in one ``Error:`` line naming the study, point or parameter.
 """
 
@@ -23,9 +26,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m diffusion_transfer.studies", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for command, text in (("list", "the declared studies and their points"), ("run", "run a study's points"),
-                          ("report", "rewrite a study's report from the points done")):
+                          ("report", "rewrite a study's report from the points done"),
+                          ("compare", "the done runs of several studies against a reference method at equal FID")):
         p = sub.add_parser(command, help=text)
-        if command != "list":
+        if command == "compare":
+            p.add_argument("names", nargs="+", metavar="name")
+            p.add_argument("--reference", default="naive", help="the reference method (default: naive)")
+            p.add_argument("--as", dest="out", default="comparison",
+                           help="folder under the studies root to write to (default: comparison)")
+        elif command != "list":
             p.add_argument("name")
         p.add_argument("--env", default=None, help="Kedro environment (default: local over base)")
         p.add_argument("--project", default=".", help="project folder (default: the current one)")
@@ -65,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             only = [p for p in args.points.split(",") if p] if args.points else None
             print(run_study(args.name, project, args.env, in_process=args.in_process, only=only))
+        elif args.command == "compare":
+            from diffusion_transfer.studies.compare import write_comparison
+
+            studies = {name: points_of(name, project, args.env) for name in args.names}
+            out = next(iter(studies.values()))[1].parent / args.out
+            print(write_comparison(args.out, studies, args.reference, out))
         else:
             points, root = points_of(args.name, project, args.env)
             print(write_study_report(args.name, points, root))

@@ -1,0 +1,99 @@
+"""Comparing several studies' runs (``studies compare``): each run of another
+method set against the reference method's path at the same FID, with the
+source model at the path's start, re-derived by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+
+def test_the_path_is_linear_between_the_runs_that_bracket_the_fid():
+    from diffusion_transfer.studies.compare import path_at
+
+    path = [(260.0, 1.0, 0.0), (150.0, 0.1, 0.03), (100.0, 0.0, 0.01)]
+    kept, se = path_at(path, 205.0)
+    assert kept == pytest.approx(0.1 + 0.5 * 0.9) and se == 0.03  # half way: the lower-FID run's error
+    kept, se = path_at(path, 110.0)
+    assert kept == pytest.approx(0.0 + 0.2 * 0.1) and se == 0.01  # nearer the 100-FID run
+    assert path_at(path, 99.0) is None and path_at(path, 261.0) is None
+
+
+def _rows():
+    def row(method, fid, glasses, woman):
+        return {"method": method, "runs": [f"{method} {fid}"], "metrics": {
+            "fid": fid, "retention_of_absent.eyewear": glasses, "retention_of_absent.gender": woman,
+            "retention_of_absent.mean": (glasses + woman) / 2}}
+    return [row("naive", 150.0, 0.1, 0.0), row("sdft", 205.0, 0.9, 0.5), row("sdft", 90.0, 0.0, 0.0)]
+
+
+def test_a_run_is_set_against_the_reference_at_its_fid_and_counts_as_more_only_beyond_two_errors():
+    from diffusion_transfer.studies.compare import compare_to_reference
+
+    rows = _rows()
+    compare_to_reference(rows, "naive", source_fid=260.0, counts={"eyewear": 100, "gender": 100})
+    assert "at_reference" not in rows[0]
+    at = rows[1]["at_reference"]
+    # glasses: naive's path from (260, 1.0) to (150, 0.1) is 0.55 at FID 205; errors sqrt(.9*.1/100) both
+    ref, diff, more = at["retention_of_absent.eyewear"]
+    assert ref == pytest.approx(0.55) and diff == pytest.approx(0.35)
+    assert more == (0.35 > 2 * math.hypot(0.03, 0.03)) is True
+    # woman: 0.5 on the path as in the run: no difference
+    ref, diff, more = at["retention_of_absent.gender"]
+    assert ref == pytest.approx(0.5) and diff == pytest.approx(0.0) and more is False
+    # the mean: its error is the attributes' combined, halved
+    ref, diff, more = at["retention_of_absent.mean"]
+    sdft_se = math.sqrt(0.03 ** 2 + 0.05 ** 2) / 2
+    naive_se = math.sqrt(0.03 ** 2 + 0.0 ** 2) / 2
+    assert ref == pytest.approx(0.525) and diff == pytest.approx(0.175)
+    assert more == (0.175 > 2 * math.hypot(sdft_se, naive_se)) is True
+    # below naive's lowest FID there is nothing to compare with
+    assert set(rows[2]["at_reference"].values()) == {None}
+
+
+def _done_point(root: Path, point, fid: float, glasses: float, woman: float) -> None:
+    folder = root / point.id
+    (folder / "08_reporting" / point.namespace).mkdir(parents=True)
+    (folder / "point.json").write_text(json.dumps({"run_seconds": 1.0}))
+    metrics = {"n_samples": 100, "training_set_attributes": {"absent_values": {"eyewear": ["glasses"],
+                                                                               "gender": ["woman"]}},
+               "models": {"finetuned": {"fid": fid, "kid_x1e3": 1.0, "lpips_src_trg": 0.1,
+                                        "retention_of_absent": {"eyewear": glasses, "gender": woman,
+                                                                "mean": (glasses + woman) / 2}},
+                          "source": {"fid": 260.0, "face_rate": 1.0,
+                                     "frequencies": {"eyewear": {"glasses": 0.3, "none": 0.7},
+                                                     "gender": {"woman": 0.5, "man": 0.5}}}}}
+    (folder / "08_reporting" / point.namespace / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_compare_pools_studies_lists_a_shared_run_once_and_writes_table_and_plot(tmp_path):
+    from diffusion_transfer.pipelines.params import InvalidParametersError
+    from diffusion_transfer.studies.compare import write_comparison
+    from diffusion_transfer.studies.spec import Point
+
+    naive = Point("steps", "naive_aahq", {"train.steps": 600}, {"pipeline": "naive_aahq"})
+    sdft = Point("steps", "sdft_aahq", {"train.steps": 600}, {"pipeline": "sdft_aahq"})
+    p2 = Point("weighting", "sdft_aahq", {"methods.sdft.weighting": "p2"}, {"w": "p2"})  # the same run as sdft
+    const = Point("weighting", "sdft_aahq", {"methods.sdft.weighting": "constant"}, {"w": "constant"})
+    todo = Point("weighting", "sdft_aahq", {"methods.sdft.weighting": "min_snr"}, {"w": "min_snr"})
+    _done_point(tmp_path / "steps", naive, 150.0, 0.1, 0.0)
+    _done_point(tmp_path / "steps", sdft, 205.0, 0.9, 0.5)
+    _done_point(tmp_path / "weighting", p2, 205.0, 0.9, 0.5)
+    _done_point(tmp_path / "weighting", const, 255.0, 0.9, 0.9)
+    studies = {"steps": ([naive, sdft], tmp_path / "steps"),
+               "weighting": ([p2, const, todo], tmp_path / "weighting")}
+    md = write_comparison("both", studies, "naive", tmp_path / "both").read_text()
+    saved = json.loads((tmp_path / "both" / "comparison.json").read_text())
+    assert (tmp_path / "both" / "fid_vs_kept.png").stat().st_size > 0
+    assert len(saved["rows"]) == 3 and saved["absent_counts"] == {"eyewear": 30, "gender": 50}
+    assert "| 2 | steps: sdft_aahq<br>weighting: p2 | sdft | 205.00 |" in md
+    # glasses at 205: naive's path 0.55, +0.35 beyond 2 errors (sqrt(.09/30), sqrt(.09/30)): bold
+    assert "0.900 (0.550, **+0.350**)" in md
+    # the constant run at FID 255: naive's path gives 1 - 0.9 * 5/110 for glasses
+    assert f"0.900 ({1 - 0.9 * 5 / 110:.3f}, " in md
+    assert "- sdft, glasses: 1 of 2 runs keep more than naive at their FID by over two standard errors" in md
+    with pytest.raises(InvalidParametersError, match="no done run of the reference method 'tan'"):
+        write_comparison("both", studies, "tan", tmp_path / "x")
