@@ -97,3 +97,12 @@ def test_compare_pools_studies_lists_a_shared_run_once_and_writes_table_and_plot
     assert "- sdft, glasses: 1 of 2 runs keep more than naive at their FID by over two standard errors" in md
     with pytest.raises(InvalidParametersError, match="no done run of the reference method 'tan'"):
         write_comparison("both", studies, "tan", tmp_path / "x")
+
+
+def test_compare_on_the_command_line_names_an_unknown_study(capsys):
+    from diffusion_transfer.studies.__main__ import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["compare", "steps_aahq", "nope", "--project", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: no study 'nope'") and "naive_path_aahq" in err
