@@ -89,7 +89,9 @@ def test_compare_pools_studies_lists_a_shared_run_once_and_writes_table_and_plot
     saved = json.loads((tmp_path / "both" / "comparison.json").read_text())
     assert (tmp_path / "both" / "fid_vs_kept.png").stat().st_size > 0
     assert len(saved["rows"]) == 3 and saved["absent_counts"] == {"eyewear": 30, "gender": 50}
-    assert "| 2 | steps: sdft_aahq<br>weighting: p2 | sdft | 205.00 |" in md
+    assert "| 1 | steps: naive_aahq | naive | 150.00 |" in md  # the reference first, then by FID from the top
+    assert "| 2 | weighting: constant | sdft | 255.00 |" in md
+    assert "| 3 | steps: sdft_aahq<br>weighting: p2 | sdft | 205.00 |" in md
     # glasses at 205: naive's path 0.55, +0.35 beyond 2 errors (sqrt(.09/30), sqrt(.09/30)): bold
     assert "0.900 (0.550, **+0.350**)" in md
     # the constant run at FID 255: naive's path gives 1 - 0.9 * 5/110 for glasses

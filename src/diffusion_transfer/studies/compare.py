@@ -199,7 +199,8 @@ def comparison_plot(rows: list[dict[str, Any]], attrs: dict[str, list[str]], ref
 
 def write_comparison(name: str, studies: dict[str, tuple[list[Point], Path]], reference: str, out: Path) -> Path:
     """Write the comparison of the studies' done runs under ``out``; returns comparison.md's path."""
-    rows = pooled_runs(studies)
+    # the reference's path first, then each other method, from the source's end (highest FID) down
+    rows = sorted(pooled_runs(studies), key=lambda r: (r["method"] != reference, r["method"], -r["metrics"]["fid"]))
     if not any(r["method"] == reference for r in rows):
         raise InvalidParametersError(f"compare: no done run of the reference method {reference!r} in "
                                      f"{', '.join(studies)}; name a study with one, or set --reference")
