@@ -11,15 +11,18 @@ from pathlib import Path
 import pytest
 
 
-def test_the_path_is_linear_between_the_runs_that_bracket_the_fid():
-    from diffusion_transfer.studies.compare import path_at
+def test_the_reference_is_its_best_run_at_an_equal_or_better_fid():
+    from diffusion_transfer.studies.compare import best_at_or_below, best_staircase
 
-    path = [(260.0, 1.0, 0.0), (150.0, 0.1, 0.03), (100.0, 0.0, 0.01)]
-    kept, se = path_at(path, 205.0)
-    assert kept == pytest.approx(0.1 + 0.5 * 0.9) and se == 0.03  # half way: the lower-FID run's error
-    kept, se = path_at(path, 110.0)
-    assert kept == pytest.approx(0.0 + 0.2 * 0.1) and se == 0.01  # nearer the 100-FID run
-    assert path_at(path, 99.0) is None and path_at(path, 261.0) is None
+    runs = [(260.0, 1.0, 0.0), (150.0, 0.1, 0.03), (100.0, 0.0, 0.01), (180.0, 0.3, 0.05)]
+    assert best_at_or_below(runs, 205.0) == (0.3, 0.05)  # of the runs at FID <= 205, the 180 one keeps most
+    assert best_at_or_below(runs, 160.0) == (0.1, 0.03)
+    assert best_at_or_below(runs, 260.0) == (1.0, 0.0)  # the source model, step 0
+    assert best_at_or_below(runs, 99.0) is None  # every run has a worse FID
+    # plotted as a staircase (x: retention, y: FID) through the running best
+    xs, ys = best_staircase([(100.0, 0.0), (150.0, 0.1), (180.0, 0.05), (260.0, 1.0)])
+    assert list(zip(xs, ys)) == [(0.0, 100.0), (0.0, 150.0), (0.1, 150.0), (0.1, 180.0), (0.1, 180.0),
+                                 (0.1, 260.0), (1.0, 260.0)]
 
 
 def _rows():
@@ -27,31 +30,35 @@ def _rows():
         return {"method": method, "runs": [f"{method} {fid}"], "metrics": {
             "fid": fid, "retention_of_absent.eyewear": glasses, "retention_of_absent.gender": woman,
             "retention_of_absent.mean": (glasses + woman) / 2}}
-    return [row("naive", 150.0, 0.1, 0.0), row("sdft", 205.0, 0.9, 0.5), row("sdft", 90.0, 0.0, 0.0)]
+    return [row("naive", 150.0, 0.1, 0.0), row("naive", 180.0, 0.3, 0.6), row("sdft", 205.0, 0.9, 0.5),
+            row("sdft", 90.0, 0.0, 0.0)]
 
 
-def test_a_run_is_set_against_the_reference_at_its_fid_and_counts_as_more_only_beyond_two_errors():
+def test_a_run_is_set_against_the_reference_s_best_at_its_fid_and_counts_as_more_only_beyond_two_errors():
     from diffusion_transfer.studies.compare import compare_to_reference
+
+    def se(p, n=100):
+        return math.sqrt(p * (1 - p) / n)
 
     rows = _rows()
     compare_to_reference(rows, "naive", source_fid=260.0, counts={"eyewear": 100, "gender": 100})
-    assert "at_reference" not in rows[0]
-    at = rows[1]["at_reference"]
-    # glasses: naive's path from (260, 1.0) to (150, 0.1) is 0.55 at FID 205; errors sqrt(.9*.1/100) both
+    assert "at_reference" not in rows[0] and "at_reference" not in rows[1]
+    at = rows[2]["at_reference"]
+    # glasses: naive's best at FID <= 205 is its 180 run's 0.3
     ref, diff, more = at["retention_of_absent.eyewear"]
-    assert ref == pytest.approx(0.55) and diff == pytest.approx(0.35)
-    assert more == (0.35 > 2 * math.hypot(0.03, 0.03)) is True
-    # woman: 0.5 on the path as in the run: no difference
+    assert ref == 0.3 and diff == pytest.approx(0.6)
+    assert more == (0.6 > 2 * math.hypot(se(0.9), se(0.3))) is True
+    # woman: the 180 run keeps 0.6, more than the sdft run's 0.5
     ref, diff, more = at["retention_of_absent.gender"]
-    assert ref == pytest.approx(0.5) and diff == pytest.approx(0.0) and more is False
-    # the mean: its error is the attributes' combined, halved
+    assert ref == 0.6 and diff == pytest.approx(-0.1) and more is False
+    # the mean: the attributes' errors combined, halved
     ref, diff, more = at["retention_of_absent.mean"]
-    sdft_se = math.sqrt(0.03 ** 2 + 0.05 ** 2) / 2
-    naive_se = math.sqrt(0.03 ** 2 + 0.0 ** 2) / 2
-    assert ref == pytest.approx(0.525) and diff == pytest.approx(0.175)
-    assert more == (0.175 > 2 * math.hypot(sdft_se, naive_se)) is True
-    # below naive's lowest FID there is nothing to compare with
-    assert set(rows[2]["at_reference"].values()) == {None}
+    sdft_se = math.hypot(se(0.9), se(0.5)) / 2
+    naive_se = math.hypot(se(0.3), se(0.6)) / 2
+    assert ref == pytest.approx(0.45) and diff == pytest.approx(0.25)
+    assert more == (0.25 > 2 * math.hypot(sdft_se, naive_se)) is True
+    # better than every naive run's FID: nothing to compare with
+    assert set(rows[3]["at_reference"].values()) == {None}
 
 
 def _done_point(root: Path, point, fid: float, glasses: float, woman: float) -> None:
@@ -92,11 +99,12 @@ def test_compare_pools_studies_lists_a_shared_run_once_and_writes_table_and_plot
     assert "| 1 | steps: naive_aahq | naive | 150.00 |" in md  # the reference first, then by FID from the top
     assert "| 2 | weighting: constant | sdft | 255.00 |" in md
     assert "| 3 | steps: sdft_aahq<br>weighting: p2 | sdft | 205.00 |" in md
-    # glasses at 205: naive's path 0.55, +0.35 beyond 2 errors (sqrt(.09/30), sqrt(.09/30)): bold
-    assert "0.900 (0.550, **+0.350**)" in md
-    # the constant run at FID 255: naive's path gives 1 - 0.9 * 5/110 for glasses
-    assert f"0.900 ({1 - 0.9 * 5 / 110:.3f}, " in md
-    assert "- sdft, glasses: 1 of 2 runs keep more than naive at their FID by over two standard errors" in md
+    # glasses at 205 and at 255: naive's only run at a better FID keeps 0.1; bold, beyond 2 errors
+    assert md.count("0.900 (0.100, **+0.800**)") == 2
+    # woman at 205: 0.5 against 0.0 (naive's 150 run); the source (FID 260) is no better than 255
+    assert "0.500 (0.000, **+0.500**)" in md and "0.900 (0.000, **+0.900**)" in md
+    assert ("- sdft, glasses: 2 of 2 runs keep more than naive does at an equal or better FID, by over two "
+            "standard errors (2 more at all); 0 with a better FID than every naive run.") in md
     with pytest.raises(InvalidParametersError, match="no done run of the reference method 'tan'"):
         write_comparison("both", studies, "tan", tmp_path / "x")
 

@@ -1,18 +1,20 @@
 """Several studies' runs on one protocol, side by side, each run against the
-reference method *at the same FID*:
+reference method *at an equal or better FID*:
 
     python -m diffusion_transfer.studies compare STUDY [STUDY ...] [--reference naive] [--as NAME]
 
 The done points of the named studies are pooled, one row per distinct run (a
 configuration that two studies share gives the same metrics and is listed
-once, with every study that ran it). The reference method's runs, with the
-source model at their start (its FID, every absent value kept: at step 0 a
-fine-tuned sample is the source's), form the reference's path; a run of
-another method is compared with the path's retention at the run's FID, linear
-between the two reference runs whose FIDs bracket it. A run keeps *more* only
-when its retention is above that by more than twice the standard error of the
-difference (binomial, of both shares; the reference's at the nearer of its two
-runs), so that one or two samples out of the few with the value decide nothing.
+once, with every study that ran it). A run of another method is compared with
+the best the reference does at an equal or better FID: the highest retention
+among the reference's runs whose FID is at most the run's, the source model
+counted as the reference at step 0 (its FID, every absent value kept). No
+interpolation: a reference that is not measured near a run's FID is not
+credited with what it might do there, so the reference's runs must be dense
+(a naive study over training lengths). A run keeps *more* only when its
+retention is above that by more than twice the standard error of the
+difference (binomial, of both shares), so that one or two samples out of the
+few with the value decide nothing.
 
 Writes ``<studies root>/<NAME>/``: ``comparison.md``, ``comparison.json`` and
 ``fid_vs_kept.png`` (one panel per absent attribute and their mean).
@@ -75,16 +77,12 @@ def absent_counts(metrics_json: dict[str, Any]) -> dict[str, int]:
     return {a: round(faces * sum(freqs.get(a, {}).get(v, 0.0) for v in values)) for a, values in absent.items()}
 
 
-def path_at(path: list[tuple[float, float, float]], fid: float) -> tuple[float, float] | None:
-    """The path's retention at ``fid`` (linear between the bracketing points)
-    and the standard error of the nearer point; None outside the path's FIDs.
-    ``path``: (FID, retention, its standard error) per run."""
-    ordered = sorted(path)
-    for (f0, k0, se0), (f1, k1, se1) in zip(ordered, ordered[1:]):
-        if f0 <= fid <= f1:
-            w = 0.0 if f1 == f0 else (fid - f0) / (f1 - f0)
-            return k0 + w * (k1 - k0), se0 if w <= 0.5 else se1
-    return None
+def best_at_or_below(runs: list[tuple[float, float, float]], fid: float) -> tuple[float, float] | None:
+    """The highest retention among ``runs`` ((FID, retention, its standard
+    error) each) whose FID is at most ``fid``, with that run's standard error;
+    None when every run has a worse FID."""
+    eligible = [(kept, se) for f, kept, se in runs if f <= fid]
+    return max(eligible) if eligible else None
 
 
 def standard_error(share: float, n: int) -> float:
@@ -104,9 +102,9 @@ def retention_error(metrics: dict[str, float], key: str, counts: dict[str, int])
 
 def compare_to_reference(rows: list[dict[str, Any]], reference: str, source_fid: float,
                          counts: dict[str, int]) -> None:
-    """Adds ``at_reference[<key>] = (reference's retention at the run's FID,
-    difference, more?)`` to every row of another method, per absent attribute
-    and for their mean (``mean``'s samples: the attributes' together)."""
+    """Adds ``at_reference[<key>] = (the reference's best retention at an equal
+    or better FID, difference, more?)`` to every row of another method, per
+    absent attribute and for their mean."""
     keys = [f"retention_of_absent.{a}" for a in counts] + ["retention_of_absent.mean"]
     ref_rows = [r for r in rows if r["method"] == reference]
     for row in rows:
@@ -114,11 +112,11 @@ def compare_to_reference(rows: list[dict[str, Any]], reference: str, source_fid:
             continue
         row["at_reference"] = {}
         for key in keys:
-            path = [(source_fid, 1.0, 0.0)] + [(r["metrics"]["fid"], r["metrics"][key],
+            runs = [(source_fid, 1.0, 0.0)] + [(r["metrics"]["fid"], r["metrics"][key],
                                                 retention_error(r["metrics"], key, counts))
                                                for r in ref_rows if key in r["metrics"]]
             kept = row["metrics"].get(key)
-            found = path_at(path, row["metrics"]["fid"]) if kept is not None else None
+            found = best_at_or_below(runs, row["metrics"]["fid"]) if kept is not None else None
             if found is None:
                 row["at_reference"][key] = None
                 continue
@@ -161,10 +159,25 @@ def summary(rows: list[dict[str, Any]], attrs: dict[str, list[str]], reference: 
             compared = [g for g in got if g is not None]
             more = sum(g[2] for g in compared)
             above = sum(g[1] > 0 for g in compared)
-            lines.append(f"- {method}, {title}: {more} of {len(compared)} runs keep more than {reference} at their "
-                         f"FID by over two standard errors ({above} above it at all); "
-                         f"{len(got) - len(compared)} outside {reference}'s FIDs.")
+            lines.append(f"- {method}, {title}: {more} of {len(compared)} runs keep more than {reference} does at "
+                         f"an equal or better FID, by over two standard errors ({above} more at all); "
+                         f"{len(got) - len(compared)} with a better FID than every {reference} run.")
     return lines
+
+
+def best_staircase(ref: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """(x: retention, y: FID) vertices of the reference's best retention at an
+    equal or better FID, over ``ref`` sorted by FID: a staircase; a run to its
+    right keeps more than the reference does at its FID."""
+    xs, ys, best = [], [], 0.0
+    for fid, kept in ref:
+        if xs:
+            xs.append(best)
+            ys.append(fid)
+        best = max(best, kept)
+        xs.append(best)
+        ys.append(fid)
+    return xs, ys
 
 
 def comparison_plot(rows: list[dict[str, Any]], attrs: dict[str, list[str]], reference: str,
@@ -177,7 +190,9 @@ def comparison_plot(rows: list[dict[str, Any]], attrs: dict[str, list[str]], ref
     for ax, (key, title) in zip(axes[0], panels):
         ref = sorted([(source_fid, 1.0)] + [(r["metrics"]["fid"], r["metrics"][key]) for r in rows
                                              if r["method"] == reference and key in r["metrics"]])
-        ax.plot([k for _, k in ref], [f for f, _ in ref], "o-", c="tab:blue", label=f"{reference} (from the source)")
+        ax.scatter([k for _, k in ref], [f for f, _ in ref], s=26, c="tab:blue", zorder=3,
+                   label=f"{reference} (and the source model)")
+        ax.plot(*best_staircase(ref), c="tab:blue", lw=1, label=f"{reference}'s best at an equal or better FID")
         ax.annotate("source", (1.0, source_fid), fontsize=6, xytext=(-26, 4), textcoords="offset points")
         for i, row in enumerate(rows, 1):
             if key not in row["metrics"]:
@@ -219,9 +234,9 @@ def write_comparison(name: str, studies: dict[str, tuple[list[Point], Path]], re
     lines = [f"# Comparison: {name}", "", f"Studies: {', '.join(studies)}; {len(rows)} distinct runs. "
              f"The source (pretrained) model's FID: {source_fid:.2f}. Source samples with an absent value: "
              f"{denominators}.", "",
-             f"Cells: the share kept, then ({reference}'s share at the same FID, the difference); in bold where "
-             f"the difference is over two standard errors. {reference}'s path: its runs, with the source model "
-             "at its start; linear between the two runs that bracket the FID.", "",
+             f"Cells: the share kept, then ({reference}'s best share at an equal or better FID, the difference); "
+             f"in bold where the difference is over two standard errors. {reference}'s runs include the source "
+             "model, as step 0; no interpolation between them.", "",
              *summary(rows, attrs, reference), "", *comparison_table(rows, attrs, reference), "",
              f"![FID against absent values kept]({PLOT_FILE})", ""]
     (out / "comparison.json").write_text(json.dumps({"studies": list(studies), "reference": reference,
