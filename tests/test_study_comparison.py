@@ -25,6 +25,13 @@ def test_the_reference_is_its_best_run_at_an_equal_or_better_fid():
                                  (0.1, 260.0), (1.0, 260.0)]
 
 
+def test_the_method_of_a_run_pipeline_allows_underscores_in_method_and_dataset():
+    from diffusion_transfer.studies.compare import method_of
+
+    assert [method_of(p) for p in ("sdft_aahq", "naive_haunted_houses", "anl_uncond_metfaces", "anl_aahq")] == [
+        "sdft", "naive", "anl_uncond", "anl"]
+
+
 def _rows():
     def row(method, fid, glasses, woman):
         return {"method": method, "runs": [f"{method} {fid}"], "metrics": {

@@ -8,7 +8,7 @@
 ``run`` runs the points not done yet, each in its own process, and rewrites
 the study's report after each one; interrupted, it resumes where it stopped.
 ``compare`` pools the done runs of several studies and sets each against the
-reference method's path at the same FID (``compare.py``).
+best the reference method keeps at an equal or better FID (``compare.py``).
 Failures end in one ``Error:`` line naming the study, point or parameter.
 """
 
@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for command, text in (("list", "the declared studies and their points"), ("run", "run a study's points"),
                           ("report", "rewrite a study's report from the points done"),
-                          ("compare", "the done runs of several studies against a reference method at equal FID")):
+                          ("compare", "the done runs of several studies against a reference method at equal or better FID")):
         p = sub.add_parser(command, help=text)
         if command == "compare":
             p.add_argument("names", nargs="+", metavar="name")

@@ -41,8 +41,12 @@ PLOT_FILE = "fid_vs_kept.png"
 
 
 def method_of(pipeline: str) -> str:
-    """``sdft_aahq`` -> ``sdft`` (a run pipeline is ``<method>_<dataset>``)."""
-    return pipeline.rsplit("_", 1)[0]
+    """``sdft_aahq`` -> ``sdft``, ``anl_uncond_haunted_houses`` -> ``anl_uncond``
+    (a run pipeline is ``<method>_<dataset>``; both may contain ``_``)."""
+    from diffusion_transfer.core.methods.registry import method_names
+
+    longest_first = sorted(method_names(), key=len, reverse=True)
+    return next((m for m in longest_first if pipeline.startswith(f"{m}_")), pipeline.rsplit("_", 1)[0])
 
 
 def pooled_runs(studies: dict[str, tuple[list[Point], Path]]) -> list[dict[str, Any]]:
@@ -214,7 +218,7 @@ def comparison_plot(rows: list[dict[str, Any]], attrs: dict[str, list[str]], ref
 
 def write_comparison(name: str, studies: dict[str, tuple[list[Point], Path]], reference: str, out: Path) -> Path:
     """Write the comparison of the studies' done runs under ``out``; returns comparison.md's path."""
-    # the reference's path first, then each other method, from the source's end (highest FID) down
+    # the reference's runs first, then each other method, from the source's end (highest FID) down
     rows = sorted(pooled_runs(studies), key=lambda r: (r["method"] != reference, r["method"], -r["metrics"]["fid"]))
     if not any(r["method"] == reference for r in rows):
         raise InvalidParametersError(f"compare: no done run of the reference method {reference!r} in "
