@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffusion_transfer.core.metrics.image_metrics import psnr
-from diffusion_transfer.core.sampling import model_eps_fn, sample_ddpm
+from diffusion_transfer.core.sampling import model_eps_fn
 from diffusion_transfer.core.schedule import make_schedule
 from diffusion_transfer.core.translation import (
     EGSDEGuidance,

@@ -45,7 +45,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..models.adapted import Adapter, AdaptedUNet, register_adapter
 

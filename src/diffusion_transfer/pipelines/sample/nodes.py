@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 import torch
 from PIL import Image
 
