@@ -32,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from diffusion_transfer.core.methods import method_names  # noqa: E402
 from diffusion_transfer.pipelines.params import InvalidParametersError  # noqa: E402
 from diffusion_transfer.studies.report import point_row  # noqa: E402
 from diffusion_transfer.studies.report_common import save_figure  # noqa: E402
@@ -43,8 +44,6 @@ PLOT_FILE = "fid_vs_kept.png"
 def method_of(pipeline: str) -> str:
     """``sdft_aahq`` -> ``sdft``, ``anl_uncond_haunted_houses`` -> ``anl_uncond``
     (a run pipeline is ``<method>_<dataset>``; both may contain ``_``)."""
-    from diffusion_transfer.core.methods.registry import method_names
-
     longest_first = sorted(method_names(), key=len, reverse=True)
     return next((m for m in longest_first if pipeline.startswith(f"{m}_")), pipeline.rsplit("_", 1)[0])
 
