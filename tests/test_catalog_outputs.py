@@ -159,6 +159,7 @@ def test_base_keeps_the_demo_paths():
     assert paths["sdft_aahq.finetuned_model"] == "data/06_models/sdft_aahq/model"
     assert paths["built_source_model"] == "data/06_models/world/source"
     assert paths["built_world_clip"] == "data/06_models/world/clip"
+    assert paths["built_world_evaluation_clip"] == "data/06_models/world/evaluation_clip"
     assert paths["built_attribute_classifier"] == "data/06_models/world/classifier"
     assert paths["aahq_raw"] == "data/01_raw/faceworld_aahq"
     assert paths["params:paths.checkpoints"] == "data/06_models/checkpoints"

@@ -97,6 +97,13 @@ def test_smoke_edit_run_writes_grids_and_metrics(tmp_path, kind):
     assert rows["smiling"]["attribute"] == "expression" and "identity" not in rows["smiling"]
     assert metrics["weights"]["s_dir"] == "hash clip (test stand-in)"
     assert metrics["settings"]["f_t"] == {"lr": 0.05, "epochs": 1, "train_steps": 4, "n_train": 2}  # what trained f_t
+    # the no-edit baseline: an "edit" that is the reconstruction scores exactly the baseline
+    unedited = evaluate_edits({**edits, "smiling": edits["reconstructed"]}, clip, classifier, {"attributes": True},
+                              EDITING, dataset)["rows"]["smiling"]
+    assert unedited["s_dir"] == unedited["reconstruction_s_dir"] == rows["smiling"]["reconstruction_s_dir"]
+    assert unedited["success"] == unedited["reconstruction_success"] == rows["smiling"]["reconstruction_success"]
+    assert rows["smiling"]["s_dir"] != rows["smiling"]["reconstruction_s_dir"]  # the trained f_t edits
+    assert "reconstruction_success" not in rows["angry"]  # no FaceWorld attribute to read
     grids = edit_grids(edits, EDITING)
     assert set(grids) == {"smiling", "angry"}
     assert grids["smiling"].size[1] == 2 * (16 + 2)  # inputs row + edits row, 2x scale
@@ -157,6 +164,12 @@ def test_edit_table_by_hand():
                         "angry success ↑ | angry preservation ↑ |")
     assert lines[7] == "| sdft | 0.123 | 0.500 | 0.750 | 0.200 | n/a | n/a |"
     assert lines[8] == "| naive | 0.050 | 0.250 | 1.000 | -0.100 | n/a | n/a |"
+    # with the no-edit baseline recorded, it stands beside the success it is read against
+    m["sdft"]["rows"]["smiling"]["reconstruction_success"] = 0.125
+    lines = edit_table(m)
+    assert lines[0] == "| method | mean S_dir ↑ | mean success ↑ | mean success without f_t | mean preservation ↑ |"
+    assert lines[2] == f"| sdft | {(0.1234 + 0.2) / 2:.3f} | 0.500 | 0.125 | 0.750 |"
+    assert lines[3] == f"| naive | {(0.05 - 0.1) / 2:.3f} | 0.250 | n/a | 1.000 |"
 
 
 def test_dataset_editing_block_overrides_the_editing_block():

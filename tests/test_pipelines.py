@@ -146,15 +146,21 @@ def _digest(folder: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_world_pipeline_in_smoke_builds_elsewhere_and_keeps_committed_models(tmp_path):
-    """The world pipeline trains all three models; in smoke it writes under
+    """The world pipeline trains all four models; in smoke it writes under
     data/smoke/ and leaves the committed models untouched."""
     world = ROOT / "data" / "06_models" / "world"
-    before = {name: _digest(world / name) for name in ("source", "clip", "classifier")}
+    before = {name: _digest(world / name) for name in ("source", "clip", "evaluation_clip", "classifier")}
     proj = _scratch_project(tmp_path)
     _run(proj, "smoke", "world")
     built = proj / SMOKE_DATA / "06_models" / "world"
     assert (built / "source" / "config.json").exists()
     assert (built / "clip" / "weights.safetensors").exists()
+    for name in ("clip", "evaluation_clip"):  # each with its held-out metrics, age among them
+        meta = json.loads((built / name / "world_clip.json").read_text())
+        assert set(meta["metrics"]["zero_shot_held_out"]) == {"eyewear", "expression", "gender", "age", "style"}
+        assert 0.0 <= meta["metrics"]["zero_shot_held_out"]["age"]["all"] <= 1.0
+    evaluation = json.loads((built / "evaluation_clip" / "world_clip.json").read_text())
+    assert ["age", 0.3] in evaluation["train"]["config"]["pair_flips"]
     assert (built / "classifier" / "classifier.safetensors").exists()
     assert {name: _digest(world / name) for name in before} == before
 

@@ -67,11 +67,13 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...], canonical_p: float
     return options[1 + int(rng.integers(len(options) - 1))]
 
 
-def caption_variants(attrs: FaceAttributes, rng: np.random.Generator) -> str:
+def caption_variants(attrs: FaceAttributes, rng: np.random.Generator, name_age: bool = False) -> str:
     """A randomly varied, richer caption for contrastive training.
 
     Always mentions expression, gender and eyewear (possibly via a synonym);
-    optionally age, hair, skin tone and background, in varying order.
+    optionally age (always with ``name_age``), hair, skin tone and background,
+    in varying order. ``name_age`` draws the same random numbers, so captions
+    without it are unchanged.
     """
     style = _pick(rng, _STYLE_SYNONYMS[attrs.style])
     expr = _pick(rng, _EXPRESSION_SYNONYMS[attrs.expression])
@@ -86,7 +88,7 @@ def caption_variants(attrs: FaceAttributes, rng: np.random.Generator) -> str:
     bg = _pick(rng, _BACKGROUND_PHRASES[attrs.background])
 
     extras = [e for e in (hair, skin, bg) if rng.random() < 0.5]
-    use_age = rng.random() < 0.5
+    use_age = rng.random() < 0.5 or name_age
     template = int(rng.integers(4))
     noun = f"{age} {gender}" if use_age else gender
     if template == 0:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion_transfer.core.world.clip import WorldClip
+from diffusion_transfer.core.world.clip import AAHQ_PROMPT, WorldClip
 from diffusion_transfer.core.world.common import render_held_out
 from diffusion_transfer.core.world.render import STYLES
 
@@ -58,4 +58,17 @@ def ranking_quality(scores: Any, target: Any, top_fraction: float = 0.2) -> dict
     }
 
 
-__all__ = ["evaluate_world_clip", "ranking_quality"]
+def held_out_metrics(clip: WorldClip, seed: int = 12345) -> dict[str, Any]:
+    """What ``world_clip.json`` records: zero-shot accuracy on every captioned
+    attribute, and how the AAHQ curation prompt ranks expressionless men
+    without glasses among 480 held-out artworks."""
+    images, attrs = render_held_out(480, "artwork", seed)
+    target = [a.expression == "neutral" and a.gender == "man" and a.eyewear == "none" for a in attrs]
+    return {
+        "zero_shot_held_out": evaluate_world_clip(
+            clip, seed=seed, attributes=("eyewear", "expression", "gender", "age", "style")),
+        "aahq_prompt_ranking_held_out_artworks_480": ranking_quality(clip.similarity(images, AAHQ_PROMPT), target),
+    }
+
+
+__all__ = ["evaluate_world_clip", "held_out_metrics", "ranking_quality"]

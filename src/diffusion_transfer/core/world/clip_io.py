@@ -35,7 +35,8 @@ _TOKEN_WEIGHT_KEY = "token_embedding.weight"
 def save_world_clip(model: torch.nn.Module | WorldClip, folder: str | Path, *,
                     dtype: str = "float16", metrics: Mapping[str, Any] | None = None) -> Path:
     """Write ``weights.safetensors`` (``dtype``: float16 or float32) and ``world_clip.json``
-    to ``folder`` atomically (temp dir, then rename).  Returns the folder."""
+    to ``folder`` atomically (temp dir, then rename).  Returns the folder.  ``metrics``
+    defaults to the model's ``world_clip_metrics`` (set by the ``world`` pipeline)."""
     if isinstance(model, WorldClip):
         model = model.model
     if dtype not in ("float16", "float32"):
@@ -55,7 +56,7 @@ def save_world_clip(model: torch.nn.Module | WorldClip, folder: str | Path, *,
         "vocab_size": int(emb.shape[0]),
         "model_cfg": model_cfg,
         "train": getattr(model, "world_clip_train_info", None),
-        "metrics": dict(metrics or {}),
+        "metrics": dict(metrics or getattr(model, "world_clip_metrics", None) or {}),
     }
 
     def write(tmp: Path) -> None:

@@ -63,7 +63,9 @@ class WorldClipConfig:
     styles: tuple[str, ...] = STYLES
     #: probability that an image's caption is the canonical caption (else a variant)
     canonical_p: float = 0.35
-    #: which attribute the two images of a pair differ in, with relative weights
+    #: which attribute the two images of a pair differ in, with relative weights; an
+    #: ``age`` pair is captioned with the age words in both captions (the canonical
+    #: caption omits age)
     pair_flips: tuple[tuple[str, float], ...] = (
         ("eyewear", 0.3), ("expression", 0.3), ("gender", 0.2), ("style", 0.2),
     )
@@ -97,7 +99,7 @@ class WorldClipConfig:
         bad = [s for s in self.styles if s not in STYLES]
         if not self.styles or bad:
             raise ValueError(f"clip config: styles must be a non-empty subset of {STYLES}, got {self.styles}")
-        flippable = ("eyewear", "expression", "gender", "style")
+        flippable = ("eyewear", "expression", "gender", "style", "age")
         for name, w in self.pair_flips:
             if name not in flippable:
                 raise ValueError(f"clip config: pair_flips attribute {name!r} not in {flippable}")
@@ -143,14 +145,19 @@ def _render_pair_pool(cfg: WorldClipConfig, seed: int, progress: bool):
 
 def _batch_captions(attrs: Sequence[FaceAttributes], rng: np.random.Generator,
                     canonical_p: float) -> list[str]:
-    """One caption per image, no two identical (ClipLoss treats the diagonal as the only match)."""
+    """One caption per image, no two identical (ClipLoss treats the diagonal as the only match).
+
+    ``attrs`` holds pairs (images ``2k`` and ``2k + 1``); when a pair differs in
+    age, both captions name the age, else the two would read alike."""
     seen: set[str] = set()
     out = []
-    for a in attrs:
-        text = caption(a) if rng.random() < canonical_p else caption_variants(a, rng)
+    for i, a in enumerate(attrs):
+        name_age = a.age != attrs[i ^ 1].age
+        canonical = rng.random() < canonical_p and not name_age
+        text = caption(a) if canonical else caption_variants(a, rng, name_age)
         tries = 0
         while text in seen and tries < 20:
-            text = caption_variants(a, rng)
+            text = caption_variants(a, rng, name_age)
             tries += 1
         seen.add(text)
         out.append(text)

@@ -172,8 +172,10 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, ed
     """Per prompt: S_dir (the run's evaluation CLIP, labelled), ID (ArcFace,
     input vs edit, where weights are given and the data are faces), and on
     FaceWorld edit success and preservation (n/a for a prompt without a
-    FaceWorld attribute); plus the reconstruction's ID / retention as the
-    no-edit baseline."""
+    FaceWorld attribute); plus the no-edit baseline: the unedited
+    reconstruction's ID / retention, and per prompt its S_dir and success
+    (DDIM inversion and regeneration alone can move an attribute, e.g.
+    smooth away the wrinkles that make a FaceWorld face old)."""
     from diffusion_transfer.core.metrics.identity import IdentitySimilarity
 
     p = editing_for(editing, dataset)
@@ -189,6 +191,8 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, ed
         from diffusion_transfer.core.world.classifier import predict_attributes
 
         in_attrs = predict_attributes(attribute_classifier, edits["inputs"].numpy())
+        rec_attrs = predict_attributes(attribute_classifier, edits["reconstructed"].numpy())
+    x_rec = to_tensor(edits["reconstructed"].numpy())
     world = getattr(clip, "name", None) == "faceworld-clip"
     rows: dict[str, dict[str, Any]] = {}
     for name in edits["meta"]["prompts"]:
@@ -196,7 +200,10 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, ed
         y = to_tensor(edits[name].numpy())
         direction = text_direction(clip, prompt.source, prompt.target)
         row: dict[str, Any] = {"label": p.label(name),
-                               "s_dir": float(directional_similarity(clip, x_in, y, direction).mean())}
+                               "s_dir": float(directional_similarity(clip, x_in, y, direction).mean()),
+                               # the unedited reconstruction scored the same way: what the edit adds
+                               "reconstruction_s_dir": float(directional_similarity(clip, x_in, x_rec,
+                                                                                    direction).mean())}
         if identity is not None:
             row["identity"] = float(identity(x_in, y).mean())
         if use_attrs:
@@ -208,14 +215,14 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, ed
                 row.update(success=None, preservation=None, attribute="n/a (no FaceWorld attribute)")
             else:
                 row.update(edit_success(in_attrs, out_attrs, *spec))
+                row["reconstruction_success"] = edit_success(in_attrs, rec_attrs, *spec)["success"]
         rows[name] = row
     baseline: dict[str, Any] = {}
     if identity is not None:
         baseline["identity"] = float(identity(x_in, to_tensor(edits["reconstructed"].numpy())).mean())
     if use_attrs:
-        rec = predict_attributes(attribute_classifier, edits["reconstructed"].numpy())
         try:
-            baseline["retention"] = attr_metrics.attribute_retention(in_attrs, rec)["mean"]
+            baseline["retention"] = attr_metrics.attribute_retention(in_attrs, rec_attrs)["mean"]
         except ValueError:
             baseline["retention"] = None
     weights = {"s_dir": (WORLD_CLIP_NOTE + ": " if world else "") + getattr(clip, "weights_label", type(clip).__name__)}
@@ -241,8 +248,9 @@ def edit_grids(edits: dict, editing: dict, dataset: dict | None = None, scale: i
 SOURCE_RUN = "source"
 
 
+#: "success without f_t": the unedited reconstruction's success, the baseline the edit's own is read against
 _EDIT_COLUMNS = (("S_dir ↑", "s_dir"), ("ID ↑", "identity"), ("success ↑", "success"),
-                 ("preservation ↑", "preservation"))
+                 ("success without f_t", "reconstruction_success"), ("preservation ↑", "preservation"))
 
 
 def _mean(values: list[Any]) -> float | None:

@@ -1,4 +1,4 @@
-"""The ``world`` pipeline: builds FaceWorld's three models.
+"""The ``world`` pipeline: builds FaceWorld's models.
 
 Its outputs are committed under ``data/06_models/world/`` so that a fresh
 clone never needs to run it; run it to rebuild them (about an hour on two CPU
@@ -24,9 +24,28 @@ def train_source(world: dict[str, Any], schedule: dict[str, Any]):
 
 
 def train_clip(world: dict[str, Any]):
+    """The curation CLIP (``world.clip``), with its held-out metrics."""
+    return _train_world_clip(world, "clip")
+
+
+def _train_world_clip(world: dict[str, Any], key: str):
+    import open_clip
+
+    from diffusion_transfer.core.world.clip import MODEL_NAME, WorldClip
+    from diffusion_transfer.core.world.clip_eval import held_out_metrics
     from diffusion_transfer.core.world.clip_train import DEFAULT_CLIP_CONFIG, train_world_clip
 
-    return train_world_clip({**_as_dict(DEFAULT_CLIP_CONFIG), **world.get("clip", {})}, seed=world.get("seed", 0))
+    model = train_world_clip({**_as_dict(DEFAULT_CLIP_CONFIG), **world.get(key, {})}, seed=world.get("seed", 0))
+    trained = WorldClip(model, open_clip.get_tokenizer(MODEL_NAME), None, MODEL_NAME, "trained (float32)")
+    model.world_clip_metrics = held_out_metrics(trained)  # written into world_clip.json
+    return model
+
+
+def train_evaluation_clip(world: dict[str, Any]):
+    """The CLIP of the edit stage (Asyrp's loss and S_dir): the curation CLIP's
+    recipe with age pairs added (``world.evaluation_clip``), so that it reads
+    *young* and *old*; the curation CLIP stays as it is (docs/FACEWORLD.md)."""
+    return _train_world_clip(world, "evaluation_clip")
 
 
 def train_classifier(world: dict[str, Any]):

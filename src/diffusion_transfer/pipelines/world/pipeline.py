@@ -1,16 +1,24 @@
-"""``world``: FaceWorld's three models (CLIP, attribute classifier, source model)."""
+"""``world``: FaceWorld's models (the curation CLIP, the evaluation CLIP, the attribute
+classifier, the source model)."""
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline, node
 
-from diffusion_transfer.pipelines.world.nodes import train_classifier, train_clip, train_source
+from diffusion_transfer.pipelines.world.nodes import (
+    train_classifier,
+    train_clip,
+    train_evaluation_clip,
+    train_source,
+)
 
 
 def create_pipeline() -> Pipeline:
     return Pipeline(
         [
             node(train_clip, "params:world", "built_world_clip", name="train_world_clip", tags=["world"]),
+            node(train_evaluation_clip, "params:world", "built_world_evaluation_clip",
+                 name="train_world_evaluation_clip", tags=["world"]),
             node(train_classifier, "params:world", "built_attribute_classifier", name="train_attribute_classifier",
                  tags=["world"]),
             node(train_source, ["params:world", "params:schedule"], "built_source_model", name="train_source_model",
