@@ -1,8 +1,8 @@
 """The ``world`` pipeline: builds FaceWorld's models.
 
 Its outputs are committed under ``data/06_models/world/`` so that a fresh
-clone never needs to run it; run it to rebuild them (about an hour on two CPU
-cores). The outputs are their own catalog entries (``built_*``) under the
+clone never needs to run it; run it to rebuild them (about 90 minutes on two
+CPU cores). The outputs are their own catalog entries (``built_*``) under the
 environment's data root: ``base`` rewrites the committed folders, ``smoke``
 writes to ``data/smoke/06_models/world/`` and never overwrites them."""
 
