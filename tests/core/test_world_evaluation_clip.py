@@ -1,6 +1,6 @@
 """The evaluation CLIP (the edit stage's): age pairs in training, both captions
 of an age pair name the age, captions without age pairs are drawn as before,
-and the committed weights read age as well as the curation CLIP's attributes."""
+and the committed weights read age."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 
 from diffusion_transfer.core.world.captions import caption, caption_variants
-from diffusion_transfer.core.world.clip import AAHQ_PROMPT
-from diffusion_transfer.core.world.clip_eval import evaluate_world_clip, ranking_quality
+from diffusion_transfer.core.world.clip_eval import evaluate_world_clip
 from diffusion_transfer.core.world.clip_io import load_world_clip
 from diffusion_transfer.core.world.clip_train import WorldClipConfig, _batch_captions, _render_pair_pool
-from diffusion_transfer.core.world.common import render_held_out
 from diffusion_transfer.core.world.render import ATTRIBUTES, STYLES, sample_attributes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,24 +93,12 @@ def evaluation_clip():
     return load_world_clip(WORLD / "evaluation_clip")
 
 
-def test_evaluation_clip_keeps_the_curation_bars_and_reads_age(evaluation_clip):
-    acc = evaluate_world_clip(evaluation_clip, n_per_style=200, seed=HELD_OUT_SEED,
-                              attributes=("eyewear", "expression", "age"))
-    for attribute in ("eyewear", "expression"):
-        for style in STYLES:
-            assert acc[attribute][style] >= 0.90, (attribute, style, acc)
+def test_evaluation_clip_reads_age(evaluation_clip):
+    """The curation bars (eyewear, expression, the AAHQ ranking) are checked for both
+    CLIPs in test_world_models.py; age is the evaluation CLIP's own."""
+    acc = evaluate_world_clip(evaluation_clip, n_per_style=200, seed=HELD_OUT_SEED, attributes=("age",))
     for style in STYLES:  # the curation CLIP reads age at 0.52-0.57
         assert acc["age"][style] >= AGE_BAR, (style, acc["age"])
-
-
-def test_evaluation_clip_ranks_the_aahq_prompt_like_the_curation_clip(evaluation_clip):
-    images, attrs = render_held_out(480, "artwork", seed=HELD_OUT_SEED)
-    target = np.array([a.expression == "neutral" and a.gender == "man" and a.eyewear == "none"
-                       for a in attrs])
-    r = ranking_quality(evaluation_clip.similarity(images, AAHQ_PROMPT), target)
-    assert r["recall_at_top_20pct"] >= 0.9, r
-    assert r["r_precision"] >= 0.6, r
-    assert r["auc"] >= 0.95, r
 
 
 def test_the_edit_stage_reads_the_evaluation_clip_and_curation_the_curation_clip():
