@@ -97,3 +97,26 @@ def test_bench_gpu_skips_sections_past_its_budget(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["training"] == {} and results["sampling"] == {}
     assert [s.split(" (")[0] for s in results["skipped"]] == ["training fp32", "sampling fp32"]
+
+
+def test_bench_runner_times_three_layouts_of_the_same_two_nodes(capsys, tmp_path):
+    import torch
+
+    from diffusion_transfer.core.models import build_unet, save_unet
+
+    tiny = dict(sample_size=32, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=8, norm_num_groups=4)
+    save_unet(build_unet(tiny), tmp_path / "unet")
+    threads = torch.get_num_threads()
+    ratios = _load("bench_runner").main(["--model", str(tmp_path / "unet"), "--sdft-steps", "1",
+                                         "--classifier-steps", "1", "--repeats", "1"])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(\w+Runner, [^\n]*?)\s+([0-9.]+)s\s+([0-9.]+)s\s+([0-9.]+)s\s+([0-9.]+)$", out, re.M)
+    assert [r[0].split(",")[0] for r in rows] == ["SequentialRunner", "ThreadRunner", "ThreadRunner"]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)  # each layout ran both nodes
+    walls = [float(r[1]) for r in rows]
+    for (name, ratio), row, wall in zip(ratios.items(), rows, walls):  # ratios are the walls over the first
+        assert name == row[0].strip() and abs(float(row[4]) - wall / walls[0]) <= 0.05 + 0.01 * wall / walls[0]
+    assert list(ratios.values())[0] == 1.0
+    assert torch.get_num_threads() == threads  # the caller's thread count is restored

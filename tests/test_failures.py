@@ -243,6 +243,14 @@ def test_a_catalog_without_an_entry_the_pipeline_needs(tmp_path):
     assert nothing_computed(proj, "smoke")
 
 
+def test_the_thread_runner_is_refused_before_the_first_node(tmp_path):
+    proj = _scratch_project(tmp_path)
+    error = error_paragraph(kedro(proj, "run", "--pipeline=sdft_aahq", "--env=smoke", "--runner=ThreadRunner"))
+    assert error.startswith("Error: --runner=ThreadRunner is not supported by this project")
+    assert "global torch random stream" in error and "Run without --runner" in error
+    assert nothing_computed(proj, "smoke")
+
+
 def test_verbose_keeps_the_traceback(tmp_path):
     proj = _scratch_project(tmp_path)
     done = kedro(proj, "run", "--pipeline=sdfft_aahq", "--env=smoke", "--verbose")
