@@ -7,7 +7,7 @@ layouts, alternating ``--repeats`` times:
 
 - Kedro's ``SequentialRunner``, each node on every core (``kedro run``'s default);
 - Kedro's ``ThreadRunner``, both nodes at once on every core each (the cores
-  oversubscribed; the same thread count as sequential, so the same numbers);
+  oversubscribed);
 - ``ThreadRunner`` with each node on ``cores // 2`` threads (set by the node;
   a different thread count adds float sums in another order, so the numbers
   move in the last digits and training carries that into the metrics).

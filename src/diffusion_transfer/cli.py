@@ -45,7 +45,7 @@ _THREAD_RUNNER_REFUSED = (
     "random stream (models initialise from it, so the numbers would change from run to run) and diffusers' model "
     "loading, which patches torch.nn.Module for the whole process while it loads (a node building a model "
     "meanwhile fails with 'Cannot copy out of meta tensor'). Run without --runner (Kedro's SequentialRunner): on "
-    "2 cores, nodes side by side were no faster anyway (docs/BENCHMARK.md, benchmarks/bench_runner.py).")
+    "2 cores, the demo's two longest nodes side by side were only 3-7% faster (docs/BENCHMARK.md).")
 
 
 def _run(verbose: bool, **options: Any) -> Any:
