@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline, node
 from kedro.runner import SequentialRunner, ThreadRunner
@@ -39,18 +40,20 @@ from bench_steps import build_run, load_model  # noqa: E402
 
 from diffusion_transfer.core.models.domain_classifier import DomainClassifier  # noqa: E402
 
-CLASSIFIER = dict(block_out_channels=[32, 64, 64], attention_blocks=[False, False, True], layers_per_block=1,
-                  norm_num_groups=8, pool_heads=4)  # conf/base/parameters_classifier.yml
+CLASSIFIER_CONF = Path(__file__).resolve().parents[1] / "conf" / "base" / "parameters_classifier.yml"
 
 
 def classifier_step_fn():
+    """One optimiser step of the demo's domain classifier (its network, batch and lr from base)."""
+    clf_conf = yaml.safe_load(CLASSIFIER_CONF.read_text())["classifier"]
+    batch = clf_conf["train"]["batch_size"]
     torch.manual_seed(0)
-    clf = DomainClassifier(sample_size=32, **CLASSIFIER)
-    opt = torch.optim.AdamW(clf.parameters(), lr=3e-4)
+    clf = DomainClassifier(sample_size=32, **clf_conf["network"])
+    opt = torch.optim.AdamW(clf.parameters(), lr=clf_conf["train"]["lr"])
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(64, 3, 32, 32, generator=gen) * 2 - 1
-    t = torch.randint(0, 1000, (64,), generator=gen)
-    y = torch.randint(0, 2, (64,), generator=gen)
+    x = torch.rand(batch, 3, 32, 32, generator=gen) * 2 - 1
+    t = torch.randint(0, 1000, (batch,), generator=gen)
+    y = torch.randint(0, 2, (batch,), generator=gen)
 
     def step():
         torch.nn.functional.cross_entropy(clf(x, t), y).backward()

@@ -3,9 +3,9 @@ that a failure ends in one ``Error:`` paragraph and exit status 1 instead of
 a traceback. ``kedro run --verbose`` prints the traceback too, for debugging.
 
 Kedro picks this module up by name (a project ``cli.py`` overrides its
-built-in commands); ``python -m diffusion_transfer`` runs the same command. ``--runner=ThreadRunner``
-is refused before anything runs (nodes in threads share torch's global
-random stream and diffusers' loading patch).
+built-in commands); ``python -m diffusion_transfer`` runs the same command.
+``--runner=ThreadRunner`` is refused before anything runs (nodes in threads
+share torch's global random stream and diffusers' loading patch).
 The paragraph is built by :func:`failure_message`: the node that failed (the
 ``on_node_error`` hook notes it), the message (known errors already name the
 file, folder or parameter and the fix) and, for Kedro's own failures (an
@@ -38,8 +38,6 @@ def cli() -> None:
     """Project commands (they override Kedro's of the same name)."""
 
 
-#: Runners whose nodes share this process's state while they run.
-_SHARED_PROCESS_RUNNERS = ("ThreadRunner",)
 _THREAD_RUNNER_REFUSED = (
     "--runner={runner} is not supported by this project: nodes in threads share the process's global torch "
     "random stream (models initialise from it, so the numbers would change from run to run) and diffusers' model "
@@ -50,7 +48,7 @@ _THREAD_RUNNER_REFUSED = (
 
 def _run(verbose: bool, **options: Any) -> Any:
     runner = options.get("runner") or ""
-    if runner.rsplit(".", 1)[-1] in _SHARED_PROCESS_RUNNERS:
+    if runner.rsplit(".", 1)[-1] == "ThreadRunner":  # also kedro.runner.ThreadRunner
         raise click.ClickException(_THREAD_RUNNER_REFUSED.format(runner=runner))
     try:
         return kedro_run.callback(**options)
