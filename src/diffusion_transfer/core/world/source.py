@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from diffusion_transfer.core.data.images import to_tensor
 from diffusion_transfer.core.methods import build_method
 from diffusion_transfer.core.models.unet import build_unet
@@ -44,10 +46,14 @@ def train_source_model(
 
     ``loss`` holds the denoising loss's weighting (e.g. ``{"weighting": "p2",
     "gamma": 1.0}``, as for the P2-weighted FFHQ model the SDFT paper starts
-    from). Returns the EMA model (or the raw model when EMA is off)."""
+    from). ``seed`` sets the rendered images and the initial weights (drawn
+    from a forked random stream, so the result does not depend on what ran
+    before). Returns the EMA model (or the raw model when EMA is off)."""
     config = {**DEFAULT_SOURCE_UNET, **(unet or {})}
     images, _ = render_batch(domain, n_images, int(config["sample_size"]), seed)
-    model = build_unet(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_unet(config)
     sched = schedule if isinstance(schedule, NoiseSchedule) else make_schedule(**(schedule or {}))
     method = build_method("scratch", dict(loss or {}), sched)
     result = train(model, method.loss_fn, to_tensor(images), TrainConfig(**train_config),
