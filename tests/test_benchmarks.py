@@ -119,3 +119,41 @@ def test_bench_runner_times_three_layouts_of_the_same_two_nodes(capsys, tmp_path
         assert name == row[0].strip() and abs(float(row[4]) - ratio) <= 0.005 + 1e-9
     assert list(ratios.values())[0] == 1.0  # each layout's wall over the sequential one
     assert torch.get_num_threads() == threads  # the caller's thread count is restored
+
+
+def test_bench_floor_counts_each_nodes_flops_through_a_kedro_hook():
+    import torch
+    from kedro.framework.hooks.manager import _create_hook_manager
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.pipeline import Pipeline, node
+    from kedro.runner import SequentialRunner
+
+    bench = _load("bench_floor")
+
+    def matmul():
+        return torch.mm(torch.ones(64, 32), torch.ones(32, 16))
+
+    def conv(x):
+        return torch.nn.functional.conv2d(torch.ones(2, 3, 8, 8), torch.ones(5, 3, 3, 3))  # no padding: 6x6 out
+
+    hook = bench.NodeFlopsHook()
+    manager = _create_hook_manager()
+    manager.register(hook)
+    pipe = Pipeline([node(matmul, None, "a", name="matmul"), node(conv, "a", "b", name="conv")])
+    catalog = DataCatalog({k: MemoryDataset(copy_mode="assign") for k in ("a", "b")})
+    SequentialRunner().run(pipe, catalog, hook_manager=manager)
+    flops = {r["node"]: r["gflop"] * 1e9 for r in hook.rows}
+    # 2 FLOPs per multiply-add: m*k*n for the product, batch*out*in*k*k per output pixel for the convolution
+    assert flops == {"matmul": 2 * 64 * 32 * 16, "conv": 2 * 2 * 5 * 3 * 3 * 3 * 6 * 6}
+    assert all(r["wall_s"] > 0 for r in hook.rows)
+
+
+def test_bench_floor_rows_divide_the_flops_by_the_peak():
+    bench = _load("bench_floor")
+    rows = bench.floor_rows([{"node": "a", "wall_s": 4.0, "gflop": 200.0},
+                             {"node": "b", "wall_s": 1.0, "gflop": 0.0}], peak_gflops=100.0)
+    assert rows[0]["floor_s"] == 2.0 and rows[0]["gflops"] == 50.0 and rows[0]["wall_over_floor"] == 2.0
+    assert rows[1]["floor_s"] == 0.0 and rows[1]["wall_over_floor"] == float("inf")
+    total = bench.format_table(rows, 100.0).splitlines()[-1].split()
+    assert total[:3] == ["total", "5.0s", "200.0"] and total[-2:] == ["2.0s", "2.50"]
+    assert bench.matmul_peak_gflops(n=64, repeats=1) > 0

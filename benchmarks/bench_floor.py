@@ -1,0 +1,128 @@
+"""The floor under a pipeline's wall time: its matrix arithmetic at this machine's peak.
+
+Runs a registered pipeline (default ``sdft_aahq``, what ``make demo`` runs)
+through Kedro with a hook that counts each node's floating-point operations in
+convolutions, matrix products and attention, forward and backward (torch's
+``FlopCounterMode``; elementwise work such as normalisation and pooling is not
+counted). In the same run it times a 2048 x 2048 float32 matrix product on
+every core, the best rate this machine reaches (before and after the
+pipeline; the higher is used). Per node it prints the wall, the GFLOP, the
+rate achieved, and the floor: the GFLOP at that peak rate, which no
+implementation of the same arithmetic on these cores can beat.
+
+The walls are measured with the counter on, which costs time in every torch
+call: compare the floors with a plain ``kedro run``'s node times.
+
+    python benchmarks/bench_floor.py [--pipeline sdft_aahq] [--env base]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from kedro.framework.hooks import hook_impl
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class NodeFlopsHook:
+    """Each node's wall and its FLOPs in convolutions, matrix products and attention."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self._open: tuple[str, FlopCounterMode, float] | None = None
+
+    @hook_impl
+    def before_node_run(self, node) -> None:
+        counter = FlopCounterMode(display=False)
+        counter.__enter__()
+        self._open = (node.name, counter, time.perf_counter())
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        self._close()
+
+    @hook_impl
+    def on_node_error(self, node) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._open is None:
+            return
+        name, counter, t0 = self._open
+        wall = time.perf_counter() - t0
+        counter.__exit__(None, None, None)
+        self.rows.append({"node": name, "wall_s": wall, "gflop": counter.get_total_flops() / 1e9})
+        self._open = None
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The best rate of an n x n float32 matrix product on torch's threads, in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def floor_rows(rows: list[dict[str, Any]], peak_gflops: float) -> list[dict[str, Any]]:
+    """Each row with its achieved rate, its floor (GFLOP at the peak rate) and wall / floor."""
+    out = []
+    for r in rows:
+        floor = r["gflop"] / peak_gflops
+        out.append({**r, "gflops": r["gflop"] / r["wall_s"] if r["wall_s"] > 0 else 0.0, "floor_s": floor,
+                    "wall_over_floor": r["wall_s"] / floor if floor > 0 else float("inf")})
+    return out
+
+
+def format_table(rows: list[dict[str, Any]], peak_gflops: float) -> str:
+    lines = [f"peak: {peak_gflops:.1f} GFLOP/s (2048 x 2048 float32 matrix product, {torch.get_num_threads()} "
+             "threads); floor = the node's convolution, matrix-product and attention GFLOP at that rate",
+             f"{'node':<44} {'wall':>8} {'GFLOP':>10} {'GFLOP/s':>8} {'floor':>8} {'wall/floor':>10}"]
+    for r in rows:
+        lines.append(f"{r['node'][:44]:<44} {r['wall_s']:>7.1f}s {r['gflop']:>10.1f} {r['gflops']:>8.1f} "
+                     f"{r['floor_s']:>7.1f}s {r['wall_over_floor']:>10.2f}")
+    wall, gflop = sum(r["wall_s"] for r in rows), sum(r["gflop"] for r in rows)
+    lines.append(f"{'total':<44} {wall:>7.1f}s {gflop:>10.1f} {gflop / wall if wall else 0:>8.1f} "
+                 f"{gflop / peak_gflops:>7.1f}s {wall / (gflop / peak_gflops) if gflop else float('inf'):>10.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the pipeline with the counting hook; print and return the rows."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pipeline", default="sdft_aahq")
+    ap.add_argument("--env", default="base")
+    ap.add_argument("--project", type=Path, default=ROOT, help="the Kedro project's folder")
+    args = ap.parse_args(argv)
+    for key, value in (("KEDRO_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"), ("HF_HUB_OFFLINE", "1"),
+                       ("MLFLOW_DISABLE_TELEMETRY", "true")):
+        os.environ.setdefault(key, value)
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(args.project)
+    peak = matmul_peak_gflops()
+    hook = NodeFlopsHook()
+    with KedroSession.create(project_path=args.project, env=args.env) as session:
+        session._hook_manager.register(hook)  # Kedro has no public way to add a hook to one session
+        session.run(pipeline_name=args.pipeline)
+    peak = max(peak, matmul_peak_gflops())
+    rows = floor_rows(hook.rows, peak)
+    print(f"pipeline {args.pipeline} (env {args.env}), walls with the FLOP counter on")
+    print(format_table(rows, peak))
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
