@@ -15,6 +15,10 @@ The walls are measured with the counter on, which costs time in every torch
 call (an SDFT step took 3-4x as long): compare the floors with a plain
 ``kedro run``'s node times.
 
+Run it where nothing is computed yet (a fresh clone, as the demo is timed):
+training nodes resume from their checkpoints and the evaluation reuses cached
+features, and both would then count only what is left.
+
     python benchmarks/bench_floor.py [--pipeline sdft_aahq] [--env base]
 """
 
