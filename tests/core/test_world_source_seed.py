@@ -17,7 +17,6 @@ def _weights(seed: int, global_seed: int) -> torch.Tensor:
 
 
 def test_source_model_weights_depend_on_its_seed_only():
-    after_one_history = _weights(seed=0, global_seed=1)
-    assert torch.equal(after_one_history, _weights(seed=0, global_seed=2))
-    assert not torch.equal(after_one_history, _weights(seed=1, global_seed=1))
-
+    seed_0 = _weights(seed=0, global_seed=1)
+    assert torch.equal(seed_0, _weights(seed=0, global_seed=2))
+    assert not torch.equal(seed_0, _weights(seed=1, global_seed=1))
