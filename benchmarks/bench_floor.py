@@ -117,12 +117,10 @@ def format_table(rows: list[dict[str, Any]], peak_gflops: float) -> str:
     lines = [f"peak: {peak_gflops:.1f} GFLOP/s (2048 x 2048 float32 matrix product, {torch.get_num_threads()} "
              "threads); floor = the node's convolution, matrix-product and attention GFLOP at that rate",
              f"{'node':<44} {'wall':>8} {'GFLOP':>10} {'GFLOP/s':>8} {'floor':>8} {'wall/floor':>10}"]
-    for r in rows:
+    total = {"node": "total", "wall_s": sum(r["wall_s"] for r in rows), "gflop": sum(r["gflop"] for r in rows)}
+    for r in [*rows, *floor_rows([total], peak_gflops)]:
         lines.append(f"{r['node'][:44]:<44} {r['wall_s']:>7.1f}s {r['gflop']:>10.1f} {r['gflops']:>8.1f} "
                      f"{r['floor_s']:>7.1f}s {r['wall_over_floor']:>10.2f}")
-    wall, gflop = sum(r["wall_s"] for r in rows), sum(r["gflop"] for r in rows)
-    lines.append(f"{'total':<44} {wall:>7.1f}s {gflop:>10.1f} {gflop / wall if wall else 0:>8.1f} "
-                 f"{gflop / peak_gflops:>7.1f}s {wall / (gflop / peak_gflops) if gflop else float('inf'):>10.2f}")
     return "\n".join(lines)
 
 
