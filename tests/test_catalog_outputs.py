@@ -99,7 +99,7 @@ def _output_paths(env: str) -> dict[str, str]:
     """Every location ``env`` writes: the catalog path of every node output of
     every registered pipeline, the FaceWorld folders rendered on demand, and
     the output folders among the parameters (checkpoints, caches)."""
-    from diffusion_transfer.pipelines.params import ConditionParams
+    from diffusion_transfer.project.schema import ConditionParams
 
     catalog, params, _ = _env(env)
     paths: dict[str, str] = {}

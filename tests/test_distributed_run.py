@@ -8,7 +8,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline, node
 from kedro.runner import SequentialRunner
 
-from diffusion_transfer.distributed import DistributedRunHook, RankLocalDataset, process_ranks
+from diffusion_transfer.project.distributed import DistributedRunHook, RankLocalDataset, process_ranks
 
 
 def make() -> dict:

@@ -24,9 +24,9 @@ from diffusion_transfer.pipelines.edit.nodes import (
     select_edit_inputs,
     train_edit_directions,
 )
-from diffusion_transfer.pipelines.edit.params import EditingParams
+from diffusion_transfer.project.schema_editing import EditingParams
 from diffusion_transfer.pipelines.edit.pipeline import create_edit_pipeline
-from diffusion_transfer.pipelines.params import InvalidParametersError, parse
+from diffusion_transfer.project.schema import InvalidParametersError, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -174,7 +174,7 @@ def test_edit_table_by_hand():
 
 def test_dataset_editing_block_overrides_the_editing_block():
     """SDFT app. E edits 500 MetFaces / 400 AAHQ test images: ``datasets.<d>.editing`` merges over ``editing``."""
-    from diffusion_transfer.pipelines.edit.params import editing_for
+    from diffusion_transfer.project.schema_editing import editing_for
 
     dataset = {"name": "aahq", "editing": {"n_test": 2, "prompts": {"angry": {"source": ["x"], "target": ["y"]}}}}
     p = editing_for(EDITING, dataset)

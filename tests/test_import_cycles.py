@@ -1,4 +1,4 @@
-"""No import cycles in ``diffusion_transfer.core`` or ``diffusion_transfer.pipelines``.
+"""No import cycles anywhere in ``diffusion_transfer``, and no unexplained import inside a function.
 
 The graph holds every import statement of a module, at the top level and
 inside functions alike: an import moved into a function only hides a cycle
@@ -17,7 +17,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "diffusion_transfer"
-CHECKED = ("diffusion_transfer.core", "diffusion_transfer.pipelines")
+CHECKED = (PACKAGE,)
 
 
 def module_files(src: Path = SRC) -> dict[str, Path]:
@@ -146,3 +146,50 @@ def test_no_import_cycles(package):
     assert not cycles, "import cycles (move the shared names to a module both can import):\n" + "\n".join(
         " <-> ".join(c) for c in cycles
     )
+
+
+def function_level_imports(path: Path, known: set[str], module: str) -> list[tuple[int, str]]:
+    """(line, imported module) of each import of a package module made inside a
+    function of ``path`` with no comment on its line or the line above."""
+    lines = path.read_text().splitlines()
+    tree = ast.parse("\n".join(lines), filename=str(path))
+    found = []
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(func):
+            if isinstance(node, ast.ImportFrom):
+                target = _absolute(module, path.name == "__init__.py", node.level, node.module)
+            elif isinstance(node, ast.Import):
+                target = next((a.name for a in node.names if a.name in known), "")
+            else:
+                continue
+            if not (target == PACKAGE or target.startswith(PACKAGE + ".")):
+                continue
+            said = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+            if not said:
+                found.append((node.lineno, target))
+    return sorted(set(found))
+
+
+def test_function_level_import_check_sees_a_bare_one(tmp_path):
+    pkg = tmp_path / PACKAGE
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "b.py").write_text("X = 1\n")
+    (pkg / "a.py").write_text(
+        "def f():\n    from diffusion_transfer.b import X\n"
+        "def g():\n    # deferred: breaks a cycle\n    from .b import X\n"
+        "def h():\n    import json\n")
+    files = module_files(tmp_path)
+    assert function_level_imports(files[f"{PACKAGE}.a"], set(files), f"{PACKAGE}.a") == [(2, f"{PACKAGE}.b")]
+
+
+def test_imports_inside_functions_say_why():
+    """Only where they defer a heavy import or break a real dependency, each with
+    a comment (on its line or the line above) saying which."""
+    files = module_files()
+    bare = [f"{path.relative_to(SRC)}:{line}: {target}" for name, path in files.items()
+            for line, target in function_level_imports(path, set(files), name)]
+    assert not bare, ("imports inside functions without a comment saying why (move them to the top of the "
+                      "module, or say what they defer or which cycle they break):\n" + "\n".join(bare))

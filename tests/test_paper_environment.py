@@ -20,7 +20,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
     from kedro.framework.startup import bootstrap_project
     from kedro.io import DatasetError
 
-    from diffusion_transfer.hooks import validate_parameters
+    from diffusion_transfer.project.hooks import validate_parameters
 
     proj = _scratch_project(tmp_path)
     old = Path.cwd()
@@ -38,7 +38,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
             assert params["methods"]["a3ft"]["train"]["lr"] == 0.0002  # A3FT appendix C.2
             assert params["methods"]["anl"]["condition"]["mask_rate"] == 0.5  # ANL section 4
             assert set(params["methods"]) == set(ALL_METHODS)
-            from diffusion_transfer.pipelines.params import ClassifierParams
+            from diffusion_transfer.project.schema import ClassifierParams
 
             clf = ClassifierParams(**params["classifier"])
             assert clf.for_dataset("aahq").train["steps"] == 4500  # SDFT appendix D
@@ -48,7 +48,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
             assert params["datasets"]["sketches"]["n_samples"] == 1000  # TAN: 1,000 samples
             assert params["datasets"]["sketches"]["intra_lpips"] and params["datasets"]["aahq"]["translation"]
             assert params["translation"]["n_inputs"] == 10000 and params["translation"]["egsde"]["factor"] == 32
-            from diffusion_transfer.pipelines.edit.params import editing_for
+            from diffusion_transfer.project.schema_editing import editing_for
 
             aahq, metfaces = (editing_for(params["editing"], params["datasets"][d]) for d in ("aahq", "metfaces"))
             assert (aahq.n_test, metfaces.n_test, aahq.n_train, aahq.inversion_steps) == (400, 500, 100, 100)
@@ -116,7 +116,7 @@ def test_paper_run_stops_before_any_compute_listing_every_missing_input(tmp_path
 
 def test_the_identity_network_is_required_only_where_faces_are_evaluated(tmp_path):
     """LSUN Church targets never load ArcFace, so its absence must not stop them."""
-    from diffusion_transfer.preflight import MissingInputsError
+    from diffusion_transfer.project.preflight import MissingInputsError
 
     proj = _scratch_project(tmp_path)
     with pytest.raises(MissingInputsError) as err:

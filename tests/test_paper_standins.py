@@ -89,7 +89,7 @@ def _place_stand_ins(proj: Path, missing: dict[str, str], tmp_path: Path) -> Non
 
 
 def test_paper_sdft_aahq_names_what_is_missing_then_runs_on_stand_ins(tmp_path, monkeypatch):
-    from diffusion_transfer.preflight import MissingInputsError
+    from diffusion_transfer.project.preflight import MissingInputsError
 
     proj = _scratch_project(tmp_path)
     with pytest.raises(MissingInputsError) as err:

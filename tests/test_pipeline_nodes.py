@@ -155,7 +155,7 @@ def test_a_dataset_samples_a_prefix_of_the_shared_noise_bank():
 
     from diffusion_transfer.core.models.unet import build_unet
     from diffusion_transfer.pipelines.sample.nodes import sample, sample_target
-    from diffusion_transfer.pipelines.params import InvalidParametersError
+    from diffusion_transfer.project.schema import InvalidParametersError
 
     tiny = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),

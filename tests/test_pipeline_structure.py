@@ -18,7 +18,7 @@ STAGES = ("curate", "domain_classifier", "finetune", "sample", "translate", "eva
 #: libraries a factory has no use for: the compute lives in nodes.py
 HEAVY = {"torch", "numpy", "PIL", "matplotlib", "diffusers", "open_clip", "transformers"}
 #: node functions defined outside a stage's nodes.py, and why
-NODES_ELSEWHERE = {"diffusion_transfer.training_samples": "the samples-during-training strip (issue 17) lives "
+NODES_ELSEWHERE = {"diffusion_transfer.pipelines.training_samples": "the samples-during-training strip (issue 17) lives "
                                                           "beside the sampler the training loop calls"}
 
 

@@ -50,7 +50,7 @@ def test_grid_points_in_order_with_mapping_and_pipeline_axes():
     ({"pipeline": "sdft_aahq", "base": {"train": 5}, "grid": {"train.steps": [1]}}, "override 'train.steps'"),
 ])
 def test_bad_studies_name_the_key(block, message):
-    from diffusion_transfer.pipelines.params import InvalidParametersError
+    from diffusion_transfer.project.schema import InvalidParametersError
     from diffusion_transfer.studies import study_points
 
     with pytest.raises(InvalidParametersError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -82,7 +82,7 @@ def test_every_shipped_study_expands_on_registered_pipelines():
 def test_outputs_must_be_the_runs_own(tmp_path):
     from diffusion_transfer.studies.runner import _check_outputs
     from diffusion_transfer.studies.spec import Point
-    from diffusion_transfer.pipelines.params import InvalidParametersError
+    from diffusion_transfer.project.schema import InvalidParametersError
 
     produced = {"sdft_aahq.metrics", "sdft_aahq.report", "aahq_curated"}
     _check_outputs("s", Point("s", "sdft_aahq", {}, {}, ("metrics",)), produced)

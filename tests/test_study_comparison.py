@@ -84,7 +84,7 @@ def _done_point(root: Path, point, fid: float, glasses: float, woman: float) -> 
 
 
 def test_compare_pools_studies_lists_a_shared_run_once_and_writes_table_and_plot(tmp_path):
-    from diffusion_transfer.pipelines.params import InvalidParametersError
+    from diffusion_transfer.project.schema import InvalidParametersError
     from diffusion_transfer.studies.compare import write_comparison
     from diffusion_transfer.studies.spec import Point
 

@@ -45,7 +45,7 @@ def test_dt_tracking_wins_over_the_parameter_and_runtime_params_over_conf(monkey
 
 
 def test_bad_switch_values_name_the_setting(monkeypatch):
-    from diffusion_transfer.pipelines.params import InvalidParametersError
+    from diffusion_transfer.project.schema import InvalidParametersError
     from diffusion_transfer.tracking import tracking_enabled
 
     monkeypatch.setenv("DT_TRACKING", "maybe")
@@ -153,7 +153,7 @@ def _ddim_uint8(model, n: int) -> np.ndarray:
     from diffusion_transfer.core.data.images import to_uint8
     from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim
     from diffusion_transfer.pipelines.schedule import model_schedule
-    from diffusion_transfer.training_samples import NOISE_SEED_OFFSET
+    from diffusion_transfer.pipelines.training_samples import NOISE_SEED_OFFSET
 
     sched = model_schedule(model, {})
     noise = make_noise_bank(n, (3, 8, 8), seed=0 + NOISE_SEED_OFFSET)  # train.seed 0
@@ -164,7 +164,7 @@ def test_samples_during_training_change_no_weight_and_survive_a_resume(tmp_path)
     import torch
 
     from diffusion_transfer.core.models.unet import build_unet
-    from diffusion_transfer.training_samples import load_rows, training_samples_strip
+    from diffusion_transfer.pipelines.training_samples import load_rows, training_samples_strip
 
     plain, plain_history = _finetune(tmp_path / "plain", None)
     sampled, history = _finetune(tmp_path / "sampled", 2)
@@ -191,7 +191,7 @@ def test_samples_during_training_change_no_weight_and_survive_a_resume(tmp_path)
 
 
 def test_strip_keeps_the_first_and_last_step_when_there_are_many():
-    from diffusion_transfer.training_samples import MAX_STRIP_ROWS, spread
+    from diffusion_transfer.pipelines.training_samples import MAX_STRIP_ROWS, spread
 
     steps = list(range(1, 41))
     kept = spread(steps, MAX_STRIP_ROWS)

@@ -11,7 +11,7 @@ from diffusion_transfer.core.models.unet import build_unet
 from diffusion_transfer.core.sampling import model_eps_fn
 from diffusion_transfer.core.schedule import make_schedule
 from diffusion_transfer.core.translation import ilvr
-from diffusion_transfer.pipelines.params import InvalidParametersError, TranslationParams, parse
+from diffusion_transfer.project.schema import InvalidParametersError, TranslationParams, parse
 
 TINY = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
             down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),

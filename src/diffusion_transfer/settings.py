@@ -1,8 +1,8 @@
 """Kedro project settings."""
 
-from diffusion_transfer.config import ProjectConfigLoader
-from diffusion_transfer.distributed import DistributedRunHook
-from diffusion_transfer.hooks import ValidateParametersHook
+from diffusion_transfer.project.config import LOADER_ARGS, ProjectConfigLoader
+from diffusion_transfer.project.distributed import DistributedRunHook
+from diffusion_transfer.project.hooks import ValidateParametersHook
 from diffusion_transfer.tracking import TrackingHook
 
 # DistributedRunHook: under torchrun / accelerate launch only rank 0 writes catalog outputs.
@@ -12,10 +12,4 @@ HOOKS = (ValidateParametersHook(), DistributedRunHook(), TrackingHook())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 CONFIG_LOADER_CLASS = ProjectConfigLoader
-CONFIG_LOADER_ARGS = {
-    "base_env": "base",
-    "default_run_env": "local",
-    # Environments override individual nested parameters (smoke sets
-    # train.steps without repeating the rest of train).
-    "merge_strategy": {"parameters": "soft"},
-}
+CONFIG_LOADER_ARGS = LOADER_ARGS

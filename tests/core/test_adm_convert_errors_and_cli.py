@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from diffusion_transfer.convert_adm import main as cli_main
+from diffusion_transfer.core.models.adm_cli import main as cli_main
 from diffusion_transfer.core.models.adm import FFHQ_P2, ADMCheckpointError, ADMConfig, convert_adm_checkpoint
 from diffusion_transfer.core.models.unet import load_unet
 from tests.core._adm_reference import TINY, TINY_DEEP, _inputs, reference, variant

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from diffusion_transfer.core.metrics import FeatureExtractor, clip_extractor, inception_extractor
-from diffusion_transfer.pipelines.params import EvaluationParams
+from diffusion_transfer.project.schema import EvaluationParams
 from diffusion_transfer.pipelines.utils import inference_setup
 
 #: The FaceWorld attributes scored for retention and coverage (not background).

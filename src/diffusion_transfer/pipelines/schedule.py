@@ -14,7 +14,7 @@ import torch
 from diffusion_transfer.core.models.scheduler_config import scheduler_config_of
 from diffusion_transfer.core.parameterization import schedule_from_scheduler_config
 from diffusion_transfer.core.schedule import NoiseSchedule, UnsupportedScheduleError
-from diffusion_transfer.pipelines.params import InvalidParametersError, ScheduleParams, parse
+from diffusion_transfer.project.schema import InvalidParametersError, ScheduleParams, parse
 
 #: DDPM (Ho et al.): the schedule of every paper here and of the FaceWorld models.
 PROJECT_DEFAULT = {"beta_schedule": "linear", "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,

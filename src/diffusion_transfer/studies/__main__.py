@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from diffusion_transfer.pipelines.params import InvalidParametersError
+from diffusion_transfer.project.schema import InvalidParametersError
 
 
 def _parser() -> argparse.ArgumentParser:

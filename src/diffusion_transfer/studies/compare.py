@@ -33,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from diffusion_transfer.core.methods import method_names  # noqa: E402
-from diffusion_transfer.pipelines.params import InvalidParametersError  # noqa: E402
+from diffusion_transfer.project.schema import InvalidParametersError  # noqa: E402
 from diffusion_transfer.studies.report import point_row  # noqa: E402
 from diffusion_transfer.studies.report_common import save_figure  # noqa: E402
 from diffusion_transfer.studies.spec import Point  # noqa: E402

@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from diffusion_transfer.config import DATA_ROOT_ENV
+from diffusion_transfer.project.config import DATA_ROOT_ENV
 from diffusion_transfer.core.io import atomic_path
-from diffusion_transfer.pipelines.params import InvalidParametersError
+from diffusion_transfer.project.schema import InvalidParametersError
 from diffusion_transfer.studies.spec import Point, namespace_of, study_points
 from diffusion_transfer.tracking.hook import POINT_ENV, STUDY_ENV
 

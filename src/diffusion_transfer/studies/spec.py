@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from diffusion_transfer.pipelines.params import InvalidParametersError, parse
+from diffusion_transfer.project.schema import InvalidParametersError, parse
 
 PIPELINE_AXIS = "pipeline"
 EDIT_PREFIX = "edit_"

@@ -47,7 +47,7 @@ _OFF, _ON = ("0", "off", "false", "no"), ("1", "on", "true", "yes")
 def tracking_enabled(parameters: dict[str, Any], runtime_params: dict[str, Any] | None = None) -> bool:
     """``DT_TRACKING`` (on/off) when set, else ``tracking.enabled`` (runtime
     ``--params`` first, then conf; default on)."""
-    from diffusion_transfer.pipelines.params import InvalidParametersError
+    from diffusion_transfer.project.schema import InvalidParametersError
 
     env = os.environ.get(ENV_SWITCH, "").strip().lower()
     if env in _OFF or env in _ON:
@@ -192,7 +192,7 @@ class TrackingHook:
                 self._logger.log_metrics(namespace, [(k, v, 0) for k, v in records.translation_metrics(data).items()])
 
     def _log_training(self, namespace: str | None, history: dict[str, Any]) -> None:
-        from diffusion_transfer.training_samples import load_rows
+        from diffusion_transfer.pipelines.training_samples import load_rows
 
         if "run" in history:
             self._logger.log_params(namespace, records.run_params(history["run"]))

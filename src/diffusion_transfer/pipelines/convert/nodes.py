@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from diffusion_transfer.pipelines.params import _Params, parse
+from diffusion_transfer.project.schema import _Params, parse
 
 
 class ConvertParams(_Params):

@@ -25,7 +25,7 @@ from diffusion_transfer.core.data.embeddings import (
 from diffusion_transfer.core.data.images import ImageFolderError, ingest_images
 from diffusion_transfer.core.data.selection import EmptyCurationError, few_shot_split
 from diffusion_transfer.datasets.folders import ImageFolder
-from diffusion_transfer.pipelines.params import CurateParams, DatasetParams, InvalidParametersError, parse
+from diffusion_transfer.project.schema import CurateParams, DatasetParams, InvalidParametersError, parse
 from diffusion_transfer.pipelines.skipped_files import records_for, sidecar_summary
 
 

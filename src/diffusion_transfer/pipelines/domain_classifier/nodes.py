@@ -29,7 +29,7 @@ from diffusion_transfer.core.models.domain_classifier import (  # noqa: E402
     domain_classifier_loss,
 )
 from diffusion_transfer.core.training import TrainConfig, train  # noqa: E402
-from diffusion_transfer.pipelines.params import ClassifierParams, parse  # noqa: E402
+from diffusion_transfer.project.schema import ClassifierParams, parse  # noqa: E402
 from diffusion_transfer.pipelines.schedule import model_schedule  # noqa: E402
 from diffusion_transfer.pipelines.skipped_files import skipped_records  # noqa: E402
 

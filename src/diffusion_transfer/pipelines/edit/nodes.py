@@ -38,8 +38,8 @@ from diffusion_transfer.core.editing import (
 )
 from diffusion_transfer.core.metrics import attributes as attr_metrics
 from diffusion_transfer.core.metrics.editing import directional_similarity, edit_success, prompt_attribute
-from diffusion_transfer.pipelines.edit.params import editing_for
-from diffusion_transfer.pipelines.params import DatasetParams, EvaluationParams, InvalidParametersError, parse
+from diffusion_transfer.project.schema_editing import editing_for
+from diffusion_transfer.project.schema import DatasetParams, EvaluationParams, InvalidParametersError, parse
 from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
 

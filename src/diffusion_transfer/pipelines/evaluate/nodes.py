@@ -18,7 +18,7 @@ from diffusion_transfer.pipelines.evaluation import (
     feature_extractor,
     reference_subset,
 )
-from diffusion_transfer.pipelines.params import DatasetParams, EvaluationParams, parse
+from diffusion_transfer.project.schema import DatasetParams, EvaluationParams, parse
 from diffusion_transfer.pipelines.utils import inference_setup
 
 

@@ -20,7 +20,7 @@ from diffusion_transfer.core.models.adapted import AdaptedUNet, parameter_counts
 from diffusion_transfer.core.models.unet import build_unet
 from diffusion_transfer.core.models.scheduler_config import attach_scheduler_config, scheduler_config_of
 from diffusion_transfer.core.training import TrainConfig, train
-from diffusion_transfer.pipelines.params import (
+from diffusion_transfer.project.schema import (
     DatasetParams,
     InvalidParametersError,
     MethodParams,
@@ -28,7 +28,7 @@ from diffusion_transfer.pipelines.params import (
     parse,
 )
 from diffusion_transfer.pipelines.schedule import resolve_schedule
-from diffusion_transfer.training_samples import training_sampler
+from diffusion_transfer.pipelines.training_samples import training_sampler
 
 
 def resolve_run(method: dict, dataset: dict, train_defaults: dict) -> dict[str, Any]:

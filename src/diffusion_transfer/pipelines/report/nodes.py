@@ -14,7 +14,7 @@ from PIL import Image  # noqa: E402
 
 from diffusion_transfer.core.data.contact_sheet import contact_sheet  # noqa: E402
 from diffusion_transfer.pipelines.skipped_files import skipped_file_lines  # noqa: E402
-from diffusion_transfer.training_samples import training_samples_lines  # noqa: E402
+from diffusion_transfer.pipelines.training_samples import training_samples_lines  # noqa: E402
 
 
 def fmt(v: Any, digits: int = 3) -> str:

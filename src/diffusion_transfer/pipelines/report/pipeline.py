@@ -6,7 +6,7 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline, node
 
 from diffusion_transfer.pipelines.report.nodes import build_report
-from diffusion_transfer.training_samples import training_samples_strip
+from diffusion_transfer.pipelines.training_samples import training_samples_strip
 
 
 def create_report_pipeline() -> Pipeline:

@@ -15,7 +15,7 @@ from diffusion_transfer.core.methods.anl import image_conditions, masked_images,
 from diffusion_transfer.core.models.adapted import AdaptedUNet
 from diffusion_transfer.core.models.unet import learns_variance
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim, sample_ddpm
-from diffusion_transfer.pipelines.params import (
+from diffusion_transfer.project.schema import (
     DatasetParams,
     InvalidParametersError,
     MethodParams,

@@ -35,7 +35,7 @@ from diffusion_transfer.pipelines.evaluation import (
     feature_extractor,
     reference_subset,
 )
-from diffusion_transfer.pipelines.params import (
+from diffusion_transfer.project.schema import (
     DatasetParams,
     EvaluationParams,
     InvalidParametersError,

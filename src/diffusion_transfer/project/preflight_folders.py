@@ -10,7 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from diffusion_transfer.preflight import MissingInputsError
+from diffusion_transfer.core.data.images import list_image_files
+from diffusion_transfer.datasets.folders import ImageFolderDataset
+from diffusion_transfer.project.declared import declarations
+from diffusion_transfer.project.preflight import MissingInputsError
 
 #: Folders set by parameters, checked when a node of the run reads the block.
 _PARAMETER_FOLDERS = {
@@ -45,9 +48,6 @@ def check_image_folders(pipeline, catalog, params: dict[str, Any]) -> None:
 def _image_folders(pipeline, catalog, params: dict[str, Any]) -> dict[str, tuple[str, int, str, int | None]]:
     """Catalog entry -> (the parameter naming it, the smallest image side, why,
     the shots of a few-shot target) of the run's real image folders."""
-    from diffusion_transfer.datasets.folders import ImageFolderDataset
-    from diffusion_transfer.declared import declarations
-
     decl = declarations(params)
     inputs = pipeline.inputs()
     folders: dict[str, tuple[str, int, str, int | None]] = {}
@@ -108,8 +108,6 @@ def folder_problem(folder: Path, min_side: int) -> str | None:
 
 
 def _image_entries(folder: Path) -> list[Path]:
-    from diffusion_transfer.core.data.images import list_image_files
-
     return list_image_files(folder)
 
 

@@ -12,17 +12,11 @@ other.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from diffusion_transfer.pipelines.params import DatasetParams, InvalidParametersError, SourceParams, parse
-
-#: The config loader of the current Kedro context (set by the project hook),
-#: so that pipelines are registered for the environment being run.
-_ACTIVE: dict[str, Any] = {"loader": None}
-
+from diffusion_transfer.datasets import ImageFolderDataset, UNetDataset
+from diffusion_transfer.project.schema import DatasetParams, InvalidParametersError, SourceParams, parse
 
 def is_catalog_name(value: str) -> bool:
     """A catalog entry name, not a path or a Hub id (those contain ``/``)."""
@@ -122,40 +116,9 @@ def _same_name(name: str, key: str, block: str) -> None:
             "leave 'name' out (it defaults to the key)")
 
 
-# --- the active environment's parameters --------------------------------------
-
-
-def use_config_loader(loader: Any) -> None:
-    """Register pipelines from this config loader's parameters from now on."""
-    _ACTIVE["loader"] = loader
-
-
-def active_parameters() -> dict[str, Any]:
-    """The parameters of the environment being run: the current Kedro
-    context's, else ``$KEDRO_ENV`` (or the default ``local``) over base, as
-    ``kedro registry list`` sees them."""
-    loader = _ACTIVE["loader"]
-    if loader is None or not Path(str(loader.conf_source)).is_dir():  # none yet, or a finished scratch project
-        from diffusion_transfer import settings
-
-        loader = settings.CONFIG_LOADER_CLASS(conf_source=str(_project_root() / "conf"),
-                                              env=os.getenv("KEDRO_ENV"), **settings.CONFIG_LOADER_ARGS)
-    return loader["parameters"]
-
-
-def _project_root() -> Path:
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "conf" / "base").is_dir():
-            return folder
-    return Path(__file__).resolve().parents[2]
-
-
 def path_datasets(decl: Declarations) -> dict[str, Any]:
     """Catalog datasets for what is declared as a path: ``<name>_raw`` image
     folders and ``<prefix>source_model`` / ``<prefix>source_images``."""
-    from diffusion_transfer.datasets import ImageFolderDataset, UNetDataset
-
     out: dict[str, Any] = {}
     for d in decl.datasets.values():
         if d.params.images is not None and not is_catalog_name(d.params.images):

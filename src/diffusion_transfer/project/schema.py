@@ -13,7 +13,9 @@ import click
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from diffusion_transfer.core.methods import method_names
 from diffusion_transfer.core.training import TrainConfig
+from diffusion_transfer.core.translation.variants import resolve_options
 
 
 class InvalidParametersError(click.ClickException, ValueError):
@@ -171,8 +173,6 @@ class TranslationParams(_Params):
         the variant); empty for the other methods."""
         if name not in ("ilvr", "egsde"):
             return {}
-        from diffusion_transfer.core.translation.variants import resolve_options
-
         block = getattr(self, name)
         variant = block.variant or self.variant
         keys = ("filter", "reference_step", "reference_noise", "refine_last") if name == "ilvr" else \
@@ -215,8 +215,6 @@ class MethodParams(_Params):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        from diffusion_transfer.core.methods import method_names
-
         if name not in method_names():
             raise ValueError(f"unknown method {name!r}; known methods: {method_names()}")
         return name

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from diffusion_transfer.core.editing.train import AsyrpConfig
-from diffusion_transfer.pipelines.params import parse
+from diffusion_transfer.project.schema import parse
 
 
 class _Params(BaseModel):

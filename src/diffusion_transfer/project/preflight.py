@@ -12,7 +12,13 @@ from typing import Any
 
 import click
 
+from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
+from diffusion_transfer.core.models.folder_check import unet_folder_problems
 from diffusion_transfer.core.weights import missing_weights
+from diffusion_transfer.pipelines.schedule import resolve_schedule
+from diffusion_transfer.pipelines.translate.nodes import check_factors
+from diffusion_transfer.project.declared import declarations
+from diffusion_transfer.project.schema import InvalidParametersError, translation_for
 
 _METRIC_WEIGHTS = {
     "inception_path": "clean-fid's TorchScript Inception-v3 (inception-2015-12-05.pt), for FID/KID",
@@ -78,9 +84,6 @@ def check_models(pipeline, catalog, params: dict[str, Any]) -> None:
     square ``sample_size`` that every stage of the run accepts and that
     agrees with any explicit ``curation.resolution`` and translation factor.
     Read from the model folders' JSON files and weight headers; nothing is loaded."""
-    from diffusion_transfer.declared import declarations
-    from diffusion_transfer.pipelines.params import InvalidParametersError
-
     decl = declarations(params)
     used = {i.split(".", 1)[1] for n in pipeline.nodes for i in n.inputs if i.startswith("params:datasets.")}
     problems: list[str] = []
@@ -96,10 +99,6 @@ def check_models(pipeline, catalog, params: dict[str, Any]) -> None:
 
 
 def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any]) -> list[str]:
-    from diffusion_transfer.core.models.folder_check import unet_folder_problems
-    from diffusion_transfer.pipelines.params import InvalidParametersError
-    from diffusion_transfer.pipelines.schedule import resolve_schedule
-
     path = getattr(dataset, "_path", entry)
     where = f"the source model '{entry}' ({path})"
     try:
@@ -121,10 +120,6 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
 
 def _size_problems(pipeline, unet: dict[str, Any], where: str, target, params: dict[str, Any]) -> list[str]:
     """``sample_size`` against what each stage of the run needs."""
-    from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
-    from diffusion_transfer.pipelines.params import InvalidParametersError, translation_for
-    from diffusion_transfer.pipelines.translate.nodes import check_factors
-
     size, name = unet.get("sample_size"), target.name
     if isinstance(size, list):
         if len(set(size)) != 1:

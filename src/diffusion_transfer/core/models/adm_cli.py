@@ -8,7 +8,7 @@ The architecture is the ``--preset`` (default ``ffhq_p2``), then the fields of a
 ``--config`` JSON object, then the single-field flags (``--image-size 64``,
 ``--channel-mult 1,2,3,4``, ``--resblock-updown false`` ...), each overriding the
 one before; the result is validated once. Also runnable as
-``python -m diffusion_transfer.convert_adm``. Exit status: 0 done, 1 error (one message
+``python -m diffusion_transfer.core.models.adm_cli``. Exit status: 0 done, 1 error (one message
 on stderr, no traceback), 2 bad usage.
 """
 

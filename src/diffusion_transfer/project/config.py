@@ -15,10 +15,25 @@ from typing import Any
 
 import yaml
 from kedro.config import OmegaConfigLoader
+from kedro.framework.project import PACKAGE_NAME, pipelines
 
+from diffusion_transfer.project.declared import with_declared_names
 
 #: Overrides every environment's data root (set by the study runner for each point).
 DATA_ROOT_ENV = "DT_DATA_ROOT"
+
+#: The loader's arguments (``settings.CONFIG_LOADER_ARGS`` declares these).
+LOADER_ARGS: dict[str, Any] = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # Environments override individual nested parameters (smoke sets
+    # train.steps without repeating the rest of train).
+    "merge_strategy": {"parameters": "soft"},
+}
+
+#: The config loader of the current Kedro context, so that pipelines are
+#: registered for the environment being run.
+_ACTIVE: dict[str, Any] = {"loader": None}
 
 
 class ProjectConfigLoader(OmegaConfigLoader):
@@ -26,19 +41,13 @@ class ProjectConfigLoader(OmegaConfigLoader):
         super().__init__(*args, **kwargs)
         # Kedro (kedro run, kedro viz, notebooks) makes a session's loader before it reads
         # the pipelines: register them from this environment's declared datasets.
-        from kedro.framework.project import PACKAGE_NAME, pipelines
-
-        from diffusion_transfer.declared import use_config_loader
-
-        use_config_loader(self)
+        _ACTIVE["loader"] = self
         if PACKAGE_NAME:
             pipelines.configure(f"{PACKAGE_NAME}.pipeline_registry")
 
     def __getitem__(self, key: str) -> dict[str, Any]:
         config = super().__getitem__(key)
         if key == "parameters":
-            from diffusion_transfer.declared import with_declared_names
-
             config = with_declared_names(config)
         if key == "globals":
             env = self.env or self.default_run_env
@@ -54,3 +63,22 @@ class ProjectConfigLoader(OmegaConfigLoader):
             if isinstance(content, dict) and "data_root" in content:
                 return True
         return False
+
+
+def active_parameters() -> dict[str, Any]:
+    """The parameters of the environment being run: the current Kedro
+    context's, else ``$KEDRO_ENV`` (or the default ``local``) over base, as
+    ``kedro registry list`` sees them."""
+    loader = _ACTIVE["loader"]
+    if loader is None or not Path(str(loader.conf_source)).is_dir():  # none yet, or a finished scratch project
+        loader = ProjectConfigLoader(conf_source=str(_project_root() / "conf"), env=os.getenv("KEDRO_ENV"),
+                                     **LOADER_ARGS)
+    return loader["parameters"]
+
+
+def _project_root() -> Path:
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "conf" / "base").is_dir():
+            return folder
+    return Path(__file__).resolve().parents[3]

@@ -7,8 +7,8 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from diffusion_transfer.pipelines import params as P
-from diffusion_transfer.pipelines.edit.params import editing_for
+from diffusion_transfer.project import schema as P
+from diffusion_transfer.project.schema_editing import editing_for
 
 
 def validate_parameters(parameters: dict[str, Any]) -> None:
@@ -38,7 +38,7 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         P.parse(ConvertParams, parameters["convert_source"], "convert_source")
     for name, block in (parameters.get("methods") or {}).items():
         P.parse(P.MethodParams, block, f"methods.{name}")
-    from diffusion_transfer.declared import declarations, with_declared_names
+    from diffusion_transfer.project.declared import declarations, with_declared_names
 
     parameters = with_declared_names(parameters)
     declarations(parameters)  # sources and datasets: names, kinds, source domains
@@ -83,7 +83,7 @@ class ValidateParametersHook:
     @hook_impl
     def after_catalog_created(self, catalog, parameters: dict[str, Any]) -> None:
         """Datasets and source models declared as paths become catalog entries."""
-        from diffusion_transfer.declared import declarations, path_datasets
+        from diffusion_transfer.project.declared import declarations, path_datasets
 
         # Kedro passes the catalog's parameter entries: the whole tree is under "parameters".
         for name, dataset in path_datasets(declarations(parameters.get("parameters", parameters))).items():
@@ -91,8 +91,8 @@ class ValidateParametersHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        from diffusion_transfer.preflight import check_inputs, check_models
-        from diffusion_transfer.preflight_folders import check_image_folders, check_outputs_writable
+        from diffusion_transfer.project.preflight import check_inputs, check_models
+        from diffusion_transfer.project.preflight_folders import check_image_folders, check_outputs_writable
 
         params = self._context.params
         validate_parameters(params)

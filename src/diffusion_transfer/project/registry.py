@@ -1,0 +1,58 @@
+"""Project pipelines, registered explicitly (``find_pipelines`` cannot make
+derived names such as ``sdft_aahq``).
+
+Datasets and source domains come from the active environment's parameters
+(``datasets`` and ``sources``, see ``declared.py``); methods from the one
+method registry (``core.methods.METHODS``). Declaring ``datasets.mydata`` in
+``conf/local`` makes ``curate_mydata``, ``classifier_mydata``,
+``<method>_mydata``, ``edit_<method>_mydata``, ``edit_source_mydata`` and
+``compare_mydata`` (every run, every edit run, then the tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kedro.pipeline import Pipeline
+
+from diffusion_transfer.core.methods import method_names
+from diffusion_transfer.project.config import active_parameters
+from diffusion_transfer.project.declared import declarations
+from diffusion_transfer.pipelines.compare.pipeline import create_compare_node_pipeline
+from diffusion_transfer.pipelines.convert.pipeline import create_pipeline as create_convert_pipeline
+from diffusion_transfer.pipelines.curate.pipeline import create_curate_pipeline
+from diffusion_transfer.pipelines.domain_classifier.pipeline import create_classifier_pipeline
+from diffusion_transfer.pipelines.edit.nodes import SOURCE_RUN
+from diffusion_transfer.pipelines.edit.pipeline import create_edit_pipeline
+from diffusion_transfer.pipelines.method_run import create_method_pipeline, create_source_pipeline
+from diffusion_transfer.pipelines.world.pipeline import create_pipeline as create_world_pipeline
+
+
+def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pipeline]:
+    decl = declarations(active_parameters() if parameters is None else parameters)
+    pipelines: dict[str, Pipeline] = {"world": create_world_pipeline(), "convert_source": create_convert_pipeline()}
+    methods = method_names()
+    for name, target in decl.datasets.items():
+        entries = target.source.entries
+        source = create_source_pipeline(entries, target.source.prefix)
+        curation = create_curate_pipeline(name, target.raw_entry, entries["source_model"], target.few_shot)
+        pipelines[f"curate_{name}"] = curation
+        clf = curation + create_classifier_pipeline(name, entries)
+        pipelines[f"classifier_{name}"] = clf
+        runs = []
+        for m in methods:
+            # every run needs the classifier: TAN trains with it, EGSDE translates with it
+            run = clf + source + create_method_pipeline(m, name, entries)
+            pipelines[f"{m}_{name}"] = run
+            runs.append(run)
+            # Asyrp text editing of the run's fine-tuned model, on demand (training f_t per
+            # prompt is costly): it reads the model <m>_<name> wrote, or the pre-run check says so.
+            pipelines[f"edit_{m}_{name}"] = create_edit_pipeline(m, name, entries)
+        # the baseline row of the Table 2 analogue: Asyrp on the source model itself
+        pipelines[f"edit_source_{name}"] = curation + create_edit_pipeline(SOURCE_RUN, name, entries)
+        edits = [pipelines[f"edit_{m}_{name}"] for m in (SOURCE_RUN, *methods)]
+        pipelines[f"compare_{name}"] = (sum(runs, Pipeline([])) + sum(edits, Pipeline([]))
+                                        + create_compare_node_pipeline(name, methods))
+    default = "sdft_aahq" if "sdft_aahq" in pipelines else next(
+        (f"sdft_{name}" for name in decl.datasets), "world")
+    pipelines["__default__"] = pipelines[default]
+    return pipelines
