@@ -193,3 +193,12 @@ def test_imports_inside_functions_say_why():
             for line, target in function_level_imports(path, set(files), name)]
     assert not bare, ("imports inside functions without a comment saying why (move them to the top of the "
                       "module, or say what they defer or which cycle they break):\n" + "\n".join(bare))
+
+
+def test_models_hold_networks_not_methods():
+    """core/models holds the networks; the losses that train them (core/methods,
+    core/training) sit above it and import it, never the other way round."""
+    above = (f"{PACKAGE}.core.methods", f"{PACKAGE}.core.training")
+    upward = sorted(f"{name} -> {target}" for name, targets in import_graph().items()
+                    if name.startswith(f"{PACKAGE}.core.models") for target in targets if target.startswith(above))
+    assert not upward, "core/models imports from the layers above it:\n" + "\n".join(upward)

@@ -23,13 +23,12 @@ from diffusion_transfer.core.metrics.intra_lpips import intra_lpips, nearest_ass
 from diffusion_transfer.core.models import AdaptedUNet, build_unet, load_unet, predict_eps, save_unet
 from diffusion_transfer.core.models.domain_classifier import (
     DomainClassifier,
-    accuracy_by_timestep,
-    domain_classifier_loss,
     load_domain_classifier,
     save_domain_classifier,
 )
 from diffusion_transfer.core.schedule import make_schedule
 from diffusion_transfer.core.training import train
+from diffusion_transfer.core.training.domain_classifier import accuracy_by_timestep, domain_classifier_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SCHED = make_schedule()

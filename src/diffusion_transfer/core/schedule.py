@@ -1,4 +1,5 @@
-"""Noise schedules, SNR, forward noising and loss weightings w(t).
+"""Noise schedules, SNR, forward noising, the training draws (t ~ U, eps ~ N)
+and loss weightings w(t).
 
 Notation follows the papers: T steps, betas beta_t, alpha_t = 1 - beta_t,
 abar_t = prod_{s<=t} alpha_s, SNR(t) = abar_t / (1 - abar_t). Timesteps are
@@ -191,6 +192,30 @@ def make_schedule(
         raise UnsupportedScheduleError("kind (beta_schedule)", kind, ", ".join(BETA_SCHEDULES) + ", cosine")
     return NoiseSchedule(betas=betas, prediction_type=prediction_type, beta_schedule=kind)
 
+
+# --- training draws: t ~ U{0, ..., T-1} and eps ~ N(0, I) -----------------
+#
+# Drawn on the generator's device, so that a seeded generator gives the same
+# draws whatever device the images are on.
+
+
+def _gen_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
+    return generator.device if generator is not None else fallback
+
+
+def randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, returned on
+    ``like``'s device with ``like``'s dtype."""
+    noise = torch.randn(shape, generator=generator, device=_gen_device(generator, like.device))
+    return noise.to(device=like.device, dtype=like.dtype)
+
+
+def sample_timesteps(
+    n: int, num_timesteps: int, like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """t ~ U{0, ..., T-1}, shape (n,), int64 on ``like``'s device."""
+    t = torch.randint(0, num_timesteps, (n,), generator=generator, device=_gen_device(generator, like.device))
+    return t.to(like.device)
 
 # --- weightings w(t) -------------------------------------------------------
 #

@@ -30,8 +30,6 @@ __all__ = [
     "WEIGHTINGS",
     "LossFn",
     "Method",
-    "randn",
-    "sample_timesteps",
     "timestep_weight",
 ]
 
@@ -74,26 +72,7 @@ class Method:
         return self.prepare(unet, condition_dim) if self.conditional else self.prepare(unet)
 
 
-# --- shared helpers ----------------------------------------------------------
-
-
-def _gen_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
-    return generator.device if generator is not None else fallback
-
-
-def randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device, returned on
-    ``like``'s device with ``like``'s dtype."""
-    noise = torch.randn(shape, generator=generator, device=_gen_device(generator, like.device))
-    return noise.to(device=like.device, dtype=like.dtype)
-
-
-def sample_timesteps(
-    n: int, num_timesteps: int, like: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """t ~ U{0, ..., T-1}, shape (n,), int64 on ``like``'s device."""
-    t = torch.randint(0, num_timesteps, (n,), generator=generator, device=_gen_device(generator, like.device))
-    return t.to(like.device)
+# --- shared helpers (the draws t ~ U, eps ~ N live in core/schedule.py) -------
 
 
 def check_float(name: str, value: Any, *, minimum: float = 0.0) -> float:

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from ..models.unet import model_output
-from ..schedule import NoiseSchedule
-from .base import WEIGHTINGS, check_choice, check_float, per_sample_mse, randn, sample_timesteps, timestep_weight
+from ..schedule import NoiseSchedule, randn, sample_timesteps
+from .base import WEIGHTINGS, check_choice, check_float, per_sample_mse, timestep_weight
 from .vlb import VLB_WEIGHT, variance_vlb, vlb_term_weight
 
 __all__ = ["DenoisingLoss"]

@@ -65,9 +65,9 @@ from torch import nn
 
 from ..models.adapted import Adapter, AdaptedUNet, register_adapter
 from ..models.unet import model_output, predict_eps
-from ..schedule import NoiseSchedule
+from ..schedule import NoiseSchedule, randn, sample_timesteps
 from .anl import residual_blocks
-from .base import check_choice, check_float, per_sample_mse, randn, sample_timesteps
+from .base import check_choice, check_float, per_sample_mse
 
 __all__ = ["TAN_VARIANTS", "ShiftAdaptors", "TANLoss", "adversarial_noise", "prepare_tan", "select_adversarial_noise",
            "sigma_hat", "standardise"]

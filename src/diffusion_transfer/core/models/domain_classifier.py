@@ -6,7 +6,8 @@ diffusers UNet -- ``conv_in``, sinusoidal time embedding, ``DownBlock2D`` /
 ``AttnDownBlock2D`` blocks built with diffusers' ``get_down_block`` -- then
 attention pooling (a learned query attends over the final feature map, as in
 guided-diffusion's ``AttentionPool2d``) and a linear head. It is trained on
-``q_sample``'d images at uniform t (:func:`domain_classifier_loss`).
+``q_sample``'d images at uniform t (its loss and held-out accuracy are in
+:mod:`diffusion_transfer.core.training.domain_classifier`).
 
 API: ``model(x_t, t) -> logits``; :meth:`log_prob`; :meth:`grad_log_prob`
 (d log p(y | x_t, t) / d x_t, without touching parameter gradients);
@@ -19,18 +20,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..io import atomic_dir, require_weights_folder
-from ..schedule import NoiseSchedule
 
 __all__ = [
     "DomainClassifier",
-    "domain_classifier_loss",
     "load_domain_classifier",
     "save_domain_classifier",
 ]
@@ -143,53 +142,6 @@ class DomainClassifier(nn.Module):
             x = x_t.detach().float().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.log_prob(x, t, y).sum(), x)
         return grad.to(x_t.dtype)
-
-
-def domain_classifier_loss(schedule: NoiseSchedule):
-    """An EDM-style loss for the training loop: images arrive with their domain
-    label as ``condition``; each is noised at a uniform t (the classifier must
-    work along the whole reverse process). Returns loss and accuracy."""
-    from ..methods.base import randn, sample_timesteps
-
-    def loss_fn(model, images, teacher=None, generator=None, condition=None):
-        if condition is None:
-            raise ValueError("the domain classifier's loss needs the labels as condition=")
-        t = sample_timesteps(images.shape[0], schedule.num_timesteps, images, generator)
-        x_t = schedule.q_sample(images, t, randn(tuple(images.shape), images, generator))
-        logits = model(x_t, t)
-        labels = condition.long().view(-1)
-        loss = F.cross_entropy(logits.float(), labels)
-        accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        return {"loss": loss, "accuracy": accuracy.detach()}
-
-    return loss_fn
-
-
-@torch.no_grad()
-def accuracy_by_timestep(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor,
-                         schedule: NoiseSchedule, buckets: int = 10, repeats: int = 2, seed: int = 0,
-                         batch_size: int = 256) -> list[dict[str, Any]]:
-    """Held-out accuracy per bucket of t (equal-width buckets over [0, T)):
-    each image is noised ``repeats`` times at t drawn uniformly inside each bucket."""
-    from ..methods.base import randn
-
-    model.eval()
-    g = torch.Generator().manual_seed(seed)
-    T = schedule.num_timesteps
-    edges = torch.linspace(0, T, buckets + 1).long()
-    rows = []
-    for b in range(buckets):
-        lo, hi = int(edges[b]), int(edges[b + 1])
-        correct = total = 0
-        for _ in range(repeats):
-            for s in range(0, images.shape[0], batch_size):
-                x0, y = images[s:s + batch_size], labels[s:s + batch_size].long()
-                t = torch.randint(lo, hi, (x0.shape[0],), generator=g)
-                x_t = schedule.q_sample(x0, t, randn(tuple(x0.shape), x0, g))
-                correct += int((model(x_t, t).argmax(dim=1) == y).sum())
-                total += int(x0.shape[0])
-        rows.append({"t_from": lo, "t_to": hi - 1, "accuracy": correct / total, "n": total})
-    return rows
 
 
 def save_domain_classifier(model: DomainClassifier, folder: str | Path, metrics: dict | None = None) -> Path:

@@ -23,12 +23,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffusion_transfer.core.data.images import ImageFolderError, ingest_images, to_tensor  # noqa: E402
-from diffusion_transfer.core.models.domain_classifier import (  # noqa: E402
-    DomainClassifier,
+from diffusion_transfer.core.models.domain_classifier import DomainClassifier  # noqa: E402
+from diffusion_transfer.core.training import TrainConfig, train  # noqa: E402
+from diffusion_transfer.core.training.domain_classifier import (  # noqa: E402
     accuracy_by_timestep,
     domain_classifier_loss,
 )
-from diffusion_transfer.core.training import TrainConfig, train  # noqa: E402
 from diffusion_transfer.project.schema import ClassifierParams, parse  # noqa: E402
 from diffusion_transfer.pipelines.schedule import model_schedule  # noqa: E402
 from diffusion_transfer.pipelines.skipped_files import skipped_records  # noqa: E402
