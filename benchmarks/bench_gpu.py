@@ -49,6 +49,7 @@ from accelerate.utils import convert_outputs_to_fp32
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
+from diffusion_transfer.core.allocator import tune_malloc_at_startup
 from diffusion_transfer.core.methods import build_method
 from diffusion_transfer.core.models import build_unet
 from diffusion_transfer.core.models.adm import FFHQ_P2, ADMConfig, adm_unet_config
@@ -339,6 +340,7 @@ def write(results: dict[str, Any], out: Path, started: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_malloc_at_startup()  # as a Kedro run would (project/startup.py)
     started = time.perf_counter()
     device = torch.device(args.device)
     adm = TINY_ADM if args.tiny else FFHQ_P2

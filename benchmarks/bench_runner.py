@@ -38,6 +38,7 @@ from kedro.runner import SequentialRunner, ThreadRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_steps import build_run, load_model  # noqa: E402
 
+from diffusion_transfer.core.allocator import tune_malloc_at_startup  # noqa: E402
 from diffusion_transfer.core.models.domain_classifier import DomainClassifier  # noqa: E402
 
 CLASSIFIER_CONF = Path(__file__).resolve().parents[1] / "conf" / "base" / "parameters_classifier.yml"
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--classifier-steps", type=int, default=120)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
+    tune_malloc_at_startup()  # as a Kedro run would (project/startup.py)
     logging.getLogger("kedro").setLevel(logging.WARNING)  # the table, not the runners' node logs
     cores, before = os.cpu_count() or 1, torch.get_num_threads()
     if hasattr(os, "sched_getaffinity"):

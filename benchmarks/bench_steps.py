@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from diffusion_transfer.core.allocator import tune_malloc_at_startup
 from diffusion_transfer.core.methods import build_method, method_names
 from diffusion_transfer.core.models import build_unet, load_unet, model_output
 from diffusion_transfer.core.models.domain_classifier import DomainClassifier
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     ap.add_argument("--px", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    tune_malloc_at_startup()  # as a Kedro run would (project/startup.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:

@@ -15,6 +15,11 @@ import torch  # noqa: E402
 # Two cores on CI: keep intra-op threads modest so parallel pieces do not thrash.
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+from diffusion_transfer.core.allocator import tune_malloc_at_startup  # noqa: E402
+
+# The malloc settings a run applies at its start (project/startup.py), for the tests' large CPU tensors too.
+tune_malloc_at_startup()
+
 import pytest  # noqa: E402
 
 

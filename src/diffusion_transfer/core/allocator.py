@@ -21,8 +21,11 @@ The price is memory: the process keeps what it has needed at its peak until
 it exits, and a heap does not coalesce as well as fresh mappings (Inception at
 batch 64: +1.1 GB peak RSS).
 
-Applied by ``import diffusion_transfer`` (so ``kedro run``, the CLI, the
-benchmarks and the tests get it before their large allocations). Skipped when
+Applied when a run starts, not on import: by a Kedro hook for every session
+(``kedro run``, ``python -m diffusion_transfer``, study points;
+``project/startup.py``), and by each training worker process
+(``core/training/launch.py``), the benchmarks that compute outside a session
+and the test suite, each at its start. Skipped when
 ``DT_MALLOC_TUNING=0``, when the C library is not glibc, or when the user has
 set glibc's own knobs (``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``,
 ``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``), which then win.

@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from ..allocator import tune_malloc_at_startup
 from .config import TrainConfig, TrainResult
 from .ema import schedule_summary
 
@@ -180,6 +181,7 @@ def _worker(scratch: str, threads: int) -> dict[str, Any] | None:
     """One training process (``RANK`` set by the launcher); rank 0 returns
     where the final weights are."""
     rank = int(os.environ["RANK"])
+    tune_malloc_at_startup()  # a fresh process: malloc tuned as in the run that started it
     torch.set_num_threads(threads)
     folder = Path(scratch)
     try:
