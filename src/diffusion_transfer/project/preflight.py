@@ -16,7 +16,6 @@ from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
 from diffusion_transfer.core.models.folder_check import unet_folder_problems
 from diffusion_transfer.core.weights import missing_weights
 from diffusion_transfer.pipelines.schedule import resolve_schedule
-from diffusion_transfer.pipelines.translate.nodes import check_factors
 from diffusion_transfer.project.declared import declarations
 from diffusion_transfer.project.schema import InvalidParametersError, translation_for
 
@@ -151,7 +150,7 @@ def _size_problems(pipeline, unet: dict[str, Any], where: str, target, params: d
     if "params:translation" in stages and "translation" in params:
         try:
             translation = translation_for(params["translation"], target.params)
-            check_factors(translation, size)
+            translation.check_factors(size)
         except InvalidParametersError as err:
             problems.append(str(err.message))
         else:

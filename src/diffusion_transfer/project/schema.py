@@ -11,10 +11,11 @@ from typing import Any, Literal, TypeVar
 
 import click
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from diffusion_transfer.core.methods import method_names
 from diffusion_transfer.core.training import TrainConfig
+from diffusion_transfer.core.translation.registry import TRANSLATORS, translator
 from diffusion_transfer.core.translation.variants import resolve_options
 
 
@@ -102,53 +103,7 @@ class EvaluationParams(_Params):
     precision: Literal["no", "bf16", "fp16"] = "no"
 
 
-class SDEditParams(_Params):
-    enabled: bool = True
-    sampler: Literal["ddim", "ddpm"] = "ddim"
-    steps: int = Field(50, ge=1)
-    eta: float = Field(0.0, ge=0)
-    #: editing range as a fraction of T; null: ``translation.t0``
-    t0: float | None = Field(None, ge=0, le=1)
-
-
-class ILVRParams(_Params):
-    enabled: bool = True
-    sampler: Literal["ddim", "ddpm"] = "ddpm"
-    steps: int = Field(100, ge=1)
-    eta: float = Field(0.0, ge=0)
-    t0: float | None = Field(1.0, ge=0, le=1)
-    factor: int = Field(16, ge=1)         # downsampling factor N of the low-pass filter
-    until: float = Field(0.0, ge=0, le=1)  # refine while t >= until T
-    #: paper (ILVR Algorithm 1) | authors_code (jychoi118/ilvr_adm); null: ``translation.variant``.
-    #: Each option below, null: the variant's (core/translation/variants.py, docs/DEVIATIONS.md).
-    variant: Literal["paper", "authors_code"] | None = None
-    filter: Literal["block", "cubic", "linear"] | None = None   # low-pass phi_N; the released Resizer: cubic
-    reference_step: Literal["t_prev", "t"] | None = None        # reference noised to t-1 (paper) or t (code)
-    reference_noise: Literal["fixed", "fresh"] | None = None    # one noise per image (paper) or per step (code)
-    refine_last: bool | None = None                              # refine the last step (paper) or not (code)
-
-
-class EGSDEParams(_Params):
-    enabled: bool = True
-    steps: int = Field(100, ge=1)          # ancestral DDPM steps over [0, t0]
-    t0: float | None = Field(None, ge=0, le=1)
-    realism_weight: float = Field(500.0, ge=0)      # lambda_s (EGSDE)
-    faithfulness_weight: float = Field(2.0, ge=0)   # lambda_i
-    factor: int = Field(32, ge=1)                   # low-pass downsampling factor
-    #: paper (EGSDE Eq. 6) | authors_code (ML-GSAI/EGSDE); null: ``translation.variant``.
-    #: Each option below, null: the variant's (core/translation/variants.py, docs/DEVIATIONS.md).
-    variant: Literal["paper", "authors_code"] | None = None
-    filter: Literal["block", "cubic", "linear"] | None = None   # low-pass phi_N; the released Resizer: linear
-    clip_x0: bool | None = None            # clip x_0 in the ancestral mean (paper) or not (code)
-    learned_variance: bool | None = None   # a learned-variance model's variance (paper) or fixed (code)
-
-
-class DDIBParams(_Params):
-    enabled: bool = True
-    steps: int = Field(40, ge=1)           # DDIM steps of the inversion and of the generation
-
-
-class TranslationParams(_Params):
+class _SharedTranslationParams(_Params):
     """The translate stage: ``n_inputs`` source-domain images (a seeded subset
     of ``source_images``) translated by each enabled method."""
 
@@ -160,24 +115,42 @@ class TranslationParams(_Params):
     #: ILVR's and EGSDE's implementation variant unless their block sets one
     variant: Literal["paper", "authors_code"] = "paper"
     grid_inputs: int = Field(8, ge=1)
-    sdedit: SDEditParams = Field(default_factory=SDEditParams)
-    ilvr: ILVRParams = Field(default_factory=ILVRParams)
-    egsde: EGSDEParams = Field(default_factory=EGSDEParams)
-    ddib: DDIBParams = Field(default_factory=DDIBParams)
 
     def enabled(self) -> list[str]:
-        return [name for name in ("sdedit", "ilvr", "egsde", "ddib") if getattr(self, name).enabled]
+        return [name for name in TRANSLATORS if getattr(self, name).enabled]
+
+    def editing_range(self, name: str) -> float | None:
+        """The translator's t0: its block's, or ``translation.t0`` where the block's is null and it shares it."""
+        t0 = getattr(getattr(self, name), "t0", None)
+        return self.t0 if t0 is None and translator(name).shares_t0 else t0
 
     def options(self, name: str) -> dict[str, Any]:
         """ILVR's or EGSDE's resolved variant and options (each null one from
         the variant); empty for the other methods."""
-        if name not in ("ilvr", "egsde"):
+        keys = translator(name).variant_options
+        if not keys:
             return {}
         block = getattr(self, name)
         variant = block.variant or self.variant
-        keys = ("filter", "reference_step", "reference_noise", "refine_last") if name == "ilvr" else \
-            ("filter", "clip_x0", "learned_variance")
         return {"variant": variant, **resolve_options(name, variant, **{k: getattr(block, k) for k in keys})}
+
+    def check_factors(self, size: int) -> None:
+        """ILVR's and EGSDE's low-pass factor must divide the image size (the node and the pre-run check call it)."""
+        for name, info in TRANSLATORS.items():
+            block = getattr(self, name)
+            if info.low_pass and block.enabled and size % block.factor:
+                raise InvalidParametersError(f"Invalid parameters in 'translation.{name}.factor': {block.factor} must "
+                                             f"divide the image size {size} (the source model's sample_size); use one "
+                                             f"of {[f for f in range(2, size + 1) if size % f == 0][:8]}")
+
+
+#: ``translation``: the shared settings plus one block per translator of the
+#: registry (``translation.sdedit`` ...), each its own parameter model.
+TranslationParams = create_model(
+    "TranslationParams", __base__=_SharedTranslationParams, __module__=__name__,
+    __doc__=_SharedTranslationParams.__doc__,
+    **{name: (info.params, Field(default_factory=info.params)) for name, info in TRANSLATORS.items()},
+)
 
 
 def translation_for(translation: dict[str, Any], dataset: DatasetParams) -> TranslationParams:

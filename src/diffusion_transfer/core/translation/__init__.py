@@ -8,18 +8,18 @@ plugged into the shared samplers through their ``post_step`` hook.
 - :func:`ddib` DDIM inversion with the source model, generation with the target.
 
 ILVR and EGSDE take ``variant="paper" | "authors_code"`` (:mod:`.variants`);
-their low-pass filters live in :mod:`.resizer`.
+their low-pass filters live in :mod:`.resizer`. :mod:`.registry` names each
+translator with its label, its parameter block and its translate-stage call.
 """
 
 from diffusion_transfer.core.translation.common import low_pass, perturb, reverse, start_timestep
 from diffusion_transfer.core.translation.ddib import ddib
 from diffusion_transfer.core.translation.egsde import EGSDEGuidance, egsde, feature_cosine
 from diffusion_transfer.core.translation.ilvr import ILVRRefinement, ilvr
+from diffusion_transfer.core.translation.registry import TRANSLATORS, translator
 from diffusion_transfer.core.translation.resizer import LOW_PASS_FILTERS
 from diffusion_transfer.core.translation.sdedit import sdedit
 from diffusion_transfer.core.translation.variants import EGSDE_VARIANTS, ILVR_VARIANTS, resolve_options
-
-TRANSLATORS = ("sdedit", "ilvr", "egsde", "ddib")
 
 __all__ = [
     "TRANSLATORS",
@@ -38,4 +38,5 @@ __all__ = [
     "reverse",
     "sdedit",
     "start_timestep",
+    "translator",
 ]

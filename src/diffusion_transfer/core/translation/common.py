@@ -1,5 +1,6 @@
 """Pieces shared by the translation methods: the editing start point, the
-low-pass filter and the reverse process they all run.
+low-pass filter and the reverse process they all run; the base of their
+parameter blocks and the batch the translate stage hands each of them.
 
 Every translator starts from a clean source-domain image x_0^src in [-1, 1]
 and returns an image of the target model's domain. The editing range ``t0``
@@ -10,9 +11,12 @@ t0 = 0 leaves the image untouched.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from diffusion_transfer.core.sampling import sample_ddim, sample_ddpm
 from diffusion_transfer.core.sampling.common import EpsFn, PostStep, Progress, check_image_batch
@@ -20,6 +24,40 @@ from diffusion_transfer.core.schedule import NoiseSchedule
 from diffusion_transfer.core.translation.resizer import LOW_PASS_FILTERS, block_low_pass, resizer_low_pass
 
 Sampler = Literal["ddim", "ddpm"]
+#: the domain classifier's feature map f(x_t, t) (EGSDE's realism energy)
+FeatureFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TranslatorParams(BaseModel):
+    """A translator's block under ``translation`` (``translation.sdedit`` ...);
+    an unknown key is an error, as in every parameter block."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+
+    def ancestral(self) -> bool:
+        """Samples with ancestral DDPM (the meta then says which variance it used)."""
+        return getattr(self, "sampler", None) == "ddpm"
+
+    def classifier_use(self) -> str | None:
+        """What, if anything, needs the domain classifier's features."""
+        return None
+
+
+@dataclass(frozen=True)
+class TranslationBatch:
+    """One batch of source images and what a translator may use on it; each
+    translator takes the parts it needs."""
+
+    x: torch.Tensor                 # source images in [-1, 1], (B, C, H, W)
+    noise: torch.Tensor             # the start noise of each image, shared by every translator
+    schedule: NoiseSchedule
+    target_eps: EpsFn               # the fine-tuned (target-domain) model
+    source_eps: EpsFn               # the pretrained (source-domain) model
+    generator: torch.Generator
+    t0: float | None = None         # the editing range, resolved (``translation.t0`` where the block's is null)
+    options: dict[str, Any] = field(default_factory=dict)  # ILVR's / EGSDE's resolved variant options
+    features: FeatureFn | None = None
 
 
 def start_timestep(schedule: NoiseSchedule, t0: float) -> int:

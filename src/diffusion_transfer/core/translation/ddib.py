@@ -10,10 +10,16 @@ same-noise samples of two models as this translation).
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from diffusion_transfer.core.sampling import ddim_invert, sample_ddim
 from diffusion_transfer.core.sampling.common import EpsFn, Progress
 from diffusion_transfer.core.schedule import NoiseSchedule
+from diffusion_transfer.core.translation.common import TranslationBatch, TranslatorParams
+
+
+class DDIBParams(TranslatorParams):
+    steps: int = Field(40, ge=1)           # DDIM steps of the inversion and of the generation
 
 
 def ddib(
@@ -28,3 +34,8 @@ def ddib(
     generate with the target model, ``steps`` DDIM steps each."""
     latent = ddim_invert(source_eps_fn, x0, schedule, steps=steps, progress=progress)
     return sample_ddim(target_eps_fn, latent, schedule, steps=steps, eta=0.0, progress=progress)
+
+
+def translate_ddib(p: DDIBParams, batch: TranslationBatch) -> torch.Tensor:
+    """The translate stage's call: the source model inverts, the target model generates."""
+    return ddib(batch.source_eps, batch.target_eps, batch.x, batch.schedule, steps=p.steps)

@@ -41,18 +41,37 @@ scale (docs/DEVIATIONS.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from diffusion_transfer.core.sampling.common import EpsFn, Progress, abar_at
 from diffusion_transfer.core.schedule import NoiseSchedule
-from diffusion_transfer.core.translation.common import low_pass
+from diffusion_transfer.core.translation.common import FeatureFn, TranslationBatch, TranslatorParams, low_pass
 from diffusion_transfer.core.translation.sdedit import sdedit
 from diffusion_transfer.core.translation.variants import resolve_options
 
-FeatureFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+class EGSDEParams(TranslatorParams):
+    steps: int = Field(100, ge=1)          # ancestral DDPM steps over [0, t0]
+    t0: float | None = Field(None, ge=0, le=1)
+    realism_weight: float = Field(500.0, ge=0)      # lambda_s (EGSDE)
+    faithfulness_weight: float = Field(2.0, ge=0)   # lambda_i
+    factor: int = Field(32, ge=1)                   # low-pass downsampling factor
+    #: paper (EGSDE Eq. 6) | authors_code (ML-GSAI/EGSDE); null: ``translation.variant``.
+    #: Each option below, null: the variant's (:mod:`.variants`, docs/DEVIATIONS.md).
+    variant: Literal["paper", "authors_code"] | None = None
+    filter: Literal["block", "cubic", "linear"] | None = None   # low-pass phi_N; the released Resizer: linear
+    clip_x0: bool | None = None            # clip x_0 in the ancestral mean (paper) or not (code)
+    learned_variance: bool | None = None   # a learned-variance model's variance (paper) or fixed (code)
+
+    def ancestral(self) -> bool:
+        return True  # :func:`egsde` always runs the ancestral sampler (EGSDE is an SDE method)
+
+    def classifier_use(self) -> str | None:
+        return "EGSDE's realism energy" if self.realism_weight else None
 
 
 def feature_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -141,3 +160,10 @@ def egsde(
     return sdedit(eps_fn, x0, schedule, t0=t0, noise=noise, sampler="ddpm", steps=steps, generator=generator,
                   post_step=guide, progress=progress, clip_x0=opts["clip_x0"],
                   learned_variance=opts["learned_variance"])
+
+
+def translate_egsde(p: EGSDEParams, batch: TranslationBatch) -> torch.Tensor:
+    """The translate stage's call: the block's energy weights, the resolved variant options."""
+    return egsde(batch.target_eps, batch.x, batch.schedule, features=batch.features,
+                 realism_weight=p.realism_weight, faithfulness_weight=p.faithfulness_weight, factor=p.factor,
+                 t0=batch.t0, noise=batch.noise, steps=p.steps, generator=batch.generator, **batch.options)

@@ -31,13 +31,32 @@ as ilvr_adm (guided-diffusion's ``p_sample``) does.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
 from diffusion_transfer.core.sampling.common import EpsFn, Progress, randn_like
 from diffusion_transfer.core.schedule import NoiseSchedule
-from diffusion_transfer.core.translation.common import Sampler, low_pass
+from diffusion_transfer.core.translation.common import Sampler, TranslationBatch, TranslatorParams, low_pass
 from diffusion_transfer.core.translation.sdedit import sdedit
 from diffusion_transfer.core.translation.variants import resolve_options
+
+
+class ILVRParams(TranslatorParams):
+    sampler: Literal["ddim", "ddpm"] = "ddpm"
+    steps: int = Field(100, ge=1)
+    eta: float = Field(0.0, ge=0)
+    t0: float | None = Field(1.0, ge=0, le=1)
+    factor: int = Field(16, ge=1)         # downsampling factor N of the low-pass filter
+    until: float = Field(0.0, ge=0, le=1)  # refine while t >= until T
+    #: paper (ILVR Algorithm 1) | authors_code (jychoi118/ilvr_adm); null: ``translation.variant``.
+    #: Each option below, null: the variant's (:mod:`.variants`, docs/DEVIATIONS.md).
+    variant: Literal["paper", "authors_code"] | None = None
+    filter: Literal["block", "cubic", "linear"] | None = None   # low-pass phi_N; the released Resizer: cubic
+    reference_step: Literal["t_prev", "t"] | None = None        # reference noised to t-1 (paper) or t (code)
+    reference_noise: Literal["fixed", "fresh"] | None = None    # one noise per image (paper) or per step (code)
+    refine_last: bool | None = None                              # refine the last step (paper) or not (code)
 
 
 class ILVRRefinement:
@@ -109,3 +128,10 @@ def ilvr(
     refine = ILVRRefinement(y0, schedule, factor=factor, until=until, noise=noise, generator=generator, **opts)
     return sdedit(eps_fn, y0, schedule, t0=t0, noise=noise, sampler=sampler, steps=steps, eta=eta,
                   generator=generator, post_step=refine, progress=progress)
+
+
+def translate_ilvr(p: ILVRParams, batch: TranslationBatch) -> torch.Tensor:
+    """The translate stage's call: the block's settings, the resolved variant options."""
+    return ilvr(batch.target_eps, batch.x, batch.schedule, factor=p.factor, t0=batch.t0, until=p.until,
+                noise=batch.noise, sampler=p.sampler, steps=p.steps, eta=p.eta, generator=batch.generator,
+                **batch.options)

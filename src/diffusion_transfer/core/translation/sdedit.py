@@ -9,11 +9,29 @@ for MetFaces and 0.625T for AAHQ (appendix D). DDIM or ancestral DDPM.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
 from diffusion_transfer.core.sampling.common import EpsFn, PostStep, Progress, check_image_batch
 from diffusion_transfer.core.schedule import NoiseSchedule
-from diffusion_transfer.core.translation.common import Sampler, perturb, reverse, start_timestep
+from diffusion_transfer.core.translation.common import (
+    Sampler,
+    TranslationBatch,
+    TranslatorParams,
+    perturb,
+    reverse,
+    start_timestep,
+)
+
+
+class SDEditParams(TranslatorParams):
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = Field(50, ge=1)
+    eta: float = Field(0.0, ge=0)
+    #: editing range as a fraction of T; null: ``translation.t0``
+    t0: float | None = Field(None, ge=0, le=1)
 
 
 def sdedit(
@@ -45,3 +63,9 @@ def sdedit(
     x = perturb(x0, schedule, t_start, noise)
     return reverse(eps_fn, x, schedule, t_start, sampler=sampler, steps=steps, eta=eta, generator=generator,
                    post_step=post_step, progress=progress, clip_x0=clip_x0, learned_variance=learned_variance)
+
+
+def translate_sdedit(p: SDEditParams, batch: TranslationBatch) -> torch.Tensor:
+    """The translate stage's call: the block's sampler from the shared start noise."""
+    return sdedit(batch.target_eps, batch.x, batch.schedule, t0=batch.t0, noise=batch.noise, sampler=p.sampler,
+                  steps=p.steps, eta=p.eta, generator=batch.generator)
