@@ -149,7 +149,7 @@ def test_edit_pipeline_lives_in_the_run_namespace_and_has_catalog_entries():
 
 
 def test_edit_table_by_hand():
-    from diffusion_transfer.pipelines.edit.nodes import edit_table
+    from diffusion_transfer.pipelines.tables import edit_table
 
     m = {"sdft": {"rows": {"smiling": {"label": "smiling", "s_dir": 0.1234, "success": 0.5, "preservation": 0.75},
                            "angry": {"label": "angry", "s_dir": 0.2, "success": None, "preservation": None}}},

@@ -59,6 +59,36 @@ def test_stage_packages_import_nothing_on_their_own():
         assert not _top_level_imports(PIPELINES / stage / "__init__.py"), stage
 
 
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function (``from a import b``: a and a.b)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_stage_imports_another_stages_nodes(stage):
+    """What several stages share (tables, labels, constants) lives in a module
+    they all import (``pipelines/tables.py``, the core registries), so a stage's
+    nodes change without reaching into the others."""
+    for part in ("nodes.py", "pipeline.py"):
+        others = {m for m in _imported_modules(PIPELINES / stage / part)
+                  if m.startswith("diffusion_transfer.pipelines.") and m.endswith(".nodes")
+                  and m.split(".")[2] != stage}
+        assert not others, f"pipelines/{stage}/{part} imports another stage's nodes: {sorted(others)}"
+
+
+def test_the_stage_import_check_sees_one_inside_a_function(tmp_path):
+    path = tmp_path / "nodes.py"
+    path.write_text("def f():\n    from diffusion_transfer.pipelines import report\n"
+                    "    from diffusion_transfer.pipelines.edit.nodes import SOURCE_RUN\n")
+    assert "diffusion_transfer.pipelines.edit.nodes" in _imported_modules(path)
+
+
 def test_every_registered_node_runs_a_stage_node_function():
     from diffusion_transfer.pipeline_registry import register_pipelines
 

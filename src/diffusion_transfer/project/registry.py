@@ -21,9 +21,9 @@ from diffusion_transfer.pipelines.compare.pipeline import create_compare_node_pi
 from diffusion_transfer.pipelines.convert.pipeline import create_pipeline as create_convert_pipeline
 from diffusion_transfer.pipelines.curate.pipeline import create_curate_pipeline
 from diffusion_transfer.pipelines.domain_classifier.pipeline import create_classifier_pipeline
-from diffusion_transfer.pipelines.edit.nodes import SOURCE_RUN
 from diffusion_transfer.pipelines.edit.pipeline import create_edit_pipeline
 from diffusion_transfer.pipelines.method_run import create_method_pipeline, create_source_pipeline
+from diffusion_transfer.pipelines.tables import SOURCE_RUN
 from diffusion_transfer.pipelines.world.pipeline import create_pipeline as create_world_pipeline
 
 

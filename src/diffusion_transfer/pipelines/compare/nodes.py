@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-
-from diffusion_transfer.pipelines.edit.nodes import SOURCE_RUN, edit_table
-from diffusion_transfer.pipelines.report.nodes import fmt
+from diffusion_transfer.core.translation.registry import translator_label
+from diffusion_transfer.pipelines.tables import SOURCE_RUN, edit_table, fmt
 
 _COLUMNS = (
     ("FID", "fid", 2),
@@ -106,8 +105,6 @@ def _translation_rows(translations: dict[str, dict[str, Any]]) -> list[dict[str,
 
 
 def _translation_lines(rows: list[dict[str, Any]], example: dict[str, Any]) -> list[str]:
-    from diffusion_transfer.pipelines.translate.nodes import LABELS
-
     has_attrs = any("retention" in r for r in rows)
     has_id = any("identity" in r for r in rows)
     cols = [("PSNR ↑", "psnr", 2), ("SSIM ↑", "ssim", 3), ("LPIPS ↓", "lpips", 3), ("FID ↓", "fid", 2),
@@ -119,7 +116,7 @@ def _translation_lines(rows: list[dict[str, Any]], example: dict[str, Any]) -> l
              "| translation | training method | " + " | ".join(c[0] for c in cols) + " |",
              "|---|---" + "|---" * len(cols) + "|"]
     for r in rows:
-        lines.append(f"| {LABELS.get(r['translation'], r['translation'])} | {r['method']} | "
+        lines.append(f"| {translator_label(r['translation'])} | {r['method']} | "
                      + " | ".join(fmt(r.get(key), digits) for _, key, digits in cols) + " |")
     return lines
 

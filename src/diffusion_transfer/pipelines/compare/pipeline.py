@@ -10,7 +10,7 @@ from diffusion_transfer.pipelines.compare.nodes import (
     TRANSLATION_PREFIX,
     compare_runs,
 )
-from diffusion_transfer.pipelines.edit.nodes import SOURCE_RUN
+from diffusion_transfer.pipelines.tables import SOURCE_RUN
 from diffusion_transfer.pipelines.utils import bind
 
 

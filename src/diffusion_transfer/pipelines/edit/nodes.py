@@ -36,8 +36,11 @@ from diffusion_transfer.core.editing import (
     timestep_at,
     train_asyrp,
 )
+from diffusion_transfer.core.methods.anl import image_conditions
 from diffusion_transfer.core.metrics import attributes as attr_metrics
 from diffusion_transfer.core.metrics.editing import directional_similarity, edit_success, prompt_attribute
+from diffusion_transfer.core.metrics.identity import IdentitySimilarity
+from diffusion_transfer.core.world.classifier import predict_attributes
 from diffusion_transfer.project.schema_editing import editing_for
 from diffusion_transfer.project.schema import DatasetParams, EvaluationParams, InvalidParametersError, parse
 from diffusion_transfer.pipelines.schedule import model_schedule
@@ -81,8 +84,6 @@ def _conditions(model, condition_clip, images: torch.Tensor) -> torch.Tensor | N
         return None
     if condition_clip is None:
         raise ValueError(f"the {model.kind} model is conditional: editing needs the condition CLIP")
-    from diffusion_transfer.core.methods.anl import image_conditions
-
     return image_conditions(condition_clip, images).float().cpu()
 
 
@@ -176,8 +177,6 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, ed
     reconstruction's ID / retention, and per prompt its S_dir and success
     (DDIM inversion and regeneration alone can move an attribute, e.g.
     smooth away the wrinkles that make a FaceWorld face old)."""
-    from diffusion_transfer.core.metrics.identity import IdentitySimilarity
-
     p = editing_for(editing, dataset)
     ev = parse(EvaluationParams, evaluation, "evaluation")
     d = parse(DatasetParams, dataset, "datasets")
@@ -188,8 +187,6 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, ed
                 if ev.identity_weights and d.faces else None)
     use_attrs = ev.attributes and d.attributes and attribute_classifier is not None
     if use_attrs:
-        from diffusion_transfer.core.world.classifier import predict_attributes
-
         in_attrs = predict_attributes(attribute_classifier, edits["inputs"].numpy())
         rec_attrs = predict_attributes(attribute_classifier, edits["reconstructed"].numpy())
     x_rec = to_tensor(edits["reconstructed"].numpy())
@@ -241,42 +238,3 @@ def edit_grids(edits: dict, editing: dict, dataset: dict | None = None, scale: i
     inputs = edits["inputs"].numpy()[:k]
     return {name: labelled_rows([("input", inputs), (p.label(name), edits[name].numpy()[:k])], scale)
              for name in edits["meta"]["prompts"]}
-
-
-#: ``edit_source_<dataset>``: Asyrp on the source (pretrained) model, the
-#: baseline row of the Table 2 analogue.
-SOURCE_RUN = "source"
-
-
-#: "success without f_t": the unedited reconstruction's success, the baseline the edit's own is read against
-_EDIT_COLUMNS = (("S_dir ↑", "s_dir"), ("ID ↑", "identity"), ("success ↑", "success"),
-                 ("success without f_t", "reconstruction_success"), ("preservation ↑", "preservation"))
-
-
-def _mean(values: list[Any]) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def edit_table(metrics_by_method: dict[str, dict[str, Any]]) -> list[str]:
-    """SDFT Table 2 as markdown lines: first the mean over prompts per method
-    (Table 2's layout), then one row per method with each prompt's S_dir, ID
-    where measured and FaceWorld edit success / preservation where measured
-    ("n/a" where a prompt has no value)."""
-    if not metrics_by_method:
-        return ["(no edit metrics)"]
-    rows_all = [m["rows"] for m in metrics_by_method.values()]
-    prompts = list(dict.fromkeys(p for rows in rows_all for p in rows))
-    labels = {p: next(rows[p].get("label", p) for rows in rows_all if p in rows) for p in prompts}
-    cols = [(h, k) for h, k in _EDIT_COLUMNS if any(k in r for rows in rows_all for r in rows.values())]
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = ["| method | " + " | ".join(f"mean {h}" for h, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for method, m in metrics_by_method.items():
-        means = [_mean([r.get(k) for r in m["rows"].values()]) for _, k in cols]
-        lines.append(f"| {method} | " + " | ".join(fmt(v) for v in means) + " |")
-    head = [f"{labels[p]} {h}" for p in prompts for h, _ in cols]
-    lines += ["", "| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-    for method, m in metrics_by_method.items():
-        cells = [fmt(m["rows"].get(p, {}).get(k)) for p in prompts for _, k in cols]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return lines

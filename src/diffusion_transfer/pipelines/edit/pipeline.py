@@ -7,13 +7,13 @@ from kedro.pipeline import Pipeline, node
 
 from diffusion_transfer.core.methods import METHODS
 from diffusion_transfer.pipelines.edit.nodes import (
-    SOURCE_RUN,
     apply_edits,
     edit_grids,
     evaluate_edits,
     select_edit_inputs,
     train_edit_directions,
 )
+from diffusion_transfer.pipelines.tables import SOURCE_RUN
 
 
 def create_edit_pipeline(method: str, dataset: str, source: dict[str, str]) -> Pipeline:

@@ -3,8 +3,6 @@ the loss curve of one run."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -13,16 +11,11 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffusion_transfer.core.data.contact_sheet import contact_sheet  # noqa: E402
+from diffusion_transfer.core.training.ema import describe  # noqa: E402
+from diffusion_transfer.pipelines.schedule import describe_schedule  # noqa: E402
 from diffusion_transfer.pipelines.skipped_files import skipped_file_lines  # noqa: E402
+from diffusion_transfer.pipelines.tables import fmt, translation_table  # noqa: E402
 from diffusion_transfer.pipelines.training_samples import training_samples_lines  # noqa: E402
-
-
-def fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
 
 
 def _loss_plot(history: dict) -> plt.Figure:
@@ -72,16 +65,12 @@ def _parameter_lines(history: dict) -> list[str]:
 
 
 def _noise_schedule_lines(history: dict) -> list[str]:
-    from diffusion_transfer.pipelines.schedule import describe_schedule
-
     info = history.get("noise_schedule")
     return [f"Noise schedule: {describe_schedule(info)}."] if info else []
 
 
 def _schedule_lines(history: dict) -> list[str]:
     """EMA decay warm-up and lr warm-up, from ``history["schedule"]`` (runs before it: none)."""
-    from diffusion_transfer.core.training.ema import describe
-
     s = history.get("schedule")
     if not s:
         return []
@@ -101,8 +90,6 @@ def _sampling_lines(samples: dict) -> list[str]:
 
 
 def _translation_lines(tm: dict) -> list[str]:
-    from diffusion_transfer.pipelines.translate.nodes import translation_table
-
     settings = "; ".join(
         f"{name}: " + ", ".join(f"{k} {v}" for k, v in cfg.items() if k not in ("enabled", "seconds"))
         for name, cfg in tm["settings"].items())

@@ -11,6 +11,7 @@ retention from input to translation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from diffusion_transfer.core.data.images import ingest_images, to_tensor, to_uint8
 from diffusion_transfer.core.metrics import attributes as attr_metrics
@@ -28,7 +30,9 @@ from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric
 from diffusion_transfer.core.models.adapted import AdaptedUNet
 from diffusion_transfer.core.models.unet import learns_variance
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn
-from diffusion_transfer.core.translation import ddib, egsde, ilvr, sdedit
+from diffusion_transfer.core.translation.common import TranslationBatch
+from diffusion_transfer.core.translation.registry import TranslatorInfo, translator
+from diffusion_transfer.core.world.classifier import predict_attributes
 from diffusion_transfer.pipelines.evaluation import (
     ATTRIBUTES_WEIGHTS,
     EVALUATED_ATTRIBUTES,
@@ -47,7 +51,6 @@ from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.skipped_files import skipped_records
 from diffusion_transfer.pipelines.utils import inference_setup
 
-LABELS = {"sdedit": "SDEdit", "ilvr": "ILVR", "egsde": "EGSDE", "ddib": "DDIB"}
 CHANNEL_CONVENTION = ("PSNR and SSIM on RGB (no luma conversion) after mapping [-1, 1] to [0, 1] (data range 1); "
                       "SSIM with an 11x11 Gaussian window, sigma 1.5, averaged over channels")
 
@@ -76,34 +79,23 @@ def select_translation_inputs(source_folder, source_model, translation: dict) ->
     return {"images": torch.from_numpy(ingest.images[: p.n_inputs]), "meta": meta}
 
 
-def check_factors(p: TranslationParams, size: int) -> None:
-    """ILVR's and EGSDE's low-pass factor must divide the image size (the pre-run check calls it too)."""
-    for name in ("ilvr", "egsde"):
-        block = getattr(p, name)
-        if block.enabled and size % block.factor:
-            raise InvalidParametersError(f"Invalid parameters in 'translation.{name}.factor': {block.factor} must "
-                                         f"divide the image size {size} (the source model's sample_size); use one of "
-                                         f"{[f for f in range(2, size + 1) if size % f == 0][:8]}")
-
-
 def translate(target_model, source_model, classifier, inputs: dict, translation: dict, dataset: dict,
               schedule: dict, conditions: dict | None = None) -> dict:
     """Translate every input with each enabled method. Returns uint8 images per
     method (``inputs`` plus ``sdedit``, ``ilvr``, ``egsde``, ``ddib``) and, in
     ``meta``, each method's settings and wall time. A conditional model (ANL)
     takes the i-th of ``conditions["embeddings"]`` (cycled) for input i."""
-    from tqdm.auto import tqdm
-
     d = parse(DatasetParams, dataset, "datasets")
     p = translation_for(translation, d)
     sched = model_schedule(source_model, schedule)  # the fine-tuned model was trained with the same
     x_all = to_tensor(inputs["images"].numpy())
-    check_factors(p, int(x_all.shape[-1]))
+    p.check_factors(int(x_all.shape[-1]))
     enabled = p.enabled()
     if not enabled:
         raise InvalidParametersError("Invalid parameters in 'translation': every method is disabled")
-    if "egsde" in enabled and p.egsde.realism_weight and classifier is None:
-        raise ValueError("EGSDE's realism energy needs the domain classifier (classifier_<dataset>)")
+    uses = [use for use in (getattr(p, name).classifier_use() for name in enabled) if use]
+    if uses and classifier is None:
+        raise ValueError(f"{uses[0]} needs the domain classifier (classifier_<dataset>)")
     cond = conditions["embeddings"] if conditions is not None else None
     if cond is None and isinstance(target_model, AdaptedUNet) and target_model.adapter.needs_condition:
         raise ValueError(f"the {target_model.kind} model is conditional: translation needs conditions")
@@ -121,37 +113,18 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
     out: dict[str, Any] = {"inputs": inputs["images"]}
     settings: dict[str, Any] = {}
     for name in enabled:
-        block = getattr(p, name)
-        t0 = getattr(block, "t0", None)
-        t0 = p.t0 if t0 is None and name in ("sdedit", "egsde") else t0
+        block, t0 = getattr(p, name), p.editing_range(name)
         opts = p.options(name)  # ILVR / EGSDE: variant and options, resolved (docs/DEVIATIONS.md)
         settings[name] = {**block.model_dump(), **opts, **({"t0": t0} if t0 is not None else {})}
-        if name == "egsde" or getattr(block, "sampler", None) == "ddpm":  # ancestral: which variance
+        if block.ancestral():  # which variance
             settings[name]["variance"] = ("learned (the model's variance channels)"
                                           if learned and opts.get("learned_variance", True) else "fixed (beta-tilde)")
-        gen = torch.Generator().manual_seed(p.seed + 11)
-        results, start = [], time.perf_counter()
-        with tqdm(total=len(x_all), desc=f"translate ({LABELS[name]})", unit="img") as bar:
-            for i in range(0, len(x_all), p.batch_size):
-                x, noise = x_all[i : i + p.batch_size].to(device), noise_all[i : i + p.batch_size].to(device)
-                idx = torch.arange(i, i + len(x))
-                ctx = target_model.conditioned(cond[idx % cond.shape[0]].to(device)) if cond is not None \
-                    else contextlib.nullcontext()
-                with ctx:
-                    if name == "sdedit":
-                        y = sdedit(target_eps, x, sched, t0=t0, noise=noise, sampler=block.sampler,
-                                   steps=block.steps, eta=block.eta, generator=gen)
-                    elif name == "ilvr":
-                        y = ilvr(target_eps, x, sched, factor=block.factor, t0=t0, until=block.until, noise=noise,
-                                 sampler=block.sampler, steps=block.steps, eta=block.eta, generator=gen, **opts)
-                    elif name == "egsde":
-                        y = egsde(target_eps, x, sched, features=features, realism_weight=block.realism_weight,
-                                  faithfulness_weight=block.faithfulness_weight, factor=block.factor, t0=t0,
-                                  noise=noise, steps=block.steps, generator=gen, **opts)
-                    else:
-                        y = ddib(source_eps, target_eps, x, sched, steps=block.steps)
-                results.append(y.float().clamp(-1, 1).cpu())
-                bar.update(len(x))
+        batch = functools.partial(TranslationBatch, schedule=sched, target_eps=target_eps, source_eps=source_eps,
+                                  generator=torch.Generator().manual_seed(p.seed + 11), t0=t0, options=opts,
+                                  features=features)
+        start = time.perf_counter()
+        results = _translate_batches(translator(name), block, batch, x_all, noise_all, p.batch_size, device,
+                                     target_model, cond)
         settings[name]["seconds"] = round(time.perf_counter() - start, 2)
         out[name] = torch.from_numpy(to_uint8(torch.cat(results)))
     out["meta"] = {"methods": enabled, "settings": settings, "n_inputs": int(len(x_all)),
@@ -159,6 +132,24 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
                    "skipped_inputs": skipped_records(inputs.get("meta", {}).get("skipped") or []),
                    "conditions": conditions.get("meta", {}) if conditions is not None else None}
     return out
+
+
+def _translate_batches(info: TranslatorInfo, block, batch, x_all: torch.Tensor, noise_all: torch.Tensor,
+                       batch_size: int, device, target_model, cond: torch.Tensor | None) -> list[torch.Tensor]:
+    """``info``'s translations of ``x_all``, batch by batch (float32 on the CPU, clamped to [-1, 1]);
+    ``batch(x=..., noise=...)`` builds the :class:`TranslationBatch` its function takes."""
+    results = []
+    with tqdm(total=len(x_all), desc=f"translate ({info.label})", unit="img") as bar:
+        for i in range(0, len(x_all), batch_size):
+            x, noise = x_all[i : i + batch_size].to(device), noise_all[i : i + batch_size].to(device)
+            idx = torch.arange(i, i + len(x))
+            ctx = target_model.conditioned(cond[idx % cond.shape[0]].to(device)) if cond is not None \
+                else contextlib.nullcontext()
+            with ctx:
+                y = info.run(block, batch(x=x, noise=noise))
+            results.append(y.float().clamp(-1, 1).cpu())
+            bar.update(len(x))
+    return results
 
 
 def evaluate_translations(translations: dict, reference: dict, clip, attribute_classifier, evaluation: dict,
@@ -179,8 +170,6 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
     in_attrs = None
     use_attrs = p.attributes and d.attributes and attribute_classifier is not None
     if use_attrs:
-        from diffusion_transfer.core.world.classifier import predict_attributes
-
         in_attrs = predict_attributes(attribute_classifier, translations["inputs"].numpy())
     rows: dict[str, dict[str, Any]] = {}
     for name in methods:
@@ -213,26 +202,6 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
             "skipped_inputs": translations["meta"].get("skipped_inputs", [])}
 
 
-def translation_table(metrics: dict[str, Any]) -> list[str]:
-    """Markdown lines: one row per translation method."""
-    rows = metrics["rows"]
-    has_attrs = any("retention" in r for r in rows.values())
-    has_id = any("identity" in r for r in rows.values())
-    head = "| translation | PSNR ↑ | SSIM ↑ | LPIPS ↓ | FID ↓ | KID x1e3 ↓ |" + (" ID ↑ |" if has_id else "") + \
-        (" attribute retention ↑ | face rate |" if has_attrs else "") + " wall |"
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    for name, r in rows.items():
-        cells = [LABELS.get(name, name), f"{r['psnr']:.2f}", f"{r['ssim']:.3f}", f"{r['lpips']:.3f}",
-                 f"{r['fid']:.2f}", f"{r['kid_x1e3']:.2f}"]
-        if has_id:
-            cells.append(f"{r['identity']:.3f}" if "identity" in r else "n/a")
-        if has_attrs:
-            cells += [f"{r.get('retention', float('nan')):.3f}", f"{r.get('face_rate', float('nan')):.3f}"]
-        cells.append(f"{r['seconds']:.0f} s" if r.get("seconds") is not None else "n/a")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
 def translation_grid(translations: dict, translation: dict, scale: int = 2) -> Image.Image:
     """Rows: the input, then each method's translation; columns: the first
     ``grid_inputs`` inputs."""
@@ -246,7 +215,7 @@ def translation_grid(translations: dict, translation: dict, scale: int = 2) -> I
     draw = ImageDraw.Draw(sheet)
     for r, (row, name) in enumerate(zip(rows, names)):
         y = r * (h + 2)
-        draw.text((4, y + h // 2 - 5), "input" if name == "inputs" else LABELS[name], fill="black")
+        draw.text((4, y + h // 2 - 5), "input" if name == "inputs" else translator(name).label, fill="black")
         for i, img in enumerate(row):
             sheet.paste(Image.fromarray(img).resize((w, h), Image.NEAREST), (label_w + i * (w + 2), y))
     return sheet
