@@ -11,7 +11,10 @@ import numpy as np
 from diffusion_transfer.core.data.images import to_tensor
 from diffusion_transfer.core.metrics import attributes as attr_metrics
 from diffusion_transfer.core.metrics.fid import compute_fid_kid
+from diffusion_transfer.core.metrics.intra_lpips import intra_lpips
 from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric
+from diffusion_transfer.core.world.classifier import predict_attributes
+from diffusion_transfer.core.world.render import ATTRIBUTES
 from diffusion_transfer.pipelines.evaluation import (
     ATTRIBUTES_WEIGHTS,
     EVALUATED_ATTRIBUTES,
@@ -51,8 +54,6 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
     if d.intra_lpips:
         # Few-shot diversity (CDC/TAN protocol): every sample joins its nearest
         # training image by LPIPS; mean pairwise LPIPS inside each cluster.
-        from diffusion_transfer.core.metrics.intra_lpips import intra_lpips
-
         shots = to_tensor(curated["images"].numpy())
         for key, imgs in (("source", src), ("finetuned", trg)):
             res = intra_lpips(to_tensor(imgs), shots, lpips, max_per_cluster=d.intra_lpips_max_per_cluster)
@@ -78,9 +79,6 @@ def _attribute_metrics(classifier, src: np.ndarray, trg: np.ndarray, curated: di
     """Adds face rate, coverage and frequencies to ``models["source"]`` and
     ``models["finetuned"]``, and retention to the latter (what it cannot score
     goes to ``skipped``); returns the training set's attribute summary."""
-    from diffusion_transfer.core.world.classifier import predict_attributes
-    from diffusion_transfer.core.world.render import ATTRIBUTES
-
     src_attrs = predict_attributes(classifier, src)
     trg_attrs = predict_attributes(classifier, trg)
     train_records = curated["meta"].get("records") or []
