@@ -59,7 +59,7 @@ def tiny_pipeline_folder(path: Path, *, sample_size: int = 64, beta_schedule: st
 
 def own_data_project(tmp_path: Path) -> Path:
     proj = _scratch_project(tmp_path)
-    _write_pngs(proj / "data" / "01_raw" / "mydata", 12, 80, seed=1)  # any size: resized to the model's 64
+    _write_pngs(proj / "data" / "01_raw" / "mydata", 12, 80, seed=1)  # over the model's 64: cropped and resized
     _write_pngs(proj / "data" / "01_raw" / "my_source_images", 16, 64, seed=2)
     tiny_pipeline_folder(proj / "data" / "06_models" / "my_ddpm")
     (proj / "conf" / "mydata").mkdir()
