@@ -20,7 +20,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
     from kedro.framework.startup import bootstrap_project
     from kedro.io import DatasetError
 
-    from diffusion_transfer.project.hooks import validate_parameters
+    from diffusion_transfer.project.resolved import resolve_parameters as validate_parameters
 
     proj = _scratch_project(tmp_path)
     old = Path.cwd()
@@ -29,7 +29,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
         bootstrap_project(proj)
         with KedroSession.create(project_path=proj, env="paper") as session:
             context = session.load_context()
-            params = context.params
+            params = context.config_loader["parameters"]  # as conf gives them (context.params holds typed models)
             validate_parameters(params)
             curation = params["datasets"]["aahq"]["curation"]
             assert curation["threshold"] == 0.27 and curation.get("resolution") is None  # the model's 256 px
@@ -68,14 +68,14 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
 def test_paper_training_lengths_per_method_and_dataset():
     """conf/paper: SDFT's 80k iterations, A3FT's 2,000 MetFaces epochs, and on the
     10-shot targets TAN's ~300 iterations against the baselines' ~5,000."""
-    from diffusion_transfer.pipelines.finetune.nodes import resolve_run
+    from diffusion_transfer.project.resolved import resolve_run
     from diffusion_transfer.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
 
     args = {**CONFIG_LOADER_ARGS, "default_run_env": "paper"}
     params = CONFIG_LOADER_CLASS(conf_source=str(Path(__file__).parents[1] / "conf"), **args)["parameters"]
 
     def run(method, dataset):
-        return resolve_run(params["methods"][method], params["datasets"][dataset], params["train"])
+        return resolve_run(params["methods"][method], params["datasets"][dataset], params["train"]).record()
 
     assert run("sdft", "aahq")["train"]["steps"] == 80000
     assert run("sdft", "aahq")["hyperparameters"]["gamma_aux"] == 50.0
@@ -87,7 +87,7 @@ def test_paper_training_lengths_per_method_and_dataset():
         assert "train" not in run("tan", dataset)["hyperparameters"]
         assert run("naive", dataset)["train"]["steps"] == 5000
         assert run("sdft", dataset)["train"]["steps"] == 5000
-    with pytest.raises(ValueError, match="method_overrides.tan.train must be a mapping"):
+    with pytest.raises(ValueError, match="method_overrides.tan.train.: it must be a mapping"):
         resolve_run(params["methods"]["tan"], {"name": "x", "method_overrides": {"tan": {"train": 3}}}, params["train"])
 
 

@@ -19,7 +19,7 @@ def _base_params() -> dict:
 
 
 def test_base_parameters_validate():
-    from diffusion_transfer.project.hooks import validate_parameters
+    from diffusion_transfer.project.resolved import resolve_parameters as validate_parameters
 
     validate_parameters(_base_params())
 
@@ -48,7 +48,7 @@ def test_base_parameters_validate():
     ],
 )
 def test_invalid_parameters_are_rejected_naming_the_parameter(path, value, expected):
-    from diffusion_transfer.project.hooks import validate_parameters
+    from diffusion_transfer.project.resolved import resolve_parameters as validate_parameters
     from diffusion_transfer.project.schema import InvalidParametersError
 
     params = _base_params()
@@ -61,7 +61,7 @@ def test_invalid_parameters_are_rejected_naming_the_parameter(path, value, expec
 
 
 def test_per_dataset_classifier_overrides_are_validated():
-    from diffusion_transfer.project.hooks import validate_parameters
+    from diffusion_transfer.project.resolved import resolve_parameters as validate_parameters
     from diffusion_transfer.project.schema import InvalidParametersError
 
     params = _base_params()

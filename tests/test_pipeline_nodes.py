@@ -74,6 +74,7 @@ def test_finetune_checkpoints_are_keyed_by_source_weights_and_data(tmp_path):
 
     from diffusion_transfer.core.models.unet import build_unet
     from diffusion_transfer.pipelines.finetune.nodes import finetune
+    from diffusion_transfer.project.resolved import run_inputs
 
     tiny = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
@@ -81,8 +82,8 @@ def test_finetune_checkpoints_are_keyed_by_source_weights_and_data(tmp_path):
     torch.manual_seed(0)
     source_a, source_b = build_unet(tiny), build_unet(tiny)
     images = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
-    args = ({"name": "naive"}, {"name": "toy"}, {"steps": 2, "batch_size": 2, "checkpoint_every": 1}, {},
-            str(tmp_path))
+    args = (*run_inputs({"name": "naive"}, {"name": "toy"}, {"steps": 2, "batch_size": 2, "checkpoint_every": 1}),
+            {}, str(tmp_path))
 
     def run(source, imgs):
         _, history = finetune(source, {"images": imgs, "meta": {}}, *args)
@@ -102,6 +103,7 @@ def test_finetune_node_spawns_ddp_workers_matching_one_process_with_accumulation
 
     from diffusion_transfer.core.models.unet import build_unet
     from diffusion_transfer.pipelines.finetune.nodes import finetune
+    from diffusion_transfer.project.resolved import run_inputs
 
     tiny = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
@@ -110,10 +112,12 @@ def test_finetune_node_spawns_ddp_workers_matching_one_process_with_accumulation
     source = build_unet(tiny)
     images = torch.randint(0, 256, (6, 8, 8, 3), dtype=torch.uint8)
     base = {"steps": 2, "batch_size": 2, "checkpoint_every": 1}
-    ddp, ddp_hist = finetune(source, {"images": images, "meta": {}}, {"name": "naive"}, {"name": "toy"},
-                             {**base, "num_processes": 2}, {}, str(tmp_path / "ddp"))
-    acc, acc_hist = finetune(source, {"images": images, "meta": {}}, {"name": "naive"}, {"name": "toy"},
-                             {**base, "gradient_accumulation_steps": 2}, {}, str(tmp_path / "acc"))
+    ddp, ddp_hist = finetune(source, {"images": images, "meta": {}},
+                             *run_inputs({"name": "naive"}, {"name": "toy"}, {**base, "num_processes": 2}),
+                             {}, str(tmp_path / "ddp"))
+    acc, acc_hist = finetune(source, {"images": images, "meta": {}},
+                             *run_inputs({"name": "naive"}, {"name": "toy"}, {**base, "gradient_accumulation_steps": 2}),
+                             {}, str(tmp_path / "acc"))
     for (name, a), b in zip(ddp.state_dict().items(), acc.state_dict().values()):
         # The two reduction orders round differently, and Adam scales near-zero gradients (a key
         # bias's is exactly 0 in theory) to lr-sized steps: measured up to 3e-6 at lr 1e-4. The
@@ -128,13 +132,14 @@ def test_few_shot_curation_is_a_deterministic_split_with_the_rest_as_reference(t
     from types import SimpleNamespace
 
     from diffusion_transfer.pipelines.curate.nodes import curate_few_shot as curate_with_model
+    from diffusion_transfer.project.schema import DatasetParams
 
     folder = _image_folder(tmp_path, 25, bad=2)
     model = SimpleNamespace(config=SimpleNamespace(sample_size=32))  # images at the model's resolution
     params = {"n_shot": 10, "split_seed": 0, "exclude": ["img_003.png"]}
 
     def curate_few_shot(folder, params, name):
-        return curate_with_model(folder, model, {"name": name, "kind": "few_shot", "curation": params})
+        return curate_with_model(folder, model, DatasetParams(name=name, kind="few_shot", curation=params))
 
     curated, reference, summary, sheet = curate_few_shot(folder, params, "toy")
     again = curate_few_shot(folder, params, "toy")[0]
@@ -155,7 +160,7 @@ def test_a_dataset_samples_a_prefix_of_the_shared_noise_bank():
 
     from diffusion_transfer.core.models.unet import build_unet
     from diffusion_transfer.pipelines.sample.nodes import sample, sample_target
-    from diffusion_transfer.project.schema import InvalidParametersError
+    from diffusion_transfer.project.schema import DatasetParams, InvalidParametersError, SamplingParams
 
     tiny = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
@@ -163,13 +168,14 @@ def test_a_dataset_samples_a_prefix_of_the_shared_noise_bank():
     torch.manual_seed(0)
     model = build_unet(tiny)
     bank = {"noise": torch.randn(5, 3, 8, 8)}
-    sampling = {"n_samples": 5, "steps": 2, "batch_size": 5}
+    sampling = SamplingParams(n_samples=5, steps=2, batch_size=5)
     full = sample(model, bank, sampling, {})
-    part = sample_target(model, bank, {**sampling, "batch_size": 3}, {}, {"name": "toy", "n_samples": 3})
+    part = sample_target(model, bank, sampling.model_copy(update={"batch_size": 3}), {},
+                         DatasetParams(name="toy", n_samples=3))
     assert torch.equal(part["images"], full["images"][:3])  # sample i keeps noise i
-    assert sample_target(model, bank, sampling, {}, {"name": "toy"})["images"].shape[0] == 5
+    assert sample_target(model, bank, sampling, {}, DatasetParams(name="toy"))["images"].shape[0] == 5
     with pytest.raises(InvalidParametersError, match="datasets.toy.n_samples"):
-        sample_target(model, bank, sampling, {}, {"name": "toy", "n_samples": 6})
+        sample_target(model, bank, sampling, {}, DatasetParams(name="toy", n_samples=6))
 
 
 def test_sampling_and_translation_use_reduced_precision_only_on_a_gpu(monkeypatch):

@@ -139,13 +139,14 @@ def _finetune(tmp_path: Path, sample_every: int | None, steps: int = 4):
 
     from diffusion_transfer.core.models.unet import build_unet
     from diffusion_transfer.pipelines.finetune.nodes import finetune
+    from diffusion_transfer.project.resolved import run_inputs
 
     torch.manual_seed(0)
     source = build_unet(TINY_UNET)
     images = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
     train = {"steps": steps, "batch_size": 2, "checkpoint_every": 100, "log_every": 1, "sample_every": sample_every,
              "sample_n": 3, "sample_steps": 2}
-    return finetune(source, {"images": images, "meta": {}}, {"name": "sdft"}, {"name": "toy"}, train, {},
+    return finetune(source, {"images": images, "meta": {}}, *run_inputs({"name": "sdft"}, {"name": "toy"}, train), {},
                     str(tmp_path))
 
 

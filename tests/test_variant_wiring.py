@@ -73,12 +73,13 @@ def test_translate_passes_the_options_and_records_them_and_the_variance():
 @pytest.mark.parametrize("channels, word", [(6, "learned"), (3, "fixed")])
 def test_ancestral_sample_meta_records_the_variance(channels, word):
     from diffusion_transfer.pipelines.sample.nodes import sample
+    from diffusion_transfer.project.schema import SamplingParams
 
     bank = {"noise": torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))}
-    out = sample(tiny(channels), bank, {"n_samples": 2, "sampler": "ddpm", "steps": 2, "batch_size": 2}, {})
+    out = sample(tiny(channels), bank, SamplingParams(n_samples=2, sampler="ddpm", steps=2, batch_size=2), {})
     assert out["meta"]["variance"].startswith(word)
     from diffusion_transfer.pipelines.report.nodes import _sampling_lines
 
     assert _sampling_lines(out)[0] == f"Sampler: ddpm, 2 steps; variance: {out['meta']['variance']}."
-    ddim = sample(tiny(channels), bank, {"n_samples": 2, "sampler": "ddim", "steps": 2, "batch_size": 2}, {})
+    ddim = sample(tiny(channels), bank, SamplingParams(n_samples=2, sampler="ddim", steps=2, batch_size=2), {})
     assert "variance" not in ddim["meta"]

@@ -163,7 +163,9 @@ def test_sdft_learned_variance_and_bf16_teacher():
 
 
 def test_sdft_weightings_and_aahq_gamma_50_finite():
-    loss = SDFTLoss.from_params(SCHED, {"preset": "aahq"})
+    from diffusion_transfer.core.methods import expand_preset
+
+    loss = SDFTLoss.from_params(SCHED, expand_preset("sdft", {"preset": "aahq"}))
     assert (loss.lambda_distill, loss.lambda_aux, loss.gamma_distill, loss.gamma_aux) == (0.1, 0.3, 50.0, 50.0)
     t = torch.arange(0, 1000, 37)
     assert torch.isfinite(loss.weight_aux(t)).all()

@@ -317,6 +317,15 @@ class SourceParams(_Params):
         return f"{self.name}_" if self.prefix is None else self.prefix
 
 
+class ConvertParams(_Params):
+    """``convert_source``: a guided-diffusion (ADM) checkpoint to convert into the source model."""
+
+    checkpoint: str = "data/00_weights/ffhq_p2.pt"
+    preset: str = "ffhq_p2"
+    #: ADMConfig fields over the preset (e.g. {image_size: 64, channel_mult: [1, 2, 3, 4]})
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
 P = TypeVar("P", bound=BaseModel)
 
 

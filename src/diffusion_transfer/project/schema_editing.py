@@ -102,6 +102,8 @@ def editing_for(editing: dict[str, Any] | None, dataset: dict[str, Any] | None =
     """``editing`` with ``datasets.<name>.editing`` merged over it (a prompt
     given there replaces that prompt; other keys replace their value);
     errors name both blocks."""
+    if dataset is not None and not isinstance(dataset, dict):  # DatasetParams
+        dataset = {"name": dataset.name, "editing": dataset.editing}
     overrides = (dataset or {}).get("editing") or {}
     merged = dict(editing or {})
     for key, value in overrides.items():

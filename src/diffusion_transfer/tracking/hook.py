@@ -110,6 +110,7 @@ class TrackingHook:
 
     def _reset(self) -> None:
         self._mlflow: Any = None
+        self._conf: dict[str, Any] = {}
         self._logger: RunLogger | None = None
         self._catalog: Any = None
         self._project = Path.cwd()
@@ -123,6 +124,7 @@ class TrackingHook:
         self._reset()
         self._project = Path(context.project_path)
         loader = context.config_loader
+        self._conf = loader["parameters"]  # the whole tree, as conf gives it
         if not tracking_enabled(loader["parameters"], getattr(loader, "runtime_params", None)):
             log.info("mlflow tracking is off (tracking.enabled / %s)", ENV_SWITCH)
             return
@@ -176,7 +178,10 @@ class TrackingHook:
     @hook_impl
     def before_node_run(self, node, catalog, inputs, is_async) -> None:
         if self._mlflow is not None:
-            self._mlflow.before_node_run(node, catalog, inputs, is_async)
+            # Nodes receive parameters resolved and typed (project/resolved.py); mlflow logs them as conf gives them.
+            logged = {k: (_conf_value(self._conf, k[len("params:"):], v) if k.startswith("params:") else v)
+                      for k, v in inputs.items()}
+            self._mlflow.before_node_run(node, catalog, logged, is_async)
 
     @hook_impl
     def after_node_run(self, node, outputs: dict[str, Any]) -> None:
@@ -242,3 +247,13 @@ class TrackingHook:
             self._logger.close("FAILED")
         if self._mlflow is not None:
             self._mlflow.on_pipeline_error(error, run_params, pipeline, catalog)
+
+
+def _conf_value(conf: dict[str, Any], dotted: str, value: Any) -> Any:
+    """The conf value at ``a.b.c`` (``value`` itself when conf has none there)."""
+    node: Any = conf
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return value
+        node = node[key]
+    return node

@@ -10,26 +10,25 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..schedule import NoiseSchedule
+from .a3ft import prepare_a3ft, prepare_attn
+from .anl import prepare_anl
 from .base import Method, check_float
-from .sdft import SDFT_PAPER_DEFAULTS
+from .naive import DenoisingLoss
+from .sdft import SDFT_PAPER_DEFAULTS, SDFTLoss
+from .tan import TANLoss, prepare_tan
 
 __all__ = ["METHODS", "MethodInfo", "build_method", "expand_preset", "method_names"]
 
-def _build_scratch(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .naive import DenoisingLoss
 
+def _build_scratch(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
     return Method("scratch", DenoisingLoss(schedule, **params), needs_teacher=False, init="random")
 
 
 def _build_naive(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .naive import DenoisingLoss
-
     return Method("naive", DenoisingLoss(schedule, **params), needs_teacher=False, init="source")
 
 
 def _build_sdft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .sdft import SDFTLoss
-
     return Method("sdft", SDFTLoss.from_params(schedule, params), needs_teacher=True, init="source")
 
 
@@ -38,15 +37,11 @@ def _pop_keys(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _build_attn(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .a3ft import prepare_attn
-    from .naive import DenoisingLoss
-
     return Method("attn", DenoisingLoss(schedule, **params), needs_teacher=False, init="source", prepare=prepare_attn)
 
 
 def _build_a3ft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
     from .a3ft import prepare_a3ft
-    from .naive import DenoisingLoss
 
     adapter = _pop_keys(params, ("scaling_hidden",))
     hidden = adapter.get("scaling_hidden", 64)
@@ -57,9 +52,6 @@ def _build_a3ft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
 
 
 def _build_anl(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .anl import prepare_anl
-    from .naive import DenoisingLoss
-
     adapter = _pop_keys(params, ("hidden_mult",))
     check_float("hidden_mult", adapter.get("hidden_mult", 1.0), minimum=1e-6)
     loss = DenoisingLoss(schedule, **params)
@@ -68,9 +60,6 @@ def _build_anl(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
 
 
 def _build_anl_uncond(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .anl import prepare_anl
-    from .naive import DenoisingLoss
-
     adapter = _pop_keys(params, ("hidden_mult",))
     check_float("hidden_mult", adapter.get("hidden_mult", 1.0), minimum=1e-6)
     loss = DenoisingLoss(schedule, **params)
@@ -79,8 +68,6 @@ def _build_anl_uncond(params: dict[str, Any], schedule: NoiseSchedule) -> Method
 
 
 def _build_tan(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .tan import TANLoss, prepare_tan
-
     adapter = _pop_keys(params, ("rank",))
     rank = adapter.get("rank", 8)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
@@ -121,11 +108,12 @@ def method_names() -> list[str]:
 def build_method(name: str, params: dict[str, Any] | None, schedule: NoiseSchedule) -> Method:
     """Build the method ``name`` from its hyperparameters ``params``.
 
-    Unknown names and unknown or invalid parameters raise ``ValueError``
-    naming them, before any compute."""
+    ``preset: <p>`` is expanded here for callers of the core alone. Unknown
+    names and unknown or invalid parameters raise ``ValueError`` naming
+    them, before any compute."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {method_names()}")
-    params = dict(params or {})
+    params = expand_preset(name, params or {})  # a no-op for a run resolved from conf (already expanded)
     try:
         return METHODS[name].build(params, schedule)
     except TypeError as exc:  # unexpected keyword argument

@@ -34,7 +34,7 @@ Two variants are selectable; the PAPER is the default:
 
 Hyperparameters (Table 5): class defaults are MetFaces (lambda 0.1 / 0.1,
 gamma 3 / 3); :data:`SDFT_PAPER_DEFAULTS` also holds AAHQ (lambda 0.1 / 0.3,
-gamma 50 / 50). Select one with ``preset`` in :meth:`SDFTLoss.from_params`.
+gamma 50 / 50). Select one with ``preset`` (``methods.sdft.preset``; ``core.methods.expand_preset``).
 
 Efficiency: ONE student forward over the concatenated batch [x_t; x_aux] (2B)
 serves L_diff, L_distill and L_aux, and ONE teacher forward over the same 2B
@@ -154,16 +154,12 @@ class SDFTLoss:
 
     @classmethod
     def from_params(cls, schedule: NoiseSchedule, params: dict[str, Any] | None = None) -> SDFTLoss:
-        """Build from a parameter dict. ``preset`` ("metfaces" | "aahq") fills
-        the Table 5 hyperparameters and ``variant`` ("paper" |
-        "authors_code") the implementation options; explicit keys override."""
+        """Build from a parameter dict: ``variant`` ("paper" | "authors_code")
+        fills the implementation options; explicit keys override. A Table 5
+        ``preset`` is expanded once, by the method registry
+        (``core.methods.expand_preset``), before the loss is built."""
         params = dict(params or {})
         merged: dict[str, Any] = {}
-        preset = params.pop("preset", None)
-        if preset is not None:
-            if preset not in SDFT_PAPER_DEFAULTS:
-                raise ValueError(f"sdft preset must be one of {sorted(SDFT_PAPER_DEFAULTS)}, got {preset!r}")
-            merged.update(SDFT_PAPER_DEFAULTS[preset])
         variant = params.pop("variant", None)
         if variant is not None:
             if variant not in SDFT_VARIANTS:
@@ -173,7 +169,7 @@ class SDFTLoss:
         allowed = set(cls.__init__.__code__.co_varnames[2 : cls.__init__.__code__.co_argcount])
         unknown = sorted(set(merged) - allowed)
         if unknown:
-            raise ValueError(f"unknown sdft parameter(s) {unknown}; allowed: {sorted(allowed | {'preset', 'variant'})}")
+            raise ValueError(f"unknown sdft parameter(s) {unknown}; allowed: {sorted(allowed | {'variant'})}")
         return cls(schedule, **merged)
 
     # -- weights ---------------------------------------------------------------

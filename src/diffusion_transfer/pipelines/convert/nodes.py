@@ -5,18 +5,7 @@ The same conversion is the ``dt-convert-adm`` command."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import Field
-
-from diffusion_transfer.project.schema import _Params, parse
-
-
-class ConvertParams(_Params):
-    checkpoint: str = "data/00_weights/ffhq_p2.pt"
-    preset: str = "ffhq_p2"
-    #: ADMConfig fields over the preset (e.g. {image_size: 64, channel_mult: [1, 2, 3, 4]})
-    overrides: dict[str, Any] = Field(default_factory=dict)
+from diffusion_transfer.project.schema import ConvertParams, parse
 
 
 def convert_source(convert: dict):

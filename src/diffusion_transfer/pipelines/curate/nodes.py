@@ -25,7 +25,7 @@ from diffusion_transfer.core.data.embeddings import (
 from diffusion_transfer.core.data.images import ImageFolderError, ingest_images
 from diffusion_transfer.core.data.selection import EmptyCurationError, few_shot_split
 from diffusion_transfer.datasets.folders import ImageFolder
-from diffusion_transfer.project.schema import CurateParams, DatasetParams, InvalidParametersError, parse
+from diffusion_transfer.project.schema import CurateParams, DatasetParams, InvalidParametersError
 from diffusion_transfer.pipelines.skipped_files import records_for, sidecar_summary
 
 
@@ -57,19 +57,18 @@ def _ingest(folder: ImageFolder, d: DatasetParams, size: int):
             f"sample_size; 'datasets.{d.name}.curation.min_size' sets the smallest side accepted") from None
 
 
-def curate(folder: ImageFolder, clip: Any, source_model: Any, dataset: dict[str, Any],
+def curate(folder: ImageFolder, clip: Any, source_model: Any, dataset: DatasetParams,
            features_root: str = "data/04_feature") -> tuple[dict, dict, dict, Any]:
     """Ingest a folder, filter it with CLIP, return the curated set, the
     reference set (every valid image), a summary and a contact sheet."""
-    d = parse(DatasetParams, dataset, "datasets")
-    p, dataset = d.curation, d.name
-    prefix = f"datasets.{dataset}.curation."
-    ingest = _ingest(folder, d, model_resolution(source_model, p, prefix))
+    p, name = dataset.curation, dataset.name
+    prefix = f"datasets.{name}.curation."
+    ingest = _ingest(folder, dataset, model_resolution(source_model, p, prefix))
     images, names = ingest.images, list(ingest.names)
     # Image embeddings are cached per (images, CLIP weights): re-running with a
     # new prompt or threshold does not re-encode the dataset.
     clip_id = getattr(clip, "weights_label", type(clip).__name__)
-    cache = Path(p.embeddings_cache or Path(features_root) / "clip_embeddings") / f"{dataset}.npy"
+    cache = Path(p.embeddings_cache or Path(features_root) / "clip_embeddings") / f"{name}.npy"
     img_emb = cached_embeddings(clip.encode_images, images, cache, key=clip_id)
     common = dict(exclude=p.exclude, skipped=ingest.skipped, notes=ingest.notes, param_prefix=prefix)
     if p.prompt is not None:
@@ -89,30 +88,29 @@ def curate(folder: ImageFolder, clip: Any, source_model: Any, dataset: dict[str,
     if kept_idx.size == 0:
         raise EmptyCurationError(
             f"{prefix}exclude: nothing is left after the exclusion list ({len(p.exclude)} names)")
-    summary = {"dataset": dataset, "source": folder.source, "folder": str(folder.root), "clip": clip_id,
+    summary = {"dataset": name, "source": folder.source, "folder": str(folder.root), "clip": clip_id,
                **result.summary(), "sidecar": sidecar_summary(folder, names)}
     sheet = result.contact_sheet(images)
     kept_names = result.kept_names
     curated = {
         "images": torch.from_numpy(images[kept_idx]),
-        "meta": {"names": kept_names, "records": records_for(folder, kept_names), "dataset": dataset},
+        "meta": {"names": kept_names, "records": records_for(folder, kept_names), "dataset": name},
     }
     reference = {
         "images": torch.from_numpy(images),
-        "meta": {"names": names, "records": records_for(folder, names), "dataset": dataset},
+        "meta": {"names": names, "records": records_for(folder, names), "dataset": name},
     }
     return curated, reference, summary, sheet
 
 
-def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: dict[str, Any]) -> tuple[dict, dict, dict, Any]:
+def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: DatasetParams) -> tuple[dict, dict, dict, Any]:
     """A deterministic N-shot split of a folder: the N training images and the
     rest as the evaluation reference (FID/KID), with a summary and a sheet."""
-    d = parse(DatasetParams, dataset, "datasets")
-    p, dataset = d.curation, d.name
-    prefix = f"datasets.{dataset}.curation."
+    p, name = dataset.curation, dataset.name
+    prefix = f"datasets.{name}.curation."
     if p.n_shot is None:
         raise InvalidParametersError(f"Invalid parameters in '{prefix}n_shot': a few_shot dataset needs it")
-    ingest = _ingest(folder, d, model_resolution(source_model, p, prefix))
+    ingest = _ingest(folder, dataset, model_resolution(source_model, p, prefix))
     images, names = ingest.images, list(ingest.names)
     excluded = sorted(set(p.exclude) & set(names))
     usable = [i for i, n in enumerate(names) if n not in set(p.exclude)]
@@ -122,7 +120,7 @@ def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: dict[str, A
         raise EmptyCurationError(f"{prefix}n_shot={p.n_shot} leaves {rest_idx.size} images for the "
                                      "evaluation reference; FID/KID need at least 2")
     shot_names, rest_names = [names[i] for i in shot_idx], [names[i] for i in rest_idx]
-    summary = {"dataset": dataset, "source": folder.source, "folder": str(folder.root), "few_shot": True,
+    summary = {"dataset": name, "source": folder.source, "folder": str(folder.root), "few_shot": True,
                "threshold": None, "top_n": None,
                "counts": {"files": len(folder.files), "skipped_invalid": len(ingest.skipped), "valid": len(names),
                           "kept": len(shot_names), "reference": len(rest_names), "excluded": len(excluded),
@@ -132,10 +130,10 @@ def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: dict[str, A
                "skipped": [{"file": n, "reason": r} for n, r in ingest.skipped],
                "sidecar": sidecar_summary(folder, names)}
     sheet = contact_sheet(images[shot_idx], labels=shot_names, columns=min(10, len(shot_idx)),
-                              title=f"{dataset}: {p.n_shot}-shot training set (split seed {p.split_seed})")
+                              title=f"{name}: {p.n_shot}-shot training set (split seed {p.split_seed})")
     curated = {"images": torch.from_numpy(images[shot_idx]),
-               "meta": {"names": shot_names, "records": records_for(folder, shot_names), "dataset": dataset}}
+               "meta": {"names": shot_names, "records": records_for(folder, shot_names), "dataset": name}}
     reference = {"images": torch.from_numpy(images[rest_idx]),
-                 "meta": {"names": rest_names, "records": records_for(folder, rest_names), "dataset": dataset,
+                 "meta": {"names": rest_names, "records": records_for(folder, rest_names), "dataset": name,
                           "role": "held-out reference (everything but the training shots)"}}
     return curated, reference, summary, sheet

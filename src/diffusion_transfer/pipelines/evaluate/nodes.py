@@ -21,49 +21,48 @@ from diffusion_transfer.pipelines.evaluation import (
     feature_extractor,
     reference_subset,
 )
-from diffusion_transfer.project.schema import DatasetParams, EvaluationParams, parse
+from diffusion_transfer.project.schema import DatasetParams, EvaluationParams
 from diffusion_transfer.pipelines.utils import inference_setup
 
 
 def evaluate(source_samples: dict, target_samples: dict, curated: dict, reference: dict, clip, classifier,
-             evaluation: dict, dataset: dict) -> dict[str, Any]:
+             evaluation: EvaluationParams, dataset: DatasetParams) -> dict[str, Any]:
     """FID/KID of both models against the target data, LPIPS between source
     and target samples from the same noise, FaceWorld attribute retention and
     coverage. Every number states which weights it ran on."""
-    p = parse(EvaluationParams, evaluation, "evaluation")
-    d = parse(DatasetParams, dataset, "datasets")
-    ref = reference if d.fid_reference == "raw" else curated
+    ref = reference if dataset.fid_reference == "raw" else curated
     trg = target_samples["images"].numpy()
     src = source_samples["images"].numpy()[: len(trg)]  # the source samples from the same noises
     n_ref = len(ref["images"])
-    ref_images = reference_subset(ref["images"].numpy(), p.max_reference_images)
-    extractor = feature_extractor(p, clip)
-    cache = Path(p.cache_dir)
-    metrics: dict[str, Any] = {"dataset": d.name,
-                               "fid_reference": f"{d.fid_reference} set ({len(ref_images)} of {n_ref} images)",
+    ref_images = reference_subset(ref["images"].numpy(), evaluation.max_reference_images)
+    extractor = feature_extractor(evaluation, clip)
+    cache = Path(evaluation.cache_dir)
+    metrics: dict[str, Any] = {"dataset": dataset.name,
+                               "fid_reference": f"{dataset.fid_reference} set ({len(ref_images)} of {n_ref} images)",
                                "n_samples": int(len(trg))}
     models: dict[str, dict[str, Any]] = {"source": {}, "finetuned": {}}
     for key, imgs in (("source", src), ("finetuned", trg)):
-        fk = compute_fid_kid(imgs, ref_images, extractor, ref_cache=cache, batch_size=p.batch_size)
+        fk = compute_fid_kid(imgs, ref_images, extractor, ref_cache=cache, batch_size=evaluation.batch_size)
         models[key].update(fid=fk["fid"], kid_x1e3=fk["kid_x1e3"])
-    lpips = LPIPSMetric(net=p.lpips_net, backbone_weights=p.lpips_backbone_weights, device=inference_setup()[0])
-    n = min(p.lpips_pairs, len(src))
+    lpips = LPIPSMetric(net=evaluation.lpips_net, backbone_weights=evaluation.lpips_backbone_weights,
+                        device=inference_setup()[0])
+    n = min(evaluation.lpips_pairs, len(src))
     models["finetuned"]["lpips_src_trg"] = lpips.mean_paired(to_tensor(src[:n]), to_tensor(trg[:n]),
-                                                             batch_size=p.batch_size)
+                                                             batch_size=evaluation.batch_size)
     weights = {"fid_kid": extractor.weights, "lpips": lpips.label}
-    if d.intra_lpips:
+    if dataset.intra_lpips:
         # Few-shot diversity (CDC/TAN protocol): every sample joins its nearest
         # training image by LPIPS; mean pairwise LPIPS inside each cluster.
         shots = to_tensor(curated["images"].numpy())
         for key, imgs in (("source", src), ("finetuned", trg)):
-            res = intra_lpips(to_tensor(imgs), shots, lpips, max_per_cluster=d.intra_lpips_max_per_cluster)
+            res = intra_lpips(to_tensor(imgs), shots, lpips, max_per_cluster=dataset.intra_lpips_max_per_cluster)
             models[key]["intra_lpips"] = res["intra_lpips"]
             models[key]["intra_lpips_detail"] = res
         weights["intra_lpips"] = lpips.label
-    skipped = [] if d.intra_lpips else [f"intra-LPIPS: off (datasets.{d.name}.intra_lpips: false)"]
-    if not (p.attributes and d.attributes and classifier is not None):
-        why = (f"datasets.{d.name}.attributes: false" if not d.attributes else
-               "evaluation.attributes: false" if not p.attributes else "no attribute classifier")
+    skipped = [] if dataset.intra_lpips else [f"intra-LPIPS: off (datasets.{dataset.name}.intra_lpips: false)"]
+    if not (evaluation.attributes and dataset.attributes and classifier is not None):
+        why = (f"datasets.{dataset.name}.attributes: false" if not dataset.attributes else
+               "evaluation.attributes: false" if not evaluation.attributes else "no attribute classifier")
         skipped.append(f"FaceWorld attribute metrics (face rate, retention, coverage): off ({why})")
     else:
         metrics["training_set_attributes"] = _attribute_metrics(classifier, src, trg, curated, models, skipped)

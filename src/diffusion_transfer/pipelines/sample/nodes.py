@@ -20,31 +20,28 @@ from diffusion_transfer.project.schema import (
     InvalidParametersError,
     MethodParams,
     SamplingParams,
-    parse,
 )
 from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
 
 
-def sampling_conditions(curated: dict, noise_bank: dict, clip, method: dict, sampling: dict) -> dict:
+def sampling_conditions(curated: dict, noise_bank: dict, clip, method: MethodParams,
+                        sampling: SamplingParams) -> dict:
     """One condition per noise in the bank: training image i (cycled), masked
     with a random rectangle of rate delta (ANL section 3.3), through CLIP."""
-    m = parse(MethodParams, method, "methods")
-    p = parse(SamplingParams, sampling, "sampling")
     n = len(noise_bank["noise"])
     images = to_tensor(curated["images"].numpy())
     picked = images[torch.arange(n) % images.shape[0]]
-    gen = torch.Generator().manual_seed(p.seed + 2)
-    masked = masked_images(picked, m.condition.mask_rate, gen)
+    gen = torch.Generator().manual_seed(sampling.seed + 2)
+    masked = masked_images(picked, method.condition.mask_rate, gen)
     return {"embeddings": image_conditions(clip, masked),
-            "meta": {"mask_rate": m.condition.mask_rate, "n": n, "images": "training images, cycled"}}
+            "meta": {"mask_rate": method.condition.mask_rate, "n": n, "images": "training images, cycled"}}
 
 
-def create_noise_bank(sampling: dict, source_model) -> dict:
-    p = parse(SamplingParams, sampling, "sampling")
+def create_noise_bank(sampling: SamplingParams, source_model) -> dict:
     size = int(source_model.config.sample_size)
-    bank = make_noise_bank(p.n_samples, (3, size, size), seed=p.seed)
-    return {"noise": bank, "meta": {"seed": p.seed, "n": p.n_samples}}
+    bank = make_noise_bank(sampling.n_samples, (3, size, size), seed=sampling.seed)
+    return {"noise": bank, "meta": {"seed": sampling.seed, "n": sampling.n_samples}}
 
 
 def _generate(model, noise: torch.Tensor, p: SamplingParams, sched, conditions: torch.Tensor | None) -> torch.Tensor:
@@ -70,17 +67,17 @@ def _generate(model, noise: torch.Tensor, p: SamplingParams, sched, conditions: 
     return torch.cat(out)
 
 
-def sample(model, noise_bank: dict, sampling: dict, schedule: dict, conditions: dict | None = None) -> dict:
+def sample(model, noise_bank: dict, sampling: SamplingParams, schedule: dict,
+           conditions: dict | None = None) -> dict:
     """Generate one image per noise in the bank (same noise for every model);
     a conditional model (ANL) takes the i-th of ``conditions["embeddings"]``."""
-    p = parse(SamplingParams, sampling, "sampling")
     sched = model_schedule(model, schedule)
     cond = conditions["embeddings"] if conditions is not None else None
     if cond is None and isinstance(model, AdaptedUNet) and model.adapter.needs_condition:
         raise ValueError(f"the {model.kind} model is conditional: sampling needs conditions")
-    images = _generate(model, noise_bank["noise"], p, sched, cond)
-    meta = {"sampler": p.sampler, "steps": p.steps, "eta": p.eta}
-    if p.sampler == "ddpm":  # ancestral sampling: the model's learned variance, else the fixed one
+    images = _generate(model, noise_bank["noise"], sampling, sched, cond)
+    meta = {"sampler": sampling.sampler, "steps": sampling.steps, "eta": sampling.eta}
+    if sampling.sampler == "ddpm":  # ancestral sampling: the model's learned variance, else the fixed one
         meta["variance"] = ("learned (the model's variance channels, guided-diffusion's learned range)"
                             if learns_variance(model) else "fixed (posterior beta-tilde)")
     if conditions is not None:
@@ -88,17 +85,16 @@ def sample(model, noise_bank: dict, sampling: dict, schedule: dict, conditions: 
     return {"images": torch.from_numpy(to_uint8(images)), "meta": meta}
 
 
-def sample_target(model, noise_bank: dict, sampling: dict, schedule: dict, dataset: dict,
+def sample_target(model, noise_bank: dict, sampling: SamplingParams, schedule: dict, dataset: DatasetParams,
                   conditions: dict | None = None) -> dict:
     """:func:`sample` on the first ``datasets.<name>.n_samples`` noises of the
     bank (all when unset). The bank is prefix-stable, so target sample i still
     shares its noise with source sample i."""
-    d = parse(DatasetParams, dataset, "datasets")
     n_bank = len(noise_bank["noise"])
-    n = d.n_samples or n_bank
+    n = dataset.n_samples or n_bank
     if n > n_bank:
         raise InvalidParametersError(
-            f"Invalid parameters in 'datasets.{d.name}.n_samples': {n} is more than the noise bank's "
+            f"Invalid parameters in 'datasets.{dataset.name}.n_samples': {n} is more than the noise bank's "
             f"{n_bank} (sampling.n_samples)")
     bank = {**noise_bank, "noise": noise_bank["noise"][:n]}
     if conditions is not None:
@@ -106,20 +102,19 @@ def sample_target(model, noise_bank: dict, sampling: dict, schedule: dict, datas
     return sample(model, bank, sampling, schedule, conditions)
 
 
-def sample_prompts(model, noise_bank: dict, clip, method: dict, sampling: dict, schedule: dict) -> Image.Image:
+def sample_prompts(model, noise_bank: dict, clip, method: MethodParams, sampling: SamplingParams,
+                   schedule: dict) -> Image.Image:
     """Text-to-image samples of a conditional model (ANL section 4): each
     prompt's CLIP text embedding as the condition, one row per prompt, on the
     first noises of the bank. Without prompts, a one-line note image."""
-    m = parse(MethodParams, method, "methods")
-    p = parse(SamplingParams, sampling, "sampling")
     sched = model_schedule(model, schedule)
-    prompts, k = m.condition.prompts, min(m.condition.n_per_prompt, len(noise_bank["noise"]))
+    prompts, k = method.condition.prompts, min(method.condition.n_per_prompt, len(noise_bank["noise"]))
     if not prompts:
         return _text_image("no prompts configured (methods.anl.condition.prompts)")
     rows = []
     for prompt in prompts:
         cond = text_conditions(clip, prompt).expand(k, -1)
-        rows.append(to_uint8(_generate(model, noise_bank["noise"][:k], p, sched, cond)))
+        rows.append(to_uint8(_generate(model, noise_bank["noise"][:k], sampling, sched, cond)))
     return labelled_rows(list(zip(prompts, rows)))
 
 
