@@ -41,8 +41,6 @@ def _build_attn(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
 
 
 def _build_a3ft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    from .a3ft import prepare_a3ft
-
     adapter = _pop_keys(params, ("scaling_hidden",))
     hidden = adapter.get("scaling_hidden", 64)
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
