@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import kedro.framework.project as kedro_project  # its PACKAGE_NAME is set when the project is configured: read late
 import yaml
 from kedro.config import OmegaConfigLoader
-from kedro.framework.project import PACKAGE_NAME, pipelines
 
 from diffusion_transfer.project.declared import with_declared_names
 
@@ -42,8 +42,8 @@ class ProjectConfigLoader(OmegaConfigLoader):
         # Kedro (kedro run, kedro viz, notebooks) makes a session's loader before it reads
         # the pipelines: register them from this environment's declared datasets.
         _ACTIVE["loader"] = self
-        if PACKAGE_NAME:
-            pipelines.configure(f"{PACKAGE_NAME}.pipeline_registry")
+        if kedro_project.PACKAGE_NAME:
+            kedro_project.pipelines.configure(f"{kedro_project.PACKAGE_NAME}.pipeline_registry")
 
     def __getitem__(self, key: str) -> dict[str, Any]:
         config = super().__getitem__(key)
