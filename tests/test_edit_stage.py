@@ -26,7 +26,9 @@ from diffusion_transfer.pipelines.edit.nodes import (
 )
 from diffusion_transfer.project.schema_editing import EditingParams
 from diffusion_transfer.pipelines.edit.pipeline import create_edit_pipeline
-from diffusion_transfer.project.schema import InvalidParametersError, parse
+from diffusion_transfer.project.resolved import ResolvedDataset
+from diffusion_transfer.project.schema import DatasetParams, EvaluationParams, InvalidParametersError, parse
+from diffusion_transfer.project.schema_editing import editing_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -41,6 +43,9 @@ EDITING = {
     "n_train": 2, "n_test": 3, "epochs": 1, "train_steps": 4, "inversion_steps": 4, "steps": 4,
     "t_edit": 0.5, "t_boost": 0.2, "lr": 0.05, "grid_inputs": 2,
 }
+
+#: As nodes receive it: resolved before the run (project/resolved.py).
+EDITING_PARAMS = editing_for(EDITING)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
@@ -77,20 +82,22 @@ def test_smoke_edit_run_writes_grids_and_metrics(tmp_path, kind):
     if kind == "a3ft":
         model = prepare_a3ft(copy.deepcopy(model)).eval()
     clip, classifier = HashClip(), AttributeClassifier(widths=(8, 8, 8), image_size=8).eval()
-    inputs = select_edit_inputs(reference(), EDITING)
+    inputs = select_edit_inputs(reference(), EDITING_PARAMS)
     assert inputs["train"].shape == (2, 8, 8, 3) and inputs["test"].shape == (3, 8, 8, 3)
     assert not set(inputs["meta"]["train_index"]) & set(inputs["meta"]["test_index"])
-    directions = train_edit_directions(model, inputs, clip, EDITING, {})
+    directions = train_edit_directions(model, inputs, clip, EDITING_PARAMS, {})
     assert directions["meta"]["t_edit"] == 500 and directions["meta"]["t_boost"] == 200
     assert len(directions["meta"]["prompts"]["angry"]["history"]) == 2  # 1 epoch x 2 images
     f_t = load_directions(directions, "smiling")
     assert f_t.conv2.weight.abs().sum() > 0  # trained off its zero start
-    edits = apply_edits(model, directions, inputs, EDITING, {})
+    edits = apply_edits(model, directions, inputs, EDITING_PARAMS, {})
     assert set(edits) >= {"inputs", "reconstructed", "smiling", "angry"}
     assert edits["smiling"].shape == (3, 8, 8, 3) and edits["smiling"].dtype == torch.uint8
     assert not torch.equal(edits["smiling"], edits["reconstructed"])
-    dataset = {"name": "faceworld_test", "attributes": True, "faces": True}
-    metrics = evaluate_edits(edits, clip, classifier, {"attributes": True}, EDITING, dataset)
+    dataset = ResolvedDataset.of(DatasetParams(name="faceworld_test", attributes=True, faces=True),
+                                 editing=EDITING_PARAMS)
+    evaluation = EvaluationParams(attributes=True)
+    metrics = evaluate_edits(edits, clip, classifier, evaluation, EDITING_PARAMS, dataset)
     rows = metrics["rows"]
     assert set(rows) == {"smiling", "angry"} and -1.0 <= rows["smiling"]["s_dir"] <= 1.0
     assert rows["angry"]["success"] is None and rows["angry"]["attribute"].startswith("n/a")
@@ -98,13 +105,13 @@ def test_smoke_edit_run_writes_grids_and_metrics(tmp_path, kind):
     assert metrics["weights"]["s_dir"] == "hash clip (test stand-in)"
     assert metrics["settings"]["f_t"] == {"lr": 0.05, "epochs": 1, "train_steps": 4, "n_train": 2}  # what trained f_t
     # the no-edit baseline: an "edit" that is the reconstruction scores exactly the baseline
-    unedited = evaluate_edits({**edits, "smiling": edits["reconstructed"]}, clip, classifier, {"attributes": True},
-                              EDITING, dataset)["rows"]["smiling"]
+    unedited = evaluate_edits({**edits, "smiling": edits["reconstructed"]}, clip, classifier, evaluation,
+                              EDITING_PARAMS, dataset)["rows"]["smiling"]
     assert unedited["s_dir"] == unedited["reconstruction_s_dir"] == rows["smiling"]["reconstruction_s_dir"]
     assert unedited["success"] == unedited["reconstruction_success"] == rows["smiling"]["reconstruction_success"]
     assert rows["smiling"]["s_dir"] != rows["smiling"]["reconstruction_s_dir"]  # the trained f_t edits
     assert "reconstruction_success" not in rows["angry"]  # no FaceWorld attribute to read
-    grids = edit_grids(edits, EDITING)
+    grids = edit_grids(edits, EDITING_PARAMS)
     assert set(grids) == {"smiling", "angry"}
     assert grids["smiling"].size[1] == 2 * (16 + 2)  # inputs row + edits row, 2x scale
     PartitionedDataset(path=str(tmp_path / "edits"), dataset="pillow.ImageDataset", filename_suffix=".png").save(grids)
@@ -125,11 +132,11 @@ def test_editing_parameters_validate_and_name_the_parameter():
         parse(EditingParams, {**EDITING, "prompts": {"smiling": {"source": ["a", "b"], "target": ["c", "d", "e"]}}},
               "editing")
     # a dataset smaller than n_train + n_test (2 + 3) is split in the same proportion, not a late failure
-    small = select_edit_inputs(reference(4), EDITING)["meta"]
+    small = select_edit_inputs(reference(4), EDITING_PARAMS)["meta"]
     assert (small["n_train"], small["n_test"], small["requested"]) == (2, 2, {"n_train": 2, "n_test": 3})
     assert set(small["train_index"]).isdisjoint(small["test_index"])
     with pytest.raises(InvalidParametersError, match="at least 2 images"):
-        select_edit_inputs(reference(1), EDITING)
+        select_edit_inputs(reference(1), EDITING_PARAMS)
 
 
 def test_edit_pipeline_lives_in_the_run_namespace_and_has_catalog_entries():
@@ -181,7 +188,8 @@ def test_dataset_editing_block_overrides_the_editing_block():
     assert (p.n_test, p.n_train) == (2, EDITING["n_train"])
     assert p.prompts["angry"].target == ["y"] and p.prompts["angry"].label is None  # that prompt replaced whole
     assert p.prompts["smiling"].target == ["a smiling man"]  # the others kept
-    assert select_edit_inputs(reference(4), EDITING, dataset)["meta"]["n_test"] == 2  # 2 + 2 <= 4: no error
+    resolved = ResolvedDataset.of(DatasetParams(**dataset), editing=p)
+    assert select_edit_inputs(reference(4), EDITING_PARAMS, resolved)["meta"]["n_test"] == 2  # 2 + 2 <= 4: no error
     with pytest.raises(InvalidParametersError, match=r"datasets\.aahq\.editing"):
         editing_for(EDITING, {"name": "aahq", "editing": {"n_test": 0}})
 

@@ -73,6 +73,7 @@ def test_translation_inputs_list_the_source_images_they_skipped(tmp_path):
     from diffusion_transfer.datasets import ImageFolderDataset
     from diffusion_transfer.pipelines.skipped_files import skipped_file_lines, skipped_records
     from diffusion_transfer.pipelines.translate.nodes import select_translation_inputs
+    from diffusion_transfer.project.schema import TranslationParams
 
     folder = tmp_path / "source"
     folder.mkdir()
@@ -80,7 +81,8 @@ def test_translation_inputs_list_the_source_images_they_skipped(tmp_path):
         Image.new("RGB", (32, 32), (i, i, i)).save(folder / f"s{i}.png")
     _spoil(folder)
     model = SimpleNamespace(config=SimpleNamespace(sample_size=32))
-    inputs = select_translation_inputs(ImageFolderDataset(str(folder)).load(), model, {"n_inputs": 4, "seed": 0})
+    inputs = select_translation_inputs(ImageFolderDataset(str(folder)).load(), model,
+                                       TranslationParams(n_inputs=4, seed=0))
     assert inputs["images"].shape[0] == 4
     metrics = {"inputs_folder": inputs["meta"]["folder"], "skipped_inputs": skipped_records(inputs["meta"]["skipped"])}
     assert sorted(s["file"] for s in metrics["skipped_inputs"]) == ["bad.png", "more", "zz_link.png"]

@@ -46,13 +46,17 @@ def test_bad_options_name_the_yaml_key():
 def test_translate_passes_the_options_and_records_them_and_the_variance():
     from diffusion_transfer.core.data.images import to_tensor
     from diffusion_transfer.pipelines.translate.nodes import translate
+    from diffusion_transfer.project.resolved import ResolvedDataset
+    from diffusion_transfer.project.schema import DatasetParams
 
     model = tiny(6)
     images = torch.randint(0, 256, (2, 8, 8, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     translation = {"n_inputs": 2, "batch_size": 2, "variant": "authors_code",
                    "sdedit": {"enabled": False}, "ddib": {"enabled": False},
                    "ilvr": {"steps": 3, "factor": 2}, "egsde": {"steps": 3, "factor": 2, "realism_weight": 0.0}}
-    out = translate(model, model, None, {"images": images}, translation, {"name": "toy"}, {})
+    typed = parse(TranslationParams, translation, "translation")
+    dataset = ResolvedDataset.of(DatasetParams(name="toy"), translation=typed)  # as the run resolves it
+    out = translate(model, model, None, {"images": images}, typed, dataset, {})
     ilvr_meta, egsde_meta = out["meta"]["settings"]["ilvr"], out["meta"]["settings"]["egsde"]
     assert ilvr_meta["variant"] == "authors_code" and ilvr_meta["filter"] == "cubic"
     assert ilvr_meta["variance"].startswith("learned")

@@ -41,8 +41,9 @@ from diffusion_transfer.core.metrics import attributes as attr_metrics
 from diffusion_transfer.core.metrics.editing import directional_similarity, edit_success, prompt_attribute
 from diffusion_transfer.core.metrics.identity import IdentitySimilarity
 from diffusion_transfer.core.world.classifier import predict_attributes
-from diffusion_transfer.project.schema_editing import editing_for
-from diffusion_transfer.project.schema import DatasetParams, EvaluationParams, InvalidParametersError, parse
+from diffusion_transfer.project.resolved import ResolvedDataset
+from diffusion_transfer.project.schema_editing import EditingParams
+from diffusion_transfer.project.schema import EvaluationParams, InvalidParametersError
 from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
 
@@ -50,13 +51,13 @@ logger = logging.getLogger(__name__)
 WORLD_CLIP_NOTE = "world CLIP (FaceWorld demo stand-in for CLIP ViT-B/32)"
 
 
-def select_edit_inputs(reference: dict, editing: dict, dataset: dict | None = None) -> dict:
+def select_edit_inputs(reference: dict, editing: EditingParams, dataset: ResolvedDataset | None = None) -> dict:
     """``n_train`` training and ``n_test`` test images, disjoint, from a
     seeded permutation of the target dataset (uint8, N x H x W x 3). A
     dataset smaller than ``n_train + n_test`` is split in the same
     proportion (the meta and the log say so) rather than failing after the
     method run; fewer than 2 images is an error."""
-    p = editing_for(editing, dataset)
+    p = _settings(editing, dataset)
     images = reference["images"]
     n = int(images.shape[0])
     n_train, n_test = p.n_train, p.n_test
@@ -77,6 +78,12 @@ def select_edit_inputs(reference: dict, editing: dict, dataset: dict | None = No
                      "train_index": train_idx.tolist(), "test_index": test_idx.tolist()}}
 
 
+def _settings(editing: EditingParams, dataset: ResolvedDataset | None) -> EditingParams:
+    """The dataset's edit settings (``editing`` with its overrides, resolved
+    before the run); ``editing`` itself for a call without a dataset."""
+    return dataset.editing_params if dataset is not None else editing
+
+
 def _conditions(model, condition_clip, images: torch.Tensor) -> torch.Tensor | None:
     """ANL's condition for editing image i: the CLIP embedding of image i."""
     adapter = getattr(model, "adapter", None)
@@ -93,12 +100,12 @@ def _check_size(model, images: torch.Tensor) -> None:
         raise ValueError(f"edit inputs are {tuple(images.shape[-2:])} but the model samples {size}x{size}")
 
 
-def train_edit_directions(model, inputs: dict, clip, editing: dict, schedule: dict, dataset: dict | None = None,
-                          condition_clip=None) -> dict:
+def train_edit_directions(model, inputs: dict, clip, editing: EditingParams, schedule: dict,
+                          dataset: ResolvedDataset | None = None, condition_clip=None) -> dict:
     """One f_t per prompt (``core.editing.train_asyrp``); the weights go into
     one tensor file as ``<prompt>.<parameter>``, each prompt's config and loss
     history into its ``meta``."""
-    p = editing_for(editing, dataset)
+    p = _settings(editing, dataset)
     sched = model_schedule(model, schedule)
     device, _ = inference_setup()
     model.eval().to(device)
@@ -136,11 +143,11 @@ def load_directions(directions: dict, prompt: str) -> ImplicitFunction:
     return f_t
 
 
-def apply_edits(model, directions: dict, inputs: dict, editing: dict, schedule: dict, dataset: dict | None = None,
-                condition_clip=None) -> dict:
+def apply_edits(model, directions: dict, inputs: dict, editing: EditingParams, schedule: dict,
+                dataset: ResolvedDataset | None = None, condition_clip=None) -> dict:
     """Edit the test images with every prompt's f_t; also the unedited DDIM
     reconstruction (same inversion, same boosting noise)."""
-    p = editing_for(editing, dataset)
+    p = _settings(editing, dataset)
     sched = model_schedule(model, schedule)
     device, _ = inference_setup()
     model.eval().to(device)
@@ -169,7 +176,8 @@ def apply_edits(model, directions: dict, inputs: dict, editing: dict, schedule: 
     return out
 
 
-def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, editing: dict, dataset: dict) -> dict:
+def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: EvaluationParams, editing: EditingParams,
+                   dataset: ResolvedDataset) -> dict:
     """Per prompt: S_dir (the run's evaluation CLIP, labelled), ID (ArcFace,
     input vs edit, where weights are given and the data are faces), and on
     FaceWorld edit success and preservation (n/a for a prompt without a
@@ -177,15 +185,13 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, ed
     reconstruction's ID / retention, and per prompt its S_dir and success
     (DDIM inversion and regeneration alone can move an attribute, e.g.
     smooth away the wrinkles that make a FaceWorld face old)."""
-    p = editing_for(editing, dataset)
-    ev = parse(EvaluationParams, evaluation, "evaluation")
-    d = parse(DatasetParams, dataset, "datasets")
+    p = _settings(editing, dataset)
     device = inference_setup()[0]
     clip = clip.to(device) if hasattr(clip, "to") else clip
     x_in = to_tensor(edits["inputs"].numpy())
-    identity = (IdentitySimilarity(ev.identity_weights, device=device, batch_size=ev.batch_size)
-                if ev.identity_weights and d.faces else None)
-    use_attrs = ev.attributes and d.attributes and attribute_classifier is not None
+    identity = (IdentitySimilarity(evaluation.identity_weights, device=device, batch_size=evaluation.batch_size)
+                if evaluation.identity_weights and dataset.faces else None)
+    use_attrs = evaluation.attributes and dataset.attributes and attribute_classifier is not None
     if use_attrs:
         in_attrs = predict_attributes(attribute_classifier, edits["inputs"].numpy())
         rec_attrs = predict_attributes(attribute_classifier, edits["reconstructed"].numpy())
@@ -227,13 +233,14 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: dict, ed
         weights["identity"] = identity.label
     if use_attrs:
         weights["attributes"] = "FaceWorld attribute classifier (evaluation only, never a training signal)"
-    return {"dataset": d.name, "n_inputs": int(len(x_in)), "rows": rows, "reconstruction": baseline,
+    return {"dataset": dataset.name, "n_inputs": int(len(x_in)), "rows": rows, "reconstruction": baseline,
             "settings": edits["meta"]["settings"], "weights": weights}
 
 
-def edit_grids(edits: dict, editing: dict, dataset: dict | None = None, scale: int = 2) -> dict[str, Image.Image]:
+def edit_grids(edits: dict, editing: EditingParams, dataset: ResolvedDataset | None = None,
+               scale: int = 2) -> dict[str, Image.Image]:
     """One image per prompt: the first ``grid_inputs`` inputs, then their edits."""
-    p = editing_for(editing, dataset)
+    p = _settings(editing, dataset)
     k = min(p.grid_inputs, int(edits["inputs"].shape[0]))
     inputs = edits["inputs"].numpy()[:k]
     return {name: labelled_rows([("input", inputs), (p.label(name), edits[name].numpy()[:k])], scale)

@@ -39,54 +39,48 @@ from diffusion_transfer.pipelines.evaluation import (
     feature_extractor,
     reference_subset,
 )
-from diffusion_transfer.project.schema import (
-    DatasetParams,
-    EvaluationParams,
-    InvalidParametersError,
-    TranslationParams,
-    parse,
-    translation_for,
-)
 from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.skipped_files import skipped_records
 from diffusion_transfer.pipelines.utils import inference_setup
+from diffusion_transfer.project.resolved import ResolvedDataset
+from diffusion_transfer.project.schema import DatasetParams, EvaluationParams, InvalidParametersError, TranslationParams
 
 CHANNEL_CONVENTION = ("PSNR and SSIM on RGB (no luma conversion) after mapping [-1, 1] to [0, 1] (data range 1); "
                       "SSIM with an 11x11 Gaussian window, sigma 1.5, averaged over channels")
 
 
-def select_translation_inputs(source_folder, source_model, translation: dict) -> dict:
+def select_translation_inputs(source_folder, source_model, translation: TranslationParams) -> dict:
     """``n_inputs`` source-domain images, a seeded subset of the folder, at
     the source model's resolution."""
-    p = parse(TranslationParams, translation, "translation")
     size = int(source_model.config.sample_size)
     files = sorted(source_folder.files)
     if not files:
         raise ValueError(f"translation: no images in {source_folder.root}")
-    order = np.random.default_rng(p.seed).permutation(len(files))
+    order = np.random.default_rng(translation.seed).permutation(len(files))
     # Draw a few spares so that unreadable files still leave n_inputs images.
-    picked = [files[i] for i in order[: min(len(files), p.n_inputs + 16)]]
+    picked = [files[i] for i in order[: min(len(files), translation.n_inputs + 16)]]
     ingest = ingest_images(picked, resolution=size)
-    if len(ingest.names) < p.n_inputs:
-        raise ValueError(f"translation.n_inputs is {p.n_inputs} but only {len(ingest.names)} valid images were "
+    if len(ingest.names) < translation.n_inputs:
+        raise ValueError(f"translation.n_inputs is {translation.n_inputs} but only {len(ingest.names)} valid images were "
                          f"found in {source_folder.root}")
-    names = ingest.names[: p.n_inputs]
-    meta: dict[str, Any] = {"names": names, "folder": str(source_folder.root), "seed": p.seed,
+    names = ingest.names[: translation.n_inputs]
+    meta: dict[str, Any] = {"names": names, "folder": str(source_folder.root), "seed": translation.seed,
                             "skipped": [list(s) for s in ingest.skipped]}
     records = getattr(source_folder, "records", {}) or {}
     if records:
         meta["records"] = [records.get(n, {}) for n in names]
-    return {"images": torch.from_numpy(ingest.images[: p.n_inputs]), "meta": meta}
+    return {"images": torch.from_numpy(ingest.images[: translation.n_inputs]), "meta": meta}
 
 
-def translate(target_model, source_model, classifier, inputs: dict, translation: dict, dataset: dict,
-              schedule: dict, conditions: dict | None = None) -> dict:
+def translate(target_model, source_model, classifier, inputs: dict, translation: TranslationParams,
+              dataset: ResolvedDataset, schedule: dict, conditions: dict | None = None) -> dict:
     """Translate every input with each enabled method. Returns uint8 images per
     method (``inputs`` plus ``sdedit``, ``ilvr``, ``egsde``, ``ddib``) and, in
     ``meta``, each method's settings and wall time. A conditional model (ANL)
-    takes the i-th of ``conditions["embeddings"]`` (cycled) for input i."""
-    d = parse(DatasetParams, dataset, "datasets")
-    p = translation_for(translation, d)
+    takes the i-th of ``conditions["embeddings"]`` (cycled) for input i.
+    The settings are ``translation`` with the dataset's overrides merged,
+    resolved before the run (``dataset.translation_params``)."""
+    p = dataset.translation_params
     sched = model_schedule(source_model, schedule)  # the fine-tuned model was trained with the same
     x_all = to_tensor(inputs["images"].numpy())
     p.check_factors(int(x_all.shape[-1]))
@@ -152,32 +146,30 @@ def _translate_batches(info: TranslatorInfo, block, batch, x_all: torch.Tensor, 
     return results
 
 
-def evaluate_translations(translations: dict, reference: dict, clip, attribute_classifier, evaluation: dict,
-                          dataset: dict) -> dict[str, Any]:
+def evaluate_translations(translations: dict, reference: dict, clip, attribute_classifier, evaluation: EvaluationParams,
+                          dataset: DatasetParams) -> dict[str, Any]:
     """Faithfulness (input vs translation) and realism (translations vs the
     whole target dataset) per method; every number names its weights."""
-    p = parse(EvaluationParams, evaluation, "evaluation")
-    d = parse(DatasetParams, dataset, "datasets")
     methods = translations["meta"]["methods"]
     x_in = to_tensor(translations["inputs"].numpy())
     n_ref = len(reference["images"])
-    ref_images = reference_subset(reference["images"].numpy(), p.max_reference_images)
-    extractor = feature_extractor(p, clip)
+    ref_images = reference_subset(reference["images"].numpy(), evaluation.max_reference_images)
+    extractor = feature_extractor(evaluation, clip)
     metric_device = inference_setup()[0]
-    lpips = LPIPSMetric(net=p.lpips_net, backbone_weights=p.lpips_backbone_weights, device=metric_device)
-    identity = (IdentitySimilarity(p.identity_weights, device=metric_device, batch_size=p.batch_size)
-                if p.identity_weights and d.faces else None)
+    lpips = LPIPSMetric(net=evaluation.lpips_net, backbone_weights=evaluation.lpips_backbone_weights, device=metric_device)
+    identity = (IdentitySimilarity(evaluation.identity_weights, device=metric_device, batch_size=evaluation.batch_size)
+                if evaluation.identity_weights and dataset.faces else None)
     in_attrs = None
-    use_attrs = p.attributes and d.attributes and attribute_classifier is not None
+    use_attrs = evaluation.attributes and dataset.attributes and attribute_classifier is not None
     if use_attrs:
         in_attrs = predict_attributes(attribute_classifier, translations["inputs"].numpy())
     rows: dict[str, dict[str, Any]] = {}
     for name in methods:
         y = to_tensor(translations[name].numpy())
-        fk = compute_fid_kid(translations[name].numpy(), ref_images, extractor, ref_cache=Path(p.cache_dir),
-                             batch_size=p.batch_size)
+        fk = compute_fid_kid(translations[name].numpy(), ref_images, extractor, ref_cache=Path(evaluation.cache_dir),
+                             batch_size=evaluation.batch_size)
         row = {"psnr": float(psnr(x_in, y).mean()), "ssim": float(ssim(x_in, y).mean()),
-               "lpips": lpips.mean_paired(x_in, y, batch_size=p.batch_size), "fid": fk["fid"], "kid_x1e3": fk["kid_x1e3"],
+               "lpips": lpips.mean_paired(x_in, y, batch_size=evaluation.batch_size), "fid": fk["fid"], "kid_x1e3": fk["kid_x1e3"],
                "seconds": translations["meta"]["settings"][name].get("seconds")}
         if identity is not None:
             row["identity"] = float(identity(x_in, y).mean())
@@ -194,7 +186,7 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
         weights["identity"] = identity.label
     if use_attrs:
         weights["attributes"] = ATTRIBUTES_WEIGHTS
-    return {"dataset": d.name, "n_inputs": int(len(x_in)),
+    return {"dataset": dataset.name, "n_inputs": int(len(x_in)),
             "fid_reference": f"raw target set ({len(ref_images)} of {n_ref} images)",
             "settings": translations["meta"]["settings"], "rows": rows, "weights": weights,
             # unusable files met while drawing the inputs from the source images
@@ -202,12 +194,11 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
             "skipped_inputs": translations["meta"].get("skipped_inputs", [])}
 
 
-def translation_grid(translations: dict, translation: dict, scale: int = 2) -> Image.Image:
+def translation_grid(translations: dict, translation: TranslationParams, scale: int = 2) -> Image.Image:
     """Rows: the input, then each method's translation; columns: the first
     ``grid_inputs`` inputs."""
-    p = parse(TranslationParams, translation, "translation")
     names = ["inputs"] + list(translations["meta"]["methods"])
-    k = min(p.grid_inputs, translations["inputs"].shape[0])
+    k = min(translation.grid_inputs, translations["inputs"].shape[0])
     rows = [translations[n].numpy()[:k] for n in names]
     h, w = rows[0].shape[1] * scale, rows[0].shape[2] * scale
     label_w = 60
