@@ -140,18 +140,19 @@ def test_convert_source_node_converts_a_checkpoint_with_preset_overrides(tmp_pat
     """The Kedro node behind ``kedro run --pipeline=convert_source``."""
     from diffusion_transfer.pipeline_registry import register_pipelines
     from diffusion_transfer.pipelines.convert.nodes import convert_source
+    from diffusion_transfer.project.schema import ConvertParams
 
     ref = reference(TINY)
     ckpt = tmp_path / "tiny_adm.pt"
     torch.save(ref.state_dict(), ckpt)
     overrides = {k: v for k, v in TINY.model_dump().items() if v != FFHQ_P2.model_dump()[k]}
-    model = convert_source({"checkpoint": str(ckpt), "preset": "ffhq_p2", "overrides": overrides})
+    model = convert_source(ConvertParams(checkpoint=str(ckpt), preset="ffhq_p2", overrides=overrides))
     x, t = _inputs(TINY)
     with torch.no_grad():
         torch.testing.assert_close(model(x, t).sample, ref(x, t), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="ffhq_p2.pt"):
-        convert_source({"checkpoint": str(tmp_path / "missing.pt")})
+        convert_source(ConvertParams(checkpoint=str(tmp_path / "missing.pt")))
     with pytest.raises(ValueError, match="preset"):
-        convert_source({"checkpoint": str(ckpt), "preset": "lsun"})
+        convert_source(ConvertParams(checkpoint=str(ckpt), preset="lsun"))
     pipe = register_pipelines()["convert_source"]
     assert pipe.outputs() == {"converted_source_model"}

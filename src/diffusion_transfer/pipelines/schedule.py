@@ -21,7 +21,7 @@ PROJECT_DEFAULT = {"beta_schedule": "linear", "num_train_timesteps": 1000, "beta
                    "prediction_type": "epsilon"}
 
 
-def resolve_schedule(model: torch.nn.Module | None, schedule: dict[str, Any] | None,
+def resolve_schedule(model: torch.nn.Module | None, schedule: ScheduleParams | dict[str, Any] | None,
                      config: dict[str, Any] | None = None, where: str = "the model") -> tuple[NoiseSchedule, dict]:
     """The schedule and a description of where it came from (for reports).
     ``config`` stands in for the model's scheduler config when the model is
@@ -43,7 +43,7 @@ def resolve_schedule(model: torch.nn.Module | None, schedule: dict[str, Any] | N
     return sched, info
 
 
-def model_schedule(model: torch.nn.Module | None, schedule: dict[str, Any] | None) -> NoiseSchedule:
+def model_schedule(model: torch.nn.Module | None, schedule: ScheduleParams | dict[str, Any] | None) -> NoiseSchedule:
     return resolve_schedule(model, schedule)[0]
 
 

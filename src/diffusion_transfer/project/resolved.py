@@ -200,7 +200,7 @@ def _check_classifier_training(base: S.ClassifierParams) -> None:
 
 
 #: Global blocks handed to nodes typed (the others reach nodes as conf gives them).
-_TYPED_BLOCKS = ("sampling", "evaluation", "translation", "editing")
+_TYPED_BLOCKS = ("schedule", "sampling", "evaluation", "translation", "editing", "convert_source")
 
 
 def typed_parameters(resolved: ResolvedParameters) -> dict[str, Any]:

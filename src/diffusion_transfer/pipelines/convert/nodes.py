@@ -5,14 +5,12 @@ The same conversion is the ``dt-convert-adm`` command."""
 
 from __future__ import annotations
 
-from diffusion_transfer.project.schema import ConvertParams, parse
+from diffusion_transfer.core.models.adm import PRESETS, ADMConfig, convert_adm_checkpoint
+from diffusion_transfer.project.schema import ConvertParams
 
 
-def convert_source(convert: dict):
-    from diffusion_transfer.core.models.adm import PRESETS, ADMConfig, convert_adm_checkpoint
-
-    p = parse(ConvertParams, convert, "convert_source")
-    if p.preset not in PRESETS:
-        raise ValueError(f"convert_source.preset must be one of {sorted(PRESETS)}, got {p.preset!r}")
-    cfg = ADMConfig(**{**PRESETS[p.preset].model_dump(), **p.overrides})
-    return convert_adm_checkpoint(p.checkpoint, cfg)
+def convert_source(convert: ConvertParams):
+    if convert.preset not in PRESETS:
+        raise ValueError(f"convert_source.preset must be one of {sorted(PRESETS)}, got {convert.preset!r}")
+    cfg = ADMConfig(**{**PRESETS[convert.preset].model_dump(), **convert.overrides})
+    return convert_adm_checkpoint(convert.checkpoint, cfg)

@@ -43,7 +43,7 @@ from diffusion_transfer.core.metrics.identity import IdentitySimilarity
 from diffusion_transfer.core.world.classifier import predict_attributes
 from diffusion_transfer.project.resolved import ResolvedDataset
 from diffusion_transfer.project.schema_editing import EditingParams
-from diffusion_transfer.project.schema import EvaluationParams, InvalidParametersError
+from diffusion_transfer.project.schema import EvaluationParams, InvalidParametersError, ScheduleParams
 from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
 
@@ -100,7 +100,7 @@ def _check_size(model, images: torch.Tensor) -> None:
         raise ValueError(f"edit inputs are {tuple(images.shape[-2:])} but the model samples {size}x{size}")
 
 
-def train_edit_directions(model, inputs: dict, clip, editing: EditingParams, schedule: dict,
+def train_edit_directions(model, inputs: dict, clip, editing: EditingParams, schedule: ScheduleParams,
                           dataset: ResolvedDataset | None = None, condition_clip=None) -> dict:
     """One f_t per prompt (``core.editing.train_asyrp``); the weights go into
     one tensor file as ``<prompt>.<parameter>``, each prompt's config and loss
@@ -143,7 +143,7 @@ def load_directions(directions: dict, prompt: str) -> ImplicitFunction:
     return f_t
 
 
-def apply_edits(model, directions: dict, inputs: dict, editing: EditingParams, schedule: dict,
+def apply_edits(model, directions: dict, inputs: dict, editing: EditingParams, schedule: ScheduleParams,
                 dataset: ResolvedDataset | None = None, condition_clip=None) -> dict:
     """Edit the test images with every prompt's f_t; also the unedited DDIM
     reconstruction (same inversion, same boosting noise)."""

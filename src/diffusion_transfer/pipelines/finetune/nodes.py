@@ -24,7 +24,7 @@ from diffusion_transfer.core.training import train
 from diffusion_transfer.pipelines.schedule import resolve_schedule
 from diffusion_transfer.pipelines.training_samples import training_sampler
 from diffusion_transfer.project.resolved import TrainingRuns
-from diffusion_transfer.project.schema import DatasetParams, MethodParams
+from diffusion_transfer.project.schema import DatasetParams, MethodParams, ScheduleParams
 
 
 def _fingerprint(tensors) -> bytes:
@@ -35,7 +35,7 @@ def _fingerprint(tensors) -> bytes:
 
 
 def finetune(source_model, curated: dict, method: MethodParams, dataset: DatasetParams, runs: TrainingRuns,
-             schedule: dict, checkpoint_root: str, conditions: dict | None = None, classifier=None):
+             schedule: ScheduleParams, checkpoint_root: str, conditions: dict | None = None, classifier=None):
     """Fine-tune (or, for ``scratch``, train from a fresh init) on the curated
     set. ``runs``: every run resolved before the pipeline started
     (``params:train``); ``conditions`` (ANL): ``{"embeddings": (N, D)}``,
@@ -89,7 +89,7 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
 
 
 def finetune_guided(source_model, curated: dict, method: MethodParams, dataset: DatasetParams, runs: TrainingRuns,
-                    schedule: dict, checkpoint_root: str, classifier):
+                    schedule: ScheduleParams, checkpoint_root: str, classifier):
     """:func:`finetune` with the noisy domain classifier (TAN)."""
     return finetune(source_model, curated, method, dataset, runs, schedule, checkpoint_root,
                     classifier=classifier)

@@ -20,6 +20,7 @@ from diffusion_transfer.project.schema import (
     InvalidParametersError,
     MethodParams,
     SamplingParams,
+    ScheduleParams,
 )
 from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
@@ -67,7 +68,7 @@ def _generate(model, noise: torch.Tensor, p: SamplingParams, sched, conditions: 
     return torch.cat(out)
 
 
-def sample(model, noise_bank: dict, sampling: SamplingParams, schedule: dict,
+def sample(model, noise_bank: dict, sampling: SamplingParams, schedule: ScheduleParams,
            conditions: dict | None = None) -> dict:
     """Generate one image per noise in the bank (same noise for every model);
     a conditional model (ANL) takes the i-th of ``conditions["embeddings"]``."""
@@ -85,7 +86,7 @@ def sample(model, noise_bank: dict, sampling: SamplingParams, schedule: dict,
     return {"images": torch.from_numpy(to_uint8(images)), "meta": meta}
 
 
-def sample_target(model, noise_bank: dict, sampling: SamplingParams, schedule: dict, dataset: DatasetParams,
+def sample_target(model, noise_bank: dict, sampling: SamplingParams, schedule: ScheduleParams, dataset: DatasetParams,
                   conditions: dict | None = None) -> dict:
     """:func:`sample` on the first ``datasets.<name>.n_samples`` noises of the
     bank (all when unset). The bank is prefix-stable, so target sample i still
@@ -103,7 +104,7 @@ def sample_target(model, noise_bank: dict, sampling: SamplingParams, schedule: d
 
 
 def sample_prompts(model, noise_bank: dict, clip, method: MethodParams, sampling: SamplingParams,
-                   schedule: dict) -> Image.Image:
+                   schedule: ScheduleParams) -> Image.Image:
     """Text-to-image samples of a conditional model (ANL section 4): each
     prompt's CLIP text embedding as the condition, one row per prompt, on the
     first noises of the bank. Without prompts, a one-line note image."""

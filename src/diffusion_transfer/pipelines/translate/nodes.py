@@ -43,7 +43,13 @@ from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.skipped_files import skipped_records
 from diffusion_transfer.pipelines.utils import inference_setup
 from diffusion_transfer.project.resolved import ResolvedDataset
-from diffusion_transfer.project.schema import DatasetParams, EvaluationParams, InvalidParametersError, TranslationParams
+from diffusion_transfer.project.schema import (
+    DatasetParams,
+    EvaluationParams,
+    InvalidParametersError,
+    ScheduleParams,
+    TranslationParams,
+)
 
 CHANNEL_CONVENTION = ("PSNR and SSIM on RGB (no luma conversion) after mapping [-1, 1] to [0, 1] (data range 1); "
                       "SSIM with an 11x11 Gaussian window, sigma 1.5, averaged over channels")
@@ -73,7 +79,7 @@ def select_translation_inputs(source_folder, source_model, translation: Translat
 
 
 def translate(target_model, source_model, classifier, inputs: dict, translation: TranslationParams,
-              dataset: ResolvedDataset, schedule: dict, conditions: dict | None = None) -> dict:
+              dataset: ResolvedDataset, schedule: ScheduleParams, conditions: dict | None = None) -> dict:
     """Translate every input with each enabled method. Returns uint8 images per
     method (``inputs`` plus ``sdedit``, ``ilvr``, ``egsde``, ``ddib``) and, in
     ``meta``, each method's settings and wall time. A conditional model (ANL)
