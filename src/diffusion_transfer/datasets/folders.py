@@ -10,6 +10,9 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from diffusion_transfer.core.data.images import list_image_files
+from diffusion_transfer.core.world.domains import read_records, render_domain
+
 
 @dataclass
 class ImageFolder:
@@ -41,11 +44,7 @@ class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
         self.metadata = metadata
 
     def load(self) -> ImageFolder:
-        from diffusion_transfer.core.data.images import list_image_files
-
         if self._faceworld:
-            from diffusion_transfer.core.world.domains import read_records, render_domain
-
             fw = dict(self._faceworld)
             render_domain(fw.pop("domain"), self._path, **fw)
             records = {r["file"]: r for r in read_records(self._path)}

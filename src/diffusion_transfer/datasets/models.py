@@ -5,6 +5,7 @@ allowed; a missing local file fails fast with a message naming it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ class UNetDataset(AbstractDataset[Any, Any]):
         self.metadata = metadata
 
     def load(self):
+        # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
         from diffusion_transfer.core.models.unet import load_unet
 
         if self._hint and not self._exists():
@@ -29,6 +31,7 @@ class UNetDataset(AbstractDataset[Any, Any]):
         return load_unet(self._path)
 
     def save(self, model) -> None:
+        # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
         from diffusion_transfer.core.models.unet import save_unet
 
         save_unet(model, self._path)
@@ -47,8 +50,7 @@ class UNetDataset(AbstractDataset[Any, Any]):
         """The UNet's ``config.json`` and the scheduler config, read without
         loading weights (None where there is none, or for a Hub id); a bad
         JSON file raises ``ValueError`` naming it."""
-        import json
-
+        # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
         from diffusion_transfer.core.models.scheduler_config import find_scheduler_config, read_scheduler_config
 
         folder = Path(self._path)
@@ -86,9 +88,11 @@ class ClipDataset(AbstractDataset[Any, Any]):
 
     def load(self):
         if self._kind == "world":
+            # deferred: open_clip (~1 s after torch), which building the catalog does not need
             from diffusion_transfer.core.world.clip_io import load_world_clip
 
             return load_world_clip(self._path)
+        # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
         from diffusion_transfer.core.models.clip import load_open_clip
 
         return load_open_clip(self._model, self._pretrained)
@@ -98,6 +102,7 @@ class ClipDataset(AbstractDataset[Any, Any]):
         if self._kind == "world":
             return None if Path(self._path).is_dir() else (
                 f"no FaceWorld CLIP at {self._path}: rebuild it with `kedro run --pipeline=world`")
+        # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
         from diffusion_transfer.core.models.clip import missing_open_clip_weights
 
         return missing_open_clip_weights(self._model, self._pretrained)
@@ -105,6 +110,7 @@ class ClipDataset(AbstractDataset[Any, Any]):
     def save(self, clip) -> None:
         if self._kind != "world":
             raise DatasetError("Only the FaceWorld CLIP (kind: world) is saved by this project")
+        # deferred: open_clip (~1 s after torch), which building the catalog does not need
         from diffusion_transfer.core.world.clip_io import save_world_clip
 
         save_world_clip(clip.model if hasattr(clip, "model") else clip, self._path)

@@ -84,6 +84,7 @@ from .adm_config import (
     adm_unet_config,
 )
 from .adm_keys import SHOWN_KEYS, check_state_dict, convert_tensor, key_plan
+from .unet import build_unet
 
 __all__ = [
     "FFHQ_P2",
@@ -170,8 +171,6 @@ def convert_adm_checkpoint(
     every UNet parameter filled, with matching shapes; otherwise
     :class:`ADMCheckpointError` lists the offending keys.
     """
-    from .unet import build_unet  # its validation; a local import keeps this module light for the CLI
-
     if isinstance(path_or_state_dict, Mapping):
         state_dict = _state_dict_of(path_or_state_dict, "the state dict")
     else:

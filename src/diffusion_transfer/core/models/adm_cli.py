@@ -22,6 +22,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from diffusion_transfer.core.models.adm import PRESETS, ADMConfig, convert_adm_checkpoint
+from diffusion_transfer.core.models.unet import save_unet
+
 PROG = "dt-convert-adm"
 
 
@@ -67,8 +70,6 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace, presets: dict[str, Any], fields: dict[str, Any]):
-    from diffusion_transfer.core.models.adm import ADMConfig
-
     values = presets[args.preset].model_dump()
     if args.config:
         values.update(_read_json(args.config))
@@ -84,9 +85,6 @@ def _describe(exc: Exception) -> str:
 
 
 def _convert(args: argparse.Namespace, presets: dict[str, Any], fields: dict[str, Any]) -> str:
-    from diffusion_transfer.core.models.adm import convert_adm_checkpoint
-    from diffusion_transfer.core.models.unet import save_unet
-
     cfg = _config(args, presets, fields)  # before the (large) checkpoint is read
     out = Path(args.out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
@@ -100,8 +98,6 @@ def _convert(args: argparse.Namespace, presets: dict[str, Any], fields: dict[str
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dt-convert-adm``; returns the exit status."""
-    from diffusion_transfer.core.models.adm import PRESETS, ADMConfig
-
     fields = dict(ADMConfig.model_fields)
     args = _parser(PRESETS, fields).parse_args(argv)
     try:
