@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 
 from diffusion_transfer.project.schema import InvalidParametersError
+from diffusion_transfer.studies.compare import write_comparison
+from diffusion_transfer.studies.report import write_study_report
+from diffusion_transfer.studies.runner import declared_studies, execute_point, is_done, points_of, run_study
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,8 +50,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list(project: Path, env: str | None) -> None:
-    from diffusion_transfer.studies.runner import declared_studies, is_done, points_of
-
     studies, _ = declared_studies(project, env)
     for name in sorted(studies):
         points, root = points_of(name, project, env)
@@ -61,9 +62,6 @@ def _list(project: Path, env: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from diffusion_transfer.studies.runner import execute_point, points_of, run_study
-    from diffusion_transfer.studies.report import write_study_report
-
     try:
         if args.command == "point":
             execute_point(Path(args.spec))
@@ -75,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
             only = [p for p in args.points.split(",") if p] if args.points else None
             print(run_study(args.name, project, args.env, in_process=args.in_process, only=only))
         elif args.command == "compare":
-            from diffusion_transfer.studies.compare import write_comparison
-
             studies = {name: points_of(name, project, args.env) for name in args.names}
             out = next(iter(studies.values()))[1].parent / args.out
             print(write_comparison(args.out, studies, args.reference, out))

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from diffusion_transfer.studies.edit_report import write_edit_study_report  # noqa: E402
 from diffusion_transfer.studies.report_common import grid_label, report_header, save_figure  # noqa: E402
 from diffusion_transfer.studies.spec import Point  # noqa: E402
 from diffusion_transfer.tracking.records import evaluation_metrics  # noqa: E402
@@ -129,8 +130,6 @@ def write_study_report(name: str, points: list[Point], root: Path) -> Path:
     """Write study.md, study.json and the plot under ``root``; returns study.md's path.
     A study of edit runs gets the edit report (``edit_report.py``)."""
     if points and all(p.is_edit for p in points):
-        from diffusion_transfer.studies.edit_report import write_edit_study_report
-
         return write_edit_study_report(name, points, root)
     root.mkdir(parents=True, exist_ok=True)
     rows = [point_row(p, root) for p in points]

@@ -35,6 +35,7 @@ from typing import Any, Iterator
 from diffusion_transfer.project.config import DATA_ROOT_ENV
 from diffusion_transfer.core.io import atomic_path
 from diffusion_transfer.project.schema import InvalidParametersError
+from diffusion_transfer.studies.report import write_study_report
 from diffusion_transfer.studies.spec import Point, namespace_of, study_points
 from diffusion_transfer.tracking.hook import POINT_ENV, STUDY_ENV
 
@@ -93,8 +94,6 @@ def run_study(name: str, project: Path, env: str | None = None, in_process: bool
               only: list[str] | None = None) -> Path:
     """Run the study's points not done yet (``only``: these point ids), then
     write its report; returns the report's path."""
-    from diffusion_transfer.studies.report import write_study_report
-
     project = Path(project).resolve()
     every_point, root = points_of(name, project, env)
     points = every_point

@@ -33,6 +33,8 @@ from typing import Any, Iterator
 
 from kedro.framework.hooks import hook_impl
 
+from diffusion_transfer.pipelines.training_samples import load_rows
+from diffusion_transfer.project.schema import InvalidParametersError
 from diffusion_transfer.tracking import records
 from diffusion_transfer.tracking.logger import RunLogger
 
@@ -47,8 +49,6 @@ _OFF, _ON = ("0", "off", "false", "no"), ("1", "on", "true", "yes")
 def tracking_enabled(parameters: dict[str, Any], runtime_params: dict[str, Any] | None = None) -> bool:
     """``DT_TRACKING`` (on/off) when set, else ``tracking.enabled`` (runtime
     ``--params`` first, then conf; default on)."""
-    from diffusion_transfer.project.schema import InvalidParametersError
-
     env = os.environ.get(ENV_SWITCH, "").strip().lower()
     if env in _OFF or env in _ON:
         return env in _ON
@@ -197,8 +197,6 @@ class TrackingHook:
                 self._logger.log_metrics(namespace, [(k, v, 0) for k, v in records.translation_metrics(data).items()])
 
     def _log_training(self, namespace: str | None, history: dict[str, Any]) -> None:
-        from diffusion_transfer.pipelines.training_samples import load_rows
-
         if "run" in history:
             self._logger.log_params(namespace, records.run_params(history["run"]))
         self._logger.log_metrics(namespace, records.loss_metrics(history.get("history", [])))

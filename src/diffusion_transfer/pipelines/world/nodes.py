@@ -8,15 +8,15 @@ writes to ``data/smoke/06_models/world/`` and never overwrites them."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
+from diffusion_transfer.core.world.classifier_train import DEFAULT_CLASSIFIER_CONFIG, train_attribute_classifier
+from diffusion_transfer.core.world.source import train_source_model
+from diffusion_transfer.pipelines.schedule import model_schedule
 
 
 def train_source(world: dict[str, Any], schedule: dict[str, Any]):
-    from diffusion_transfer.core.world.source import train_source_model
-
-    from diffusion_transfer.pipelines.schedule import model_schedule
-
     src = world["source"]
     return train_source_model(src.get("unet", {}), src["train"], src["n_images"],
                               schedule=model_schedule(None, schedule),
@@ -29,15 +29,17 @@ def train_clip(world: dict[str, Any]):
 
 
 def _train_world_clip(world: dict[str, Any], key: str):
+    # deferred: open_clip (~0.5 s), which the registry and the other stages' runs do not need
     import open_clip
 
-    from diffusion_transfer.core.world.clip import MODEL_NAME, WorldClip
-    from diffusion_transfer.core.world.clip_eval import held_out_metrics
-    from diffusion_transfer.core.world.clip_train import DEFAULT_CLIP_CONFIG, train_world_clip
+    # deferred: these import open_clip at their top
+    from diffusion_transfer.core.world import clip as world_clip, clip_eval, clip_train
 
-    model = train_world_clip({**_as_dict(DEFAULT_CLIP_CONFIG), **world.get(key, {})}, seed=world.get("seed", 0))
-    trained = WorldClip(model, open_clip.get_tokenizer(MODEL_NAME), None, MODEL_NAME, "trained (float32)")
-    model.world_clip_metrics = held_out_metrics(trained)  # written into world_clip.json
+    config = {**_as_dict(clip_train.DEFAULT_CLIP_CONFIG), **world.get(key, {})}
+    model = clip_train.train_world_clip(config, seed=world.get("seed", 0))
+    name = world_clip.MODEL_NAME
+    trained = world_clip.WorldClip(model, open_clip.get_tokenizer(name), None, name, "trained (float32)")
+    model.world_clip_metrics = clip_eval.held_out_metrics(trained)  # written into world_clip.json
     return model
 
 
@@ -49,13 +51,9 @@ def train_evaluation_clip(world: dict[str, Any]):
 
 
 def train_classifier(world: dict[str, Any]):
-    from diffusion_transfer.core.world.classifier_train import DEFAULT_CLASSIFIER_CONFIG, train_attribute_classifier
-
     return train_attribute_classifier({**_as_dict(DEFAULT_CLASSIFIER_CONFIG), **world.get("classifier", {})},
                                       seed=world.get("seed", 0))
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
-
     return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
