@@ -29,7 +29,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
         bootstrap_project(proj)
         with KedroSession.create(project_path=proj, env="paper") as session:
             context = session.load_context()
-            params = context.config_loader["parameters"]  # as conf gives them (context.params holds typed models)
+            params = context.params
             validate_parameters(params)
             curation = params["datasets"]["aahq"]["curation"]
             assert curation["threshold"] == 0.27 and curation.get("resolution") is None  # the model's 256 px

@@ -68,3 +68,28 @@ def test_per_dataset_classifier_overrides_are_validated():
     params["classifier"]["datasets"] = {"aahq": {"train": {"steps": 0}}}
     with pytest.raises(InvalidParametersError, match="classifier.datasets.aahq"):
         validate_parameters(params)
+
+
+def test_parameters_reach_the_hook_as_conf_gives_them_and_are_validated_once(monkeypatch):
+    """Kedro's own context would build the pydantic models node signatures name
+    (``sampling``: SamplingParams) before any hook runs; the project's context
+    leaves them as conf gives them, so the one validation (resolved.py) names
+    the YAML key."""
+    from kedro.framework.context import KedroContext
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from diffusion_transfer.project.resolved import resolve_parameters
+    from diffusion_transfer.project.schema import InvalidParametersError, SamplingParams
+
+    monkeypatch.chdir(ROOT)
+    bootstrap_project(ROOT)
+    with KedroSession.create(project_path=ROOT, env="smoke", runtime_params={"sampling": {"steps": 0}}) as session:
+        context = session.load_context()
+        assert isinstance(context.params["sampling"], dict) and context.params["sampling"]["steps"] == 0
+        with pytest.raises(Exception, match="SamplingParams"):  # what Kedro's own context would have said
+            KedroContext.params.fget(context)
+        with pytest.raises(InvalidParametersError, match=r"sampling\.steps: Input should be greater than or equal to 1"):
+            resolve_parameters(context.params)
+    ok = resolve_parameters(_base_params())
+    assert isinstance(ok.blocks["sampling"], SamplingParams) and ok.runs["sdft_aahq"].hyperparameters["gamma_aux"] == 50.0

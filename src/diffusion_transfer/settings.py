@@ -1,6 +1,7 @@
 """Kedro project settings."""
 
 from diffusion_transfer.project.config import LOADER_ARGS, ProjectConfigLoader
+from diffusion_transfer.project.context import ProjectContext
 from diffusion_transfer.project.distributed import DistributedRunHook
 from diffusion_transfer.project.hooks import ValidateParametersHook
 from diffusion_transfer.project.startup import MallocTuningHook
@@ -15,3 +16,6 @@ DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = LOADER_ARGS
+
+# Parameters are validated once, by the project's hook (project/context.py says why).
+CONTEXT_CLASS = ProjectContext

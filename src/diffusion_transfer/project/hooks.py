@@ -29,9 +29,7 @@ class ValidateParametersHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        # As conf gives them: Kedro's context.params already holds instances of the
-        # pydantic models that node signatures name.
-        params = self._context.config_loader["parameters"]
+        params = self._context.params  # as conf gives them (project/context.py)
         resolved = resolve_parameters(params)
         check_inputs(pipeline, catalog, params)
         check_models(pipeline, catalog, params)
