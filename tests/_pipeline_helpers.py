@@ -4,6 +4,7 @@ a folder of random images."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,15 @@ ALL_METHODS = ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", 
 # Each environment writes under its own data root (conf/<env>/globals.yml).
 SMOKE_DATA = Path("data", "smoke")
 PAPER_DATA = Path("data", "paper")
+
+
+def load_script(relative: str):
+    """A script of the repository that is not in the package (``benchmarks/x.py``, ``docs/x.py``), as a module."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _scratch_project(tmp_path: Path) -> Path:

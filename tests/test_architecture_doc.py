@@ -5,10 +5,9 @@ import in the direction its prose states."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 
-from tests._pipeline_helpers import ROOT
+from tests._pipeline_helpers import ROOT, load_script
 from tests.test_import_cycles import module_files
 
 PACKAGE = "diffusion_transfer"
@@ -17,10 +16,7 @@ NODE_CONTRACT = {f"{PACKAGE}.project.schema", f"{PACKAGE}.project.schema_editing
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("architecture_doc", ROOT / "docs" / "architecture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/architecture.py")
 
 
 def test_the_generated_module_list_is_current():

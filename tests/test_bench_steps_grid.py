@@ -4,21 +4,17 @@ SDFT and naive (timings are not asserted: a tiny model on a shared CPU)."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests._pipeline_helpers import load_script
+
 TINY = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
             down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=8, norm_num_groups=4)
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_steps", ROOT / "benchmarks" / "bench_steps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_steps.py")
 
 
 def test_bars_and_configs():

@@ -3,23 +3,18 @@ asserted here: performance bars live in the benchmarks themselves)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests._pipeline_helpers import ROOT, load_script
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"benchmarks/{name}.py")
 
 
 def test_bench_steps_prints_ratio_and_enforces_bar(capsys, tmp_path):
