@@ -115,13 +115,12 @@ class ResolvedDataset(S.DatasetParams):
 
     _translation: S.TranslationParams | None = PrivateAttr(None)
     _editing: EditingParams | None = PrivateAttr(None)
-    _classifier: S.ClassifierParams | None = PrivateAttr(None)
 
     @classmethod
     def of(cls, d: S.DatasetParams, translation: S.TranslationParams | None = None,
-           editing: EditingParams | None = None, classifier: S.ClassifierParams | None = None) -> ResolvedDataset:
+           editing: EditingParams | None = None) -> ResolvedDataset:
         out = cls.model_construct(**dict(d))  # d is valid already: no second validation
-        out._translation, out._editing, out._classifier = translation, editing, classifier
+        out._translation, out._editing = translation, editing
         return out
 
     @property
@@ -131,10 +130,6 @@ class ResolvedDataset(S.DatasetParams):
     @property
     def editing_params(self) -> EditingParams:
         return _given(self._editing, "editing", self.name)
-
-    @property
-    def classifier_params(self) -> S.ClassifierParams:
-        return _given(self._classifier, "classifier", self.name)
 
 
 def _given(value: Any, block: str, dataset: str) -> Any:
@@ -151,8 +146,10 @@ class ResolvedParameters:
     runs: TrainingRuns
     #: the global blocks, typed (absent blocks are left out)
     blocks: dict[str, Any] = field(default_factory=dict)
-    #: per dataset: the ``translation``, ``editing`` and ``classifier`` blocks with its overrides merged
+    #: per dataset: the ``translation`` and ``editing`` blocks with its overrides merged
     datasets: dict[str, ResolvedDataset] = field(default_factory=dict)
+    #: per dataset: the ``classifier`` block with ``classifier.datasets.<name>`` merged
+    classifiers: dict[str, S.ClassifierParams] = field(default_factory=dict)
 
 
 _BLOCKS = {"schedule": S.ScheduleParams, "sampling": S.SamplingParams, "evaluation": S.EvaluationParams,
@@ -174,6 +171,7 @@ def resolve_parameters(parameters: dict[str, Any]) -> ResolvedParameters:
     train = parameters.get("train") or {}
     runs: dict[str, Run] = {}
     datasets: dict[str, ResolvedDataset] = {}
+    classifiers: dict[str, S.ClassifierParams] = {}
     for name, target in declared.datasets.items():
         d = target.params
         S.parse(S.TrainParams, {**train, **d.train}, f"train (with datasets.{name}.train)")
@@ -184,9 +182,10 @@ def resolve_parameters(parameters: dict[str, Any]) -> ResolvedParameters:
         datasets[name] = ResolvedDataset.of(
             d,
             S.translation_for(parameters["translation"], d) if "translation" in parameters else None,
-            editing_for(parameters.get("editing"), d) if "editing" in parameters or d.editing else None,
-            blocks["classifier"].for_dataset(name) if "classifier" in blocks else None)
-    return ResolvedParameters(declared, methods, TrainingRuns(runs), blocks, datasets)
+            editing_for(parameters.get("editing"), d) if "editing" in parameters or d.editing else None)
+        if "classifier" in blocks:
+            classifiers[name] = blocks["classifier"].for_dataset(name)
+    return ResolvedParameters(declared, methods, TrainingRuns(runs), blocks, datasets, classifiers)
 
 
 def _check_classifier_training(base: S.ClassifierParams) -> None:
@@ -204,8 +203,9 @@ _TYPED_BLOCKS = ("schedule", "sampling", "evaluation", "translation", "editing",
 
 
 def typed_parameters(resolved: ResolvedParameters) -> dict[str, Any]:
-    """Catalog parameter entries -> the typed values nodes receive in their place."""
-    out: dict[str, Any] = {"params:train": resolved.runs}
+    """Catalog parameter entries -> the typed values nodes receive in their place:
+    ``params:train`` becomes every run, ``params:classifier`` each dataset's block."""
+    out: dict[str, Any] = {"params:train": resolved.runs, "params:classifier": resolved.classifiers}
     out.update({f"params:methods.{name}": m for name, m in resolved.methods.items()})
     out.update({f"params:datasets.{name}": d for name, d in resolved.datasets.items()})
     out.update({f"params:{key}": resolved.blocks[key] for key in _TYPED_BLOCKS if key in resolved.blocks})

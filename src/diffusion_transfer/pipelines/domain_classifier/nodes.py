@@ -29,7 +29,7 @@ from diffusion_transfer.core.training.domain_classifier import (  # noqa: E402
     accuracy_by_timestep,
     domain_classifier_loss,
 )
-from diffusion_transfer.project.schema import ClassifierParams, parse  # noqa: E402
+from diffusion_transfer.project.schema import ClassifierParams, ScheduleParams  # noqa: E402
 from diffusion_transfer.pipelines.schedule import model_schedule  # noqa: E402
 from diffusion_transfer.pipelines.skipped_files import skipped_records  # noqa: E402
 
@@ -37,11 +37,14 @@ _TRAIN_DEFAULTS = {"steps": 1500, "batch_size": 64, "lr": 3e-4, "ema_decay": 0.0
                    "log_every": 50, "hflip": True}
 
 
-def train_domain_classifier(source_folder, curated: dict, reference: dict, source_model, params: dict,
-                            schedule: dict, checkpoint_root: str, dataset: str):
+def train_domain_classifier(source_folder, curated: dict, reference: dict, source_model,
+                            classifiers: dict[str, ClassifierParams], schedule: ScheduleParams, checkpoint_root: str,
+                            dataset: str):
     """Source images (0) against the dataset's training images (1), noised
-    with the source model's own schedule (the one TAN and EGSDE guide)."""
-    p = parse(ClassifierParams, params, "classifier").for_dataset(dataset)
+    with the source model's own schedule (the one TAN and EGSDE guide).
+    ``classifiers``: each dataset's ``classifier`` block, resolved before the
+    run (``params:classifier``)."""
+    p = classifiers[dataset]
     sched = model_schedule(source_model, schedule)
     size = int(curated["images"].shape[1])
     ingest = ingest_images(source_folder.files, resolution=size)
