@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
-from diffusion_transfer.core.models.folder_check import unet_folder_problems
+from diffusion_transfer.core.models.folder_check import unet_folder_problems, unsupported_parts
 from diffusion_transfer.core.weights import missing_weights
 from diffusion_transfer.pipelines.schedule import resolve_schedule
 from diffusion_transfer.project.declared import declarations
@@ -104,6 +104,12 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
         unet, scheduler = dataset.configs()
     except ValueError as err:
         return [f"{where}: {err}"]
+    if Path(str(path)).is_dir() and (parts := unsupported_parts(path)):
+        return [f"{where}: {'; '.join(parts)}. This project trains and samples pixel-space, unconditional "
+                "UNet2DModel models only (a DDPMPipeline folder: unet/ and scheduler/); latent and conditioned "
+                "models are not supported yet (conf/README.md, 'Which models work'), and training this one as a "
+                f"pixel-space model would be silently wrong. Set sources.{target.source.name}.model to a "
+                "pixel-space model"]
     problems = [f"{where}: {p}" for p in (unet_folder_problems(path) if Path(str(path)).is_dir() else [])]
     try:
         resolve_schedule(None, params.get("schedule"), config=scheduler, where=where)

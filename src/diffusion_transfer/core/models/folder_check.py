@@ -55,6 +55,59 @@ def unet_folder_problems(path: str | Path) -> list[str]:
     return []
 
 
+#: The parts of a diffusers pipeline folder this project trains and samples with.
+USED_PARTS = ("unet", "scheduler")
+#: What an unused part is, by its folder name, when model_index.json does not say.
+_PART_KINDS = {"vae": "an autoencoder", "vqvae": "an autoencoder", "text_encoder": "a text encoder",
+               "text_encoder_2": "a text encoder", "tokenizer": "a tokenizer", "image_encoder": "an image encoder"}
+
+
+def unsupported_parts(path: str | Path) -> list[str]:
+    """The parts of the model folder ``path`` that this project would ignore:
+    pipeline components other than the UNet and the scheduler (an
+    autoencoder, a text encoder: ``model_index.json`` or their folders), and a
+    UNet that is conditioned (a class embedding, cross-attention). Training it
+    as a pixel-space, unconditional UNet would silently be wrong, so each is
+    named; empty for a model this project supports."""
+    folder = Path(path)
+    found: dict[str, str] = {}
+    index = folder / "model_index.json"
+    if index.is_file():
+        try:
+            components = json.loads(index.read_text())
+        except ValueError as err:
+            return [f"{index} is not valid JSON ({err})"]
+        for name, spec in components.items():
+            if name.startswith("_") or name in USED_PARTS or not isinstance(spec, list) or spec[-1] is None:
+                continue  # settings, the parts used, and components saved as null
+            found[name] = f"{_PART_KINDS.get(name, 'a component')} ({name}/: {spec[-1]})"
+    for name, kind in _PART_KINDS.items():
+        if name not in found and (folder / name).is_dir():
+            found[name] = f"{kind} ({name}/)"
+    problems = [f"it has {what}" for what in found.values()]
+    unet = folder / "unet" / CONFIG_NAME if (folder / "unet" / CONFIG_NAME).is_file() else folder / CONFIG_NAME
+    config = _json_or_none(unet)
+    if config is not None:
+        cls = config.get("_class_name")
+        if cls not in (None, "UNet2DModel"):
+            problems.append(f"its UNet is a {cls} ({unet}), not a UNet2DModel")
+        if config.get("class_embed_type") is not None or config.get("num_class_embeds") is not None:
+            problems.append(f"its UNet has a class embedding (num_class_embeds {config.get('num_class_embeds')}, "
+                            f"class_embed_type {config.get('class_embed_type')!r} in {unet})")
+        if config.get("cross_attention_dim") is not None:
+            problems.append(f"its UNet attends to a context (cross_attention_dim {config['cross_attention_dim']} "
+                            f"in {unet})")
+    return problems
+
+
+def _json_or_none(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None  # unet_folder_problems names a bad config.json
+    return value if isinstance(value, dict) else None
+
+
 def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape in a safetensors or PyTorch weights file."""
     if path.suffix == ".safetensors":

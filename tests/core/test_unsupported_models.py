@@ -1,0 +1,59 @@
+"""Model kinds the project does not train yet are named, not trained wrongly.
+
+Folders saved by diffusers itself: an ``LDMPipeline`` (a VQ autoencoder, a
+UNet over its latents), a class-conditional UNet, a cross-attention UNet, and
+the ``DDPMPipeline`` the project does support."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline, UNet2DConditionModel, UNet2DModel, VQModel
+
+from diffusion_transfer.core.models.folder_check import unsupported_parts
+
+UNET = dict(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=8, norm_num_groups=4)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    DDPMPipeline(unet=UNet2DModel(**UNET), scheduler=DDPMScheduler()).save_pretrained(root / "ddpm")
+    vqvae = VQModel(in_channels=3, out_channels=3, latent_channels=3, block_out_channels=(8,), norm_num_groups=4,
+                    num_vq_embeddings=16, vq_embed_dim=3, down_block_types=("DownEncoderBlock2D",),
+                    up_block_types=("UpDecoderBlock2D",))
+    LDMPipeline(vqvae=vqvae, unet=UNet2DModel(**UNET), scheduler=DDIMScheduler()).save_pretrained(root / "ldm")
+    UNet2DModel(**UNET, num_class_embeds=4).save_pretrained(root / "class_unet")
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                         attention_head_dim=2, norm_num_groups=4).save_pretrained(root / "sd" / "unet")
+    (root / "sd" / "vae").mkdir()  # a Stable Diffusion layout without model_index.json: found by its folders
+    return root
+
+
+def test_a_pixel_space_ddpm_pipeline_has_no_unsupported_part(folders):
+    assert unsupported_parts(folders / "ddpm") == []
+    assert unsupported_parts(folders / "ddpm" / "unet") == []
+
+
+def test_a_latent_pipeline_names_its_autoencoder(folders):
+    index = json.loads((folders / "ldm" / "model_index.json").read_text())
+    assert index["vqvae"] == ["diffusers", "VQModel"]  # what diffusers wrote
+    assert unsupported_parts(folders / "ldm") == ["it has an autoencoder (vqvae/: VQModel)"]
+
+
+def test_a_class_conditional_unet_names_its_class_embedding(folders):
+    (problem,) = unsupported_parts(folders / "class_unet")
+    assert problem.startswith("its UNet has a class embedding (num_class_embeds 4")
+
+
+def test_a_text_conditional_layout_names_the_autoencoder_and_the_unet(folders):
+    problems = unsupported_parts(folders / "sd")
+    assert problems[0] == "it has an autoencoder (vae/)"
+    assert any("UNet2DConditionModel" in p for p in problems) and any("cross_attention_dim 8" in p for p in problems)
