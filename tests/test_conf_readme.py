@@ -23,6 +23,7 @@ import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
+from diffusion_transfer.project.resolved import resolve_parameters
 from tests._pipeline_helpers import ROOT
 from tests.test_own_data import README, own_data_project
 
@@ -46,16 +47,6 @@ def yaml_block_markers(text: str) -> list[str | None]:
         closed = name is not None and after.lstrip().startswith(f"<!-- /{name} -->")
         markers.append(name if closed else None)
     return markers
-
-
-def validate_parameters(params: dict) -> None:
-    """The project's validation before any node runs (issue 30 moved it: the
-    newest place first), raising an error that names the parameter."""
-    try:
-        from diffusion_transfer.project.resolved import resolve_parameters as validate
-    except ImportError:
-        from diffusion_transfer.project.hooks import validate_parameters as validate
-    validate(params)
 
 
 def env_parameters(env: str) -> dict:
@@ -97,7 +88,7 @@ def test_a_yaml_block_without_a_marker_is_found():
 @pytest.mark.parametrize("marker", PARAMETER_BLOCKS)
 def test_each_parameter_block_validates_over_base(marker):
     params = merged_over(env_parameters("base"), own_declaration(None if marker == "own-data-yaml" else marker))
-    validate_parameters(params)
+    resolve_parameters(params)
     assert holds(params, yaml.safe_load(readme_block(marker)))  # the block's values are the ones validated
 
 
@@ -114,13 +105,13 @@ def test_a_wrong_curation_block_is_refused():
     wrong = {"datasets": {"mydata": {"curation": {"threshold": 0.3}}}}
     params = merged_over(env_parameters("base"), own_declaration("curation-prompt"), wrong)
     with pytest.raises(InvalidParametersError, match=r"datasets.mydata.curation.*exactly one of threshold and top_n"):
-        validate_parameters(params)
+        resolve_parameters(params)
 
 
 def test_the_run_file_parameters_validate_over_their_environment():
     run = yaml.safe_load(readme_block("own-data-any-env-file"))["run"]
     params = merged_over(env_parameters(run["env"]), run["params"])
-    validate_parameters(params)
+    resolve_parameters(params)
     assert params["train"]["steps"] == 4  # smoke's settings, under the run file's declaration
 
 

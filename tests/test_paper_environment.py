@@ -20,7 +20,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
     from kedro.framework.startup import bootstrap_project
     from kedro.io import DatasetError
 
-    from diffusion_transfer.project.resolved import resolve_parameters as validate_parameters
+    from diffusion_transfer.project.resolved import resolve_parameters
 
     proj = _scratch_project(tmp_path)
     old = Path.cwd()
@@ -30,7 +30,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
         with KedroSession.create(project_path=proj, env="paper") as session:
             context = session.load_context()
             params = context.params
-            validate_parameters(params)
+            resolve_parameters(params)
             curation = params["datasets"]["aahq"]["curation"]
             assert curation["threshold"] == 0.27 and curation.get("resolution") is None  # the model's 256 px
             assert params["sampling"]["steps"] == 40 and params["train"]["steps"] == 80000

@@ -19,9 +19,9 @@ def _base_params() -> dict:
 
 
 def test_base_parameters_validate():
-    from diffusion_transfer.project.resolved import resolve_parameters as validate_parameters
+    from diffusion_transfer.project.resolved import resolve_parameters
 
-    validate_parameters(_base_params())
+    resolve_parameters(_base_params())
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ def test_base_parameters_validate():
     ],
 )
 def test_invalid_parameters_are_rejected_naming_the_parameter(path, value, expected):
-    from diffusion_transfer.project.resolved import resolve_parameters as validate_parameters
+    from diffusion_transfer.project.resolved import resolve_parameters
     from diffusion_transfer.project.schema import InvalidParametersError
 
     params = _base_params()
@@ -57,17 +57,17 @@ def test_invalid_parameters_are_rejected_naming_the_parameter(path, value, expec
         node = node[key]
     node[path[-1]] = value
     with pytest.raises(InvalidParametersError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        validate_parameters(params)
+        resolve_parameters(params)
 
 
 def test_per_dataset_classifier_overrides_are_validated():
-    from diffusion_transfer.project.resolved import resolve_parameters as validate_parameters
+    from diffusion_transfer.project.resolved import resolve_parameters
     from diffusion_transfer.project.schema import InvalidParametersError
 
     params = _base_params()
     params["classifier"]["datasets"] = {"aahq": {"train": {"steps": 0}}}
     with pytest.raises(InvalidParametersError, match="classifier.datasets.aahq"):
-        validate_parameters(params)
+        resolve_parameters(params)
 
 
 def test_parameters_reach_the_hook_as_conf_gives_them_and_are_validated_once(monkeypatch):
