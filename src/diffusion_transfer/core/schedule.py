@@ -217,6 +217,7 @@ def sample_timesteps(
     t = torch.randint(0, num_timesteps, (n,), generator=generator, device=_gen_device(generator, like.device))
     return t.to(like.device)
 
+
 # --- weightings w(t) -------------------------------------------------------
 #
 # Each returns a float32 tensor of per-sample weights for integer timesteps t.

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import PrivateAttr
 
 from diffusion_transfer.core.methods import build_method, expand_preset
-from diffusion_transfer.core.schedule import make_schedule
+from diffusion_transfer.core.schedule import NoiseSchedule, make_schedule
 from diffusion_transfer.core.training import TrainConfig
 from diffusion_transfer.project import schema as S
 from diffusion_transfer.project.declared import Declarations, declarations, with_declared_names
@@ -33,6 +33,8 @@ class Run:
     dataset: str
     hyperparameters: dict[str, Any]
     train: TrainConfig
+    #: ``train`` as the checkpoint key reads it (``TrainParams.run_config``)
+    train_settings: dict[str, Any]
     #: samples during training (``{"every", "n", "steps"}``), None when off; they change no weight
     samples: dict[str, int] | None = None
 
@@ -41,12 +43,9 @@ class Run:
         return f"{self.method}_{self.dataset}"
 
     def record(self) -> dict[str, Any]:
-        """The run as the report, the tracking and the checkpoint key read it.
-        The scale-out keys are left out at 1, so checkpoint keys of
-        single-process runs stay as they were."""
-        scale = {k for k in ("num_processes", "gradient_accumulation_steps") if getattr(self.train, k) == 1}
+        """The run as the report, the tracking and the checkpoint key read it."""
         return {"run": self.name, "method": self.method, "dataset": self.dataset,
-                "hyperparameters": dict(self.hyperparameters), "train": self.train.model_dump(exclude=scale),
+                "hyperparameters": dict(self.hyperparameters), "train": dict(self.train_settings),
                 "samples": self.samples}
 
 
@@ -72,15 +71,16 @@ def resolve_run(method: S.MethodParams | dict, dataset: S.DatasetParams | dict, 
     t = S.parse(S.TrainParams, {**train_defaults, **m.train, **d.train, **run_train},
                 f"train (with methods.{m.name}.train and datasets.{d.name}.train"
                 + (f" and datasets.{d.name}.method_overrides.{m.name}.train)" if run_train else ")"))
-    return Run(m.name, d.name, hyper, TrainConfig(**t.run_config()), t.sample_settings())
+    settings = t.run_config()
+    return Run(m.name, d.name, hyper, TrainConfig(**settings), settings, t.sample_settings())
 
 
-def check_method_builds(run: Run) -> None:
+def check_method_builds(run: Run, schedule: NoiseSchedule | None = None) -> None:
     """Build the run's loss on the default schedule, so that an unknown or
     invalid hyperparameter stops the run now; the node builds it again on
     the source model's own schedule, which only the loaded model knows."""
     try:
-        build_method(run.method, run.hyperparameters, make_schedule())
+        build_method(run.method, run.hyperparameters, schedule or make_schedule())
     except (TypeError, ValueError) as err:
         raise S.InvalidParametersError(f"Invalid parameters in 'methods.{run.method} (with datasets.{run.dataset}"
                                        f".method_overrides)': {err}") from None
@@ -172,12 +172,13 @@ def resolve_parameters(parameters: dict[str, Any]) -> ResolvedParameters:
     runs: dict[str, Run] = {}
     datasets: dict[str, ResolvedDataset] = {}
     classifiers: dict[str, S.ClassifierParams] = {}
+    default_schedule = make_schedule()  # every loss is checked on it (the model's own is known only when loaded)
     for name, target in declared.datasets.items():
         d = target.params
         S.parse(S.TrainParams, {**train, **d.train}, f"train (with datasets.{name}.train)")
         for m in methods.values():
             run = resolve_run(m, d, train)
-            check_method_builds(run)
+            check_method_builds(run, default_schedule)
             runs[run.name] = run
         datasets[name] = ResolvedDataset.of(
             d,

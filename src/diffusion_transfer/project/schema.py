@@ -1,8 +1,8 @@
-"""Typed parameters, validated before any compute.
+"""The parameter schema: one pydantic model per block.
 
-Every node that takes parameters parses them here first; a bad value fails
-with a message naming the parameter (e.g. ``train.batch_size``), before a
-model is loaded or a step is run.
+``resolved.py`` validates the run against it once, before any node runs; a
+bad value fails with a message naming the parameter (e.g.
+``train.batch_size``), and nodes receive the typed values.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ class TrackingHook:
         self._project = Path(context.project_path)
         loader = context.config_loader
         self._conf = loader["parameters"]  # the whole tree, as conf gives it
-        if not tracking_enabled(loader["parameters"], getattr(loader, "runtime_params", None)):
+        if not tracking_enabled(self._conf, getattr(loader, "runtime_params", None)):
             log.info("mlflow tracking is off (tracking.enabled / %s)", ENV_SWITCH)
             return
         respect_do_not_track()
