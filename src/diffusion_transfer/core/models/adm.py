@@ -1,9 +1,14 @@
-"""Convert guided-diffusion (ADM) UNet checkpoints to a diffusers ``UNet2DModel``.
+"""Convert guided-diffusion / improved-diffusion (ADM) UNet checkpoints to a
+diffusers ``UNet2DModel``.
 
 Guided-diffusion's ``UNetModel`` (openai/guided-diffusion ``unet.py``; the
 P2-weighting release, jychoi118/P2-weighting, ships its FFHQ model
-``ffhq_p2.pt`` in that format) and diffusers' ``UNet2DModel`` compute the same
-function once the diffusers model is configured by :func:`adm_unet_config`:
+``ffhq_p2.pt`` in that format), improved-diffusion's (openai/improved-diffusion,
+the same net without ``num_head_channels`` / ``resblock_updown`` / the new QKV
+order: preset ``improved_imagenet64``) and diffusers' ``UNet2DModel`` compute the
+same function once the diffusers model is configured by :func:`adm_unet_config`
+(and, where ADM's head width varies between levels or its timesteps are
+rescaled, set up by :mod:`.adm_extras`):
 
 * time embedding: ADM's ``timestep_embedding`` is ``[cos, sin]`` with
   frequencies ``exp(-ln(10000) i / half)``, i.e. diffusers' ``Timesteps`` with
@@ -21,13 +26,21 @@ function once the diffusers model is configured by :func:`adm_unet_config`:
   (``norm(h) * (1 + scale) + shift``, scale first in both);
 * ``attn_norm_num_groups=32``: with ``scale_shift`` diffusers would otherwise
   build the *mid-block* attention without its GroupNorm, and ADM has one;
-* GroupNorm32: 32 groups, eps 1e-5 everywhere (``norm_eps=1e-5``).
+* GroupNorm32: 32 groups, eps 1e-5 everywhere (``norm_eps=1e-5``);
+* ``num_classes`` (``label_emb``, an ``nn.Embedding`` added to the time
+  embedding after ``time_embed``) = ``num_class_embeds`` with
+  ``class_embed_type=None`` (``class_embedding``, added at the same place);
+  call the converted model as ``unet(x, t, class_labels=y)``;
+* ``rescale_timesteps`` (the net sees ``t * 1000 / T``) = a ``"learned"`` time
+  embedding holding ADM's embedding of every rescaled integer t.
 
 Key mapping (ADM key -> diffusers key; every ADM key is used exactly once
 and every diffusers parameter is written exactly once):
 
 ==========================================  =========================================
 ``time_embed.0`` / ``time_embed.2``         ``time_embedding.linear_1`` / ``linear_2``
+``label_emb`` (class_cond)                  ``class_embedding``
+(made, not read: rescale_timesteps)         ``time_proj`` (the timestep table)
 ``input_blocks.0.0``                        ``conv_in``
 ``input_blocks.k.0`` (ResBlock)             ``down_blocks.L.resnets.j``
 ``input_blocks.k.1`` (AttentionBlock)       ``down_blocks.L.attentions.j``
@@ -77,22 +90,29 @@ from diffusers import UNet2DModel
 
 from .adm_config import (
     FFHQ_P2,
+    IMPROVED_IMAGENET64,
     PRESETS,
     ADMCheckpointError,
     ADMCheckpointNotFoundError,
     ADMConfig,
+    adm_scheduler_config,
     adm_unet_config,
 )
+from .adm_extras import apply_attention_heads, generated_tensors
 from .adm_keys import SHOWN_KEYS, check_state_dict, convert_tensor, key_plan
+from .scheduler_config import attach_scheduler_config
 from .unet import build_unet
 
 __all__ = [
     "FFHQ_P2",
+    "IMPROVED_IMAGENET64",
     "PRESETS",
     "ADMCheckpointError",
     "ADMCheckpointNotFoundError",
     "ADMConfig",
+    "adm_scheduler_config",
     "adm_unet_config",
+    "apply_attention_heads",
     "convert_adm_checkpoint",
     "convert_adm_state_dict",
     "load_adm_state_dict",
@@ -114,7 +134,7 @@ def convert_adm_state_dict(
     """
     plan = key_plan(cfg)
     check_state_dict(state_dict, cfg, plan)
-    converted: dict[str, torch.Tensor] = {}
+    converted = generated_tensors(cfg)
     for key, rule in plan.items():
         converted.update(zip(rule.targets, convert_tensor(rule, state_dict[key])))
     return converted
@@ -149,7 +169,8 @@ def load_adm_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ADMCheckpointNotFoundError(
             f"ADM checkpoint {str(file)!r} {what}. Expected a guided-diffusion UNet checkpoint such as "
             "ffhq_p2.pt, the FFHQ model of the P2-weighting release (jychoi118/P2-weighting on GitHub, "
-            "README 'Pre-trained models'); download it and pass its path."
+            "README 'Pre-trained models'), or improved-diffusion's imagenet64_uncond_100M_1500K.pt "
+            "(openai/improved-diffusion README, --preset improved_imagenet64); download it and pass its path."
         )
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
@@ -169,7 +190,11 @@ def convert_adm_checkpoint(
     ``path_or_state_dict`` is a ``.pt`` path (see :func:`load_adm_state_dict`)
     or an already loaded state dict. Every checkpoint key must be consumed and
     every UNet parameter filled, with matching shapes; otherwise
-    :class:`ADMCheckpointError` lists the offending keys.
+    :class:`ADMCheckpointError` lists the offending keys. Layers whose ADM head
+    count diffusers' config cannot say get it (:func:`apply_attention_heads`,
+    recorded in the config); a schedule other than DDPM's linear T=1000 is
+    attached as ``model.scheduler_config`` (:func:`adm_scheduler_config`), which
+    ``save_unet`` writes as ``scheduler_config.json``.
     """
     if isinstance(path_or_state_dict, Mapping):
         state_dict = _state_dict_of(path_or_state_dict, "the state dict")
@@ -186,4 +211,6 @@ def convert_adm_checkpoint(
             f"internal error: UNet2DModel parameters not filled {result.missing_keys[:SHOWN_KEYS]}, "
             f"unused converted keys {result.unexpected_keys[:SHOWN_KEYS]}"
         )
+    apply_attention_heads(model, cfg.attention_heads())
+    attach_scheduler_config(model, adm_scheduler_config(cfg))
     return model.eval()

@@ -1,8 +1,11 @@
-"""``dt-convert-adm``: a guided-diffusion (ADM) checkpoint -> a diffusers
-``UNet2DModel`` folder (``save_pretrained``, safetensors) that
-``diffusion_transfer.core.models.unet.load_unet`` reads.
+"""``dt-convert-adm``: a guided-diffusion / improved-diffusion (ADM) checkpoint ->
+a diffusers ``UNet2DModel`` folder (``save_pretrained``, safetensors) that
+``diffusion_transfer.core.models.unet.load_unet`` reads, with a
+``scheduler_config.json`` when the schedule is not DDPM's linear T=1000.
 
     dt-convert-adm data/00_weights/ffhq_p2.pt data/paper/06_models/ffhq_p2_diffusers
+    dt-convert-adm data/00_weights/imagenet64_uncond_100M_1500K.pt \
+        data/paper/06_models/improved_imagenet64_diffusers --preset improved_imagenet64
 
 The architecture is the ``--preset`` (default ``ffhq_p2``), then the fields of a
 ``--config`` JSON object, then the single-field flags (``--image-size 64``,
@@ -23,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from diffusion_transfer.core.models.adm import PRESETS, ADMConfig, convert_adm_checkpoint
+from diffusion_transfer.core.models.scheduler_config import SCHEDULER_FILE, scheduler_config_of
 from diffusion_transfer.core.models.unet import save_unet
 
 PROG = "dt-convert-adm"
@@ -32,13 +36,14 @@ def _parser(presets: dict[str, Any], fields: dict[str, Any]) -> argparse.Argumen
     parser = argparse.ArgumentParser(
         prog=PROG,
         allow_abbrev=False,  # --num-head would silently pick one of --num-heads / --num-head-channels
-        description="Convert a guided-diffusion (ADM) UNet checkpoint (e.g. P2-weighting's ffhq_p2.pt) "
-        "into a diffusers UNet2DModel folder.",
+        description="Convert a guided-diffusion / improved-diffusion (ADM) UNet checkpoint (e.g. P2-weighting's "
+        "ffhq_p2.pt, improved-diffusion's imagenet64_uncond_100M_1500K.pt) into a diffusers UNet2DModel folder "
+        "(plus scheduler_config.json when the schedule is not DDPM's linear T=1000).",
         epilog="Architecture = --preset, overridden by the --config JSON object (ADMConfig field names, "
         'e.g. {"image_size": 64, "channel_mult": [1, 2, 3, 4]}), overridden by the flags above. '
         "Lists are comma-separated on the command line (--channel-mult 1,1,2,2,4,4), booleans true/false.",
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="guided-diffusion .pt (model*.pt / ema_*.pt)")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="ADM .pt (model*.pt / ema_*.pt)")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the UNet2DModel to")
     parser.add_argument(
         "--preset", choices=sorted(presets), default="ffhq_p2", help="base architecture (default: %(default)s)"
@@ -92,8 +97,12 @@ def _convert(args: argparse.Namespace, presets: dict[str, Any], fields: dict[str
     model = convert_adm_checkpoint(args.checkpoint, cfg)
     save_unet(model, out)
     n_params = sum(p.numel() for p in model.parameters())
+    schedule = scheduler_config_of(model)
+    said = (f"; {SCHEDULER_FILE}: {schedule['beta_schedule']}, T={schedule['num_train_timesteps']}" if schedule
+            else "; no scheduler config (DDPM linear, T=1000)")
+    classes = f", {cfg.num_classes} classes (class_labels=)" if cfg.class_cond else ""
     return (f"converted {args.checkpoint} -> {out} (UNet2DModel, {n_params / 1e6:.2f}M parameters, "
-            f"{model.config.out_channels} output channels, sample_size {model.config.sample_size})")
+            f"{model.config.out_channels} output channels, sample_size {model.config.sample_size}{classes}{said})")
 
 
 def main(argv: list[str] | None = None) -> int:

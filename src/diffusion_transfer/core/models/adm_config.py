@@ -1,9 +1,11 @@
-"""The guided-diffusion (ADM) UNet architecture and the ``UNet2DModel`` that
-computes the same function (why each setting matches: :mod:`.adm`)."""
+"""The guided-diffusion / improved-diffusion (ADM) UNet architecture, the
+``UNet2DModel`` that computes the same function (why each setting matches:
+:mod:`.adm`) and the noise schedule the checkpoint was trained with."""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -29,10 +31,14 @@ def _comma_tuple(value: Any) -> Any:
 
 
 class ADMConfig(BaseModel):
-    """The guided-diffusion ``create_model`` arguments that shape the UNet.
+    """The guided-diffusion / improved-diffusion ``create_model_and_diffusion``
+    arguments that shape the UNet, the function of t it computes and its schedule.
 
     The defaults are the P2-weighting FFHQ model (:data:`FFHQ_P2`). Unknown keys
     are rejected (naming the key), so a misspelt field never passes silently.
+    improved-diffusion's ``UNetModel`` is guided-diffusion's with
+    ``num_head_channels=-1, resblock_updown=False, use_new_attention_order=False``
+    (:data:`IMPROVED_IMAGENET64`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,7 +60,13 @@ class ADMConfig(BaseModel):
     learn_sigma: bool = Field(True, description="6 output channels (eps + variance interpolation)")
     use_new_attention_order: bool = Field(False, description="QKVAttention (True) or QKVAttentionLegacy (False)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="ResBlock dropout (training only)")
-    class_cond: bool = Field(False, description="class-conditional model (not supported)")
+    class_cond: bool = Field(False, description="class-conditional model (label_emb -> class_embedding)")
+    num_classes: int = Field(1000, ge=1, description="classes of a class_cond model (NUM_CLASSES = 1000 in both codebases)")
+    diffusion_steps: int = Field(1000, ge=1, description="training timesteps T (--diffusion_steps)")
+    noise_schedule: Literal["linear", "cosine"] = Field("linear", description="beta schedule: linear or cosine")
+    rescale_timesteps: bool = Field(
+        False, description="the net was fed t * 1000 / diffusion_steps (improved-diffusion's default: true)"
+    )
 
     @field_validator("channel_mult", "attention_resolutions", mode="before")
     @classmethod
@@ -71,8 +83,6 @@ class ADMConfig(BaseModel):
     @model_validator(mode="after")
     def _convertible(self) -> ADMConfig:
         # These are the cases where diffusers' UNet2DModel cannot express the ADM net.
-        if self.class_cond:
-            raise ValueError("class-conditional ADM models (class_cond=True) are not supported")
         chans = self.block_channels
         if chans[0] != self.num_channels:
             # ADM sizes the time embedding by num_channels, diffusers by block_out_channels[0].
@@ -109,26 +119,49 @@ class ADMConfig(BaseModel):
             return self.num_heads_upsample
         return self.num_heads
 
+    def _attention_layers(self) -> dict[str, tuple[int, int]]:
+        """Each diffusers attention module of this net: (channels, ADM's heads)."""
+        chans, last = self.block_channels, len(self.channel_mult) - 1
+        layers = {"mid_block.attentions.0": (chans[-1], self.heads(chans[-1]))}  # the mid block always attends
+        for level in sorted(self.attention_levels):
+            for j in range(self.num_res_blocks):
+                layers[f"down_blocks.{level}.attentions.{j}"] = (chans[level], self.heads(chans[level]))
+            for j in range(self.num_res_blocks + 1):
+                layers[f"up_blocks.{last - level}.attentions.{j}"] = (chans[level], self.heads(chans[level], True))
+        return layers
+
     @property
     def head_dim(self) -> int:
-        """The one attention head width diffusers allows (``attention_head_dim``)."""
-        chans = self.block_channels
-        attended = {chans[-1]} | {chans[level] for level in self.attention_levels}  # the mid block always attends
+        """The ``attention_head_dim`` of the diffusers config. diffusers gives every
+        attention layer ``channels // attention_head_dim`` heads; where ADM's head
+        width varies between layers (a fixed ``num_heads`` over levels of different
+        channel counts, as in improved-diffusion) this is the largest width that
+        divides every attended channel count, and :meth:`attention_heads` lists the
+        layers whose head count differs from the one it gives."""
+        layers = self._attention_layers().values()
         if self.num_head_channels > 0:
-            bad = sorted(c for c in attended if c % self.num_head_channels)
+            bad = sorted({c for c, _ in layers if c % self.num_head_channels})
             if bad:
                 raise ValueError(
                     f"num_head_channels {self.num_head_channels} does not divide the attention channels {bad}"
                 )
             return self.num_head_channels
-        # A fixed head count: the width per head varies with the channels; diffusers needs one width.
-        level_chans = [chans[level] for level in self.attention_levels]
-        widths = {chans[-1] / self.heads(chans[-1])}  # the mid block uses num_heads
-        widths |= {c / self.heads(c, upsample=up) for c in level_chans for up in (False, True)}
-        if len(widths) != 1 or not float(next(iter(widths))).is_integer():
-            raise ValueError(f"with num_head_channels=-1 every attention layer must have the same head width "
-                             f"for diffusers; these heads give widths {sorted(widths)}")
-        return int(next(iter(widths)))
+        bad = sorted({f"{c} channels / {h} heads" for c, h in layers if c % h})
+        if bad:
+            raise ValueError(f"num_heads / num_heads_upsample must divide the attention channels: {bad}")
+        widths = {c // h for c, h in layers}
+        return widths.pop() if len(widths) == 1 else math.gcd(*(c for c, _ in layers))
+
+    def attention_heads(self) -> dict[str, int]:
+        """ADM's head count for every diffusers attention module whose head count
+        is not ``channels // head_dim`` (empty when one head width fits all)."""
+        dim = self.head_dim
+        return {name: h for name, (c, h) in self._attention_layers().items() if c // dim != h}
+
+    @property
+    def timestep_scale(self) -> float:
+        """What ADM's diffusion multiplies t by before the net sees it."""
+        return 1000.0 / self.diffusion_steps if self.rescale_timesteps else 1.0
 
 
 #: The P2-weighting FFHQ 256x256 model (``ffhq_p2.pt``, jychoi118/P2-weighting README flags).
@@ -146,7 +179,41 @@ FFHQ_P2 = ADMConfig(
     dropout=0.0,
 )
 
-PRESETS: dict[str, ADMConfig] = {"ffhq_p2": FFHQ_P2}
+#: improved-diffusion's unconditional ImageNet 64x64 model (``imagenet64_uncond_100M_1500K.pt``, the
+#: model A3FT fine-tunes): its README flags (--image_size 64 --num_channels 128 --num_res_blocks 3
+#: --learn_sigma True, --diffusion_steps 4000 --noise_schedule cosine) over script_util.py's defaults
+#: (channel_mult (1, 2, 3, 4) for 64x64, attention_resolutions "16,8", num_heads 4, dropout 0,
+#: use_scale_shift_norm True, rescale_timesteps True) and improved-diffusion's fixed UNetModel options
+#: (conv resamplers, legacy QKV order, a fixed head count).
+IMPROVED_IMAGENET64 = ADMConfig(
+    image_size=64,
+    num_channels=128,
+    num_res_blocks=3,
+    channel_mult=(1, 2, 3, 4),
+    attention_resolutions=(16, 8),
+    num_heads=4,
+    num_head_channels=-1,
+    use_scale_shift_norm=True,
+    resblock_updown=False,
+    learn_sigma=True,
+    use_new_attention_order=False,
+    dropout=0.0,
+    diffusion_steps=4000,
+    noise_schedule="cosine",
+    rescale_timesteps=True,
+)
+
+#: improved-diffusion's class-conditional ImageNet 64x64 model (``imagenet64_cond_270M_250K.pt``):
+#: README flags --num_channels 192 --class_cond True --rescale_timesteps False, otherwise as above.
+IMPROVED_IMAGENET64_COND = ADMConfig(**{
+    **IMPROVED_IMAGENET64.model_dump(), "num_channels": 192, "class_cond": True, "rescale_timesteps": False,
+})
+
+PRESETS: dict[str, ADMConfig] = {
+    "ffhq_p2": FFHQ_P2,
+    "improved_imagenet64": IMPROVED_IMAGENET64,
+    "improved_imagenet64_cond": IMPROVED_IMAGENET64_COND,
+}
 
 
 def adm_unet_config(cfg: ADMConfig) -> dict[str, Any]:
@@ -175,7 +242,9 @@ def adm_unet_config(cfg: ADMConfig) -> dict[str, Any]:
         "downsample_type": resample,  # only read by the Attn* blocks; the others are chosen above
         "upsample_type": resample,
         "downsample_padding": 1,  # ADM's strided 3x3 conv pads 1
-        "time_embedding_type": "positional",
+        **_time_embedding(cfg),
+        "num_class_embeds": cfg.num_classes if cfg.class_cond else None,  # ADM's label_emb, added to emb
+        "class_embed_type": None,
         "flip_sin_to_cos": True,  # ADM: cat([cos, sin])
         "freq_shift": 0,  # ADM divides the exponent by half, not half - shift
         "act_fn": "silu",
@@ -184,3 +253,33 @@ def adm_unet_config(cfg: ADMConfig) -> dict[str, Any]:
         "mid_block_scale_factor": 1,
     }
 
+
+
+def _time_embedding(cfg: ADMConfig) -> dict[str, Any]:
+    if cfg.timestep_scale == 1.0:
+        return {"time_embedding_type": "positional"}
+    # The net saw sin/cos of t * 1000 / T, which diffusers' sinusoid cannot scale: a table of
+    # ADM's embedding at every integer t (time_proj.weight, filled by the converter).
+    return {"time_embedding_type": "learned", "num_train_timesteps": cfg.diffusion_steps}
+
+
+def adm_scheduler_config(cfg: ADMConfig) -> dict[str, Any] | None:
+    """The diffusers ``scheduler_config.json`` of ``cfg``'s diffusion, or None
+    when it is DDPM's linear schedule at T=1000 (what a model folder without
+    one already means here: ``core/parameterization.py``).
+
+    ADM's linear betas run from ``1e-4 * 1000 / T`` to ``0.02 * 1000 / T``
+    (``get_named_beta_schedule``); its cosine one is diffusers' ``squaredcos_cap_v2``.
+    """
+    config: dict[str, Any] = {"_class_name": "DDPMScheduler", "num_train_timesteps": cfg.diffusion_steps,
+                              "prediction_type": "epsilon"}
+    if cfg.noise_schedule == "cosine":
+        config["beta_schedule"] = "squaredcos_cap_v2"
+    elif cfg.diffusion_steps == 1000:
+        return None
+    else:
+        scale = 1000 / cfg.diffusion_steps
+        config.update(beta_schedule="linear", beta_start=scale * 0.0001, beta_end=scale * 0.02)
+    if cfg.learn_sigma:  # ADM's LEARNED_RANGE: the net interpolates log beta_t and log beta~_t
+        config["variance_type"] = "learned_range"
+    return config

@@ -14,6 +14,7 @@ import torch
 from diffusers import UNet2DModel
 
 from .adm_config import ADMCheckpointError, ADMConfig, adm_unet_config
+from .adm_extras import generated_shapes
 
 SHOWN_KEYS = 8  # keys listed per category in an error message
 
@@ -68,6 +69,8 @@ def key_plan(cfg: ADMConfig) -> dict[str, KeyRule]:
     chans, attn, legacy = cfg.block_channels, cfg.attention_levels, not cfg.use_new_attention_order
     last = len(chans) - 1
     plan = _layer("time_embed.0", "time_embedding.linear_1") | _layer("time_embed.2", "time_embedding.linear_2")
+    if cfg.class_cond:  # nn.Embedding(num_classes, 4 * num_channels), added to the time embedding
+        plan["label_emb.weight"] = KeyRule("copy", ("class_embedding.weight",))
     plan |= _layer("input_blocks.0.0", "conv_in")
 
     ch, k, skips = chans[0], 1, [chans[0]]
@@ -175,16 +178,20 @@ def _describe(state_dict: Mapping[str, Any]) -> str:
             qkv = re.compile(rf"{name}\.(\d+)\.\d+\.qkv\.")
             attn = sorted({int(m.group(1)) for key in state_dict if (m := qkv.match(key))})
             facts.append(f"{max(blocks) + 1} {name} (attention in {attn or 'none'})")
-    if any(key.startswith("label_emb.") for key in state_dict):
-        facts.append("a label_emb (class-conditional; not supported)")
+    label_emb = state_dict.get("label_emb.weight")
+    if isinstance(label_emb, torch.Tensor) and label_emb.dim() == 2:
+        facts.append(f"a label_emb of {label_emb.shape[0]} classes (class-conditional: "
+                      f"--class-cond true --num-classes {label_emb.shape[0]})")
+    elif any(key.startswith("label_emb.") for key in state_dict):
+        facts.append("a label_emb (class-conditional: --class-cond true)")
     return ", ".join(facts) if facts else "no guided-diffusion UNet keys"
 
 
 def check_state_dict(state_dict: Mapping[str, Any], cfg: ADMConfig, plan: Mapping[str, KeyRule]) -> None:
     """Raise :class:`ADMCheckpointError` unless the keys and shapes are exactly ``cfg``'s."""
     shapes = target_shapes(cfg)
-    # The plan must write every diffusers parameter exactly once (a converter bug otherwise).
-    written = [t for rule in plan.values() for t in rule.targets]
+    # The plan (and the tensors made from cfg) must write every diffusers parameter exactly once.
+    written = [t for rule in plan.values() for t in rule.targets] + list(generated_shapes(cfg))
     if sorted(written) != sorted(shapes):
         raise ADMCheckpointError(
             f"internal error: the ADM key plan does not cover UNet2DModel exactly for {cfg!r} "
