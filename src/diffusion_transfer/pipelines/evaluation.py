@@ -1,13 +1,21 @@
 """What the generation metrics (``report.evaluate``) and the translation
 metrics (``translate.evaluate_translations``) share: the feature extractor
-for FID/KID, the fixed reference subset, and the attributes they score."""
+for FID/KID, the fixed reference subset, and the attributes they score; and
+the network of the Inception Score."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from diffusion_transfer.core.metrics import FeatureExtractor, clip_extractor, inception_extractor
-from diffusion_transfer.project.schema import EvaluationParams
+from diffusion_transfer.core.metrics.inception_score import (
+    LogitsExtractor,
+    joint_attribute_logits,
+    torch_fidelity_inception,
+)
+from diffusion_transfer.core.world.common import resize_images
+from diffusion_transfer.core.world.render import ATTRIBUTES
+from diffusion_transfer.project.schema import DatasetParams, EvaluationParams, InvalidParametersError
 from diffusion_transfer.pipelines.utils import inference_setup
 
 #: The FaceWorld attributes scored for retention and coverage (not background).
@@ -36,3 +44,29 @@ def reference_subset(images: np.ndarray, max_images: int | None) -> np.ndarray:
         return images
     keep = np.sort(np.random.default_rng(0).choice(n, max_images, replace=False))
     return images[keep]
+
+
+def inception_score_network(p: EvaluationParams, dataset: DatasetParams, classifier) -> LogitsExtractor:
+    """torch-fidelity's Inception from ``evaluation.inception_score_weights``;
+    without weights, on a FaceWorld dataset, the attribute classifier's joint
+    heads, labelled as a substitute. Errors name the parameter."""
+    p.check_inception_score(dataset)
+    if p.inception_score_weights is not None:
+        try:
+            return torch_fidelity_inception(p.inception_score_weights, device=inference_setup()[0])
+        except FileNotFoundError as err:
+            raise InvalidParametersError(f"Invalid parameters in 'evaluation.inception_score_weights': {err}; or "
+                                         f"switch IS off ('datasets.{dataset.name}.inception_score: false')") from None
+    if classifier is None:
+        raise InvalidParametersError(
+            "Invalid parameters in 'evaluation.inception_score_weights': null, and the attribute classifier (the "
+            "FaceWorld substitute) is not loaded; set it to torch-fidelity's weights-inception-2015-12-05-6726825d.pth")
+    heads = {k: ATTRIBUTES[k] for k in EVALUATED_ATTRIBUTES}
+    return joint_attribute_logits(lambda x: classifier(_at(x, classifier)), heads, ATTRIBUTES_WEIGHTS)
+
+
+def _at(x, classifier):
+    """Images resized to the classifier's input size, on its device, in eval mode."""
+    classifier.eval()
+    dev = next(classifier.parameters()).device
+    return resize_images(x.to(dev).clamp(-1.0, 1.0), classifier.image_size)

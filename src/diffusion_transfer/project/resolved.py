@@ -176,6 +176,8 @@ def resolve_parameters(parameters: dict[str, Any]) -> ResolvedParameters:
     for name, target in declared.datasets.items():
         d = target.params
         S.parse(S.TrainParams, {**train, **d.train}, f"train (with datasets.{name}.train)")
+        if "evaluation" in blocks:
+            blocks["evaluation"].check_inception_score(d)
         for m in methods.values():
             run = resolve_run(m, d, train)
             check_method_builds(run, default_schedule)

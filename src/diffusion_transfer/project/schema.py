@@ -101,6 +101,29 @@ class EvaluationParams(_Params):
     #: Inception under bf16/fp16 autocast on a GPU (labelled, cached apart); "no"
     #: keeps clean-fid's float32 features, comparable with published FID.
     precision: Literal["no", "bf16", "fp16"] = "no"
+    #: The Inception Score of both models' samples (ANL Table 3), for every
+    #: dataset unless ``datasets.<d>.inception_score`` says otherwise; off by default.
+    inception_score: bool = False
+    #: torch-fidelity's Inception (weights-inception-2015-12-05-6726825d.pth), a
+    #: local file; null: FaceWorld's attribute classifier, labelled as a substitute
+    #: (FaceWorld datasets only: ``datasets.<d>.attributes``).
+    inception_score_weights: str | None = None
+    #: IS is averaged over this many chunks of the samples (torch-fidelity's default).
+    inception_score_splits: int = Field(10, ge=1)
+
+    def scores_inception(self, dataset: DatasetParams) -> bool:
+        """Whether ``dataset``'s evaluation computes IS: its own flag, else ``inception_score``."""
+        return self.inception_score if dataset.inception_score is None else dataset.inception_score
+
+    def check_inception_score(self, dataset: DatasetParams) -> None:
+        """IS needs a network: Inception weights, or a FaceWorld dataset for the substitute."""
+        if self.scores_inception(dataset) and self.inception_score_weights is None and not dataset.attributes:
+            raise InvalidParametersError(
+                f"Invalid parameters in 'evaluation.inception_score_weights': the Inception Score of dataset "
+                f"{dataset.name!r} needs an Inception network. Set it to torch-fidelity's local "
+                "weights-inception-2015-12-05-6726825d.pth, or switch IS off with "
+                f"'datasets.{dataset.name}.inception_score: false' (without weights, only FaceWorld datasets, "
+                "'attributes: true', have a substitute classifier)")
 
 
 class _SharedTranslationParams(_Params):
@@ -215,8 +238,10 @@ class DatasetParams(_Params):
     images: str | None = None
     curation: CurateParams = Field(default_factory=lambda: CurateParams())
     #: Which images FID/KID compare against: the whole raw dataset (the SDFT
-    #: paper's AAHQ protocol) or the curated training set (MetFaces).
-    fid_reference: Literal["raw", "curated"] = "curated"
+    #: paper's AAHQ protocol; for a few-shot split, the held-out rest), the
+    #: curated training set (MetFaces), or ``full``: every usable image of the
+    #: folder, training images included (ANL 4.2: a subset's FID is against the full dataset).
+    fid_reference: Literal["raw", "curated", "full"] = "curated"
     #: Per-method hyperparameters for this dataset (SDFT Table 5), merged over
     #: the method's defaults.
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -233,6 +258,8 @@ class DatasetParams(_Params):
     #: the noise bank (whose source samples they are compared with); null: all.
     #: TAN's few-shot protocol uses 1,000.
     n_samples: int | None = Field(None, ge=2)
+    #: The Inception Score for this dataset; null: ``evaluation.inception_score``.
+    inception_score: bool | None = None
     #: Overrides of the ``translation`` block for this dataset (e.g. the SDFT
     #: paper's editing range t0 = 0.625 for AAHQ), merged one level deep.
     translation: dict[str, Any] = Field(default_factory=dict)

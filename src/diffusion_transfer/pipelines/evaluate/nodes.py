@@ -1,5 +1,6 @@
 """The evaluate node of the method template: the run's samples against the
-target's reference set (FID/KID, intra-LPIPS, CLIP and attribute metrics)."""
+target's reference set (FID/KID, intra-LPIPS, CLIP and attribute metrics),
+and the Inception Score of each model's samples when it is on."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from diffusion_transfer.core.data.images import to_tensor
 from diffusion_transfer.core.metrics import attributes as attr_metrics
 from diffusion_transfer.core.metrics.fid import compute_fid_kid
+from diffusion_transfer.core.metrics.inception_score import extract_logits, inception_score
 from diffusion_transfer.core.metrics.intra_lpips import intra_lpips
 from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric
 from diffusion_transfer.core.world.classifier import predict_attributes
@@ -19,6 +22,7 @@ from diffusion_transfer.pipelines.evaluation import (
     ATTRIBUTES_WEIGHTS,
     EVALUATED_ATTRIBUTES,
     feature_extractor,
+    inception_score_network,
     reference_subset,
 )
 from diffusion_transfer.project.schema import DatasetParams, EvaluationParams
@@ -29,8 +33,12 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
              evaluation: EvaluationParams, dataset: DatasetParams) -> dict[str, Any]:
     """FID/KID of both models against the target data, LPIPS between source
     and target samples from the same noise, FaceWorld attribute retention and
-    coverage. Every number states which weights it ran on."""
-    ref = reference if dataset.fid_reference == "raw" else curated
+    coverage, and the Inception Score where it is on. Every number states
+    which weights it ran on."""
+    # The IS network first: missing weights stop the node before any metric runs.
+    is_network = inception_score_network(evaluation, dataset, classifier) if evaluation.scores_inception(dataset) \
+        else None
+    ref = _fid_reference(dataset, curated, reference)
     trg = target_samples["images"].numpy()
     src = source_samples["images"].numpy()[: len(trg)]  # the source samples from the same noises
     n_ref = len(ref["images"])
@@ -60,6 +68,14 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
             models[key]["intra_lpips_detail"] = res
         weights["intra_lpips"] = lpips.label
     skipped = [] if dataset.intra_lpips else [f"intra-LPIPS: off (datasets.{dataset.name}.intra_lpips: false)"]
+    if is_network is not None:
+        for key, imgs in (("source", src), ("finetuned", trg)):
+            score = inception_score(extract_logits(is_network, imgs, evaluation.batch_size),
+                                    min(evaluation.inception_score_splits, len(imgs)))
+            models[key].update(inception_score=score["mean"], inception_score_std=score["std"],
+                               inception_score_splits=score["splits"])
+        metrics["inception_score_substitute"] = is_network.substitute
+        weights["inception_score"] = is_network.weights
     if not (evaluation.attributes and dataset.attributes and classifier is not None):
         why = (f"datasets.{dataset.name}.attributes: false" if not dataset.attributes else
                "evaluation.attributes: false" if not evaluation.attributes else "no attribute classifier")
@@ -71,6 +87,17 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
     metrics["weights"] = weights
     metrics["skipped"] = skipped
     return metrics
+
+
+def _fid_reference(dataset: DatasetParams, curated: dict, reference: dict) -> dict:
+    """What FID/KID compare against (``datasets.<d>.fid_reference``); ``full``
+    is the whole folder: a few-shot split's shots and held-out rest together."""
+    if dataset.fid_reference == "curated":
+        return curated
+    if dataset.fid_reference == "full" and dataset.kind == "few_shot":
+        return {"images": torch.cat([curated["images"], reference["images"]]),
+                "meta": {"names": curated["meta"]["names"] + reference["meta"]["names"]}}
+    return reference  # raw, or full on a whole-folder dataset: every usable image
 
 
 def _attribute_metrics(classifier, src: np.ndarray, trg: np.ndarray, curated: dict,

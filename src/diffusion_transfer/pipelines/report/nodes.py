@@ -101,6 +101,35 @@ def _translation_lines(tm: dict) -> list[str]:
             "Top row: the inputs; then one row per method.", "", "![translations](translations.png)"]
 
 
+def _metrics_table(metrics: dict, method: str) -> list[str]:
+    """The source and fine-tuned rows; an IS column when it ran, headed
+    "IS-substitute" when its network is not Inception."""
+    has_is = "inception_score" in metrics["models"]["source"]
+    is_head = (" IS-substitute ↑ |" if metrics.get("inception_score_substitute") else " IS ↑ |") if has_is else ""
+    lines = ["| model | FID | KID (x10^3) |" + is_head
+             + " LPIPS src-trg | intra-LPIPS | face rate | coverage of absent attributes |",
+             "|---|---|---|" + ("---|" if has_is else "") + "---|---|---|---|"]
+    for key, label in (("source", "source (pretrained)"), ("finetuned", f"{method} (fine-tuned)")):
+        row = metrics["models"][key]
+        cov = (row.get("coverage") or {}).get("overall_rate")
+        is_cell = f" {fmt(row['inception_score'], 2)} ± {fmt(row['inception_score_std'], 2)} |" if has_is else ""
+        lines.append(f"| {label} | {fmt(row.get('fid'), 2)} | {fmt(row.get('kid_x1e3'), 2)} |{is_cell} "
+                     f"{fmt(row.get('lpips_src_trg'))} | {fmt(row.get('intra_lpips'))} | {fmt(row.get('face_rate'))} "
+                     f"| {fmt(cov)} |")
+    return lines
+
+
+def _inception_score_lines(metrics: dict) -> list[str]:
+    """How IS was computed, and whether its network is a substitute."""
+    row = metrics["models"]["source"]
+    if "inception_score" not in row:
+        return []
+    what = ("IS-substitute (not comparable to published IS): " if metrics.get("inception_score_substitute")
+            else "IS: ")
+    return ["", f"{what}mean ± std over {row['inception_score_splits']} splits of each model's samples "
+                f"(torch-fidelity), on {metrics['weights']['inception_score']}."]
+
+
 def build_report(metrics: dict, history: dict, curation_summary: dict, source_samples: dict,
                  target_samples: dict, translation_metrics: dict | None = None) -> tuple[str, Image.Image, plt.Figure]:
     run = history["run"]
@@ -108,16 +137,9 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
     lines = [f"# Report: {run['run']}", "",
              f"Method **{run['method']}** on dataset **{run['dataset']}**; "
              f"{metrics['n_samples']} samples per model from the same noise bank.", "",
-             "## Metrics", "",
-             "| model | FID | KID (x10^3) | LPIPS src-trg | intra-LPIPS | face rate | coverage of absent attributes |",
-             "|---|---|---|---|---|---|---|"]
-    for key, label in (("source", "source (pretrained)"), ("finetuned", f"{run['method']} (fine-tuned)")):
-        row = m[key]
-        cov = (row.get("coverage") or {}).get("overall_rate")
-        lines.append(f"| {label} | {fmt(row.get('fid'), 2)} | {fmt(row.get('kid_x1e3'), 2)} | "
-                     f"{fmt(row.get('lpips_src_trg'))} | {fmt(row.get('intra_lpips'))} | {fmt(row.get('face_rate'))} "
-                     f"| {fmt(cov)} |")
-    lines += ["", f"FID/KID against the {metrics['fid_reference']}."]
+             "## Metrics", "", *_metrics_table(metrics, run["method"]),
+             "", f"FID/KID against the {metrics['fid_reference']}."]
+    lines += _inception_score_lines(metrics)
     if metrics.get("skipped"):
         lines += ["", "Metrics not run: " + "; ".join(metrics["skipped"]) + "."]
     if "retention" in m["finetuned"]:
