@@ -1,8 +1,10 @@
 """The guided-diffusion (ADM) side of the conversion tests: a compact,
 independent re-implementation of guided-diffusion's ``UNetModel``
 (``RefADMUNet``: same module tree, so the same state-dict keys, and the same
-forward maths, legacy QKV attention included), the tiny configurations it is
-built at, and ``reference``: one randomly initialised with nothing left at zero.
+forward maths, legacy QKV attention and ``label_emb`` included), the tiny
+configurations it is built at, and ``reference``: one randomly initialised
+with nothing left at zero. improved-diffusion's ``UNetModel`` is the same net
+with a fixed head count, conv resamplers and the legacy QKV order (TINY_IMPROVED*).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_transfer.core.models.adm import ADMConfig
+from diffusion_transfer.core.models.adm import IMPROVED_IMAGENET64, ADMConfig
 
 # The brief's tiny net: 2 levels, attention at 8x8 (ds 2), 2 and 4 heads of 16 channels.
 TINY = ADMConfig(
@@ -44,6 +46,20 @@ TINY_PLAIN = variant(
     attention_resolutions=(16,),
     channel_mult=(1, 1),
 )
+
+# improved-diffusion's ImageNet-64 net at width 32 on 16x16 images: 4 levels (1,2,3,4), 3 ResBlocks,
+# attention at ds 4 and 8 with 4 heads of 24 and 32 channels, rescaled timesteps, T=4000 cosine.
+TINY_IMPROVED = ADMConfig(**{
+    **IMPROVED_IMAGENET64.model_dump(), "image_size": 16, "num_channels": 32, "attention_resolutions": (4, 2),
+})
+_IMPROVED_BASE = {"image_size": 16, "num_channels": 32, "channel_mult": (1, 2, 3), "attention_resolutions": (8, 4),
+                  "num_head_channels": -1, "num_heads": 2, "resblock_updown": False}
+# Class-conditional, learned sigma, more heads on the way up, rescaled timesteps, T=4000 cosine.
+TINY_IMPROVED_COND = ADMConfig(**_IMPROVED_BASE, num_res_blocks=1, num_heads_upsample=4, class_cond=True,
+                               num_classes=7, diffusion_steps=4000, noise_schedule="cosine", rescale_timesteps=True)
+# Unconditional eps-only, additive time embedding, T=1000 (rescaling by 1000/T is then the identity).
+TINY_IMPROVED_EPS = ADMConfig(**_IMPROVED_BASE, num_res_blocks=2, learn_sigma=False, use_scale_shift_norm=False,
+                              rescale_timesteps=True)
 
 
 # --------------------------------------------------------------------------- reference ADM
@@ -165,7 +181,9 @@ class Seq(nn.Sequential):
 
 
 class RefADMUNet(nn.Module):
-    """guided-diffusion UNetModel (no class conditioning), built from an ADMConfig's raw fields."""
+    """guided-diffusion UNetModel, built from an ADMConfig's raw fields; called
+    with the timesteps the net sees (see :func:`net_timesteps`) and, when
+    class-conditional, the labels."""
 
     def __init__(self, cfg: ADMConfig):
         super().__init__()
@@ -182,6 +200,8 @@ class RefADMUNet(nn.Module):
             return AttentionBlock(ch, heads, legacy)
 
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        if cfg.class_cond:
+            self.label_emb = nn.Embedding(cfg.num_classes, emb_ch)
         ch = int(cfg.channel_mult[0] * mc)
         self.input_blocks = nn.ModuleList([Seq(nn.Conv2d(3, ch, 3, padding=1))])
         chans, ds = [ch], 1
@@ -213,8 +233,10 @@ class RefADMUNet(nn.Module):
         out_ch = 6 if cfg.learn_sigma else 3
         self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(ch, out_ch, 3, padding=1))
 
-    def forward(self, x, t):
+    def forward(self, x, t, y=None):
         emb = self.time_embed(timestep_embedding(t, self.model_channels))
+        if hasattr(self, "label_emb"):
+            emb = emb + self.label_emb(y)
         hs, h = [], x
         for block in self.input_blocks:
             h = block(h, emb)
@@ -233,7 +255,9 @@ def reference(cfg: ADMConfig, seed: int = 0) -> RefADMUNet:
     model = RefADMUNet(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if ".norm." in f".{name}" or "layers.0." in name or name.startswith("out.0"):  # GroupNorm affine
+            if name == "label_emb.weight":  # as large as the time embedding it is added to
+                p.normal_(0.0, 1.0)
+            elif ".norm." in f".{name}" or "layers.0." in name or name.startswith("out.0"):  # GroupNorm affine
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.1)
@@ -245,5 +269,14 @@ def reference(cfg: ADMConfig, seed: int = 0) -> RefADMUNet:
 def _inputs(cfg: ADMConfig, batch: int = 4):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g)
-    t = torch.tensor([0, 1, 437, 999][:batch])
+    t = torch.tensor([0, 1, 437, cfg.diffusion_steps - 1][:batch])
     return x, t
+
+
+def net_timesteps(t: torch.Tensor, cfg: ADMConfig) -> torch.Tensor:
+    """What ADM's diffusion passes the net (improved-diffusion ``_scale_timesteps``)."""
+    return t.float() * (1000.0 / cfg.diffusion_steps) if cfg.rescale_timesteps else t
+
+
+def labels(cfg: ADMConfig, batch: int = 4, seed: int = 3) -> torch.Tensor:
+    return torch.randint(0, cfg.num_classes, (batch,), generator=torch.Generator().manual_seed(seed))
