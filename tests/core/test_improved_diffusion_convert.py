@@ -54,8 +54,11 @@ from diffusion_transfer.core.models.adm import (
     convert_adm_state_dict,
 )
 from diffusion_transfer.core.models.adm_cli import main as cli_main
+from diffusion_transfer.core.models.scheduler_config import scheduler_config_of
 from diffusion_transfer.core.models.unet import load_unet
 from diffusion_transfer.core.parameterization import schedule_from_scheduler_config
+from diffusion_transfer.pipelines.convert.nodes import convert_source
+from diffusion_transfer.project.schema import ConvertParams
 from tests.core._adm_reference import (
     TINY,
     TINY_IMPROVED,
@@ -248,3 +251,13 @@ def test_cli_writes_the_improved_imagenet64_folder(tmp_path, capsys):
     betas = schedule_from_scheduler_config(model.scheduler_config).betas
     torch.testing.assert_close(betas, torch.tensor(_improved_cosine_betas(4000), dtype=torch.float64),
                                atol=1e-15, rtol=0)
+
+
+def test_convert_source_node_attaches_the_schedule(tmp_path):
+    """``kedro run --pipeline=convert_source``: the model it saves carries the scheduler config."""
+    ckpt = tmp_path / "imagenet64_tiny.pt"
+    torch.save(reference(TINY_IMPROVED).state_dict(), ckpt)
+    overrides = {"image_size": 16, "num_channels": 32, "attention_resolutions": [4, 2]}
+    model = convert_source(ConvertParams(checkpoint=str(ckpt), preset="improved_imagenet64", overrides=overrides))
+    assert scheduler_config_of(model) == adm_scheduler_config(TINY_IMPROVED)
+    assert model.config["_adm_attention_heads"] == TINY_IMPROVED.attention_heads()

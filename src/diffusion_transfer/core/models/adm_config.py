@@ -61,7 +61,7 @@ class ADMConfig(BaseModel):
     use_new_attention_order: bool = Field(False, description="QKVAttention (True) or QKVAttentionLegacy (False)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="ResBlock dropout (training only)")
     class_cond: bool = Field(False, description="class-conditional model (label_emb -> class_embedding)")
-    num_classes: int = Field(1000, ge=1, description="classes of a class_cond model (NUM_CLASSES = 1000 in both codebases)")
+    num_classes: int = Field(1000, ge=1, description="classes of a class_cond model (ADM: NUM_CLASSES = 1000)")
     diffusion_steps: int = Field(1000, ge=1, description="training timesteps T (--diffusion_steps)")
     noise_schedule: Literal["linear", "cosine"] = Field("linear", description="beta schedule: linear or cosine")
     rescale_timesteps: bool = Field(
