@@ -124,3 +124,90 @@ def test_the_identity_network_is_required_only_where_faces_are_evaluated(tmp_pat
     message = str(err.value)
     assert "- church_source_model:" in message and "- evaluation.inception_path:" in message
     assert "identity_weights" not in message
+
+
+def _paper_params() -> dict:
+    from diffusion_transfer.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
+
+    args = {**CONFIG_LOADER_ARGS, "default_run_env": "paper"}
+    return CONFIG_LOADER_CLASS(conf_source=str(Path(__file__).parents[1] / "conf"), **args)["parameters"]
+
+
+def test_paper_has_the_anl_and_a3ft_experiments_with_their_settings():
+    """ANL's LDM-ImageNet-256 targets and A3FT's ImageNet-64 / FFHQ-256 ones:
+    sources, splits, FID references, sample counts, IS and training lengths."""
+    from diffusion_transfer.project.registry import register_pipelines
+    from diffusion_transfer.project.resolved import resolve_parameters
+
+    params = _paper_params()
+    resolved = resolve_parameters(params)
+    d = resolved.datasets
+    assert {"ldm_cin256", "imagenet64"} <= set(params["sources"])
+    anl = ("celeba", "celeba_1k", "celeba_25", "flowers", "flowers_1k", "flowers_25", "cars", "cars_1k", "cars_25")
+    for name in anl:
+        assert d[name].source == "ldm_cin256" and d[name].inception_score is True
+        assert d[name].fid_reference == ("curated" if name in ("flowers", "cars") else "full")  # ANL 4.2
+        assert resolved.runs[f"anl_{name}"].train.steps == 60000 and resolved.runs[f"naive_{name}"].train.steps == 60000
+    assert [d[n].curation.n_shot for n in ("celeba", "celeba_1k", "celeba_25")] == [10000, 1000, 25]
+    assert d["flowers"].kind == "full" and d["flowers_1k"].images == "flowers_raw"
+    assert resolved.runs["anl_cars"].train.lr == pytest.approx(2e-6 * 8 * 4)  # ANL 4.1
+    a3ft = {"celeba64_1k": ("imagenet64", 10000, 3906), "pokemon64": ("imagenet64", 5000, 3254),
+            "metfaces_all": ("ffhq", 1400, 20875)}
+    for name, (source, n_samples, steps) in a3ft.items():
+        assert (d[name].source, d[name].n_samples, d[name].fid_reference) == (source, n_samples, "curated")
+        for method in ("naive", "attn", "a3ft"):
+            train = resolved.runs[f"{method}_{name}"].train
+            assert (train.steps, train.lr, train.batch_size, train.adam_eps, train.ema_decay) == \
+                (steps, 2e-4, 128, 1e-8, 0.0)  # A3FT C.2, Table 1
+        assert not d[name].inception_score
+    assert d["metfaces_all"].curation.remove_prompts == [] and d["metfaces"].curation.remove_prompts  # no glasses removal
+    assert resolved.runs["tan_celeba_1k"].train.steps == 300  # TAN keeps its own length
+    assert resolved.blocks["evaluation"].inception_score_weights.endswith("weights-inception-2015-12-05-6726825d.pth")
+    assert not resolved.blocks["evaluation"].scores_inception(d["aahq"])  # SDFT's runs are unchanged
+    pipelines = register_pipelines(params)
+    assert {"anl_celeba_1k", "anl_uncond_flowers_25", "a3ft_pokemon64", "naive_metfaces_all", "compare_cars"} <= set(pipelines)
+
+
+def _missing(tmp_path, pipeline: str) -> tuple[str, Path]:
+    from diffusion_transfer.project.preflight import MissingInputsError
+
+    proj = _scratch_project(tmp_path)
+    with pytest.raises(MissingInputsError) as err:
+        _run(proj, "paper", pipeline)
+    return str(err.value), proj
+
+
+def test_an_anl_paper_run_stops_before_any_compute_listing_its_missing_inputs(tmp_path):
+    message, proj = _missing(tmp_path, "anl_celeba_1k")
+    assert message.startswith("7 input(s) of this run are missing; nothing was computed.")
+    for name, hint in (("celeba_raw", "data/01_raw/celeba"),
+                       ("ldm_cin256_source_model", f"{PAPER_DATA}/06_models/ldm_cin256"),
+                       ("ldm_cin256_source_images", "data/01_raw/imagenet_val"),
+                       ("condition_clip", "clip_vit_b32_openai.pt"), ("evaluation_clip", "clip_vit_b32_openai.pt"),
+                       ("evaluation.inception_path", "inception-2015-12-05.pt"),
+                       ("evaluation.lpips_backbone_weights", "alexnet-owt-7be5be79.pth")):
+        line = next((line for line in message.splitlines() if line.startswith(f"  - {name}:")), "")
+        assert hint in line, (name, message)
+    assert "dt-convert-ldm data/00_weights/cin256-v2.ckpt" in message and "ILSVRC2012" in message
+    assert "identity_weights" not in message  # ANL's targets are not scored for identity (faces: false)
+    assert not (proj / PAPER_DATA).exists()  # nothing was written
+
+
+@pytest.mark.xfail(strict=True, reason="project/preflight.py lists only inception_path, lpips_backbone_weights and "
+                   "identity_weights under evaluation; evaluation.inception_score_weights needs its line there")
+def test_the_pre_run_check_lists_the_inception_score_weights(tmp_path):
+    message, _ = _missing(tmp_path, "anl_flowers_25")
+    assert "- evaluation.inception_score_weights:" in message
+
+
+def test_an_a3ft_paper_run_stops_before_any_compute_listing_its_missing_inputs(tmp_path):
+    message, proj = _missing(tmp_path, "a3ft_pokemon64")
+    for name, hint in (("pokemon_raw", "data/01_raw/pokemon"),
+                       ("imagenet64_source_model", f"{PAPER_DATA}/06_models/improved_imagenet64"),
+                       ("imagenet64_source_images", "data/01_raw/imagenet_val"),
+                       ("evaluation.inception_path", "inception-2015-12-05.pt")):
+        line = next((line for line in message.splitlines() if line.startswith(f"  - {name}:")), "")
+        assert hint in line, (name, message)
+    assert "--preset improved_imagenet64" in message and "imagenet64_uncond_100M_1500K.pt" in message
+    assert "condition_clip" not in message  # A3FT is not conditioned on CLIP
+    assert not (proj / PAPER_DATA).exists()

@@ -109,3 +109,27 @@ def test_resolve_parameters_stops_an_is_run_without_a_network():
         resolve_parameters(params)
     params["evaluation"]["inception_score_weights"] = "data/00_weights/x.pth"
     resolve_parameters(params)  # the file itself is the pre-run check's and the node's
+
+
+def test_torch_fidelity_inception_gives_its_1008_logits_from_a_local_file(tmp_path):
+    """torch-fidelity's own network on randomly initialised weights saved to a
+    file (never the real ones, never downloaded): the file is read, and the
+    logits are its ``logits_unbiased``."""
+    from unittest import mock
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None), \
+            mock.patch("torch.load", return_value={}):
+        torch.manual_seed(0)
+        random_net = FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"],
+                                                 feature_extractor_weights_path="unused")
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(random_net.state_dict(), weights)
+    net = torch_fidelity_inception(weights)
+    assert not net.substitute and weights.name in net.weights
+    images = np.random.default_rng(0).integers(0, 255, (3, 40, 40, 3), dtype=np.uint8)
+    logits = extract_logits(net, images, batch_size=2)
+    assert logits.shape == (3, 1008)
+    (direct,) = random_net(torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert torch.allclose(logits, direct.double(), atol=1e-4)
