@@ -168,23 +168,24 @@ def test_broken_model_folders_are_found_before_compute(own):
     assert nothing_computed(own, "broken")
 
 
-def test_a_latent_pipeline_folder_is_refused_naming_its_autoencoder(own):
-    """Issue 31: an LDMPipeline folder (vqvae/ + unet/ + scheduler/) used to run to rc 0 with its UNet
-    trained on pixels and its autoencoder ignored; now it stops before compute, naming the part."""
+def test_a_text_conditional_folder_is_refused_naming_its_parts(own):
+    """Issue 31: a folder with parts the project does not use (here a Stable Diffusion layout: a text
+    encoder and a cross-attention UNet) stops before compute, naming each part, instead of being trained
+    with them ignored (as an LDMPipeline folder was before latent models were supported)."""
     import torch
-    from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel, VQModel
+    from diffusers import UNet2DConditionModel
 
     shutil.rmtree(own / MODEL)
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=64, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       attention_head_dim=8, norm_num_groups=4)
-    vqvae = VQModel(block_out_channels=(8,), norm_num_groups=4, latent_channels=3, num_vq_embeddings=16,
-                    vq_embed_dim=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",))
-    LDMPipeline(vqvae=vqvae, unet=unet, scheduler=DDIMScheduler()).save_pretrained(str(own / MODEL))
+    UNet2DConditionModel(sample_size=64, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                         attention_head_dim=2, norm_num_groups=4).save_pretrained(str(own / MODEL / "unet"))
+    (own / MODEL / "text_encoder").mkdir()
     error = error_paragraph(kedro(own, "run", "--pipeline=sdft_mydata", "--env=mydata"))
-    assert f"the source model 'my_source_source_model' ({MODEL}): it has an autoencoder (vqvae/: VQModel)" in error
-    assert "Set sources.my_source.model to a pixel-space model" in error
+    assert f"the source model 'my_source_source_model' ({MODEL}): it has a text encoder (text_encoder/)" in error
+    assert "its UNet is a UNet2DConditionModel" in error
+    assert "Set sources.my_source.model to a supported model" in error
     assert nothing_computed(own)
 
 

@@ -139,3 +139,22 @@ def test_a_schedule_the_code_cannot_honour_stops_before_compute(tmp_path):
     message = done.stderr[done.stderr.index("Error: "):]
     assert "beta_schedule" in message and "sigmoid" in message and "my_ddpm" in message
     assert not (proj / "data" / "mydata" / "03_primary").exists()
+
+
+@pytest.mark.slow
+def test_a_source_without_images_uses_its_own_samples_and_says_so(tmp_path):
+    """Issue 31: sources.<s>.images is optional. The domain classifier's class 0 and the translation
+    inputs are then the source model's own samples, labelled as such."""
+    proj = own_data_project(tmp_path)
+    params = yaml.safe_load((proj / "conf" / "mydata" / "parameters.yml").read_text())
+    del params["sources"]["my_source"]["images"]
+    (proj / "conf" / "mydata" / "parameters.yml").write_text(yaml.safe_dump(params))
+    done = kedro(proj, "run", "--pipeline=naive_mydata", "--env=mydata")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = proj / "data" / "mydata" / "08_reporting"
+    classifier = json.loads((out / "classifier_mydata" / "report.json").read_text())
+    assert classifier["source_folder"] == "the source model's own samples (sources.<s>.images is not set)"
+    assert classifier["train"]["source"] + classifier["held_out"]["source"] == 8  # sampling.n_samples
+    metrics = json.loads((out / "naive_mydata" / "translation_metrics.json").read_text())
+    assert metrics["inputs_folder"] == classifier["source_folder"]
+    assert "the source model's own samples" in (out / "naive_mydata" / "report.md").read_text()

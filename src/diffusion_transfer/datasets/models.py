@@ -17,18 +17,26 @@ class UNetDataset(AbstractDataset[Any, Any]):
     for loading). ``download_hint`` is added to the error when the folder is
     missing (where the weights come from and what to put there)."""
 
-    def __init__(self, path: str, download_hint: str = "", metadata: dict[str, Any] | None = None):
+    def __init__(self, path: str, download_hint: str = "", metadata: dict[str, Any] | None = None,
+                 class_label: int | str | None = None):
         self._path = path
         self._hint = download_hint
         self.metadata = metadata
+        #: a class-conditional model's label for its own samples (``sources.<s>.class_label``)
+        self.class_label = class_label
 
     def load(self):
         # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
+        from diffusion_transfer.core.models.class_labels import label_index, set_class_label
+        # deferred: as above
         from diffusion_transfer.core.models.unet import load_unet
 
         if self._hint and not self._exists():
             raise DatasetError(f"No UNet at {self._path}. {self._hint}")
-        return load_unet(self._path)
+        model = load_unet(self._path)
+        if self.class_label is not None:
+            set_class_label(model, label_index(model, self.class_label, f"the class_label of {self._path}"))
+        return model
 
     def save(self, model) -> None:
         # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
@@ -66,8 +74,20 @@ class UNetDataset(AbstractDataset[Any, Any]):
         found = find_scheduler_config(folder) or find_scheduler_config(unet)
         return config, (read_scheduler_config(found) if found else None)
 
+    def autoencoder_config(self) -> dict[str, Any] | None:
+        """A latent model's autoencoder ``config.json`` (``vqvae/`` or ``vae/``
+        beside ``unet/``), read without loading weights; None for a pixel model."""
+        for part in ("vqvae", "vae"):
+            path = Path(self._path) / part / "config.json"
+            if path.is_file():
+                try:
+                    return json.loads(path.read_text())
+                except ValueError as exc:
+                    raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        return None
+
     def _describe(self) -> dict[str, Any]:
-        return {"path": self._path}
+        return {"path": self._path, "class_label": self.class_label}
 
 
 class ClipDataset(AbstractDataset[Any, Any]):

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 
 from diffusion_transfer.core.data.contact_sheet import labelled_rows
 from diffusion_transfer.core.data.images import to_uint8
+from diffusion_transfer.pipelines.model_space import to_images
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class TrainingSampler:
             finally:
                 model.train(was_training)
                 model.to(home)
-        return to_uint8(x0.float().cpu())
+        return to_uint8(to_images(model, x0.float()).cpu())  # a latent model's rows, decoded
 
     def _save(self) -> None:
         self.out_file.parent.mkdir(parents=True, exist_ok=True)

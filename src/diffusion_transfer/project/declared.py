@@ -39,11 +39,18 @@ class SourceDomain:
     def entries(self) -> dict[str, str]:
         """Catalog names of this source's shared datasets."""
         p, s = self.prefix, self.params
+        images = (f"{p}source_samples" if s.images is None  # no images: the model's own samples stand in
+                  else s.images if is_catalog_name(s.images) else f"{p}source_images")
         return {
             "source_model": s.model if is_catalog_name(s.model) else f"{p}source_model",
-            "source_images": s.images if is_catalog_name(s.images) else f"{p}source_images",
+            "source_images": images,
             **{k: f"{p}{k}" for k in ("noise_bank", "source_samples", "translation_inputs")},
         }
+
+    @property
+    def has_images(self) -> bool:
+        """False when ``sources.<s>.images`` is null: the model's samples stand in."""
+        return self.params.images is not None
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,9 @@ def path_datasets(decl: Declarations) -> dict[str, Any]:
             out[d.raw_entry] = ImageFolderDataset(d.params.images, metadata={"kedro-viz": {"layer": "raw"}})
     for s in decl.sources.values():
         if not is_catalog_name(s.params.model):
-            out[s.entries["source_model"]] = UNetDataset(s.params.model, metadata={"kedro-viz": {"layer": "pretrained"}})
-        if not is_catalog_name(s.params.images):
+            out[s.entries["source_model"]] = UNetDataset(s.params.model, class_label=s.params.class_label,
+                                                         metadata={"kedro-viz": {"layer": "pretrained"}})
+        if s.params.images is not None and not is_catalog_name(s.params.images):
             out[s.entries["source_images"]] = ImageFolderDataset(s.params.images,
                                                                  metadata={"kedro-viz": {"layer": "raw"}})
     return out

@@ -105,26 +105,54 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
     except ValueError as err:
         return [f"{where}: {err}"]
     if Path(str(path)).is_dir() and (parts := unsupported_parts(path)):
-        return [f"{where}: {'; '.join(parts)}. This project trains and samples pixel-space, unconditional "
-                "UNet2DModel models only (a DDPMPipeline folder: unet/ and scheduler/); latent and conditioned "
-                "models are not supported yet (conf/README.md, 'Which models work'), and training this one as a "
-                f"pixel-space model would be silently wrong. Set sources.{target.source.name}.model to a "
-                "pixel-space model"]
+        return [f"{where}: {'; '.join(parts)}. This project trains and samples UNet2DModel models, in pixel "
+                "space or in the latent space of a VQModel / AutoencoderKL, unconditional or with a class "
+                "embedding (conf/README.md, 'Which models work'); training this one without those parts would "
+                f"be silently wrong. Set sources.{target.source.name}.model to a supported model"]
     problems = [f"{where}: {p}" for p in (unet_folder_problems(path) if Path(str(path)).is_dir() else [])]
     try:
         resolve_schedule(None, params.get("schedule"), config=scheduler, where=where)
-    except InvalidParametersError as err:
-        problems.append(str(err.message))
+        autoencoder = dataset.autoencoder_config() if hasattr(dataset, "autoencoder_config") else None
+    except (InvalidParametersError, ValueError) as err:
+        problems.append(str(getattr(err, "message", err)))
     if unet is None or problems:
         return problems
-    if unet.get("in_channels", 3) != 3 or unet.get("out_channels", 3) not in (3, 6):
+    channels = int(autoencoder["latent_channels"]) if autoencoder else 3
+    if unet.get("in_channels", 3) != channels or unet.get("out_channels", 3) not in (channels, 2 * channels):
+        space = f"the latent channels of its autoencoder ({channels})" if autoencoder else "RGB (3)"
         problems.append(f"{where}: in_channels {unet.get('in_channels')} / out_channels {unet.get('out_channels')}"
-                        "; this project trains RGB models predicting 3 channels (6 with a learned variance)")
-    return problems + _size_problems(pipeline, unet, where, target, params)
+                        f"; its UNet must take {space} and predict as many channels (twice with a learned variance)")
+    scale = 2 ** (len(autoencoder.get("block_out_channels") or [0]) - 1) if autoencoder else 1
+    if autoencoder and any(i.endswith("params:editing") for n in pipeline.nodes for i in n.inputs):
+        problems.append(f"{where} is a latent model, and the edit stage (Asyrp) does not edit latent models yet: "
+                        "run the method pipeline without edit_*")
+    return (problems + _size_problems(pipeline, unet, where, target, params, scale)
+            + _label_problems(unet, dataset, target))
 
 
-def _size_problems(pipeline, unet: dict[str, Any], where: str, target, params: dict[str, Any]) -> list[str]:
-    """``sample_size`` against what each stage of the run needs."""
+def _label_problems(unet: dict[str, Any], dataset, target) -> list[str]:
+    """A class-conditional model needs a label for the dataset and for the source's own samples."""
+    n = unet.get("num_class_embeds")
+    labels = {f"datasets.{target.name}.class_label": target.params.class_label,
+              f"sources.{target.source.name}.class_label": getattr(dataset, "class_label", None)}
+    if not n:
+        return [f"{key} is {value!r} but the source model has no class embedding: remove it"
+                for key, value in labels.items() if value is not None]
+    problems = [f"{key} is {value}: the source model has {n} class embeddings (0..{n - 1}, the last the null "
+                "label); use one of them or 'unconditional'"
+                for key, value in labels.items() if isinstance(value, int) and value >= n]
+    source_label = labels[f"sources.{target.source.name}.class_label"]
+    if source_label is None:
+        problems.append(f"sources.{target.source.name}.class_label is not set but the source model is "
+                        f"class-conditional ({n} class embeddings): set the label its own samples are drawn with "
+                        "(an index, or 'unconditional' for the null label)")
+    return problems
+
+
+def _size_problems(pipeline, unet: dict[str, Any], where: str, target, params: dict[str, Any],
+                   scale: int = 1) -> list[str]:
+    """``sample_size`` against what each stage of the run needs; a latent
+    model makes images ``scale`` times its sample_size."""
     size, name = unet.get("sample_size"), target.name
     if isinstance(size, list):
         if len(set(size)) != 1:
@@ -137,20 +165,21 @@ def _size_problems(pipeline, unet: dict[str, Any], where: str, target, params: d
     if size % 2 ** halvings:
         problems.append(f"{where}: sample_size {size} is not a multiple of {2 ** halvings}, which its "
                         f"{halvings + 1} down blocks need (each but the last halves the image)")
+    pixels, made = size * scale, f"sample_size {size}" + (f" (latent; {size * scale} px images)" if scale > 1 else "")
     wanted = target.params.curation.resolution
-    if wanted is not None and wanted != size:
-        problems.append(f"datasets.{name}.curation.resolution is {wanted} but {where} has sample_size {size}: "
-                        f"images are prepared at the model's resolution; remove the parameter or set it to {size}")
+    if wanted is not None and wanted != pixels:
+        problems.append(f"datasets.{name}.curation.resolution is {wanted} but {where} has {made}: "
+                        f"images are prepared at the model's resolution; remove the parameter or set it to {pixels}")
     stages = {i for n in pipeline.nodes for i in n.inputs}
     if "params:evaluation" in stages:
         net = (params.get("evaluation") or {}).get("lpips_net", "alex")
         smallest = smallest_input_size(net)
-        if size < smallest:
+        if pixels < smallest:
             others = {n: smallest_input_size(n) for n in ("alex", "vgg", "squeeze") if n != net}
-            fits = [f"{n} ({s} px)" for n, s in others.items() if s <= size]
+            fits = [f"{n} ({s} px)" for n, s in others.items() if s <= pixels]
             problems.append(
                 f"evaluation.lpips_net: LPIPS '{net}' needs images of at least {smallest}x{smallest} but {where} has "
-                f"sample_size {size}, so the evaluation would fail after training. "
+                f"{made}, so the evaluation would fail after training. "
                 + (f"Set evaluation.lpips_net to {' or '.join(fits)}." if fits else
                    f"Use a model of sample_size >= {min(others.values())}."))
     if "params:translation" in stages and "translation" in params:

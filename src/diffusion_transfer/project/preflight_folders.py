@@ -73,7 +73,13 @@ def _sample_size(model_dataset: Any) -> int | None:
         return None  # check_models says why
     size = (unet or {}).get("sample_size")
     size = size[0] if isinstance(size, list) and size else size
-    return size if isinstance(size, int) and size > 0 else None
+    if not (isinstance(size, int) and size > 0):
+        return None
+    try:  # a latent model makes images larger than its sample_size by the autoencoder's downscaling
+        autoencoder = model_dataset.autoencoder_config() if hasattr(model_dataset, "autoencoder_config") else None
+    except ValueError:
+        return None  # check_models says why
+    return size * 2 ** (len(autoencoder.get("block_out_channels") or [0]) - 1) if autoencoder else size
 
 
 def folder_problem(folder: Path, min_side: int) -> str | None:

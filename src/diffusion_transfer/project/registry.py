@@ -23,6 +23,7 @@ from diffusion_transfer.pipelines.curate.pipeline import create_curate_pipeline
 from diffusion_transfer.pipelines.domain_classifier.pipeline import create_classifier_pipeline
 from diffusion_transfer.pipelines.edit.pipeline import create_edit_pipeline
 from diffusion_transfer.pipelines.method_run import create_method_pipeline, create_source_pipeline
+from diffusion_transfer.pipelines.sample.pipeline import create_source_sampling_pipeline
 from diffusion_transfer.pipelines.tables import SOURCE_RUN
 from diffusion_transfer.pipelines.world.pipeline import create_pipeline as create_world_pipeline
 
@@ -37,6 +38,8 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
         curation = create_curate_pipeline(name, target.raw_entry, entries["source_model"], target.few_shot)
         pipelines[f"curate_{name}"] = curation
         clf = curation + create_classifier_pipeline(name, entries)
+        if not target.source.has_images:  # the source model's samples stand in for its images
+            clf += create_source_sampling_pipeline(entries, target.source.prefix)
         pipelines[f"classifier_{name}"] = clf
         runs = []
         for m in methods:

@@ -7,7 +7,7 @@ bad value fails with a message naming the parameter (e.g.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import click
 
@@ -66,6 +66,8 @@ class TrainParams(TrainConfig):
 
 
 _SAMPLE_KEYS = ("sample_every", "sample_n", "sample_steps")
+#: A class label: an embedding index, or ``unconditional`` (the null label: core/models/class_labels.py).
+ClassLabel = Annotated[int, Field(ge=0)] | Literal["unconditional"]
 
 
 class SamplingParams(_Params):
@@ -77,6 +79,9 @@ class SamplingParams(_Params):
     seed: int = 1234
     #: autocast precision of the model on a GPU (the CPU always samples in float32)
     precision: Literal["no", "bf16", "fp16"] = "no"
+    #: Classifier-free guidance of a class-conditional model trained with a null
+    #: label: eps_null + scale * (eps_label - eps_null); 1 is no guidance.
+    guidance_scale: float = Field(1.0, ge=0)
 
 
 class EvaluationParams(_Params):
@@ -242,6 +247,10 @@ class DatasetParams(_Params):
     #: curated training set (MetFaces), or ``full``: every usable image of the
     #: folder, training images included (ANL 4.2: a subset's FID is against the full dataset).
     fid_reference: Literal["raw", "curated", "full"] = "curated"
+    #: A class-conditional source model: the label this dataset's images are
+    #: trained and sampled with (an index, or ``unconditional``: the null
+    #: label); null: the source's ``class_label`` (docs/DEVIATIONS.md: ANL).
+    class_label: ClassLabel | None = None
     #: Per-method hyperparameters for this dataset (SDFT Table 5), merged over
     #: the method's defaults.
     method_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -334,10 +343,16 @@ class SourceParams(_Params):
 
     name: str
     model: str
-    images: str
+    #: The images the model was trained on, or null (a downloaded model rarely
+    #: comes with them): the domain classifier and the translation inputs then
+    #: use the source model's own samples, labelled as such (conf/README.md).
+    images: str | None = None
     #: Prefix of its derived catalog names (noise bank, samples, translation
     #: inputs); null: ``<name>_``. The first source (FFHQ) uses "".
     prefix: str | None = None
+    #: A class-conditional model (``num_class_embeds``): the class label its own
+    #: samples are drawn with, an index or ``unconditional`` (the null label).
+    class_label: ClassLabel | None = None
 
     @property
     def catalog_prefix(self) -> str:

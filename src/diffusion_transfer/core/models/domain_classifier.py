@@ -67,6 +67,7 @@ class DomainClassifier(nn.Module):
         num_classes: int = 2,
         pool_heads: int = 4,
         norm_num_groups: int = 8,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -88,10 +89,12 @@ class DomainClassifier(nn.Module):
             "attention_blocks": [bool(a) for a in attention_blocks], "num_classes": int(num_classes),
             "pool_heads": int(pool_heads), "norm_num_groups": int(norm_num_groups),
         }
+        if in_channels != 3:  # a latent model's classifier reads its latents
+            self.config["in_channels"] = int(in_channels)
         temb = 4 * channels[0]
         self.time_proj = Timesteps(channels[0], flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(channels[0], temb)
-        self.conv_in = nn.Conv2d(3, channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         blocks, cin = [], channels[0]
         for i, (cout, attn) in enumerate(zip(channels, attention_blocks)):
             last = i == len(channels) - 1

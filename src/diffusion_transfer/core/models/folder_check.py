@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from diffusion_transfer.core.models.latent import AUTOENCODER_FOLDERS
 from diffusion_transfer.core.models.unet import CONFIG_NAME, WEIGHT_NAMES
 
 _FIX = "copy the model folder again (config.json and the weights written together by save_pretrained)"
@@ -55,20 +56,22 @@ def unet_folder_problems(path: str | Path) -> list[str]:
     return []
 
 
-#: The parts of a diffusers pipeline folder this project trains and samples with.
-USED_PARTS = ("unet", "scheduler")
+#: The parts of a diffusers pipeline folder this project trains and samples with
+#: (the autoencoder of a latent model: core/models/latent.py).
+USED_PARTS = ("unet", "scheduler", *AUTOENCODER_FOLDERS)
 #: What an unused part is, by its folder name, when model_index.json does not say.
-_PART_KINDS = {"vae": "an autoencoder", "vqvae": "an autoencoder", "text_encoder": "a text encoder",
-               "text_encoder_2": "a text encoder", "tokenizer": "a tokenizer", "image_encoder": "an image encoder"}
+_PART_KINDS = {"text_encoder": "a text encoder", "text_encoder_2": "a text encoder", "tokenizer": "a tokenizer",
+               "image_encoder": "an image encoder", "safety_checker": "a safety checker"}
 
 
 def unsupported_parts(path: str | Path) -> list[str]:
     """The parts of the model folder ``path`` that this project would ignore:
-    pipeline components other than the UNet and the scheduler (an
-    autoencoder, a text encoder: ``model_index.json`` or their folders), and a
-    UNet that is conditioned (a class embedding, cross-attention). Training it
-    as a pixel-space, unconditional UNet would silently be wrong, so each is
-    named; empty for a model this project supports."""
+    pipeline components other than the UNet, the scheduler and the
+    autoencoder (a text encoder: ``model_index.json`` or their folders), an
+    autoencoder of a class the project cannot use, and a UNet conditioned
+    other than by a class embedding (cross-attention, a class embedding that
+    is not a lookup table). Training it without them would silently be
+    wrong, so each is named; empty for a model this project supports."""
     folder = Path(path)
     found: dict[str, str] = {}
     index = folder / "model_index.json"
@@ -85,15 +88,19 @@ def unsupported_parts(path: str | Path) -> list[str]:
         if name not in found and (folder / name).is_dir():
             found[name] = f"{kind} ({name}/)"
     problems = [f"it has {what}" for what in found.values()]
+    for part, cls in AUTOENCODER_FOLDERS.items():
+        config = _json_or_none(folder / part / CONFIG_NAME)
+        if config is not None and config.get("_class_name", cls) != cls:
+            problems.append(f"its autoencoder {part}/ is a {config.get('_class_name')}, not a {cls}")
     unet = folder / "unet" / CONFIG_NAME if (folder / "unet" / CONFIG_NAME).is_file() else folder / CONFIG_NAME
     config = _json_or_none(unet)
     if config is not None:
         cls = config.get("_class_name")
         if cls not in (None, "UNet2DModel"):
             problems.append(f"its UNet is a {cls} ({unet}), not a UNet2DModel")
-        if config.get("class_embed_type") is not None or config.get("num_class_embeds") is not None:
-            problems.append(f"its UNet has a class embedding (num_class_embeds {config.get('num_class_embeds')}, "
-                            f"class_embed_type {config.get('class_embed_type')!r} in {unet})")
+        if config.get("class_embed_type") is not None:
+            problems.append(f"its UNet has a class embedding of type {config['class_embed_type']!r} ({unet}); "
+                            "only a lookup table (num_class_embeds, class_embed_type null) is supported")
         if config.get("cross_attention_dim") is not None:
             problems.append(f"its UNet attends to a context (cross_attention_dim {config['cross_attention_dim']} "
                             f"in {unet})")

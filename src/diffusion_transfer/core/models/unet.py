@@ -32,6 +32,10 @@ import torch
 from diffusers import UNet2DModel
 
 from .adapted import AdaptedUNet, is_adapted_folder, load_adapted, save_adapted
+from .adm_extras import apply_attention_heads
+from .class_labels import is_class_conditional, read_class_label, set_class_label, write_class_label
+from .latent import attach_latent_codec, latent_codec_of, load_latent_codec
+from .pipeline_folder import attach_pipeline_index, read_pipeline_index, write_pipeline_parts
 from .scheduler_config import (
     attach_scheduler_config,
     find_scheduler_config,
@@ -71,8 +75,9 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def build_unet(config: dict[str, Any]) -> UNet2DModel:
     """A randomly initialised ``UNet2DModel(**config)``.
 
-    ``out_channels`` must be 3 (eps) or 6 (eps + learned variance);
-    ``sample_size`` must be a positive int (or a pair of them).
+    ``in_channels`` is 3 (RGB) or, for a latent model, the autoencoder's
+    latent channels; ``out_channels`` is ``in_channels`` (eps) or twice that
+    (eps + learned variance); ``sample_size`` must be a positive int (or a pair).
     """
     if not isinstance(config, dict):
         raise ValueError(f"UNet config must be a dict of UNet2DModel arguments, got {type(config).__name__}")
@@ -84,12 +89,12 @@ def build_unet(config: dict[str, Any]) -> UNet2DModel:
     if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
         raise ValueError(f"UNet config 'sample_size' must be a positive int, got {size!r}")
     in_ch = cfg.setdefault("in_channels", 3)
-    if in_ch != 3:
-        raise ValueError(f"UNet config 'in_channels' must be 3 (RGB), got {in_ch!r}")
-    out_ch = cfg.setdefault("out_channels", 3)
-    if out_ch not in (3, 6):
+    if not isinstance(in_ch, int) or isinstance(in_ch, bool) or in_ch < 1:
+        raise ValueError(f"UNet config 'in_channels' must be a positive int (3 for RGB), got {in_ch!r}")
+    out_ch = cfg.setdefault("out_channels", in_ch)
+    if out_ch not in (in_ch, 2 * in_ch):
         raise ValueError(
-            f"UNet config 'out_channels' must be 3 (eps) or 6 (eps + learned variance), got {out_ch!r}"
+            f"UNet config 'out_channels' must be {in_ch} (eps) or {2 * in_ch} (eps + learned variance), got {out_ch!r}"
         )
     for key in ("block_out_channels", "down_block_types", "up_block_types"):
         if key in cfg and isinstance(cfg[key], list):
@@ -124,7 +129,8 @@ def _load_folder(folder: Path) -> UNet2DModel:
             f"or {WEIGHT_NAMES[1]}). {_how_to(str(folder))}"
         )
     try:
-        return UNet2DModel.from_pretrained(str(folder), local_files_only=True)
+        # an improved-diffusion conversion records per-layer head counts diffusers' config cannot say
+        return apply_attention_heads(UNet2DModel.from_pretrained(str(folder), local_files_only=True))
     except Exception as exc:  # corrupt weights, mismatched config, ...
         raise ModelLoadError(f"could not load the UNet from {str(folder)!r}: {exc}") from exc
 
@@ -132,12 +138,20 @@ def _load_folder(folder: Path) -> UNet2DModel:
 def _load_local(path: Path, text: str) -> torch.nn.Module:
     if is_adapted_folder(path):  # base UNet + added modules (a3ft, anl)
         try:
-            return load_adapted(path, _load_folder)
+            model = load_adapted(path, _load_folder)
         except ModelLoadError:
             raise
         except Exception as exc:
             raise ModelLoadError(f"could not load the adapted model from {text!r}: {exc}") from exc
-    return _load_folder(path)
+    else:
+        model = _load_folder(path)
+    try:  # a latent model: the frozen autoencoder beside unet/
+        attach_latent_codec(model, load_latent_codec(path))
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the autoencoder of {text!r}: {exc}") from exc
+    if is_class_conditional(model):  # the label a fine-tuned model was trained with, or none bound yet
+        set_class_label(model, read_class_label(path))
+    return attach_pipeline_index(model, read_pipeline_index(path))
 
 
 def load_unet(source: str | os.PathLike[str]) -> UNet2DModel:
@@ -190,9 +204,14 @@ def save_unet(model: torch.nn.Module, folder: str | os.PathLike[str]) -> Path:
     try:
         if adapted:
             save_adapted(model, tmp)
-        else:
+            codec = latent_codec_of(model)
+            if codec is not None:  # the autoencoder beside unet/, where load_unet finds it
+                codec.autoencoder.save_pretrained(str(tmp / codec.part), safe_serialization=True)
+            write_scheduler_config(model, tmp)
+        elif not write_pipeline_parts(model, tmp):  # a pipeline folder in, a pipeline folder out
             model.save_pretrained(str(tmp), safe_serialization=True)
-        write_scheduler_config(model, tmp)
+            write_scheduler_config(model, tmp)
+        write_class_label(model, tmp)
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)

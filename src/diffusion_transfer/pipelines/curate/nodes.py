@@ -25,13 +25,19 @@ from diffusion_transfer.core.data.embeddings import (
 from diffusion_transfer.core.data.images import ImageFolderError, ingest_images
 from diffusion_transfer.core.data.selection import EmptyCurationError, few_shot_split
 from diffusion_transfer.datasets.folders import ImageFolder
+from diffusion_transfer.pipelines.model_space import pixel_size
 from diffusion_transfer.project.schema import CurateParams, DatasetParams, InvalidParametersError
 from diffusion_transfer.pipelines.skipped_files import records_for, sidecar_summary
 
 
 def model_resolution(source_model: Any, curation: CurateParams, where: str) -> int:
-    """The source model's ``sample_size``; an explicit ``resolution`` must agree."""
+    """The source model's image size (its ``sample_size``, times the
+    autoencoder's downscaling for a latent model); an explicit ``resolution`` must agree."""
     size = source_model.config.sample_size
+    if isinstance(size, (list, tuple)) and len(set(size)) == 1:
+        size = size[0]
+    if not isinstance(size, (list, tuple)):
+        size = pixel_size(source_model)
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
             raise InvalidParametersError(f"The source model's sample_size {list(size)} is not square; this project "

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from diffusion_transfer.core.data.images import ImageFolderError, ingest_images, to_tensor  # noqa: E402
+from diffusion_transfer.core.data.images import ImageFolderError, to_tensor  # noqa: E402
 from diffusion_transfer.core.models.domain_classifier import DomainClassifier  # noqa: E402
 from diffusion_transfer.core.training import TrainConfig, train  # noqa: E402
 from diffusion_transfer.core.training.domain_classifier import (  # noqa: E402
@@ -30,8 +30,10 @@ from diffusion_transfer.core.training.domain_classifier import (  # noqa: E402
     domain_classifier_loss,
 )
 from diffusion_transfer.project.schema import ClassifierParams, ScheduleParams  # noqa: E402
+from diffusion_transfer.pipelines.model_space import cached_latents  # noqa: E402
 from diffusion_transfer.pipelines.schedule import model_schedule  # noqa: E402
 from diffusion_transfer.pipelines.skipped_files import skipped_records  # noqa: E402
+from diffusion_transfer.pipelines.source_domain import source_images  # noqa: E402
 
 _TRAIN_DEFAULTS = {"steps": 1500, "batch_size": 64, "lr": 3e-4, "ema_decay": 0.0, "checkpoint_every": 500,
                    "log_every": 50, "hflip": True}
@@ -47,10 +49,10 @@ def train_domain_classifier(source_folder, curated: dict, reference: dict, sourc
     p = classifiers[dataset]
     sched = model_schedule(source_model, schedule)
     size = int(curated["images"].shape[1])
-    ingest = ingest_images(source_folder.files, resolution=size)
+    ingest = source_images(source_folder, size)  # a folder, or the source model's samples in its place
     if len(ingest.names) < 4:
         raise ImageFolderError(f"classifier_{dataset}: only {len(ingest.names)} usable source images in "
-                               f"{source_folder.root} (at least 4 needed; skipped: "
+                               f"{ingest.origin} (at least 4 needed; skipped: "
                                f"{'; '.join(f'{n}: {r}' for n, r in ingest.skipped[:5]) or 'none'}); add images to "
                                "the source domain's 'images' folder")
     rng = np.random.default_rng(p.seed)
@@ -65,6 +67,11 @@ def train_domain_classifier(source_folder, curated: dict, reference: dict, sourc
     trg_held = to_tensor(reference["images"].numpy()[held_idx[:n_held]]) if held_idx else trg_train[:0]
     if trg_train.shape[0] == 0:
         raise ValueError(f"classifier_{dataset}: the target training set is empty")
+    # A latent source model is guided in its latent space: the classifier reads latents.
+    cache = Path(checkpoint_root) / "latents"
+    src_train, src_held, trg_train, trg_held = (cached_latents(source_model, x, cache)
+                                                for x in (src_train, src_held, trg_train, trg_held))
+    channels, size = int(src_train.shape[1]), int(src_train.shape[-1])
     repeats = int(np.ceil(src_train.shape[0] / trg_train.shape[0]))
     trg_balanced = trg_train.repeat(repeats, 1, 1, 1)[: src_train.shape[0]]
     images = torch.cat([src_train, trg_balanced])
@@ -72,7 +79,7 @@ def train_domain_classifier(source_folder, curated: dict, reference: dict, sourc
 
     config = TrainConfig(**{**_TRAIN_DEFAULTS, **p.train, "seed": p.seed})
     torch.manual_seed(p.seed)
-    model = DomainClassifier(sample_size=size, **p.network)
+    model = DomainClassifier(sample_size=size, **p.network, **({"in_channels": channels} if channels != 3 else {}))
     key = hashlib.sha256(json.dumps({"params": p.model_dump(), "schedule": sched.describe()},
                                     sort_keys=True, default=str).encode())
     key.update(images.numpy().tobytes())
@@ -93,7 +100,7 @@ def train_domain_classifier(source_folder, curated: dict, reference: dict, sourc
               "held_out": {"source": int(src_held.shape[0]), "target": int(trg_held.shape[0])},
               "accuracy_by_timestep": by_t, "config": config.model_dump(), "network": clf.config,
               "history": result.history, "checkpoint_dir": str(ckpt),
-              "source_folder": str(source_folder.root), "skipped_source_images": skipped_records(ingest.skipped)}
+              "source_folder": ingest.origin, "skipped_source_images": skipped_records(ingest.skipped)}
     return clf, report, _accuracy_plot(by_t, dataset)
 
 

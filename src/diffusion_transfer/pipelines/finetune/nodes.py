@@ -5,6 +5,7 @@ conditions. Checkpoints are keyed by everything that changes the weights."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -18,9 +19,13 @@ from diffusion_transfer.core.data.images import to_tensor
 from diffusion_transfer.core.methods import build_method
 from diffusion_transfer.core.methods.a3ft import attention_blocks
 from diffusion_transfer.core.models.adapted import AdaptedUNet, parameter_counts
+from diffusion_transfer.core.models.class_labels import class_label_of, using_class_label
+from diffusion_transfer.core.models.latent import attach_latent_codec, latent_codec_of
+from diffusion_transfer.core.models.pipeline_folder import attach_pipeline_index, loading_line, pipeline_index_of
 from diffusion_transfer.core.models.unet import build_unet
 from diffusion_transfer.core.models.scheduler_config import attach_scheduler_config, scheduler_config_of
 from diffusion_transfer.core.training import train
+from diffusion_transfer.pipelines.model_space import bind_dataset_label, cached_latents, describe_model_space
 from diffusion_transfer.pipelines.schedule import resolve_schedule
 from diffusion_transfer.pipelines.training_samples import training_sampler
 from diffusion_transfer.project.resolved import TrainingRuns
@@ -51,15 +56,20 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
     if spec.init == "random":
         torch.manual_seed(config.seed)
         student = build_unet(dict(source_model.config))
+        attach_latent_codec(student, latent_codec_of(source_model))  # the same autoencoder, output layout
+        attach_pipeline_index(student, pipeline_index_of(source_model))
     else:  # a copy: the source model stays the untouched teacher / reference
         student = copy.deepcopy(source_model)
+    label = bind_dataset_label(student, class_label_of(source_model) if dataset.class_label is None
+                               else dataset.class_label, f"datasets.{dataset.name}.class_label")
     cond = conditions["embeddings"].float() if conditions is not None else None
     if spec.conditional and cond is None:
         raise ValueError(f"method {run.method!r} is conditional but the pipeline gave it no conditions")
     torch.manual_seed(config.seed)  # added modules initialise reproducibly
     student = spec.build_student(student, int(cond.shape[1]) if cond is not None else None)
     teacher = source_model if spec.needs_teacher else None
-    images = to_tensor(curated["images"].numpy())
+    # A latent model trains on its autoencoder's latents, encoded once (pipelines/model_space.py).
+    images = cached_latents(source_model, to_tensor(curated["images"].numpy()), Path(checkpoint_root) / "latents")
     if cond is not None and cond.shape[0] != images.shape[0]:
         raise ValueError(f"{cond.shape[0]} condition embeddings for {images.shape[0]} training images")
     # Checkpoints are keyed by the configuration, the source weights and the
@@ -67,7 +77,9 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
     # resuming a different one.
     record = run.record()
     trained_by = {k: v for k, v in record.items() if k != "samples"}  # samples during training change no weight
-    key = hashlib.sha256(json.dumps({**trained_by, "schedule": sched.describe()}, sort_keys=True).encode())
+    codec = latent_codec_of(source_model)
+    space = {k: v for k, v in (("class_label", label), ("autoencoder", codec and codec.fingerprint())) if v is not None}
+    key = hashlib.sha256(json.dumps({**trained_by, "schedule": sched.describe(), **space}, sort_keys=True).encode())
     key.update(_fingerprint(source_model.state_dict().values()))
     key.update(_fingerprint([curated["images"]] + ([cond] if cond is not None else [])))
     if classifier is not None and spec.needs_classifier:
@@ -75,12 +87,16 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
     key = key.hexdigest()[:12]
     ckpt_dir = Path(checkpoint_root) / run.name / key
     sampler = training_sampler(record, config, student, source_model, sched, cond, ckpt_dir)  # issue 17
-    result = train(student, spec.loss_fn, images, config, teacher=teacher, conditions=cond,
-                   checkpoint_dir=ckpt_dir, desc=run.name, on_log=sampler if config.num_processes == 1 else None)
+    with using_class_label(teacher, label) if teacher is not None and label is not None else contextlib.nullcontext():
+        result = train(student, spec.loss_fn, images, config, teacher=teacher, conditions=cond,
+                       checkpoint_dir=ckpt_dir, desc=run.name, on_log=sampler if config.num_processes == 1 else None)
     model = result.ema_model if result.ema_model is not None else result.model
     # The fine-tuned model keeps the schedule it was trained with (saved beside its config.json).
     attach_scheduler_config(model, {**(scheduler_config_of(source_model) or {}), **sched.scheduler_config()})
-    history = {"noise_schedule": schedule_info, "run": record, "history": result.history, "resumed_from_step": result.resumed_from_step,
+    # Where the catalog's "{run}.finetuned_model" saves it (conf/base/catalog.yml), for the report.
+    folder = Path(checkpoint_root).parent / run.name / "model"
+    history = {"noise_schedule": schedule_info, "model_space": describe_model_space(model),
+               "saved_model": {"folder": str(folder), "load": loading_line(model, folder)}, "run": record, "history": result.history, "resumed_from_step": result.resumed_from_step,
                "checkpoint_dir": str(ckpt_dir), "parameters": trainable_report(student, source_model, run.method),
                "schedule": result.schedule}  # EMA decay and lr warm-up reached (core/training/ema.py)
     if sampler is not None:

@@ -69,6 +69,17 @@ def _noise_schedule_lines(history: dict) -> list[str]:
     return [f"Noise schedule: {describe_schedule(info)}."] if info else []
 
 
+def _model_lines(history: dict) -> list[str]:
+    """The model's space (the latent line), its class label, and where the
+    fine-tuned model is with the one line that loads it."""
+    space, saved = history.get("model_space") or {}, history.get("saved_model")
+    lines = [f"{space['latent']}." if "latent" in space else "",
+             f"Class label: {space['class_label']}." if "class_label" in space else ""]
+    if saved:
+        lines.append(f"Fine-tuned model: `{saved['folder']}`; load it with `{saved['load']}`.")
+    return [line for line in lines if line]
+
+
 def _schedule_lines(history: dict) -> list[str]:
     """EMA decay warm-up and lr warm-up, from ``history["schedule"]`` (runs before it: none)."""
     s = history.get("schedule")
@@ -94,7 +105,8 @@ def _translation_lines(tm: dict) -> list[str]:
         f"{name}: " + ", ".join(f"{k} {v}" for k, v in cfg.items() if k not in ("enabled", "seconds"))
         for name, cfg in tm["settings"].items())
     return ["", "## Domain translation (fine-tuned model)", "",
-            f"{tm['n_inputs']} source-domain inputs translated by each method. Faithfulness: PSNR, SSIM, LPIPS "
+            f"{tm['n_inputs']} source-domain inputs ({tm.get('inputs_folder') or 'the source images'}) translated "
+            "by each method. Faithfulness: PSNR, SSIM, LPIPS "
             f"between each input and its translation; realism: FID/KID against the {tm['fid_reference']}"
             + ("; attribute retention from input to translation." if any("retention" in r for r in tm["rows"].values())
                else "."), "", *translation_table(tm), "", f"Settings: {settings}.", "",
@@ -167,7 +179,8 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
               "## Training", "",
               f"Hyperparameters: `{run['hyperparameters']}`; steps {run['train']['steps']}, "
               f"batch {run['train']['batch_size']}, lr {run['train']['lr']}, EMA {run['train']['ema_decay']}.",
-              f"Resumed from step: {history.get('resumed_from_step')}.", *_noise_schedule_lines(history),
+              f"Resumed from step: {history.get('resumed_from_step')}.", *_model_lines(history),
+              *_noise_schedule_lines(history),
               *_schedule_lines(history),
               *_parameter_lines(history), "",
               "![loss curves](loss_curve.png)", *training_samples_lines(history), "",

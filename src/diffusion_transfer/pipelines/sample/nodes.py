@@ -13,6 +13,7 @@ from diffusion_transfer.core.data.contact_sheet import labelled_rows
 from diffusion_transfer.core.data.images import to_tensor, to_uint8
 from diffusion_transfer.core.methods.anl import image_conditions, masked_images, text_conditions
 from diffusion_transfer.core.models.adapted import AdaptedUNet
+from diffusion_transfer.core.models.class_labels import guided_eps, is_class_conditional
 from diffusion_transfer.core.models.unet import learns_variance
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim, sample_ddpm
 from diffusion_transfer.project.schema import (
@@ -22,6 +23,7 @@ from diffusion_transfer.project.schema import (
     SamplingParams,
     ScheduleParams,
 )
+from diffusion_transfer.pipelines.model_space import describe_model_space, model_input_shape, to_images
 from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
 
@@ -40,8 +42,8 @@ def sampling_conditions(curated: dict, noise_bank: dict, clip, method: MethodPar
 
 
 def create_noise_bank(sampling: SamplingParams, source_model) -> dict:
-    size = int(source_model.config.sample_size)
-    bank = make_noise_bank(sampling.n_samples, (3, size, size), seed=sampling.seed)
+    """x_T for every sample, of the shape the source model denoises (its latents for a latent model)."""
+    bank = make_noise_bank(sampling.n_samples, model_input_shape(source_model), seed=sampling.seed)
     return {"noise": bank, "meta": {"seed": sampling.seed, "n": sampling.n_samples}}
 
 
@@ -51,6 +53,8 @@ def _generate(model, noise: torch.Tensor, p: SamplingParams, sched, conditions: 
     device, dtype = inference_setup(p.precision)
     model.eval().to(device)
     eps_fn = model_eps_fn(model, sched, autocast_dtype=dtype)
+    if is_class_conditional(model):  # classifier-free guidance (scale 1: the model as it is)
+        eps_fn = guided_eps(eps_fn, model, p.guidance_scale)
     out = []
     gen = torch.Generator().manual_seed(p.seed + 1)  # CPU noise: the same samples on every device
     with tqdm(total=len(noise), desc=f"sampling ({p.sampler}, {p.steps} steps)", unit="img") as bar:
@@ -63,7 +67,7 @@ def _generate(model, noise: torch.Tensor, p: SamplingParams, sched, conditions: 
                     x0 = sample_ddim(eps_fn, x, sched, steps=p.steps, eta=p.eta, generator=gen)
                 else:
                     x0 = sample_ddpm(eps_fn, x, sched, steps=p.steps, generator=gen)
-            out.append(x0.float().cpu())
+            out.append(to_images(model, x0.float()).cpu())  # a latent model's samples, decoded
             bar.update(len(x))
     return torch.cat(out)
 
@@ -77,7 +81,9 @@ def sample(model, noise_bank: dict, sampling: SamplingParams, schedule: Schedule
     if cond is None and isinstance(model, AdaptedUNet) and model.adapter.needs_condition:
         raise ValueError(f"the {model.kind} model is conditional: sampling needs conditions")
     images = _generate(model, noise_bank["noise"], sampling, sched, cond)
-    meta = {"sampler": sampling.sampler, "steps": sampling.steps, "eta": sampling.eta}
+    meta = {"sampler": sampling.sampler, "steps": sampling.steps, "eta": sampling.eta, **describe_model_space(model)}
+    if is_class_conditional(model):
+        meta["guidance_scale"] = sampling.guidance_scale
     if sampling.sampler == "ddpm":  # ancestral sampling: the model's learned variance, else the fixed one
         meta["variance"] = ("learned (the model's variance channels, guided-diffusion's learned range)"
                             if learns_variance(model) else "fixed (posterior beta-tilde)")

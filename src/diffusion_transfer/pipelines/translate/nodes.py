@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from diffusion_transfer.core.data.images import ingest_images, to_tensor, to_uint8
+from diffusion_transfer.core.data.images import to_tensor, to_uint8
 from diffusion_transfer.core.metrics import attributes as attr_metrics
 from diffusion_transfer.core.metrics.fid import compute_fid_kid
 from diffusion_transfer.core.metrics.image_metrics import psnr, ssim
@@ -39,8 +39,10 @@ from diffusion_transfer.pipelines.evaluation import (
     feature_extractor,
     reference_subset,
 )
+from diffusion_transfer.pipelines.model_space import pixel_size, to_images, to_model_space
 from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.skipped_files import skipped_records
+from diffusion_transfer.pipelines.source_domain import source_count, source_images
 from diffusion_transfer.pipelines.utils import inference_setup
 from diffusion_transfer.project.resolved import ResolvedDataset
 from diffusion_transfer.project.schema import (
@@ -56,26 +58,30 @@ CHANNEL_CONVENTION = ("PSNR and SSIM on RGB (no luma conversion) after mapping [
 
 
 def select_translation_inputs(source_folder, source_model, translation: TranslationParams) -> dict:
-    """``n_inputs`` source-domain images, a seeded subset of the folder, at
-    the source model's resolution."""
-    size = int(source_model.config.sample_size)
-    files = sorted(source_folder.files)
-    if not files:
-        raise ValueError(f"translation: no images in {source_folder.root}")
-    order = np.random.default_rng(translation.seed).permutation(len(files))
-    # Draw a few spares so that unreadable files still leave n_inputs images.
-    picked = [files[i] for i in order[: min(len(files), translation.n_inputs + 16)]]
-    ingest = ingest_images(picked, resolution=size)
-    if len(ingest.names) < translation.n_inputs:
-        raise ValueError(f"translation.n_inputs is {translation.n_inputs} but only {len(ingest.names)} valid images were "
-                         f"found in {source_folder.root}")
-    names = ingest.names[: translation.n_inputs]
-    meta: dict[str, Any] = {"names": names, "folder": str(source_folder.root), "seed": translation.seed,
-                            "skipped": [list(s) for s in ingest.skipped]}
-    records = getattr(source_folder, "records", {}) or {}
-    if records:
-        meta["records"] = [records.get(n, {}) for n in names]
-    return {"images": torch.from_numpy(ingest.images[: translation.n_inputs]), "meta": meta}
+    """``n_inputs`` source-domain images, a seeded subset of the folder (or of
+    the source model's samples when the source has no images), at the source
+    model's image size."""
+    size = pixel_size(source_model)
+    count = source_count(source_folder)
+    if not count:
+        raise ValueError(f"translation: no images in {getattr(source_folder, 'root', 'the source samples')}")
+    order = np.random.default_rng(translation.seed).permutation(count)
+    if isinstance(source_folder, dict):  # the source model's samples: every one is usable
+        picked = source_images(source_folder, size)
+        keep = order[: translation.n_inputs]
+        picked.images, picked.names = picked.images[keep], [picked.names[i] for i in keep]
+    else:  # draw a few spares so that unreadable files still leave n_inputs images
+        files = sorted(source_folder.files)
+        picked = source_images(source_folder, size, [files[i] for i in order[: min(count, translation.n_inputs + 16)]])
+    if len(picked.names) < translation.n_inputs:
+        raise ValueError(f"translation.n_inputs is {translation.n_inputs} but only {len(picked.names)} valid images were "
+                         f"found in {picked.origin}")
+    names = picked.names[: translation.n_inputs]
+    meta: dict[str, Any] = {"names": names, "folder": picked.origin, "seed": translation.seed,
+                            "skipped": [list(s) for s in picked.skipped]}
+    if picked.records:
+        meta["records"] = [picked.records.get(n, {}) for n in names]
+    return {"images": torch.from_numpy(picked.images[: translation.n_inputs]), "meta": meta}
 
 
 def translate(target_model, source_model, classifier, inputs: dict, translation: TranslationParams,
@@ -88,7 +94,8 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
     resolved before the run (``dataset.translation_params``)."""
     p = dataset.translation_params
     sched = model_schedule(source_model, schedule)  # the fine-tuned model was trained with the same
-    x_all = to_tensor(inputs["images"].numpy())
+    # A latent model translates its inputs' latents (docs/DEVIATIONS.md); the outputs are decoded.
+    x_all = to_model_space(source_model, to_tensor(inputs["images"].numpy()))
     p.check_factors(int(x_all.shape[-1]))
     enabled = p.enabled()
     if not enabled:
@@ -147,7 +154,7 @@ def _translate_batches(info: TranslatorInfo, block, batch, x_all: torch.Tensor, 
                 else contextlib.nullcontext()
             with ctx:
                 y = info.run(block, batch(x=x, noise=noise))
-            results.append(y.float().clamp(-1, 1).cpu())
+            results.append(to_images(target_model, y.float()).clamp(-1, 1).cpu())
             bar.update(len(x))
     return results
 
