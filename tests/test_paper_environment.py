@@ -203,7 +203,7 @@ def test_the_pre_run_check_lists_the_inception_score_weights(tmp_path):
 def test_an_a3ft_paper_run_stops_before_any_compute_listing_its_missing_inputs(tmp_path):
     message, proj = _missing(tmp_path, "a3ft_pokemon64")
     for name, hint in (("pokemon_raw", "data/01_raw/pokemon"),
-                       ("imagenet64_source_model", f"{PAPER_DATA}/06_models/improved_imagenet64"),
+                       ("imagenet64_source_model", f"{PAPER_DATA}/06_models/improved_imagenet64_diffusers"),
                        ("imagenet64_source_images", "data/01_raw/imagenet_val"),
                        ("evaluation.inception_path", "inception-2015-12-05.pt")):
         line = next((line for line in message.splitlines() if line.startswith(f"  - {name}:")), "")
