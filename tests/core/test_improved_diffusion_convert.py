@@ -261,3 +261,15 @@ def test_convert_source_node_attaches_the_schedule(tmp_path):
     model = convert_source(ConvertParams(checkpoint=str(ckpt), preset="improved_imagenet64", overrides=overrides))
     assert scheduler_config_of(model) == adm_scheduler_config(TINY_IMPROVED)
     assert model.config["_adm_attention_heads"] == TINY_IMPROVED.attention_heads()
+
+
+def test_the_rescaled_timestep_table_is_frozen_after_conversion_and_after_loading(tmp_path):
+    """improved-diffusion computes the table (a sinusoid at t * 1000 / T); fine-tuning every
+    parameter (naive, SDFT) must leave it as the original code would."""
+    from diffusion_transfer.core.models.unet import save_unet
+
+    model = convert_adm_checkpoint(reference(TINY_IMPROVED).state_dict(), TINY_IMPROVED)
+    assert not model.time_proj.weight.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if n != "time_proj.weight")
+    again = load_unet(save_unet(model, tmp_path / "m"))
+    assert not again.time_proj.weight.requires_grad

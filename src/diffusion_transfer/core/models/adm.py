@@ -98,7 +98,7 @@ from .adm_config import (
     adm_scheduler_config,
     adm_unet_config,
 )
-from .adm_extras import apply_attention_heads, generated_tensors
+from .adm_extras import apply_attention_heads, generated_shapes, generated_tensors, mark_fixed_timestep_table
 from .adm_keys import SHOWN_KEYS, check_state_dict, convert_tensor, key_plan
 from .scheduler_config import attach_scheduler_config
 from .unet import build_unet
@@ -212,5 +212,7 @@ def convert_adm_checkpoint(
             f"unused converted keys {result.unexpected_keys[:SHOWN_KEYS]}"
         )
     apply_attention_heads(model, cfg.attention_heads())
+    if generated_shapes(cfg):  # the rescaled-timestep table: computed by ADM, frozen here
+        mark_fixed_timestep_table(model)
     attach_scheduler_config(model, adm_scheduler_config(cfg))
     return model.eval()

@@ -26,6 +26,8 @@ import torch
 from .adm_config import ADMConfig
 
 HEADS_KEY = "_adm_attention_heads"
+#: Set on a converted model whose ``time_proj.weight`` is ADM's fixed sinusoid table, not a learned one.
+FIXED_TABLE_KEY = "_adm_fixed_timestep_table"
 
 
 def adm_timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
@@ -80,3 +82,25 @@ def apply_attention_heads(model: torch.nn.Module, heads: Mapping[str, int] | Non
     if hasattr(model, "register_to_config"):
         model.register_to_config(**{HEADS_KEY: dict(heads)})
     return model
+
+
+def mark_fixed_timestep_table(model: torch.nn.Module) -> torch.nn.Module:
+    """Record that ``time_proj.weight`` is ADM's fixed embedding table, and freeze it."""
+    if hasattr(model, "register_to_config"):
+        model.register_to_config(**{FIXED_TABLE_KEY: True})
+    return freeze_fixed_timestep_table(model)
+
+
+def freeze_fixed_timestep_table(model: torch.nn.Module) -> torch.nn.Module:
+    """Keep a converted model's timestep table out of training: improved-diffusion
+    computes it (a sinusoid at ``t * 1000 / T``), it learns nothing there, so
+    fine-tuning every parameter must not change it. No-op for other models."""
+    config = getattr(model, "config", None)
+    if isinstance(config, Mapping) and config.get(FIXED_TABLE_KEY):
+        model.time_proj.weight.requires_grad_(False)
+    return model
+
+
+def apply_adm_extras(model: torch.nn.Module) -> torch.nn.Module:
+    """After ``UNet2DModel.from_pretrained``: the recorded head counts and the frozen table."""
+    return freeze_fixed_timestep_table(apply_attention_heads(model))

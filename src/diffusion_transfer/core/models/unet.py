@@ -32,7 +32,7 @@ import torch
 from diffusers import UNet2DModel
 
 from .adapted import AdaptedUNet, is_adapted_folder, load_adapted, save_adapted
-from .adm_extras import apply_attention_heads
+from .adm_extras import apply_adm_extras
 from .class_labels import is_class_conditional, read_class_label, set_class_label, write_class_label
 from .latent import attach_latent_codec, latent_codec_of, load_latent_codec
 from .pipeline_folder import attach_pipeline_index, read_pipeline_index, write_pipeline_parts
@@ -129,8 +129,8 @@ def _load_folder(folder: Path) -> UNet2DModel:
             f"or {WEIGHT_NAMES[1]}). {_how_to(str(folder))}"
         )
     try:
-        # an improved-diffusion conversion records per-layer head counts diffusers' config cannot say
-        return apply_attention_heads(UNet2DModel.from_pretrained(str(folder), local_files_only=True))
+        # an improved-diffusion conversion: per-layer head counts diffusers' config cannot say, a frozen table
+        return apply_adm_extras(UNet2DModel.from_pretrained(str(folder), local_files_only=True))
     except Exception as exc:  # corrupt weights, mismatched config, ...
         raise ModelLoadError(f"could not load the UNet from {str(folder)!r}: {exc}") from exc
 
