@@ -111,11 +111,17 @@ def test_own_data_and_model_run_as_the_readme_says(tmp_path):
     assert history["noise_schedule"]["prediction_type"] == "v_prediction"
     summary = json.loads((out.parent / "curate_mydata" / "summary.json").read_text())
     assert summary["counts"]["kept"] == 12
-    # the fine-tuned model is saved with the schedule it was trained with, at the model's resolution
+    # the fine-tuned model is saved with the schedule it was trained with, at the model's resolution, in the
+    # layout it came in (a pipeline folder), which diffusers' own loader reads (issue 31)
     model_dir = proj / "data" / "mydata" / "06_models" / "sdft_mydata" / "model"
-    saved = json.loads((model_dir / "scheduler_config.json").read_text())
+    saved = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
     assert saved["beta_schedule"] == "squaredcos_cap_v2" and saved["prediction_type"] == "v_prediction"
-    assert json.loads((model_dir / "config.json").read_text())["sample_size"] == 64
+    assert json.loads((model_dir / "unet" / "config.json").read_text())["sample_size"] == 64
+    from diffusers import DDPMPipeline, DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(model_dir))
+    assert isinstance(pipe, DDPMPipeline) and pipe.scheduler.config.prediction_type == "v_prediction"
+    assert f'DiffusionPipeline.from_pretrained("{model_dir.relative_to(proj)}")' in report
     comparison = json.loads((out.parent / "compare_mydata" / "comparison.json").read_text())
     assert list(comparison["rows"])[1:] == ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "tan"]
 
