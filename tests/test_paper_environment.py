@@ -179,22 +179,21 @@ def _missing(tmp_path, pipeline: str) -> tuple[str, Path]:
 
 def test_an_anl_paper_run_stops_before_any_compute_listing_its_missing_inputs(tmp_path):
     message, proj = _missing(tmp_path, "anl_celeba_1k")
-    assert message.startswith("7 input(s) of this run are missing; nothing was computed.")
+    assert message.startswith("7 input(s) of this run are missing; nothing was computed.")  # IS weights included
     for name, hint in (("celeba_raw", "data/01_raw/celeba"),
                        ("ldm_cin256_source_model", f"{PAPER_DATA}/06_models/ldm_cin256"),
-                       ("ldm_cin256_source_images", "data/01_raw/imagenet_val"),
+                       ("evaluation.inception_score_weights", "weights-inception-2015-12-05-6726825d.pth"),
                        ("condition_clip", "clip_vit_b32_openai.pt"), ("evaluation_clip", "clip_vit_b32_openai.pt"),
                        ("evaluation.inception_path", "inception-2015-12-05.pt"),
                        ("evaluation.lpips_backbone_weights", "alexnet-owt-7be5be79.pth")):
         line = next((line for line in message.splitlines() if line.startswith(f"  - {name}:")), "")
         assert hint in line, (name, message)
-    assert "dt-convert-ldm data/00_weights/cin256-v2.ckpt" in message and "ILSVRC2012" in message
+    assert "dt-convert-ldm data/00_weights/cin256-v2.ckpt" in message
+    assert "imagenet_val" not in message  # no source images: the model's own samples stand in
     assert "identity_weights" not in message  # ANL's targets are not scored for identity (faces: false)
     assert not (proj / PAPER_DATA).exists()  # nothing was written
 
 
-@pytest.mark.xfail(strict=True, reason="project/preflight.py lists only inception_path, lpips_backbone_weights and "
-                   "identity_weights under evaluation; evaluation.inception_score_weights needs its line there")
 def test_the_pre_run_check_lists_the_inception_score_weights(tmp_path):
     message, _ = _missing(tmp_path, "anl_flowers_25")
     assert "- evaluation.inception_score_weights:" in message
@@ -204,10 +203,10 @@ def test_an_a3ft_paper_run_stops_before_any_compute_listing_its_missing_inputs(t
     message, proj = _missing(tmp_path, "a3ft_pokemon64")
     for name, hint in (("pokemon_raw", "data/01_raw/pokemon"),
                        ("imagenet64_source_model", f"{PAPER_DATA}/06_models/improved_imagenet64_diffusers"),
-                       ("imagenet64_source_images", "data/01_raw/imagenet_val"),
                        ("evaluation.inception_path", "inception-2015-12-05.pt")):
         line = next((line for line in message.splitlines() if line.startswith(f"  - {name}:")), "")
         assert hint in line, (name, message)
     assert "--preset improved_imagenet64" in message and "imagenet64_uncond_100M_1500K.pt" in message
     assert "condition_clip" not in message  # A3FT is not conditioned on CLIP
+    assert "imagenet" not in message.replace("imagenet64", "")  # no source images needed: its samples stand in
     assert not (proj / PAPER_DATA).exists()

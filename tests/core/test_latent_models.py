@@ -160,3 +160,22 @@ def test_supported_kinds_are_no_longer_refused_and_the_others_still_are(ldm_fold
     (tmp_path / "kl" / "vae").mkdir(parents=True)
     (tmp_path / "kl" / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderTiny"}))
     assert unsupported_parts(tmp_path / "kl") == ["its autoencoder vae/ is a AutoencoderTiny, not a AutoencoderKL"]
+
+
+def test_a_hub_id_of_a_latent_pipeline_loads_from_the_local_cache(ldm_folder, tmp_path, monkeypatch):
+    """Offline, a Hub id is served by the local Hugging Face cache (its snapshot layout, written here)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-ldm"
+    shutil.copytree(ldm_folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = load_unet("someone/tiny-ldm")
+    assert latent_codec_of(model).kind == "VQModel" and model.config.num_class_embeds == 4
+    assert model.scheduler_config["_class_name"] == "DDIMScheduler"
+    assert "model_index.json" in {p.name for p in (repo / "snapshots" / commit).iterdir()}

@@ -24,8 +24,13 @@ class ValidateParametersHook:
     def after_catalog_created(self, catalog, parameters: dict[str, Any]) -> None:
         """Datasets and source models declared as paths become catalog entries."""
         # Kedro passes the catalog's parameter entries: the whole tree is under "parameters".
-        for name, dataset in path_datasets(declarations(parameters.get("parameters", parameters))).items():
+        decl = declarations(parameters.get("parameters", parameters))
+        for name, dataset in path_datasets(decl).items():
             catalog[name] = dataset
+        for source in decl.sources.values():  # a catalog-entry model gets its source's class_label too
+            model = catalog.get(source.entries["source_model"]) if source.params.class_label is not None else None
+            if model is not None and hasattr(model, "class_label"):
+                model.class_label = source.params.class_label
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:

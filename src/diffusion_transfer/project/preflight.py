@@ -58,7 +58,20 @@ def find_missing(pipeline, catalog, params: dict[str, Any]) -> list[str]:
             why = missing_weights(evaluation.get(key), what)
             if why:
                 problems.append(f"evaluation.{key}: {why}")
+        if _scores_inception(evaluating, params) and evaluation.get("inception_score_weights"):
+            why = missing_weights(evaluation["inception_score_weights"], "torch-fidelity's Inception-v3 "
+                                  "(weights-inception-2015-12-05-6726825d.pth), for the Inception Score")
+            if why:
+                problems.append(f"evaluation.inception_score_weights: {why}")
     return problems
+
+
+def _scores_inception(nodes, params: dict[str, Any]) -> bool:
+    """A dataset of the run scores IS: its ``inception_score``, or ``evaluation.inception_score`` when null."""
+    datasets, default = params.get("datasets") or {}, (params.get("evaluation") or {}).get("inception_score", False)
+    names = {i.split(".", 1)[1] for n in nodes for i in n.inputs if i.startswith("params:datasets.")}
+    return any((lambda v: default if v is None else v)((datasets.get(name) or {}).get("inception_score"))
+               for name in names)
 
 
 def _evaluates_faces(nodes, params: dict[str, Any]) -> bool:

@@ -58,6 +58,9 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+#: What a Hub id's snapshot brings: a bare UNet repo's files, or a pipeline's used parts.
+HUB_PATTERNS = ["model_index.json", "config.json", "scheduler_config.json", "diffusion_pytorch_model.*",
+                "unet/*", "scheduler/*", "vqvae/*", "vae/*"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -176,7 +179,10 @@ def load_unet(source: str | os.PathLike[str]) -> UNet2DModel:
     # A hub id. Offline, only the local cache may serve it (no network calls).
     offline = _offline()
     try:
-        return UNet2DModel.from_pretrained(text, local_files_only=offline)
+        from huggingface_hub import snapshot_download  # deferred: only a Hub id needs it
+
+        # Only the parts this project uses: a bare UNet repo, or a pipeline's unet, scheduler and autoencoder.
+        snapshot = Path(snapshot_download(text, allow_patterns=HUB_PATTERNS, local_files_only=offline))
     except Exception as exc:
         why = (
             "HF_HUB_OFFLINE is set and it is not in the local cache"
@@ -186,6 +192,9 @@ def load_unet(source: str | os.PathLike[str]) -> UNet2DModel:
         raise ModelLoadError(
             f"{text!r} is not a local folder and could not be loaded as a hub id: {why}. {_how_to(text)}"
         ) from exc
+    config_file = find_scheduler_config(snapshot)
+    return attach_scheduler_config(_load_local(snapshot, text),
+                                   read_scheduler_config(config_file) if config_file else None)
 
 
 def save_unet(model: torch.nn.Module, folder: str | os.PathLike[str]) -> Path:
