@@ -232,3 +232,24 @@ def test_saved_folder_loads_offline_with_diffusion_pipeline(tmp_path, monkeypatc
         assert (eps - ref.eps(x, t, y)).abs().max().item() < 1e-4
         h = ref.first_stage_model.encode(img)
         assert (pipe.vqvae.decode(h).sample - ref.first_stage_model.decode(h)).abs().max().item() < 1e-4
+
+
+def test_the_converted_folder_trains_as_the_project_s_class_conditional_latent_model(tmp_path):
+    """load_unet reads the converted folder as a latent model whose class is its context: a bound
+    label gives the original's eps for that class; the class embedder's (absent) bias stays frozen."""
+    from diffusion_transfer.core.models.class_labels import null_label, set_class_label
+    from diffusion_transfer.core.models.folder_check import unsupported_parts, unet_folder_problems
+    from diffusion_transfer.core.models.latent import latent_codec_of
+    from diffusion_transfer.core.models.unet import load_unet
+
+    ref = reference(TINY_DEEP)
+    out = tmp_path / "tiny_ldm"
+    save_ldm_pipeline(convert_ldm_checkpoint(ref.state_dict(), TINY_DEEP), out)
+    assert unsupported_parts(out) == [] and unet_folder_problems(out) == []
+    model = load_unet(out)
+    assert latent_codec_of(model).kind == "VQModel" and null_label(model) == TINY_DEEP.n_classes - 1
+    assert not model.encoder_hid_proj.bias.requires_grad and model.encoder_hid_proj.weight.requires_grad
+    x, t, _, _ = _inputs(TINY_DEEP)
+    set_class_label(model, 2)
+    with torch.no_grad():
+        assert (model(x, t).sample - ref.eps(x, t, torch.full((4,), 2))).abs().max().item() < 1e-4

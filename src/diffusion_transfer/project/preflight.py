@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
-from diffusion_transfer.core.models.folder_check import unet_folder_problems, unsupported_parts
+from diffusion_transfer.core.models.folder_check import config_class_labels, unet_folder_problems, unsupported_parts
 from diffusion_transfer.core.weights import missing_weights
 from diffusion_transfer.pipelines.schedule import resolve_schedule
 from diffusion_transfer.project.declared import declarations
@@ -145,7 +145,7 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
 
 def _label_problems(unet: dict[str, Any], dataset, target) -> list[str]:
     """A class-conditional model needs a label for the dataset and for the source's own samples."""
-    n = unet.get("num_class_embeds")
+    n = config_class_labels(unet)
     labels = {f"datasets.{target.name}.class_label": target.params.class_label,
               f"sources.{target.source.name}.class_label": getattr(dataset, "class_label", None)}
     if not n:

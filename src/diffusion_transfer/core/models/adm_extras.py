@@ -104,3 +104,15 @@ def freeze_fixed_timestep_table(model: torch.nn.Module) -> torch.nn.Module:
 def apply_adm_extras(model: torch.nn.Module) -> torch.nn.Module:
     """After ``UNet2DModel.from_pretrained``: the recorded head counts and the frozen table."""
     return freeze_fixed_timestep_table(apply_attention_heads(model))
+
+
+def computed_parts_like(student: torch.nn.Module, source: torch.nn.Module) -> torch.nn.Module:
+    """A fresh ``student`` built from ``source``'s config (``scratch``) gets what
+    ADM computes rather than learns: the recorded head counts and the fixed
+    timestep table (copied, frozen). No-op for other models."""
+    apply_attention_heads(student)
+    config = getattr(student, "config", None)
+    if isinstance(config, Mapping) and config.get(FIXED_TABLE_KEY):
+        with torch.no_grad():
+            student.time_proj.weight.copy_(source.time_proj.weight)
+    return freeze_fixed_timestep_table(student)

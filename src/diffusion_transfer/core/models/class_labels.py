@@ -24,9 +24,12 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "CLASS_CONTEXT_KEY",
     "UNCONDITIONAL",
     "class_label_of",
+    "freeze_class_context_bias",
     "guided_eps",
+    "has_class_context",
     "LABEL_FILE",
     "is_class_conditional",
     "read_class_label",
@@ -41,6 +44,22 @@ __all__ = [
 #: ``class_label: unconditional`` in YAML: the null label.
 UNCONDITIONAL = "unconditional"
 _HOOKED = "_class_label_hook"
+#: Config key of a ``UNet2DConditionModel`` whose context is a class: CompVis' ``ClassEmbedder`` as
+#: ``encoder_hid_proj`` (``text_proj``, zero bias) over a one-hot ``encoder_hidden_states`` (core/models/ldm.py).
+CLASS_CONTEXT_KEY = "_class_context"
+
+
+def has_class_context(model: torch.nn.Module) -> bool:
+    """A cross-attention UNet whose context is a one-hot class (the LDM ImageNet model's form)."""
+    config = getattr(_unet(model), "config", None)
+    return bool(config is not None and config.get(CLASS_CONTEXT_KEY) and config.get("encoder_hid_dim"))
+
+
+def freeze_class_context_bias(model: torch.nn.Module) -> torch.nn.Module:
+    """CompVis' class embedder has no bias: keep the projection's zero bias out of training."""
+    if has_class_context(model):
+        _unet(model).encoder_hid_proj.bias.requires_grad_(False)
+    return model
 
 
 def _unet(model: torch.nn.Module) -> torch.nn.Module:
@@ -50,9 +69,12 @@ def _unet(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def num_class_embeds(model: torch.nn.Module) -> int | None:
-    """How many class embeddings the UNet has (None: not class-conditional)."""
+    """How many class embeddings the UNet has (None: not class-conditional):
+    ``num_class_embeds``, or the one-hot width of a class context."""
     config = getattr(_unet(model), "config", None)
-    n = config.get("num_class_embeds") if config is not None else None
+    if config is None:
+        return None
+    n = config.get("encoder_hid_dim") if has_class_context(model) else config.get("num_class_embeds")
     return int(n) if n else None
 
 
@@ -82,15 +104,20 @@ def label_index(model: torch.nn.Module, label: int | str, where: str) -> int:
 
 
 def _pass_label(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    if kwargs.get("class_labels") is not None or len(args) > 2:
-        return None  # the caller gave its own labels
+    context = has_class_context(module)
+    key = "encoder_hidden_states" if context else "class_labels"
+    if kwargs.get(key) is not None or len(args) > 2:
+        return None  # the caller gave its own labels (or context)
     label = getattr(module, "class_label", None)
     if label is None:
         raise ValueError("this class-conditional UNet has no class label bound: set the dataset's or the "
-                         "source's class_label (conf/README.md, 'Class-conditional models')")
-    batch = args[0].shape[0] if args else kwargs["sample"].shape[0]
-    device = args[0].device if args else kwargs["sample"].device
-    return args, {**kwargs, "class_labels": torch.full((batch,), int(label), dtype=torch.long, device=device)}
+                         "source's class_label (conf/README.md, 'Which models work')")
+    sample = args[0] if args else kwargs["sample"]
+    labels = torch.full((sample.shape[0],), int(label), dtype=torch.long, device=sample.device)
+    if context:  # one-hot (B, 1, n): the projection picks the class's embedding row
+        n = int(module.config.encoder_hid_dim)
+        return args, {**kwargs, key: torch.nn.functional.one_hot(labels, n).to(sample.dtype)[:, None, :]}
+    return args, {**kwargs, key: labels}
 
 
 def set_class_label(model: torch.nn.Module, label: int | None) -> torch.nn.Module:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from diffusion_transfer.core.models.class_labels import CLASS_CONTEXT_KEY
 from diffusion_transfer.core.models.latent import AUTOENCODER_FOLDERS
 from diffusion_transfer.core.models.unet import CONFIG_NAME, WEIGHT_NAMES
 
@@ -94,6 +95,8 @@ def unsupported_parts(path: str | Path) -> list[str]:
             problems.append(f"its autoencoder {part}/ is a {config.get('_class_name')}, not a {cls}")
     unet = folder / "unet" / CONFIG_NAME if (folder / "unet" / CONFIG_NAME).is_file() else folder / CONFIG_NAME
     config = _json_or_none(unet)
+    if config is not None and config_class_labels(config) and config.get("_class_name") == "UNet2DConditionModel":
+        return problems  # cross-attention to a one-hot class: the LDM ImageNet form (core/models/class_labels.py)
     if config is not None:
         cls = config.get("_class_name")
         if cls not in (None, "UNet2DModel"):
@@ -105,6 +108,14 @@ def unsupported_parts(path: str | Path) -> list[str]:
             problems.append(f"its UNet attends to a context (cross_attention_dim {config['cross_attention_dim']} "
                             f"in {unet})")
     return problems
+
+
+def config_class_labels(config: dict) -> int | None:
+    """The class labels a UNet's ``config.json`` says it takes: ``num_class_embeds``,
+    or the one-hot width of a class context (``_class_context``); None: unconditional."""
+    if config.get(CLASS_CONTEXT_KEY) and config.get("encoder_hid_dim_type") == "text_proj":
+        return int(config.get("encoder_hid_dim") or 0) or None
+    return config.get("num_class_embeds") or None
 
 
 def _json_or_none(path: Path) -> dict | None:
@@ -128,8 +139,10 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def config_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """The tensor shapes of the UNet ``config`` describes (built on the meta device)."""
-    from diffusers import UNet2DModel
+    import diffusers  # deferred: diffusers takes ~3 s to import, and the pre-run check may not reach here
 
+    cls = getattr(diffusers, "UNet2DConditionModel" if config.get("_class_name") == "UNet2DConditionModel"
+                  else "UNet2DModel")
     with torch.device("meta"):
-        model = UNet2DModel.from_config(config)
+        model = cls.from_config(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -88,6 +88,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel, VQModel
 from diffusers import __version__ as diffusers_version
 
 from ..io import atomic_write_folder
+from .class_labels import CLASS_CONTEXT_KEY
 from .ldm_config import (
     CIN256_V2,
     PRESETS,
@@ -210,6 +211,7 @@ def convert_ldm_checkpoint(
         state_dict = load_ldm_state_dict(path_or_state_dict)
     unet_sd, vq_sd = convert_ldm_state_dict(state_dict, cfg, source)
     unet = _filled(UNet2DConditionModel(**ldm_unet_config(cfg)), unet_sd, "UNet2DConditionModel")
+    unet.register_to_config(**{CLASS_CONTEXT_KEY: True})  # its context is a class: this project trains it as such
     vqvae = _filled(VQModel(**vq_model_config(cfg, _scale_factor(state_dict, cfg))), vq_sd, "VQModel")
     scheduler = DDIMScheduler(**ldm_scheduler_config(cfg))
     return LDMComponents(unet=unet, vqvae=vqvae, scheduler=scheduler, n_classes=cfg.n_classes)

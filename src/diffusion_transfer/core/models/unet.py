@@ -20,6 +20,7 @@ loads through the same two functions, as ``unet/`` plus its added modules.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,11 +30,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import UNet2DModel
+from diffusers import UNet2DConditionModel, UNet2DModel
 
 from .adapted import AdaptedUNet, is_adapted_folder, load_adapted, save_adapted
 from .adm_extras import apply_adm_extras
-from .class_labels import is_class_conditional, read_class_label, set_class_label, write_class_label
+from .class_labels import (
+    CLASS_CONTEXT_KEY,
+    freeze_class_context_bias,
+    has_class_context,
+    is_class_conditional,
+    read_class_label,
+    set_class_label,
+    write_class_label,
+)
 from .latent import attach_latent_codec, latent_codec_of, load_latent_codec
 from .pipeline_folder import attach_pipeline_index, read_pipeline_index, write_pipeline_parts
 from .scheduler_config import (
@@ -75,8 +84,9 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def build_unet(config: dict[str, Any]) -> UNet2DModel:
-    """A randomly initialised ``UNet2DModel(**config)``.
+def build_unet(config: dict[str, Any], cls: type = UNet2DModel) -> UNet2DModel:
+    """A randomly initialised ``UNet2DModel(**config)`` (or ``cls``: a class-context
+    ``UNet2DConditionModel``, made from its config).
 
     ``in_channels`` is 3 (RGB) or, for a latent model, the autoencoder's
     latent channels; ``out_channels`` is ``in_channels`` (eps) or twice that
@@ -103,7 +113,7 @@ def build_unet(config: dict[str, Any]) -> UNet2DModel:
         if key in cfg and isinstance(cfg[key], list):
             cfg[key] = tuple(cfg[key])
     try:
-        return UNet2DModel(**cfg)
+        return UNet2DModel(**cfg) if cls is UNet2DModel else freeze_class_context_bias(cls.from_config(cfg))
     except TypeError as exc:  # unknown keyword
         raise ValueError(f"invalid UNet config: {exc}") from exc
     except ValueError as exc:
@@ -131,11 +141,28 @@ def _load_folder(folder: Path) -> UNet2DModel:
             f"UNet folder {str(folder)!r} has no weights file (expected {WEIGHT_NAMES[0]} "
             f"or {WEIGHT_NAMES[1]}). {_how_to(str(folder))}"
         )
+    if _config_class(folder) == "UNet2DConditionModel":  # the LDM ImageNet form: a class as its context
+        try:
+            unet = UNet2DConditionModel.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:  # corrupt weights, mismatched config, ...
+            raise ModelLoadError(f"could not load the UNet from {str(folder)!r}: {exc}") from exc
+        if not has_class_context(unet):
+            raise ModelLoadError(f"{str(folder)!r} holds a UNet2DConditionModel whose context is not a class "
+                                 f"(no {CLASS_CONTEXT_KEY} in its config.json); text-conditional models are not "
+                                 "supported yet")
+        return freeze_class_context_bias(unet)
     try:
         # an improved-diffusion conversion: per-layer head counts diffusers' config cannot say, a frozen table
         return apply_adm_extras(UNet2DModel.from_pretrained(str(folder), local_files_only=True))
     except Exception as exc:  # corrupt weights, mismatched config, ...
         raise ModelLoadError(f"could not load the UNet from {str(folder)!r}: {exc}") from exc
+
+
+def _config_class(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / CONFIG_NAME).read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None  # from_pretrained says what is wrong
 
 
 def _load_local(path: Path, text: str) -> torch.nn.Module:

@@ -19,6 +19,7 @@ from diffusion_transfer.core.data.images import to_tensor
 from diffusion_transfer.core.methods import build_method
 from diffusion_transfer.core.methods.a3ft import attention_blocks
 from diffusion_transfer.core.models.adapted import AdaptedUNet, parameter_counts
+from diffusion_transfer.core.models.adm_extras import computed_parts_like
 from diffusion_transfer.core.models.class_labels import class_label_of, using_class_label
 from diffusion_transfer.core.models.latent import attach_latent_codec, latent_codec_of
 from diffusion_transfer.core.models.pipeline_folder import attach_pipeline_index, loading_line, pipeline_index_of
@@ -55,7 +56,7 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
     config = run.train
     if spec.init == "random":
         torch.manual_seed(config.seed)
-        student = build_unet(dict(source_model.config))
+        student = computed_parts_like(build_unet(dict(source_model.config), type(source_model)), source_model)
         attach_latent_codec(student, latent_codec_of(source_model))  # the same autoencoder, output layout
         attach_pipeline_index(student, pipeline_index_of(source_model))
     else:  # a copy: the source model stays the untouched teacher / reference
