@@ -7,6 +7,7 @@ models. Every save is atomic (write to a temporary sibling, then rename) so a
 crash never leaves a half-written artifact.
 """
 
+from diffusion_transfer.datasets.autoencoders import AutoencoderDataset
 from diffusion_transfer.datasets.folders import ImageFolderDataset
 from diffusion_transfer.datasets.models import (
     AttributeClassifierDataset,
@@ -18,6 +19,7 @@ from diffusion_transfer.datasets.tensors import TensorDictDataset
 
 __all__ = [
     "AttributeClassifierDataset",
+    "AutoencoderDataset",
     "ClipDataset",
     "DomainClassifierDataset",
     "ImageFolderDataset",

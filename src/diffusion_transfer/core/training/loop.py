@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
+from diffusion_transfer.core.models.latent import latent_codec_of
+
 from .checkpoint import _all_finite, _atomic_save, checkpoint_paths, load_usable
 from .config import NonFiniteLossError, TrainConfig, TrainResult
 from .ema import ema_decay_at, ema_update_, schedule_summary
@@ -69,7 +71,8 @@ def train(
     desc: str = "train",
     on_log: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` with ``loss_fn`` on ``images`` (N, 3, H, W) in [-1, 1].
+    """Train ``model`` with ``loss_fn`` on ``images`` (N, 3, H, W) in [-1, 1]
+    (for a model with a latent codec attached, its latents: any finite values).
 
     ``trainable_parameters`` defaults to every parameter of ``model`` that
     requires grad (freeze the rest beforehand). ``conditions`` (N, ...), one
@@ -88,7 +91,7 @@ def train(
     """
     # Setup: settings, inputs, processes and their shards.
     config = as_config(config)
-    check_inputs(images, conditions)
+    check_inputs(images, conditions, latents=latent_codec_of(model) is not None)  # a latent model trains on latents
     if config.num_processes > 1 and not in_distributed_run():
         return launch_workers(train, model, loss_fn, images, config, teacher=teacher,
                               trainable_parameters=trainable_parameters, conditions=conditions,

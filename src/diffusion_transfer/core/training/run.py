@@ -85,17 +85,22 @@ def as_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:
     return config
 
 
-def check_inputs(images: torch.Tensor, conditions: torch.Tensor | None) -> None:
+def check_inputs(images: torch.Tensor, conditions: torch.Tensor | None, latents: bool = False) -> None:
+    """Images (N, 3, H, W) in [-1, 1]; with ``latents`` (a latent model's
+    training set: its autoencoder's scaled latents, of unit variance when the
+    scaling factor is 1/std) (N, C, H, W) of any finite value."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a float tensor (N, 3, H, W) in [-1, 1], got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[1] != 3:
+    if images.ndim != 4 or (images.shape[1] != 3 and not latents):
         raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError("images is empty: nothing to train on")
     if not images.is_floating_point():
         raise ValueError(f"images must be a float tensor in [-1, 1], got dtype {images.dtype}")
     lo, hi = float(images.min()), float(images.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1.001 or hi > 1.001:
+    if latents and not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"latents must be finite, got values in [{lo:.4g}, {hi:.4g}]")
+    if not latents and (not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1.001 or hi > 1.001):
         raise ValueError(f"images must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
     if conditions is not None and (not isinstance(conditions, torch.Tensor) or conditions.shape[0] != images.shape[0]):
         got = tuple(conditions.shape) if isinstance(conditions, torch.Tensor) else type(conditions).__name__

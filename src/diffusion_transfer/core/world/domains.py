@@ -34,17 +34,26 @@ RECORDS = "attributes.jsonl"
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """A named FaceWorld domain: a style, a size and attribute distributions."""
+    """A named FaceWorld domain: a style, a size and attribute distributions.
+
+    ``styles``: a class-labelled mix instead of one style; image ``i`` is
+    drawn in ``styles[i % len(styles)]`` (balanced, and every prefix too),
+    and ``style`` must be its first. Empty (every single-style domain): only
+    ``style``, exactly as before the field existed."""
 
     name: str
     style: str
     n_images: int
     probs: dict = field(default_factory=dict)
     description: str = ""
+    styles: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ValueError(f"domain {self.name!r}: invalid style {self.style!r}")
+        if self.styles and (self.styles[0] != self.style or any(s not in STYLES for s in self.styles)):
+            raise ValueError(f"domain {self.name!r}: styles must be styles of {STYLES} starting with "
+                             f"style {self.style!r}, got {self.styles}")
         if self.n_images < 0:
             raise ValueError(f"domain {self.name!r}: n_images must be >= 0")
         validate_probs(self.probs)
@@ -99,6 +108,29 @@ DOMAINS: dict[str, DomainSpec] = {
             probs={},
             description="Pencil sketches, attributes uniform: a few-shot target style.",
         ),
+        # The latent world (issue 31, docs/FACEWORLD.md): the classes of the class-conditional
+        # latent source model (the ImageNet LDM stand-in) and a target of a class it never saw.
+        DomainSpec(
+            name="faceworld_latent_classes",
+            style="photo",
+            styles=("photo", "portrait", "artwork"),
+            n_images=6000,
+            probs={},
+            description=(
+                "Photos, portraits and artworks in turn, attributes uniform: the classes "
+                "of the class-conditional latent source model (ImageNet stand-in)."
+            ),
+        ),
+        DomainSpec(
+            name="faceworld_latent_sketches",
+            style="sketch",
+            n_images=3000,
+            probs={},
+            description=(
+                "Pencil sketches, attributes uniform: the latent world's target, a class the "
+                "latent source never saw (ANL's CelebA / Flowers / Cars), whole and as subsets."
+            ),
+        ),
     )
 }
 
@@ -121,7 +153,8 @@ def _iter_domain(
     salt = zlib.crc32(spec.name.encode("utf-8"))
     for i in range(n):
         rng = np.random.default_rng([int(seed), salt, i])
-        attrs = sample_attributes(rng, spec.style, spec.probs)
+        style = spec.styles[i % len(spec.styles)] if spec.styles else spec.style
+        attrs = sample_attributes(rng, style, spec.probs)
         render_seed = int(rng.integers(0, 2**63 - 1))
         yield attrs, render_face(attrs, size=size, seed=render_seed)
 
@@ -143,7 +176,7 @@ def render_batch(
 
 
 def _manifest(spec: DomainSpec, size: int, n: int, seed: int) -> dict:
-    return {
+    manifest = {
         "name": spec.name,
         "style": spec.style,
         "size": int(size),
@@ -152,6 +185,9 @@ def _manifest(spec: DomainSpec, size: int, n: int, seed: int) -> dict:
         "probs": {k: dict(v) for k, v in spec.probs.items()},
         "version": WORLD_VERSION,
     }
+    if spec.styles:  # single-style domains keep the manifest they always had
+        manifest["styles"] = list(spec.styles)
+    return manifest
 
 
 def _is_complete(out_dir: Path, manifest: dict) -> bool:

@@ -2,7 +2,8 @@
 
 Its outputs are committed under ``data/06_models/world/`` so that a fresh
 clone never needs to run it; run it to rebuild them (about 90 minutes on two
-CPU cores). The outputs are their own catalog entries (``built_*``) under the
+CPU cores, and the latent world's autoencoder and source model besides:
+docs/FACEWORLD.md). The outputs are their own catalog entries (``built_*``) under the
 environment's data root: ``base`` rewrites the committed folders, ``smoke``
 writes to ``data/smoke/06_models/world/`` and never overwrites them."""
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
+from diffusion_transfer.core.world.autoencoder import train_autoencoder
 from diffusion_transfer.core.world.classifier_train import DEFAULT_CLASSIFIER_CONFIG, train_attribute_classifier
+from diffusion_transfer.core.world.latent_source import train_latent_source
 from diffusion_transfer.core.world.source import train_source_model
 from diffusion_transfer.pipelines.schedule import model_schedule
 
@@ -21,6 +24,21 @@ def train_source(world: dict[str, Any], schedule: dict[str, Any]):
     return train_source_model(src.get("unet", {}), src["train"], src["n_images"],
                               schedule=model_schedule(None, schedule),
                               seed=src.get("seed", 0), loss=src.get("loss"), checkpoint_dir=src.get("checkpoint_dir"))
+
+
+def train_world_autoencoder(world: dict[str, Any]):
+    """The latent world's VQ autoencoder (``world.autoencoder``), trained on renders of the latent classes."""
+    ae = world["autoencoder"]
+    return train_autoencoder(ae.get("config", {}), ae["train"], ae["n_images"], seed=ae.get("seed", 0),
+                             restart_every=ae.get("restart_every", 25), checkpoint_dir=ae.get("checkpoint_dir"))
+
+
+def train_world_latent_source(world: dict[str, Any], schedule: dict[str, Any], autoencoder):
+    """The class-conditional latent source model (``world.latent_source``) on the frozen autoencoder."""
+    src = world["latent_source"]
+    return train_latent_source(autoencoder, src.get("unet", {}), src["train"], src["n_images"],
+                               schedule=model_schedule(None, schedule), seed=src.get("seed", 0),
+                               label_dropout=src.get("label_dropout", 0.1), checkpoint_dir=src.get("checkpoint_dir"))
 
 
 def train_clip(world: dict[str, Any]):

@@ -1,5 +1,6 @@
 """``world``: FaceWorld's models (the curation CLIP, the evaluation CLIP, the attribute
-classifier, the source model)."""
+classifier, the source model, and the latent world's VQ autoencoder and class-conditional
+latent source model)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from diffusion_transfer.pipelines.world.nodes import (
     train_clip,
     train_evaluation_clip,
     train_source,
+    train_world_autoencoder,
+    train_world_latent_source,
 )
 
 
@@ -23,5 +26,9 @@ def create_pipeline() -> Pipeline:
                  tags=["world"]),
             node(train_source, ["params:world", "params:schedule"], "built_source_model", name="train_source_model",
                  tags=["world"]),
+            node(train_world_autoencoder, "params:world", "built_world_autoencoder",
+                 name="train_world_autoencoder", tags=["world", "latent_world"]),
+            node(train_world_latent_source, ["params:world", "params:schedule", "built_world_autoencoder"],
+                 "built_latent_source_model", name="train_world_latent_source", tags=["world", "latent_world"]),
         ]
     )
