@@ -91,6 +91,16 @@ def test_anl_modules_attach_to_the_latent_unet(latent_project):
                           / "training_history.json").read_text())
     assert history["parameters"]["added_parameters"] > 0
     assert history["saved_model"]["load"].startswith("from diffusion_transfer.core.models import load_unet")
+    # ANL's own sampling experiments on that model: mask rates x seen / unseen conditions
+    done = kedro(latent_project, "run", "--pipeline=anl_conditions_mydata", "--env=mydata")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = latent_project / "data" / "mydata" / "08_reporting" / "anl_mydata"
+    sweep = json.loads((out / "condition_sweep.json").read_text())
+    assert [(r["conditions"], r["mask_rate"]) for r in sweep["rows"]] == [("seen", 0.0), ("seen", 0.5)]
+    assert all(r["n"] == 8 and r["fid"] >= 0 for r in sweep["rows"])
+    # every image of mydata (a full dataset) is a training image: no unseen condition, said so
+    assert sweep["skipped"] == ["unseen conditions: the dataset has no images outside its training set"]
+    assert "| seen | 0.5 | 8 |" in (out / "condition_sweep.md").read_text()
 
 
 def test_a_class_conditional_source_without_a_label_stops_before_compute(latent_project):

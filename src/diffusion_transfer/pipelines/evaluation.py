@@ -6,6 +6,7 @@ the network of the Inception Score."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from diffusion_transfer.core.metrics import FeatureExtractor, clip_extractor, inception_extractor
 from diffusion_transfer.core.metrics.inception_score import (
@@ -33,6 +34,17 @@ def feature_extractor(p: EvaluationParams, clip) -> FeatureExtractor:
     return clip_extractor(clip.encode_images, name=getattr(clip, "name", "clip"),
                           weights=f"{label} image encoder (substitute for Inception; not comparable to "
                                   f"published FID/KID)")
+
+
+def fid_reference(dataset: DatasetParams, curated: dict, reference: dict) -> dict:
+    """What FID/KID compare against (``datasets.<d>.fid_reference``); ``full``
+    is the whole folder: a few-shot split's shots and held-out rest together."""
+    if dataset.fid_reference == "curated":
+        return curated
+    if dataset.fid_reference == "full" and dataset.kind == "few_shot":
+        return {"images": torch.cat([curated["images"], reference["images"]]),
+                "meta": {"names": curated["meta"]["names"] + reference["meta"]["names"]}}
+    return reference  # raw, or full on a whole-folder dataset: every usable image
 
 
 def reference_subset(images: np.ndarray, max_images: int | None) -> np.ndarray:

@@ -17,6 +17,7 @@ from kedro.pipeline import Pipeline
 from diffusion_transfer.core.methods import method_names
 from diffusion_transfer.project.config import active_parameters
 from diffusion_transfer.project.declared import declarations
+from diffusion_transfer.pipelines.anl_conditions.pipeline import create_anl_conditions_pipeline
 from diffusion_transfer.pipelines.compare.pipeline import create_compare_node_pipeline
 from diffusion_transfer.pipelines.convert.pipeline import create_pipeline as create_convert_pipeline
 from diffusion_transfer.pipelines.curate.pipeline import create_curate_pipeline
@@ -50,6 +51,10 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
             # Asyrp text editing of the run's fine-tuned model, on demand (training f_t per
             # prompt is costly): it reads the model <m>_<name> wrote, or the pre-run check says so.
             pipelines[f"edit_{m}_{name}"] = create_edit_pipeline(m, name, entries)
+        # ANL's own sampling experiments on the model anl_<name> wrote (app. A, Figs. 3, 7-16)
+        bank = create_source_sampling_pipeline(entries, target.source.prefix).only_nodes_with_outputs(
+            entries["noise_bank"])
+        pipelines[f"anl_conditions_{name}"] = curation + bank + create_anl_conditions_pipeline(name, entries)
         # the baseline row of the Table 2 analogue: Asyrp on the source model itself
         pipelines[f"edit_source_{name}"] = curation + create_edit_pipeline(SOURCE_RUN, name, entries)
         edits = [pipelines[f"edit_{m}_{name}"] for m in (SOURCE_RUN, *methods)]

@@ -200,6 +200,16 @@ class ConditionParams(_Params):
     prompts: list[str] = Field(default_factory=list)
     n_per_prompt: int = Field(8, ge=1)
     embeddings_cache: str = "data/04_feature/anl_conditions"
+    #: ``anl_conditions_<d>`` (ANL app. A, Table 3; Figs. 3, 7-16): the fine-tuned
+    #: model sampled at each mask rate, on seen (training) and unseen condition images.
+    mask_rates: list[float] = Field(default_factory=lambda: [0.0, 0.5], min_length=1)
+
+    @field_validator("mask_rates")
+    @classmethod
+    def _rates_in_range(cls, rates: list[float]) -> list[float]:
+        if any(not 0 <= r < 1 for r in rates):
+            raise ValueError(f"every mask rate must be in [0, 1), got {rates}")
+        return rates
 
 
 class MethodParams(_Params):

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from diffusion_transfer.core.data.images import to_tensor
 from diffusion_transfer.core.metrics import attributes as attr_metrics
@@ -22,6 +21,7 @@ from diffusion_transfer.pipelines.evaluation import (
     ATTRIBUTES_WEIGHTS,
     EVALUATED_ATTRIBUTES,
     feature_extractor,
+    fid_reference,
     inception_score_network,
     reference_subset,
 )
@@ -38,7 +38,7 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
     # The IS network first: missing weights stop the node before any metric runs.
     is_network = inception_score_network(evaluation, dataset, classifier) if evaluation.scores_inception(dataset) \
         else None
-    ref = _fid_reference(dataset, curated, reference)
+    ref = fid_reference(dataset, curated, reference)
     trg = target_samples["images"].numpy()
     src = source_samples["images"].numpy()[: len(trg)]  # the source samples from the same noises
     n_ref = len(ref["images"])
@@ -87,17 +87,6 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
     metrics["weights"] = weights
     metrics["skipped"] = skipped
     return metrics
-
-
-def _fid_reference(dataset: DatasetParams, curated: dict, reference: dict) -> dict:
-    """What FID/KID compare against (``datasets.<d>.fid_reference``); ``full``
-    is the whole folder: a few-shot split's shots and held-out rest together."""
-    if dataset.fid_reference == "curated":
-        return curated
-    if dataset.fid_reference == "full" and dataset.kind == "few_shot":
-        return {"images": torch.cat([curated["images"], reference["images"]]),
-                "meta": {"names": curated["meta"]["names"] + reference["meta"]["names"]}}
-    return reference  # raw, or full on a whole-folder dataset: every usable image
 
 
 def _attribute_metrics(classifier, src: np.ndarray, trg: np.ndarray, curated: dict,

@@ -4,8 +4,6 @@ grid."""
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from PIL import Image
 
@@ -13,9 +11,9 @@ from diffusion_transfer.core.data.contact_sheet import labelled_rows
 from diffusion_transfer.core.data.images import to_tensor, to_uint8
 from diffusion_transfer.core.methods.anl import image_conditions, masked_images, text_conditions
 from diffusion_transfer.core.models.adapted import AdaptedUNet
-from diffusion_transfer.core.models.class_labels import guided_eps, is_class_conditional
+from diffusion_transfer.core.models.class_labels import is_class_conditional
 from diffusion_transfer.core.models.unet import learns_variance
-from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim, sample_ddpm
+from diffusion_transfer.core.sampling import make_noise_bank
 from diffusion_transfer.project.schema import (
     DatasetParams,
     InvalidParametersError,
@@ -23,9 +21,9 @@ from diffusion_transfer.project.schema import (
     SamplingParams,
     ScheduleParams,
 )
-from diffusion_transfer.pipelines.model_space import describe_model_space, model_input_shape, to_images
+from diffusion_transfer.pipelines.generation import generate
+from diffusion_transfer.pipelines.model_space import describe_model_space, model_input_shape
 from diffusion_transfer.pipelines.schedule import model_schedule
-from diffusion_transfer.pipelines.utils import inference_setup
 
 
 def sampling_conditions(curated: dict, noise_bank: dict, clip, method: MethodParams,
@@ -47,31 +45,6 @@ def create_noise_bank(sampling: SamplingParams, source_model) -> dict:
     return {"noise": bank, "meta": {"seed": sampling.seed, "n": sampling.n_samples}}
 
 
-def _generate(model, noise: torch.Tensor, p: SamplingParams, sched, conditions: torch.Tensor | None) -> torch.Tensor:
-    from tqdm.auto import tqdm
-
-    device, dtype = inference_setup(p.precision)
-    model.eval().to(device)
-    eps_fn = model_eps_fn(model, sched, autocast_dtype=dtype)
-    if is_class_conditional(model):  # classifier-free guidance (scale 1: the model as it is)
-        eps_fn = guided_eps(eps_fn, model, p.guidance_scale)
-    out = []
-    gen = torch.Generator().manual_seed(p.seed + 1)  # CPU noise: the same samples on every device
-    with tqdm(total=len(noise), desc=f"sampling ({p.sampler}, {p.steps} steps)", unit="img") as bar:
-        for i in range(0, len(noise), p.batch_size):
-            x = noise[i : i + p.batch_size].to(device)
-            ctx = model.conditioned(conditions[i : i + p.batch_size].to(device)) if conditions is not None \
-                else contextlib.nullcontext()
-            with ctx:
-                if p.sampler == "ddim":
-                    x0 = sample_ddim(eps_fn, x, sched, steps=p.steps, eta=p.eta, generator=gen)
-                else:
-                    x0 = sample_ddpm(eps_fn, x, sched, steps=p.steps, generator=gen)
-            out.append(to_images(model, x0.float()).cpu())  # a latent model's samples, decoded
-            bar.update(len(x))
-    return torch.cat(out)
-
-
 def sample(model, noise_bank: dict, sampling: SamplingParams, schedule: ScheduleParams,
            conditions: dict | None = None) -> dict:
     """Generate one image per noise in the bank (same noise for every model);
@@ -80,7 +53,7 @@ def sample(model, noise_bank: dict, sampling: SamplingParams, schedule: Schedule
     cond = conditions["embeddings"] if conditions is not None else None
     if cond is None and isinstance(model, AdaptedUNet) and model.adapter.needs_condition:
         raise ValueError(f"the {model.kind} model is conditional: sampling needs conditions")
-    images = _generate(model, noise_bank["noise"], sampling, sched, cond)
+    images = generate(model, noise_bank["noise"], sampling, sched, cond)
     meta = {"sampler": sampling.sampler, "steps": sampling.steps, "eta": sampling.eta, **describe_model_space(model)}
     if is_class_conditional(model):
         meta["guidance_scale"] = sampling.guidance_scale
@@ -121,7 +94,7 @@ def sample_prompts(model, noise_bank: dict, clip, method: MethodParams, sampling
     rows = []
     for prompt in prompts:
         cond = text_conditions(clip, prompt).expand(k, -1)
-        rows.append(to_uint8(_generate(model, noise_bank["noise"][:k], sampling, sched, cond)))
+        rows.append(to_uint8(generate(model, noise_bank["noise"][:k], sampling, sched, cond)))
     return labelled_rows(list(zip(prompts, rows)))
 
 

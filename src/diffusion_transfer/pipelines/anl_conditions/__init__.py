@@ -1,0 +1,1 @@
+"""ANL's condition experiments stage: ``nodes.py`` (functions), ``pipeline.py`` (wiring)."""
