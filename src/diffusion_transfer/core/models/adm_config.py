@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .checkpoint_text import comma_tuple
+
 GROUPS = 32  # GroupNorm32 in guided-diffusion's nn.normalization
 NORM_EPS = 1e-5  # nn.GroupNorm's default, which GroupNorm32 keeps
 
@@ -20,14 +22,6 @@ class ADMCheckpointError(ValueError):
 class ADMCheckpointNotFoundError(ADMCheckpointError, FileNotFoundError):
     """The checkpoint file does not exist (also a ``FileNotFoundError``)."""
 
-
-def _comma_tuple(value: Any) -> Any:
-    # guided-diffusion's scripts take "1,1,2,2,4,4" / "32,16,8" strings; so do the CLI and JSON.
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if isinstance(value, int):
-        return (value,)
-    return value
 
 
 class ADMConfig(BaseModel):
@@ -71,7 +65,7 @@ class ADMConfig(BaseModel):
     @field_validator("channel_mult", "attention_resolutions", mode="before")
     @classmethod
     def _split_strings(cls, value: Any) -> Any:
-        return _comma_tuple(value)
+        return comma_tuple(value)
 
     @field_validator("channel_mult", "attention_resolutions")
     @classmethod

@@ -15,8 +15,7 @@ from diffusers import UNet2DModel
 
 from .adm_config import ADMCheckpointError, ADMConfig, adm_unet_config
 from .adm_extras import generated_shapes
-
-SHOWN_KEYS = 8  # keys listed per category in an error message
+from .checkpoint_text import SHOWN_KEYS, key_listing, natural_key
 
 # --------------------------------------------------------------------------- key plan
 
@@ -153,16 +152,6 @@ def convert_tensor(rule: KeyRule, tensor: torch.Tensor) -> list[torch.Tensor]:
 # --------------------------------------------------------------------------- checks / messages
 
 
-def _natural(key: str) -> list[Any]:
-    # input_blocks.2 before input_blocks.10
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
-
-
-def _listing(title: str, items: list[str]) -> str:
-    shown = items[:SHOWN_KEYS]
-    more = f"\n    ... and {len(items) - SHOWN_KEYS} more" if len(items) > SHOWN_KEYS else ""
-    return f"  {len(items)} {title}:\n" + "\n".join(f"    {item}" for item in shown) + more
-
 
 def _describe(state_dict: Mapping[str, Any]) -> str:
     """What the checkpoint itself says about its architecture (for the hint)."""
@@ -198,8 +187,8 @@ def check_state_dict(state_dict: Mapping[str, Any], cfg: ADMConfig, plan: Mappin
             f"(unwritten: {sorted(set(shapes) - set(written))[:SHOWN_KEYS]}, "
             f"unknown: {sorted(set(written) - set(shapes))[:SHOWN_KEYS]})"
         )
-    unexpected = sorted((k for k in state_dict if k not in plan), key=_natural)
-    missing = sorted((k for k in plan if k not in state_dict), key=_natural)
+    unexpected = sorted((k for k in state_dict if k not in plan), key=natural_key)
+    missing = sorted((k for k in plan if k not in state_dict), key=natural_key)
     wrong = []
     for key, rule in plan.items():
         value = state_dict.get(key)
@@ -212,14 +201,14 @@ def check_state_dict(state_dict: Mapping[str, Any], cfg: ADMConfig, plan: Mappin
             wrong.append(f"{key}: shape {tuple(value.shape)}, expected {want}")
     if not (unexpected or missing or wrong):
         return
-    wrong.sort(key=_natural)
+    wrong.sort(key=natural_key)
     parts = [f"the checkpoint does not match the ADM architecture {cfg!r}:"]
     if unexpected:
-        parts.append(_listing("unexpected key(s) (in the checkpoint, not in this architecture)", unexpected))
+        parts.append(key_listing("unexpected key(s) (in the checkpoint, not in this architecture)", unexpected))
     if missing:
-        parts.append(_listing("missing key(s) (needed by this architecture, absent from the checkpoint)", missing))
+        parts.append(key_listing("missing key(s) (needed by this architecture, absent from the checkpoint)", missing))
     if wrong:
-        parts.append(_listing("shape mismatch(es)", wrong))
+        parts.append(key_listing("shape mismatch(es)", wrong))
     parts.append(f"The checkpoint has {len(state_dict)} keys: {_describe(state_dict)}. "
                  "Pick the preset / flags that built it (channel_mult, num_res_blocks, attention_resolutions, ...).")
     raise ADMCheckpointError("\n".join(parts))

@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .checkpoint_text import comma_tuple
+
 GROUPS = 32  # every GroupNorm in both networks has 32 groups
 UNET_NORM_EPS = 1e-5  # openaimodel's GroupNorm32 (nn.GroupNorm's default eps)
 
@@ -28,14 +30,6 @@ class LDMCheckpointError(ValueError):
 class LDMCheckpointNotFoundError(LDMCheckpointError, FileNotFoundError):
     """The checkpoint file does not exist (also a ``FileNotFoundError``)."""
 
-
-def _comma_tuple(value: Any) -> Any:
-    # Lists may come as "1,2,3,5" strings (CLI / JSON), like the ADM config.
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if isinstance(value, int):
-        return (value,)
-    return value
 
 
 def _check_levels(chans: tuple[int, ...], size: int, what: str) -> None:
@@ -71,7 +65,7 @@ class LDMUNetConfig(BaseModel):
     @field_validator("channel_mult", "attention_resolutions", mode="before")
     @classmethod
     def _split_strings(cls, value: Any) -> Any:
-        return _comma_tuple(value)
+        return comma_tuple(value)
 
     @model_validator(mode="after")
     def _convertible(self) -> LDMUNetConfig:
@@ -143,7 +137,7 @@ class VQConfig(BaseModel):
     @field_validator("ch_mult", "attn_resolutions", mode="before")
     @classmethod
     def _split_strings(cls, value: Any) -> Any:
-        return _comma_tuple(value)
+        return comma_tuple(value)
 
     @model_validator(mode="after")
     def _convertible(self) -> VQConfig:

@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel, VQModel
 
+from .checkpoint_text import SHOWN_KEYS, key_listing, natural_key
 from .ldm_config import LDMCheckpointError, LDMConfig, ldm_unet_config, vq_model_config
-
-SHOWN_KEYS = 8  # keys listed per category in an error message
 
 UNET_PREFIX = "model.diffusion_model."
 VQ_PREFIX = "first_stage_model."
@@ -189,16 +188,6 @@ def convert_tensor(rule: KeyRule, tensor: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- checks / messages
 
 
-def _natural(key: str) -> list[Any]:
-    # input_blocks.2 before input_blocks.10
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
-
-
-def _listing(title: str, items: list[str]) -> str:
-    shown = items[:SHOWN_KEYS]
-    more = f"\n    ... and {len(items) - SHOWN_KEYS} more" if len(items) > SHOWN_KEYS else ""
-    return f"  {len(items)} {title}:\n" + "\n".join(f"    {item}" for item in shown) + more
-
 
 def _describe(state_dict: Mapping[str, Any]) -> str:
     """What the checkpoint itself says about its architecture (for the hint)."""
@@ -228,7 +217,7 @@ def _wrong_shapes(state_dict: Mapping[str, Any], plan: Mapping[str, KeyRule], sh
             wrong.append(f"{key}: a {type(value).__name__}, expected a tensor of shape {want}")
         elif tuple(value.shape) != want:
             wrong.append(f"{key}: shape {tuple(value.shape)}, expected {want}")
-    return sorted(wrong, key=_natural)
+    return sorted(wrong, key=natural_key)
 
 
 def check_plan_covers(plan: Mapping[str, KeyRule], shapes: Mapping[str, torch.Size], zero: tuple[str, ...], what: str):
@@ -251,18 +240,18 @@ def check_state_dict(state_dict: Mapping[str, Any], cfg: LDMConfig, source: str 
     check_plan_covers(vq_plan, vq_shapes, (), "VQModel")
     plan = unet_plan | vq_plan
     allowed = set(SCHEDULE_BUFFERS) | {"scale_factor"}
-    unexpected = sorted((k for k in state_dict if k not in plan and k not in allowed), key=_natural)
-    missing = sorted((k for k in plan if k not in state_dict), key=_natural)
+    unexpected = sorted((k for k in state_dict if k not in plan and k not in allowed), key=natural_key)
+    missing = sorted((k for k in plan if k not in state_dict), key=natural_key)
     wrong = _wrong_shapes(state_dict, unet_plan, unet_shapes) + _wrong_shapes(state_dict, vq_plan, vq_shapes)
     if not (unexpected or missing or wrong):
         return
     parts = [f"{source} does not match the LDM architecture {cfg!r}:"]
     if unexpected:
-        parts.append(_listing("unexpected key(s) (in the checkpoint, not in this architecture)", unexpected))
+        parts.append(key_listing("unexpected key(s) (in the checkpoint, not in this architecture)", unexpected))
     if missing:
-        parts.append(_listing("missing key(s) (needed by this architecture, absent from the checkpoint)", missing))
+        parts.append(key_listing("missing key(s) (needed by this architecture, absent from the checkpoint)", missing))
     if wrong:
-        parts.append(_listing("shape mismatch(es)", wrong))
+        parts.append(key_listing("shape mismatch(es)", wrong))
     parts.append(f"The checkpoint has {len(state_dict)} keys: {_describe(state_dict)}. Pass the LatentDiffusion "
                  "checkpoint the preset describes (cin256_v2: CompVis's cin256-v2 model.ckpt, with its VQ-f4 "
                  "first stage and ClassEmbedder inside), or the preset that built it.")
