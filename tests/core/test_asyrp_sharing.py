@@ -74,5 +74,5 @@ def test_training_from_a_shared_inversion_is_exact():
     assert alone.history == again.history
     for k, v in alone.f_t.state_dict().items():
         assert torch.equal(v, again.f_t.state_dict()[k]), k
-    with pytest.raises(ValueError, match="inverted has shape"):
+    with pytest.raises(ValueError, match="inverted has 1 rows but images 2"):
         train_asyrp(unet, SCHED, x0, clip, "red", "green", cfg, progress=False, inverted=shared[:1])

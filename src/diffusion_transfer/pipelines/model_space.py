@@ -25,7 +25,7 @@ from diffusion_transfer.core.models.class_labels import (
     null_label,
     set_class_label,
 )
-from diffusion_transfer.core.models.latent import latent_codec_of, pixel_size
+from diffusion_transfer.core.models.latent import decode_from, encode_for, latent_codec_of, pixel_size
 
 __all__ = ["bind_dataset_label", "cached_latents", "describe_model_space", "model_input_shape", "pixel_size",
            "to_images", "to_model_space"]
@@ -41,17 +41,13 @@ def model_input_shape(model: torch.nn.Module) -> tuple[int, int, int]:
 
 def to_model_space(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """``images`` (B, 3, H, W) in [-1, 1] as the model's inputs (encoded for a latent model)."""
-    codec = latent_codec_of(model)
-    return images if codec is None else codec.encode(images).to(images.device)
+    return encode_for(model, images)
 
 
 def to_images(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What the model made, as images in [-1, 1] (decoded for a latent model)."""
-    codec = latent_codec_of(model)
-    if codec is None:
-        return x
+    """What the model made, as images in [-1, 1] (decoded for a latent model), without gradients."""
     with torch.no_grad():
-        return codec.decode(x).to(x.device)
+        return decode_from(model, x)
 
 
 def cached_latents(model: torch.nn.Module, images: torch.Tensor, cache_dir: str | Path) -> torch.Tensor:

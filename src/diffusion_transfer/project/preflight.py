@@ -136,9 +136,6 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
         problems.append(f"{where}: in_channels {unet.get('in_channels')} / out_channels {unet.get('out_channels')}"
                         f"; its UNet must take {space} and predict as many channels (twice with a learned variance)")
     scale = 2 ** (len(autoencoder.get("block_out_channels") or [0]) - 1) if autoencoder else 1
-    if autoencoder and any(i.endswith("params:editing") for n in pipeline.nodes for i in n.inputs):
-        problems.append(f"{where} is a latent model, and the edit stage (Asyrp) does not edit latent models yet: "
-                        "run the method pipeline without edit_*")
     return (problems + _size_problems(pipeline, unet, where, target, params, scale)
             + _label_problems(unet, dataset, target))
 

@@ -45,6 +45,7 @@ from diffusion_transfer.core.editing.hspace import HSpace
 from diffusion_transfer.core.sampling.common import abar_at, randn_like, sqrt
 from diffusion_transfer.core.sampling.ddim import ddim_invert, ddim_timesteps, sample_ddim
 from diffusion_transfer.core.schedule import NoiseSchedule
+from diffusion_transfer.core.models.latent import decode_from, encode_for
 
 
 class ImplicitFunction(nn.Module):
@@ -210,7 +211,8 @@ def edit_many(model: nn.Module, f_ts: dict[str, nn.Module | None], images: torch
     """:func:`edit` with several f_t at once: each batch is inverted and
     reconstructed once and then edited by every f_t, which is exactly what
     :func:`edit` gives per f_t (same x_T, same boosting noise) at a fraction
-    of the model calls. Returns ``{"edited": {name: images}, "reconstructed"}``;
+    of the model calls. A latent model edits its inputs' latents and its
+    outputs are decoded. Returns ``{"edited": {name: images}, "reconstructed"}``;
     ``callback(name)`` is called after each batch's edit (progress bars)."""
     if images.ndim != 4:
         raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
@@ -228,15 +230,16 @@ def edit_many(model: nn.Module, f_ts: dict[str, nn.Module | None], images: torch
         for i in range(0, images.shape[0], batch_size):
             x0 = images[i:i + batch_size].to(device)
             cond = conditions[i:i + batch_size].to(device) if conditions is not None else None
-            x_T = invert(model, x0, schedule, inversion_steps, cond)
+            x_T = invert(model, encode_for(model, x0), schedule, inversion_steps, cond)
             kw = dict(t_edit=t_edit, t_boost=t_boost, scale=scale, condition=cond)
             for name, f_t in f_ts.items():
                 gen = torch.Generator(device).manual_seed(seed + i)  # the same boosting noise for every f_t
-                edited[name].append(generate(model, f_t, x_T, schedule, steps, generator=gen, **kw).float().cpu())
+                out = generate(model, f_t, x_T, schedule, steps, generator=gen, **kw)
+                edited[name].append(decode_from(model, out.float()).detach().cpu())
                 if callback is not None:
                     callback(name)
             gen = torch.Generator(device).manual_seed(seed + i)
-            recon.append(generate(model, None, x_T, schedule, steps, generator=gen, **kw).float().cpu())
+            recon.append(decode_from(model, generate(model, None, x_T, schedule, steps, generator=gen, **kw).float()).detach().cpu())
     finally:
         model.train(was_training)
     return {"edited": {name: torch.cat(v).clamp(-1, 1) for name, v in edited.items()},

@@ -44,6 +44,7 @@ from diffusion_transfer.core.editing.losses import CLIP_WEIGHT, L1_WEIGHT, asyrp
 from diffusion_transfer.core.sampling.common import abar_at, sqrt
 from diffusion_transfer.core.sampling.ddim import ddim_timesteps
 from diffusion_transfer.core.schedule import NoiseSchedule
+from diffusion_transfer.core.models.latent import decode_from, encode_for
 
 
 @dataclass
@@ -115,8 +116,9 @@ def invert_images(model: nn.Module, images: torch.Tensor, schedule: NoiseSchedul
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([
-            invert(model, images[i:i + config.batch_size].float().to(device), schedule, config.inversion_steps,
+        return torch.cat([  # a latent model inverts its inputs' latents
+            invert(model, encode_for(model, images[i:i + config.batch_size].float().to(device)), schedule,
+                   config.inversion_steps,
                    conditions[i:i + config.batch_size].to(device) if conditions is not None else None).cpu()
             for i in range(0, images.shape[0], config.batch_size)])
     finally:
@@ -144,8 +146,8 @@ def train_asyrp(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor,
 
     cfg = config or AsyrpConfig()
     _check_inputs(cfg, schedule, images, conditions)
-    if inverted is not None and tuple(inverted.shape) != tuple(images.shape):
-        raise ValueError(f"inverted has shape {tuple(inverted.shape)} but images {tuple(images.shape)}")
+    if inverted is not None and inverted.shape[0] != images.shape[0]:
+        raise ValueError(f"inverted has {inverted.shape[0]} rows but images {images.shape[0]}")
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
     f_t = _fresh_or_copied_f_t(model, cfg, init).to(device).train()
@@ -186,8 +188,9 @@ def train_asyrp(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor,
                                 eps_plain = model_eps(model, x_plain, tt, schedule)
                             x0_edit = (x_edit - sqrt(1.0 - a_t) * eps_edit) / sqrt(a_t)
                             x0_plain = (x_plain - sqrt(1.0 - a_t) * eps_plain) / sqrt(a_t)
-                            out = asyrp_loss(clip, x_src, x0_edit, x0_plain, direction, text_cos,
-                                             clip_weight=cfg.clip_weight, l1_weight=cfg.l1_weight)
+                            # a latent model's x0 predictions are decoded (through the frozen decoder) for CLIP
+                            out = asyrp_loss(clip, x_src, decode_from(model, x0_edit), decode_from(model, x0_plain),
+                                             direction, text_cos, clip_weight=cfg.clip_weight, l1_weight=cfg.l1_weight)
                             out["loss"].backward()
                             opt.step()
                             if not torch.isfinite(out["loss"]):

@@ -30,6 +30,8 @@ __all__ = [
     "AUTOENCODER_FOLDERS",
     "LatentCodec",
     "attach_latent_codec",
+    "decode_from",
+    "encode_for",
     "find_autoencoder",
     "latent_codec_of",
     "load_latent_codec",
@@ -131,6 +133,19 @@ def attach_latent_codec(model: torch.nn.Module, codec: LatentCodec | None) -> to
     if codec is not None:
         object.__setattr__(_base(model), "latent_codec", codec)
     return model
+
+
+def encode_for(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1] as ``model``'s inputs: a latent model's scaled latents."""
+    codec = latent_codec_of(model)
+    return images if codec is None else codec.encode(images).to(images.device)
+
+
+def decode_from(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What ``model`` denoises, as images in [-1, 1]: a latent model's latents decoded
+    (differentiably: Asyrp's CLIP loss is taken on decoded x0 predictions)."""
+    codec = latent_codec_of(model)
+    return x if codec is None else codec.decode(x).to(x.device)
 
 
 def pixel_size(model: torch.nn.Module) -> int:

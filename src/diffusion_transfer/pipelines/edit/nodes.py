@@ -44,6 +44,7 @@ from diffusion_transfer.core.world.classifier import predict_attributes
 from diffusion_transfer.project.resolved import ResolvedDataset
 from diffusion_transfer.project.schema_editing import EditingParams
 from diffusion_transfer.project.schema import EvaluationParams, InvalidParametersError, ScheduleParams
+from diffusion_transfer.pipelines.model_space import pixel_size
 from diffusion_transfer.pipelines.schedule import model_schedule
 from diffusion_transfer.pipelines.utils import inference_setup
 
@@ -95,7 +96,7 @@ def _conditions(model, condition_clip, images: torch.Tensor) -> torch.Tensor | N
 
 
 def _check_size(model, images: torch.Tensor) -> None:
-    size = int(model.config.sample_size)
+    size = pixel_size(model)  # a latent model edits the latents of images at its autoencoder's size
     if images.shape[-1] != size or images.shape[-2] != size:
         raise ValueError(f"edit inputs are {tuple(images.shape[-2:])} but the model samples {size}x{size}")
 
