@@ -1,5 +1,5 @@
 """``anl_conditions_<dataset>``: ANL's own sampling experiments on its
-fine-tuned model (Transferring Pretrained DPMs, app. A and Figs. 3, 7-16).
+fine-tuned model (Transferring Pretrained DPMs, appendix A and Figs. 3, 7-16).
 
 The model ``anl_<dataset>`` wrote is sampled from the shared noise bank with
 CLIP conditions of *seen* condition images (the training set, as the method
