@@ -75,6 +75,7 @@ def launch_workers(
     progress: bool,
     desc: str,
     on_log: Callable[[dict[str, float]], None] | None,
+    latents: bool | None = None,
 ) -> TrainResult:
     """Run ``train_fn`` (``loop.train``) in ``config.num_processes`` worker
     processes, wait for them, and return the result read back from the final
@@ -87,7 +88,8 @@ def launch_workers(
     _check_launch(n, checkpoint_dir)
     job = {"train": train_fn, "model": model, "loss_fn": loss_fn, "images": images, "config": config.model_dump(),
            "teacher": teacher, "trainable": _parameter_names(model, trainable_parameters), "conditions": conditions,
-           "checkpoint_dir": str(checkpoint_dir), "progress": progress, "desc": desc, "on_log": on_log}
+           "checkpoint_dir": str(checkpoint_dir), "progress": progress, "desc": desc, "on_log": on_log,
+           "latents": latents}
     ckpt_dir = Path(checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".launch-", dir=ckpt_dir))
@@ -194,7 +196,7 @@ def _worker(scratch: str, threads: int) -> dict[str, Any] | None:
         result = job["train"](model, job["loss_fn"], job["images"], job["config"], teacher=job["teacher"],
                               trainable_parameters=params, conditions=job["conditions"],
                               checkpoint_dir=job["checkpoint_dir"], progress=job["progress"], desc=job["desc"],
-                              on_log=job["on_log"])
+                              on_log=job["on_log"], latents=job.get("latents"))
         if rank != 0:
             return None
         if result.checkpoint is None:

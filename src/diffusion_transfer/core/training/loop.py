@@ -70,9 +70,11 @@ def train(
     progress: bool = True,
     desc: str = "train",
     on_log: Callable[[dict[str, float]], None] | None = None,
+    latents: bool | None = None,
 ) -> TrainResult:
-    """Train ``model`` with ``loss_fn`` on ``images`` (N, 3, H, W) in [-1, 1]
-    (for a model with a latent codec attached, its latents: any finite values).
+    """Train ``model`` with ``loss_fn`` on ``images`` (N, 3, H, W) in [-1, 1],
+    or with ``latents`` on a latent model's latents (N, C, H, W), any finite
+    values (None: when ``model`` has a latent codec attached).
 
     ``trainable_parameters`` defaults to every parameter of ``model`` that
     requires grad (freeze the rest beforehand). ``conditions`` (N, ...), one
@@ -91,11 +93,12 @@ def train(
     """
     # Setup: settings, inputs, processes and their shards.
     config = as_config(config)
-    check_inputs(images, conditions, latents=latent_codec_of(model) is not None)  # a latent model trains on latents
+    check_inputs(images, conditions, latents=latent_codec_of(model) is not None if latents is None else latents)
     if config.num_processes > 1 and not in_distributed_run():
         return launch_workers(train, model, loss_fn, images, config, teacher=teacher,
                               trainable_parameters=trainable_parameters, conditions=conditions,
-                              checkpoint_dir=checkpoint_dir, progress=progress, desc=desc, on_log=on_log)
+                              checkpoint_dir=checkpoint_dir, progress=progress, desc=desc, on_log=on_log,
+                              latents=latents)
     run = Run.start(config, checkpoint_dir)
 
     # Setup: model, EMA, teacher, optimiser (prepared by accelerate).
