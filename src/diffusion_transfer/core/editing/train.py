@@ -88,7 +88,9 @@ class AsyrpResult:
 
 
 def _check_inputs(cfg: AsyrpConfig, schedule: NoiseSchedule, images: torch.Tensor,
-                  conditions: torch.Tensor | None) -> None:
+                  conditions: torch.Tensor | None, inverted: torch.Tensor | None = None) -> None:
+    if inverted is not None and inverted.shape[0] != images.shape[0]:
+        raise ValueError(f"inverted has {inverted.shape[0]} rows but images {images.shape[0]}")
     T = schedule.num_timesteps
     if cfg.t_edit > T - 1:
         raise ValueError(f"t_edit must be a timestep in [0, {T - 1}], got {cfg.t_edit}")
@@ -141,13 +143,12 @@ def train_asyrp(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor,
     their ``requires_grad`` restored afterwards. ``init``: start from this
     f_t (copied) instead of a fresh, zero-output one. ``inverted``: the
     images' x_{T-1} from :func:`invert_images` with this config's inversion
-    settings (computed here when not given)."""
+    settings (computed here when not given). A latent model's x0 predictions
+    are decoded for the losses."""
     from tqdm.auto import tqdm
 
     cfg = config or AsyrpConfig()
-    _check_inputs(cfg, schedule, images, conditions)
-    if inverted is not None and inverted.shape[0] != images.shape[0]:
-        raise ValueError(f"inverted has {inverted.shape[0]} rows but images {images.shape[0]}")
+    _check_inputs(cfg, schedule, images, conditions, inverted)
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
     f_t = _fresh_or_copied_f_t(model, cfg, init).to(device).train()
@@ -188,7 +189,6 @@ def train_asyrp(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor,
                                 eps_plain = model_eps(model, x_plain, tt, schedule)
                             x0_edit = (x_edit - sqrt(1.0 - a_t) * eps_edit) / sqrt(a_t)
                             x0_plain = (x_plain - sqrt(1.0 - a_t) * eps_plain) / sqrt(a_t)
-                            # a latent model's x0 predictions are decoded (through the frozen decoder) for CLIP
                             out = asyrp_loss(clip, x_src, decode_from(model, x0_edit), decode_from(model, x0_plain),
                                              direction, text_cos, clip_weight=cfg.clip_weight, l1_weight=cfg.l1_weight)
                             out["loss"].backward()
