@@ -164,7 +164,7 @@ def test_broken_model_folders_are_found_before_compute(own):
     assert f"{unet / 'config.json'}".format("bad_json") + " is not valid JSON" in error
     assert f"{unet / 'diffusion_pytorch_model.safetensors'}".format("config_mismatch") + " does not match" in error
     assert "conv_in.weight (8, 3, 3, 3) in the weights, (16, 3, 3, 3) in the config" in error
-    assert "in_channels 3 / out_channels 4; this project trains RGB models predicting 3 channels" in error
+    assert "in_channels 3 / out_channels 4; its UNet must take RGB (3) and predict as many channels" in error
     assert nothing_computed(own, "broken")
 
 
