@@ -72,9 +72,8 @@ def train(
     on_log: Callable[[dict[str, float]], None] | None = None,
     latents: bool | None = None,
 ) -> TrainResult:
-    """Train ``model`` with ``loss_fn`` on ``images`` (N, 3, H, W) in [-1, 1],
-    or with ``latents`` on a latent model's latents (N, C, H, W), any finite
-    values (None: when ``model`` has a latent codec attached).
+    """Train ``model`` with ``loss_fn`` on ``images`` (N, 3, H, W) in [-1, 1] (with ``latents``, default:
+    ``model`` has a latent codec, a latent model's latents (N, C, H, W) of any finite value).
 
     ``trainable_parameters`` defaults to every parameter of ``model`` that
     requires grad (freeze the rest beforehand). ``conditions`` (N, ...), one
@@ -95,10 +94,9 @@ def train(
     config = as_config(config)
     check_inputs(images, conditions, latents=latent_codec_of(model) is not None if latents is None else latents)
     if config.num_processes > 1 and not in_distributed_run():
-        return launch_workers(train, model, loss_fn, images, config, teacher=teacher,
+        return launch_workers(train, model, loss_fn, images, config, teacher=teacher, latents=latents,
                               trainable_parameters=trainable_parameters, conditions=conditions,
-                              checkpoint_dir=checkpoint_dir, progress=progress, desc=desc, on_log=on_log,
-                              latents=latents)
+                              checkpoint_dir=checkpoint_dir, progress=progress, desc=desc, on_log=on_log)
     run = Run.start(config, checkpoint_dir)
 
     # Setup: model, EMA, teacher, optimiser (prepared by accelerate).

@@ -21,11 +21,14 @@ import torch
 from diffusion_transfer.core.models.class_labels import guided_eps, using_class_label
 from diffusion_transfer.core.models.latent import latent_codec_of
 from diffusion_transfer.core.models.scheduler_config import scheduler_config_of
+from diffusion_transfer.core.models.unet import load_unet
 from diffusion_transfer.core.parameterization import schedule_from_scheduler_config
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn, sample_ddim
 from diffusion_transfer.core.world.autoencoder import LATENT_CLASSES, psnr, reconstruct, render_classes
 from diffusion_transfer.core.world.captions import STYLE_PHRASES
 from diffusion_transfer.core.world.classifier import predict_attributes
+from diffusion_transfer.core.world.classifier_io import load_attribute_classifier
+from diffusion_transfer.core.world.clip_io import load_world_clip
 from diffusion_transfer.core.world.domains import render_batch
 from diffusion_transfer.core.world.render import STYLES
 
@@ -77,10 +80,6 @@ def sample_quality(model, classifier, clip, n: int, steps: int, guidance_scale: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from diffusion_transfer.core.models.unet import load_unet
-    from diffusion_transfer.core.world.classifier_io import load_attribute_classifier
-    from diffusion_transfer.core.world.clip_io import load_world_clip
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", default="data/06_models/world")
     parser.add_argument("--n", type=int, default=200, help="samples per class label")
