@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 from diffusion_transfer.core.data.images import ImageFolderError, to_tensor  # noqa: E402
 from diffusion_transfer.core.models.domain_classifier import DomainClassifier  # noqa: E402
+from diffusion_transfer.core.models.latent import latent_codec_of  # noqa: E402
 from diffusion_transfer.core.training import TrainConfig, train  # noqa: E402
 from diffusion_transfer.core.training.domain_classifier import (  # noqa: E402
     accuracy_by_timestep,
@@ -85,6 +86,7 @@ def train_domain_classifier(source_folder, curated: dict, reference: dict, sourc
     key.update(images.numpy().tobytes())
     ckpt = Path(checkpoint_root) / f"classifier_{dataset}" / key.hexdigest()[:12]
     result = train(model, domain_classifier_loss(sched), images, config, conditions=labels, checkpoint_dir=ckpt,
+                   latents=latent_codec_of(source_model) is not None,  # a latent source: its latents may leave [-1, 1]
                    desc=f"classifier_{dataset}")
     clf = result.final_model.eval()
 
