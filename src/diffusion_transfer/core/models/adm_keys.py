@@ -15,7 +15,7 @@ from diffusers import UNet2DModel
 
 from .adm_config import ADMCheckpointError, ADMConfig, adm_unet_config
 from .adm_extras import generated_shapes
-from .checkpoint_text import SHOWN_KEYS, key_listing, natural_key
+from .checkpoint_text import SHOWN_KEYS, mismatch_listings, natural_key
 
 # --------------------------------------------------------------------------- key plan
 
@@ -202,13 +202,8 @@ def check_state_dict(state_dict: Mapping[str, Any], cfg: ADMConfig, plan: Mappin
     if not (unexpected or missing or wrong):
         return
     wrong.sort(key=natural_key)
-    parts = [f"the checkpoint does not match the ADM architecture {cfg!r}:"]
-    if unexpected:
-        parts.append(key_listing("unexpected key(s) (in the checkpoint, not in this architecture)", unexpected))
-    if missing:
-        parts.append(key_listing("missing key(s) (needed by this architecture, absent from the checkpoint)", missing))
-    if wrong:
-        parts.append(key_listing("shape mismatch(es)", wrong))
+    parts = [f"the checkpoint does not match the ADM architecture {cfg!r}:",
+             *mismatch_listings(unexpected, missing, wrong)]
     parts.append(f"The checkpoint has {len(state_dict)} keys: {_describe(state_dict)}. "
                  "Pick the preset / flags that built it (channel_mult, num_res_blocks, attention_resolutions, ...).")
     raise ADMCheckpointError("\n".join(parts))

@@ -30,3 +30,15 @@ def comma_tuple(value: Any) -> Any:
     if isinstance(value, int):
         return (value,)
     return value
+
+
+def mismatch_listings(unexpected: list[str], missing: list[str], wrong: list[str]) -> list[str]:
+    """The paragraphs of a checkpoint/architecture mismatch: each non-empty category listed."""
+    parts = []
+    if unexpected:
+        parts.append(key_listing("unexpected key(s) (in the checkpoint, not in this architecture)", unexpected))
+    if missing:
+        parts.append(key_listing("missing key(s) (needed by this architecture, absent from the checkpoint)", missing))
+    if wrong:
+        parts.append(key_listing("shape mismatch(es)", wrong))
+    return parts

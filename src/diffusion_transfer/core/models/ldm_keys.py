@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel, VQModel
 
-from .checkpoint_text import SHOWN_KEYS, key_listing, natural_key
+from .checkpoint_text import SHOWN_KEYS, mismatch_listings, natural_key
 from .ldm_config import LDMCheckpointError, LDMConfig, ldm_unet_config, vq_model_config
 
 UNET_PREFIX = "model.diffusion_model."
@@ -245,13 +245,7 @@ def check_state_dict(state_dict: Mapping[str, Any], cfg: LDMConfig, source: str 
     wrong = _wrong_shapes(state_dict, unet_plan, unet_shapes) + _wrong_shapes(state_dict, vq_plan, vq_shapes)
     if not (unexpected or missing or wrong):
         return
-    parts = [f"{source} does not match the LDM architecture {cfg!r}:"]
-    if unexpected:
-        parts.append(key_listing("unexpected key(s) (in the checkpoint, not in this architecture)", unexpected))
-    if missing:
-        parts.append(key_listing("missing key(s) (needed by this architecture, absent from the checkpoint)", missing))
-    if wrong:
-        parts.append(key_listing("shape mismatch(es)", wrong))
+    parts = [f"{source} does not match the LDM architecture {cfg!r}:", *mismatch_listings(unexpected, missing, wrong)]
     parts.append(f"The checkpoint has {len(state_dict)} keys: {_describe(state_dict)}. Pass the LatentDiffusion "
                  "checkpoint the preset describes (cin256_v2: CompVis's cin256-v2 model.ckpt, with its VQ-f4 "
                  "first stage and ClassEmbedder inside), or the preset that built it.")
