@@ -179,3 +179,26 @@ def test_a_hub_id_of_a_latent_pipeline_loads_from_the_local_cache(ldm_folder, tm
     assert latent_codec_of(model).kind == "VQModel" and model.config.num_class_embeds == 4
     assert model.scheduler_config["_class_name"] == "DDIMScheduler"
     assert "model_index.json" in {p.name for p in (repo / "snapshots" / commit).iterdir()}
+
+
+def test_a_kl_autoencoder_encodes_to_its_posterior_mean(tmp_path):
+    """vae/ with an AutoencoderKL: the latent is the scaled posterior mean (docs/DEVIATIONS.md), decoded back."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    from diffusion_transfer.core.models.latent import load_latent_codec
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4,
+                        layers_per_block=1, scaling_factor=0.25)
+    vae.save_pretrained(tmp_path / "kl" / "vae")
+    UNet2DModel(**{**UNET, "in_channels": 4, "out_channels": 4}).save_pretrained(tmp_path / "kl" / "unet")
+    DDPMScheduler().save_pretrained(tmp_path / "kl" / "scheduler")
+    codec = load_latent_codec(tmp_path / "kl")
+    assert codec.part == "vae" and codec.kind == "AutoencoderKL" and codec.latent_shape(16) == (4, 8, 8)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        mean = vae.encode(x).latent_dist.mean
+        assert torch.allclose(codec.encode(x), mean * 0.25, atol=1e-6)
+        assert torch.allclose(codec.decode(mean * 0.25), vae.decode(mean).sample.clamp(-1, 1), atol=1e-6)
+    assert latent_codec_of(load_unet(tmp_path / "kl")).kind == "AutoencoderKL"
