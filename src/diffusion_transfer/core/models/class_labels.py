@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .wrapping import unwrap
+
 __all__ = [
     "CLASS_CONTEXT_KEY",
     "UNCONDITIONAL",
@@ -63,8 +65,7 @@ def freeze_class_context_bias(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _unet(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
+    model = unwrap(model)
     return getattr(model, "unet", model)
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from .wrapping import attached, unwrap
+
 __all__ = [
     "AUTOENCODER_FOLDERS",
     "LatentCodec",
@@ -110,28 +112,15 @@ class LatentCodec:
         return digest.hexdigest()[:16]
 
 
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
-
-
 def latent_codec_of(model: torch.nn.Module | None) -> LatentCodec | None:
     """The autoencoder a model denoises in the latent space of, or None (a pixel model)."""
-    if model is None:
-        return None
-    model = _base(model)
-    for m in (model, getattr(model, "unet", None)):
-        codec = getattr(m, "latent_codec", None) if m is not None else None
-        if isinstance(codec, LatentCodec):
-            return codec
-    return None
+    return None if model is None else attached(model, "latent_codec", LatentCodec)
 
 
 def attach_latent_codec(model: torch.nn.Module, codec: LatentCodec | None) -> torch.nn.Module:
     """Record ``codec`` on ``model`` (a plain attribute, outside the state dict)."""
     if codec is not None:
-        object.__setattr__(_base(model), "latent_codec", codec)
+        object.__setattr__(unwrap(model), "latent_codec", codec)
     return model
 
 
@@ -151,7 +140,7 @@ def decode_from(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def pixel_size(model: torch.nn.Module) -> int:
     """The image resolution a model makes: its ``sample_size``, times the
     autoencoder's downscaling for a latent model."""
-    base = _base(model)
+    base = unwrap(model)
     unet = getattr(base, "unet", base)
     size = unet.config.sample_size
     size = int(size[0] if isinstance(size, (list, tuple)) else size)

@@ -19,17 +19,12 @@ import torch
 
 from .latent import latent_codec_of
 from .scheduler_config import SCHEDULER_FILE, scheduler_config_of
+from .wrapping import attached, unwrap
 
 __all__ = ["INDEX_FILE", "attach_pipeline_index", "loading_line", "pipeline_index_of", "read_pipeline_index",
            "write_pipeline_parts"]
 
 INDEX_FILE = "model_index.json"
-
-
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
 
 
 def read_pipeline_index(folder: Path) -> dict[str, Any] | None:
@@ -43,17 +38,13 @@ def read_pipeline_index(folder: Path) -> dict[str, Any] | None:
 
 def attach_pipeline_index(model: torch.nn.Module, index: dict[str, Any] | None) -> torch.nn.Module:
     if index is not None:
-        object.__setattr__(_base(model), "pipeline_index", dict(index))
+        object.__setattr__(unwrap(model), "pipeline_index", dict(index))
     return model
 
 
 def pipeline_index_of(model: torch.nn.Module) -> dict[str, Any] | None:
-    model = _base(model)
-    for m in (model, getattr(model, "unet", None)):
-        index = getattr(m, "pipeline_index", None) if m is not None else None
-        if isinstance(index, dict):
-            return dict(index)
-    return None
+    index = attached(model, "pipeline_index", dict)
+    return dict(index) if index is not None else None
 
 
 def _default_index(model: torch.nn.Module) -> dict[str, Any]:
@@ -72,7 +63,7 @@ def write_pipeline_parts(model: torch.nn.Module, folder: Path) -> bool:
     if index is None and codec is None:
         return False
     index = dict(index or _default_index(model))
-    unet = _base(model)
+    unet = unwrap(model)
     unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
     parts: dict[str, list[str]] = {"unet": ["diffusers", type(unet).__name__]}
     scheduler = scheduler_config_of(model)
@@ -100,7 +91,7 @@ def loading_line(model: torch.nn.Module, folder: str | Path) -> str:
     own loader for a pipeline folder or a bare UNet folder; this project's
     ``load_unet`` for a model with added modules (A3FT, ANL, TAN), which
     diffusers' classes cannot hold."""
-    base = _base(model)
+    base = unwrap(model)
     if hasattr(base, "adapter"):
         return f'from diffusion_transfer.core.models import load_unet; load_unet("{folder}")'
     if pipeline_index_of(model) is not None or latent_codec_of(model) is not None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .wrapping import attached, unwrap
+
 SCHEDULER_FILE = "scheduler_config.json"
 
 
@@ -38,26 +40,16 @@ def read_scheduler_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
-
-
 def scheduler_config_of(model: torch.nn.Module) -> dict[str, Any] | None:
     """The scheduler config the model was made with, or None (unknown)."""
-    model = _base(model)
-    for m in (model, getattr(model, "unet", None)):
-        config = getattr(m, "scheduler_config", None) if m is not None else None
-        if isinstance(config, dict):
-            return dict(config)
-    return None
+    config = attached(model, "scheduler_config", dict)
+    return dict(config) if config is not None else None
 
 
 def attach_scheduler_config(model: torch.nn.Module, config: dict[str, Any] | None) -> torch.nn.Module:
     """Record ``config`` on ``model`` (a plain attribute: deep copies keep it)."""
     if config is not None:
-        object.__setattr__(_base(model), "scheduler_config", dict(config))
+        object.__setattr__(unwrap(model), "scheduler_config", dict(config))
     return model
 
 

@@ -51,6 +51,7 @@ from .scheduler_config import (
     read_scheduler_config,
     write_scheduler_config,
 )
+from .wrapping import unwrap
 
 if TYPE_CHECKING:
     from ..schedule import NoiseSchedule
@@ -75,13 +76,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message names the path/id and the fix."""
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    # DDP / accelerate wrappers keep the real module under ``.module``.
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
 
 
 def build_unet(config: dict[str, Any], cls: type = UNet2DModel) -> UNet2DModel:
@@ -230,7 +224,7 @@ def save_unet(model: torch.nn.Module, folder: str | os.PathLike[str]) -> Path:
     The model is written to a temporary sibling folder which then replaces
     ``folder`` with renames, so readers see either the old or the new model.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     adapted = isinstance(model, AdaptedUNet)
     if not adapted and not hasattr(model, "save_pretrained"):
         raise TypeError(f"save_unet needs a diffusers model or an AdaptedUNet, got {type(model).__name__}")
@@ -263,7 +257,7 @@ def save_unet(model: torch.nn.Module, folder: str | os.PathLike[str]) -> Path:
 
 def learns_variance(model: torch.nn.Module) -> bool:
     """True when the model outputs eps and a variance term (6 channels)."""
-    cfg = getattr(_unwrap(model), "config", None)
+    cfg = getattr(unwrap(model), "config", None)
     if cfg is None:
         return False
     out_ch = cfg.get("out_channels") if isinstance(cfg, dict) else getattr(cfg, "out_channels", None)
