@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
+from diffusion_transfer.core.models.latent import autoencoder_downscale
 from diffusion_transfer.core.models.folder_check import config_class_labels, unet_folder_problems, unsupported_parts
 from diffusion_transfer.core.weights import missing_weights
 from diffusion_transfer.pipelines.schedule import resolve_schedule
@@ -135,7 +136,7 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
         space = f"the latent channels of its autoencoder ({channels})" if autoencoder else "RGB (3)"
         problems.append(f"{where}: in_channels {unet.get('in_channels')} / out_channels {unet.get('out_channels')}"
                         f"; its UNet must take {space} and predict as many channels (twice with a learned variance)")
-    scale = 2 ** (len(autoencoder.get("block_out_channels") or [0]) - 1) if autoencoder else 1
+    scale = autoencoder_downscale(autoencoder) if autoencoder else 1
     return (problems + _size_problems(pipeline, unet, where, target, params, scale)
             + _label_problems(unet, dataset, target))
 

@@ -14,6 +14,7 @@ from diffusion_transfer.core.data.images import list_image_files
 from diffusion_transfer.datasets.folders import ImageFolderDataset
 from diffusion_transfer.project.declared import declarations
 from diffusion_transfer.project.preflight import MissingInputsError
+from diffusion_transfer.core.models.latent import autoencoder_downscale
 
 #: Folders set by parameters, checked when a node of the run reads the block.
 _PARAMETER_FOLDERS = {
@@ -79,7 +80,7 @@ def _sample_size(model_dataset: Any) -> int | None:
         autoencoder = model_dataset.autoencoder_config() if hasattr(model_dataset, "autoencoder_config") else None
     except ValueError:
         return None  # check_models says why
-    return size * 2 ** (len(autoencoder.get("block_out_channels") or [0]) - 1) if autoencoder else size
+    return size * autoencoder_downscale(autoencoder) if autoencoder else size
 
 
 def folder_problem(folder: Path, min_side: int) -> str | None:

@@ -32,6 +32,7 @@ __all__ = [
     "AUTOENCODER_FOLDERS",
     "LatentCodec",
     "attach_latent_codec",
+    "autoencoder_downscale",
     "decode_from",
     "encode_for",
     "find_autoencoder",
@@ -56,7 +57,7 @@ class LatentCodec:
         config = autoencoder.config
         self.scaling_factor = float(config.get("scaling_factor", 1.0) or 1.0)
         self.latent_channels = int(config["latent_channels"])
-        self.downscale = 2 ** (len(config["block_out_channels"]) - 1)
+        self.downscale = autoencoder_downscale(config)
 
     def __deepcopy__(self, memo: dict) -> "LatentCodec":
         return self
@@ -122,6 +123,11 @@ def attach_latent_codec(model: torch.nn.Module, codec: LatentCodec | None) -> to
     if codec is not None:
         object.__setattr__(unwrap(model), "latent_codec", codec)
     return model
+
+
+def autoencoder_downscale(config: Any) -> int:
+    """How much an autoencoder (its ``config.json``) shrinks an image: 2 per encoder block but the last."""
+    return 2 ** (len(config.get("block_out_channels") or [0]) - 1)
 
 
 def encode_for(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
