@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_METHODS = ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "tan"]
+ALL_METHODS = ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "naive_clip", "tan"]
 # Each environment writes under its own data root (conf/<env>/globals.yml).
 SMOKE_DATA = Path("data", "smoke")
 PAPER_DATA = Path("data", "paper")

@@ -186,7 +186,7 @@ def test_kedro_viz_build_shows_the_data_layers(tmp_path):
 
 @pytest.mark.slow
 def test_compare_metfaces_smoke_runs_every_method(tmp_path):
-    """compare_metfaces in smoke: glasses removal, all seven methods, one table;
+    """compare_metfaces in smoke: glasses removal, every method, one table;
     adapted models saved as base + modules, ANL's conditions and prompt grid."""
     proj = _scratch_project(tmp_path)
     _run(proj, "smoke", "compare_metfaces")

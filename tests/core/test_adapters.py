@@ -140,7 +140,7 @@ def _changed(before: dict, after: dict) -> dict[str, bool]:
     return {k: not torch.equal(before[k], after[k]) for k in before}
 
 
-@pytest.mark.parametrize("method", ["attn", "a3ft", "anl", "anl_uncond"])
+@pytest.mark.parametrize("method", ["attn", "a3ft", "anl", "anl_uncond", "naive_clip"])
 def test_frozen_parameters_stay_and_trainable_ones_move(method):
     unet = tiny_unet()
     conditions = None
@@ -150,6 +150,8 @@ def test_frozen_parameters_stay_and_trainable_ones_move(method):
         model = prepare_a3ft(unet)
     elif method == "anl":
         model, conditions = prepare_anl(unet, 5), torch.randn(6, 5)
+    elif method == "naive_clip":
+        model, conditions = build_method("naive_clip", {}, SCHED).build_student(unet, 5), torch.randn(6, 5)
     else:
         model = prepare_anl(unet, None)
     names_trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -163,6 +165,8 @@ def test_frozen_parameters_stay_and_trainable_ones_move(method):
         is_unet = not name.startswith("adapter.")
         if method in ("attn", "a3ft") and is_unet:
             should_train = unet_name.startswith(attn_prefixes)
+        elif method == "naive_clip":  # ANL Fig. 4's Tuning-All: the UNet and the modules
+            should_train = True
         else:
             should_train = not is_unet  # anl: only the added modules
         assert (name in names_trainable) == should_train, name
@@ -235,10 +239,10 @@ def test_deepcopy_of_an_adapted_model_is_independent():
 
 
 def test_registry_builds_the_new_methods_and_rejects_bad_adapter_parameters():
-    for name in ("attn", "a3ft", "anl", "anl_uncond"):
+    for name in ("attn", "a3ft", "anl", "anl_uncond", "naive_clip"):
         spec = build_method(name, {}, SCHED)
         assert spec.init == "source" and not spec.needs_teacher
-        assert spec.conditional == (name == "anl")
+        assert spec.conditional == (name in ("anl", "naive_clip"))
     student = build_method("anl", {}, SCHED).build_student(tiny_unet(), 5)
     assert isinstance(student, AdaptedUNet) and student.adapter.needs_condition
     with pytest.raises(ValueError, match="condition_dim"):

@@ -16,6 +16,9 @@ stay frozen. With one pooled embedding per image the softmax runs over a
 single key, so every position receives f(W_V c): a learned,
 condition-dependent correction per block (see :class:`ANLModule`).
 
+``naive_clip`` (Fig. 4): the conditional modules with the whole UNet tuned
+as well, the CLIP-conditioned Tuning-All baseline; saved as an ``anl`` model.
+
 ``anl_uncond`` (section 3.3, "unconditional generation"): the same module with
 self-attention (Q, K, V all from LayerNorm(h_i)) and no CLIP.
 
@@ -165,9 +168,12 @@ class _ANLHook:
 _adapted.register_adapter(ANLAdapter, kinds=("anl", "anl_uncond"))
 
 
-def prepare_anl(unet: nn.Module, condition_dim: int | None, hidden_mult: float = 1.0) -> AdaptedUNet:
-    """Freeze the UNet and attach ANL modules (the only trainable parameters)."""
-    unet.requires_grad_(False)
+def prepare_anl(unet: nn.Module, condition_dim: int | None, hidden_mult: float = 1.0,
+                tune_unet: bool = False) -> AdaptedUNet:
+    """Attach ANL modules. They are the only trainable parameters (Eq. 10)
+    unless ``tune_unet``: then the whole UNet trains with them, ANL's Fig. 4
+    "Tuning-All [that] also utilizes the CLIP embeddings" (``naive_clip``)."""
+    unet.requires_grad_(tune_unet)
     return AdaptedUNet(unet, ANLAdapter(unet, condition_dim=condition_dim, hidden_mult=hidden_mult))
 
 

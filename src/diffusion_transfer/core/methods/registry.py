@@ -49,20 +49,18 @@ def _build_a3ft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
     return Method("a3ft", loss, needs_teacher=False, init="source", prepare=lambda unet: prepare_a3ft(unet, **adapter))
 
 
-def _build_anl(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    adapter = _pop_keys(params, ("hidden_mult",))
-    check_float("hidden_mult", adapter.get("hidden_mult", 1.0), minimum=1e-6)
-    loss = DenoisingLoss(schedule, **params)
-    return Method("anl", loss, needs_teacher=False, init="source", conditional=True,
-                  prepare=lambda unet, dim: prepare_anl(unet, dim, **adapter))
-
-
-def _build_anl_uncond(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    adapter = _pop_keys(params, ("hidden_mult",))
-    check_float("hidden_mult", adapter.get("hidden_mult", 1.0), minimum=1e-6)
-    loss = DenoisingLoss(schedule, **params)
-    return Method("anl_uncond", loss, needs_teacher=False, init="source",
-                  prepare=lambda unet: prepare_anl(unet, None, **adapter))
+def _anl_builder(name: str, conditional: bool = True, tune_unet: bool = False):
+    """ANL (conditional or not) and its CLIP-conditioned Tuning-All baseline."""
+    def build(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+        adapter = _pop_keys(params, ("hidden_mult",))
+        check_float("hidden_mult", adapter.get("hidden_mult", 1.0), minimum=1e-6)
+        loss = DenoisingLoss(schedule, **params)
+        if not conditional:
+            return Method(name, loss, needs_teacher=False, init="source",
+                          prepare=lambda unet: prepare_anl(unet, None, **adapter))
+        return Method(name, loss, needs_teacher=False, init="source", conditional=True,
+                      prepare=lambda unet, dim: prepare_anl(unet, dim, tune_unet=tune_unet, **adapter))
+    return build
 
 
 def _build_tan(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
@@ -92,8 +90,9 @@ METHODS: dict[str, MethodInfo] = {info.name: info for info in (
     MethodInfo("sdft", _build_sdft, presets=SDFT_PAPER_DEFAULTS),
     MethodInfo("attn", _build_attn),
     MethodInfo("a3ft", _build_a3ft),
-    MethodInfo("anl", _build_anl, conditional=True),
-    MethodInfo("anl_uncond", _build_anl_uncond),
+    MethodInfo("anl", _anl_builder("anl"), conditional=True),
+    MethodInfo("anl_uncond", _anl_builder("anl_uncond", conditional=False)),
+    MethodInfo("naive_clip", _anl_builder("naive_clip", tune_unet=True), conditional=True),
     MethodInfo("tan", _build_tan, guided=True),
 )}
 
