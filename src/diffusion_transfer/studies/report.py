@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from diffusion_transfer.studies.edit_report import write_edit_study_report  # noqa: E402
+from diffusion_transfer.studies.replicates import replicate_table  # noqa: E402
 from diffusion_transfer.studies.report_common import grid_label, report_header, save_figure  # noqa: E402
 from diffusion_transfer.studies.spec import Point  # noqa: E402
 from diffusion_transfer.tracking.records import evaluation_metrics  # noqa: E402
@@ -139,7 +140,8 @@ def write_study_report(name: str, points: list[Point], root: Path) -> Path:
              "target data; *kept*: of the source samples showing an attribute value absent from the training set, "
              "the share whose fine-tuned sample (same noise) still shows it. Pareto: no other run has both a lower "
              "or equal FID and a higher or equal retention of absent values (one of them strictly).", "",
-             *study_table(rows, front), "", f"![FID against retention of absent values]({PLOT_FILE})", ""]
+             *replicate_table(rows), *study_table(rows, front), "",
+             f"![FID against retention of absent values]({PLOT_FILE})", ""]
     sources = {r["metrics"].get("source.fid") for r in rows if r["done"]} - {None}
     if sources:
         lines.insert(6, f"The source (pretrained) model's FID: {', '.join(_fmt(s, 2) for s in sorted(sources))}.")

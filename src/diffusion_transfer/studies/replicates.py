@@ -1,0 +1,84 @@
+"""Seed replicates in a study report: a grid axis named ``replicate`` (each
+value a training seed with its sampling seed) makes one group of every other
+combination of grid values, summarised by its mean, sample standard
+deviation and range over the replicates done.
+
+A difference between two groups is taken as a verdict only where their ranges
+do not overlap (every replicate of one is better than every replicate of the
+other); the table marks each group against the best one so."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+REPLICATE_AXIS = "replicate"
+#: (metrics.json key, column title, lower is better)
+MEASURES = [("fid", "FID", True), ("kid_x1e3", "KID x10^3", True), ("inception_score", "IS", False),
+            ("face_rate", "face rate", False), ("source.fid", "source model's FID", True)]
+
+
+def replicate_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One group per combination of the non-replicate grid values (in grid
+    order), with each measure's values over the done replicates."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        labels = {a: v for a, v in row["labels"].items() if a != REPLICATE_AXIS}
+        group = groups.setdefault(tuple(labels.items()), {"labels": labels, "replicates": [], "values": {}})
+        if not row["done"]:
+            continue
+        group["replicates"].append(row["labels"].get(REPLICATE_AXIS))
+        for key, _, _ in MEASURES:
+            value = row["metrics"].get(key)
+            if value is not None:
+                group["values"].setdefault(key, []).append(float(value))
+    return list(groups.values())
+
+
+def spread(values: list[float]) -> dict[str, float | int | None]:
+    """Mean, sample standard deviation (None for one value), min, max and n."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def separated(a: dict[str, Any], b: dict[str, Any], lower_is_better: bool) -> bool:
+    """Whether every replicate of ``a`` beats every replicate of ``b`` (both of
+    two or more replicates): the only difference the report calls a verdict."""
+    if a["n"] < 2 or b["n"] < 2:
+        return False
+    return a["max"] < b["min"] if lower_is_better else a["min"] > b["max"]
+
+
+def _cell(s: dict[str, Any] | None) -> str:
+    if s is None:
+        return ""
+    std = "n/a" if s["std"] is None else f"{s['std']:.2f}"
+    return f"{s['mean']:.2f} ± {std} [{s['min']:.2f}, {s['max']:.2f}]"
+
+
+def replicate_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: mean ± sd [min, max] per group and measure, and FID
+    against the group of lowest mean FID (*separated* when the ranges do not
+    overlap); no lines when the grid has no ``replicate`` axis."""
+    if not rows or REPLICATE_AXIS not in rows[0]["labels"]:
+        return []
+    groups = replicate_groups(rows)
+    measures = [m for m in MEASURES if any(m[0] in g["values"] for g in groups)]
+    stats = [{key: spread(g["values"][key]) for key, _, _ in measures if g["values"].get(key)} for g in groups]
+    with_fid = [s["fid"] for s in stats if "fid" in s]
+    best = min(with_fid, key=lambda s: s["mean"]) if with_fid else None
+    axes = list(groups[0]["labels"])
+    lines = ["## Over seed replicates", "",
+             "Mean ± sample standard deviation [min, max] over the replicates done (n). *Against the best FID*: "
+             "*separated* when every replicate of the best group has a lower FID than every replicate of this one "
+             "(a verdict); *within noise* when the ranges overlap.", "",
+             "| " + " | ".join(axes + ["n"] + [title for _, title, _ in measures] + ["against the best FID"]) + " |",
+             "|" + "---|" * (len(axes) + len(measures) + 2)]
+    for group, s in zip(groups, stats):
+        fid = s.get("fid")
+        verdict = ("best" if fid is best else "separated" if separated(best, fid, True) else "within noise") \
+            if fid is not None and best is not None else ""
+        cells = [str(group["labels"][a]) for a in axes] + [str(len(group["replicates"]))]
+        cells += [_cell(s.get(key)) for key, _, _ in measures] + [verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]

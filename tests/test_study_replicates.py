@@ -1,0 +1,53 @@
+"""A study with a ``replicate`` axis: groups, spreads and verdicts by hand."""
+
+from __future__ import annotations
+
+import math
+
+from diffusion_transfer.studies.replicates import replicate_groups, replicate_table, separated, spread
+
+
+def _row(pipeline: str, replicate: str, fid: float | None, face_rate: float = 1.0) -> dict:
+    labels = {"replicate": replicate, "pipeline": pipeline}
+    if fid is None:
+        return {"labels": labels, "done": False}
+    return {"labels": labels, "done": True, "metrics": {"fid": fid, "face_rate": face_rate}}
+
+
+ROWS = [_row("naive_x", "0-1234", 10.0), _row("anl_x", "0-1234", 20.0), _row("scratch_x", "0-1234", 30.0),
+        _row("naive_x", "1-1235", 12.0), _row("anl_x", "1-1235", 9.0), _row("scratch_x", "1-1235", 34.0, 0.5),
+        _row("naive_x", "2-1236", None)]
+
+
+def test_groups_collect_each_measure_over_the_replicates_done():
+    groups = replicate_groups(ROWS)
+    assert [g["labels"] for g in groups] == [{"pipeline": "naive_x"}, {"pipeline": "anl_x"},
+                                             {"pipeline": "scratch_x"}]
+    assert groups[0]["replicates"] == ["0-1234", "1-1235"]  # the third is not run yet
+    assert groups[0]["values"]["fid"] == [10.0, 12.0]
+    assert groups[2]["values"]["face_rate"] == [1.0, 0.5]
+
+
+def test_spread_is_the_sample_standard_deviation():
+    s = spread([10.0, 12.0, 17.0])
+    assert s["mean"] == 13.0 and s["min"] == 10.0 and s["max"] == 17.0 and s["n"] == 3
+    assert math.isclose(s["std"], math.sqrt(((10 - 13) ** 2 + (12 - 13) ** 2 + (17 - 13) ** 2) / 2))
+    assert spread([4.0])["std"] is None
+
+
+def test_only_ranges_that_do_not_overlap_make_a_verdict():
+    naive, anl, scratch = (spread(v) for v in ([10.0, 12.0], [20.0, 9.0], [30.0, 34.0]))
+    assert separated(naive, scratch, lower_is_better=True)       # 12 < 30
+    assert not separated(naive, anl, lower_is_better=True)       # 9..20 overlaps 10..12
+    assert not separated(spread([1.0]), scratch, lower_is_better=True)  # one replicate is never a verdict
+    assert separated(spread([0.9, 1.0]), spread([0.5, 0.6]), lower_is_better=False)
+
+
+def test_the_table_marks_each_group_against_the_best_mean_fid():
+    lines = replicate_table(ROWS)
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ") and "_x" in line}
+    assert "11.00 ± 1.41 [10.00, 12.00]" in rows["naive_x"] and rows["naive_x"].endswith("| best |")
+    assert rows["anl_x"].endswith("| within noise |")
+    assert rows["scratch_x"].endswith("| separated |")
+    assert "0.75 ± 0.35 [0.50, 1.00]" in rows["scratch_x"]  # face rate
+    assert replicate_table([{"labels": {"pipeline": "p"}, "done": False}]) == []  # no replicate axis: no section
