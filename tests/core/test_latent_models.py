@@ -202,3 +202,17 @@ def test_a_kl_autoencoder_encodes_to_its_posterior_mean(tmp_path):
         assert torch.allclose(codec.encode(x), mean * 0.25, atol=1e-6)
         assert torch.allclose(codec.decode(mean * 0.25), vae.decode(mean).sample.clamp(-1, 1), atol=1e-6)
     assert latent_codec_of(load_unet(tmp_path / "kl")).kind == "AutoencoderKL"
+    # Saved back: no diffusers pipeline holds vae/ + an unconditional UNet, so no model_index.json
+    # (a DDPMPipeline index would load and silently drop the autoencoder); the load line loads each part.
+    model = load_unet(tmp_path / "kl")
+    out = save_unet(model, tmp_path / "out")
+    assert {p.name for p in out.iterdir()} >= {"unet", "vae", "scheduler"}
+    assert not (out / "model_index.json").exists()
+    line = loading_line(model, out)
+    assert "DiffusionPipeline" not in line
+    scope: dict = {}
+    exec(line, scope)  # the report's line, as a user would paste it
+    assert type(scope["vae"]).__name__ == "AutoencoderKL" and type(scope["unet"]).__name__ == "UNet2DModel"
+    assert torch.equal(scope["vae"].decoder.conv_out.weight, vae.decoder.conv_out.weight)
+    assert latent_codec_of(load_unet(out)).kind == "AutoencoderKL"  # and the project reads it back
+    assert "_name_or_path" not in json.loads((out / "vae" / "config.json").read_text())  # no path of this machine

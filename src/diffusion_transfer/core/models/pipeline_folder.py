@@ -22,6 +22,7 @@ from .scheduler_config import SCHEDULER_FILE, scheduler_config_of
 from .wrapping import attached, unwrap
 
 __all__ = ["INDEX_FILE", "attach_pipeline_index", "loading_line", "pipeline_index_of", "read_pipeline_index",
+           "save_without_origin",
            "write_pipeline_parts"]
 
 INDEX_FILE = "model_index.json"
@@ -47,9 +48,14 @@ def pipeline_index_of(model: torch.nn.Module) -> dict[str, Any] | None:
     return dict(index) if index is not None else None
 
 
-def _default_index(model: torch.nn.Module) -> dict[str, Any]:
+def _default_index(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The index of a model that came without one; None for ``vae/`` beside an
+    unconditional UNet, which no diffusers pipeline holds (``LDMPipeline``
+    takes a ``vqvae/``; the Stable Diffusion ones need a text encoder)."""
     codec = latent_codec_of(model)
-    return {"_class_name": "LDMPipeline" if codec is not None and codec.part == "vqvae" else "DDPMPipeline"}
+    if codec is None:
+        return {"_class_name": "DDPMPipeline"}
+    return {"_class_name": "LDMPipeline"} if codec.part == "vqvae" else None
 
 
 def write_pipeline_parts(model: torch.nn.Module, folder: Path) -> bool:
@@ -62,23 +68,36 @@ def write_pipeline_parts(model: torch.nn.Module, folder: Path) -> bool:
     index, codec = pipeline_index_of(model), latent_codec_of(model)
     if index is None and codec is None:
         return False
-    index = dict(index or _default_index(model))
+    index = index or _default_index(model)
     unet = unwrap(model)
     unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
     parts: dict[str, list[str]] = {"unet": ["diffusers", type(unet).__name__]}
     scheduler = scheduler_config_of(model)
     if scheduler is not None:
         (folder / "scheduler").mkdir()
-        scheduler = {"_class_name": _listed_class(index, "scheduler") or "DDPMScheduler", **scheduler}
+        scheduler = {"_class_name": _listed_class(index or {}, "scheduler") or "DDPMScheduler", **scheduler}
         (folder / "scheduler" / SCHEDULER_FILE).write_text(json.dumps(scheduler, indent=2, sort_keys=True))
         parts["scheduler"] = ["diffusers", scheduler["_class_name"]]
     if codec is not None:
-        codec.autoencoder.save_pretrained(str(folder / codec.part), safe_serialization=True)
+        save_without_origin(codec.autoencoder, folder / codec.part)
         parts[codec.part] = ["diffusers", codec.kind]
+    if index is None:  # the parts alone, each loaded by its class (loading_line)
+        return True
     settings = {k: v for k, v in index.items() if k.startswith("_")}
     settings["_diffusers_version"] = diffusers.__version__
     (folder / INDEX_FILE).write_text(json.dumps({**settings, **parts}, indent=2, sort_keys=True))
     return True
+
+
+def save_without_origin(module: torch.nn.Module, folder: Path) -> None:
+    """``save_pretrained`` without the ``_name_or_path`` diffusers records for a
+    module loaded from a folder: an absolute path of this machine, which would
+    make two clones' outputs differ."""
+    module.save_pretrained(str(folder), safe_serialization=True)
+    config = Path(folder) / "config.json"
+    values = json.loads(config.read_text())
+    if values.pop("_name_or_path", None) is not None:
+        config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def _listed_class(index: dict[str, Any], part: str) -> str | None:
@@ -94,6 +113,12 @@ def loading_line(model: torch.nn.Module, folder: str | Path) -> str:
     base = unwrap(model)
     if hasattr(base, "adapter"):
         return f'from diffusion_transfer.core.models import load_unet; load_unet("{folder}")'
-    if pipeline_index_of(model) is not None or latent_codec_of(model) is not None:
+    codec = latent_codec_of(model)
+    if pipeline_index_of(model) is None and codec is not None and _default_index(model) is None:
+        unet = type(base).__name__
+        return (f'from diffusers import {codec.kind}, {unet}; unet = {unet}.from_pretrained("{folder}", '
+                f'subfolder="unet"); {codec.part} = {codec.kind}.from_pretrained("{folder}", '
+                f'subfolder="{codec.part}")')
+    if pipeline_index_of(model) is not None or codec is not None:
         return f'from diffusers import DiffusionPipeline; DiffusionPipeline.from_pretrained("{folder}")'
     return f'from diffusers import UNet2DModel; UNet2DModel.from_pretrained("{folder}")'
