@@ -14,7 +14,7 @@ import pytest
 
 PIPELINES = Path(__file__).resolve().parents[1] / "src" / "diffusion_transfer" / "pipelines"
 STAGES = ("curate", "domain_classifier", "finetune", "sample", "translate", "evaluate", "report", "compare", "edit",
-          "anl_conditions", "world", "convert")
+          "anl_conditions", "anl_augment", "world", "convert")
 #: libraries a factory has no use for: the compute lives in nodes.py
 HEAVY = {"torch", "numpy", "PIL", "matplotlib", "diffusers", "open_clip", "transformers"}
 #: node functions defined outside a stage's nodes.py, and why

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from diffusion_transfer.core.data.labels import read_labels
 from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
 from diffusion_transfer.core.models.latent import autoencoder_downscale
 from diffusion_transfer.core.models.folder_check import config_class_labels, unet_folder_problems, unsupported_parts
@@ -64,7 +65,45 @@ def find_missing(pipeline, catalog, params: dict[str, Any]) -> list[str]:
                                   "(weights-inception-2015-12-05-6726825d.pth), for the Inception Score")
             if why:
                 problems.append(f"evaluation.inception_score_weights: {why}")
+    return problems + _augmentation_inputs(pipeline, catalog, params)
+
+
+def _augmentation_inputs(pipeline, catalog, params: dict[str, Any]) -> list[str]:
+    """ANL's augmentation stage (``anl_augment_<d>``): the classifier's weights
+    file, the labels file (read: some line must have every label key) and the test folder."""
+    decl = declarations(params)
+    names = {i.split(".", 1)[1] for n in pipeline.nodes if "augment" in n.tags for i in n.inputs
+             if i.startswith("params:datasets.")}
+    problems = []
+    for name in sorted(names & set(decl.datasets)):
+        p, where = decl.datasets[name].params.augmentation, f"datasets.{name}.augmentation"
+        if p is None:
+            problems.append(f"{where}: the block is missing; declare it (conf/base/parameters_augment.yml)")
+            continue
+        why = missing_weights(p.classifier.weights, f"torchvision's {p.classifier.arch} weights "
+                              "(a state_dict file, as download.pytorch.org/models serves them)")
+        if why:
+            problems.append(f"{where}.classifier.weights: {why}")
+        raw = catalog.get(decl.datasets[name].raw_entry)
+        folders = [(Path(raw.path), getattr(raw, "rendered", False))] if hasattr(raw, "path") else []
+        if p.test_images is not None:
+            if not Path(p.test_images).is_dir():
+                problems.append(f"{where}.test_images: {p.test_images} is not a folder; put the held-out labelled "
+                                "test images there, with their labels file")
+            else:
+                folders.append((Path(p.test_images), False))
+        problems += [line for folder, rendered in folders for line in _labels_file(folder, rendered, p, where)]
     return problems
+
+
+def _labels_file(folder: Path, rendered: bool, p, where: str) -> list[str]:
+    path = folder / p.labels
+    if not path.is_file():  # a FaceWorld folder is written (with its labels) when the run loads it
+        return [] if rendered or not folder.is_dir() else [
+            f"{where}.labels: {path} does not exist; put the JSONL labels there ({{\"file\": ..., <key>: ...}} a line)"]
+    if not read_labels(path, p.label_keys)[0]:
+        return [f"{where}.label_keys: no line of {path} has a 'file' and every key of {p.label_keys}"]
+    return []
 
 
 def _scores_inception(nodes, params: dict[str, Any]) -> bool:

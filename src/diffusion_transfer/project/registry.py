@@ -5,8 +5,9 @@ Datasets and source domains come from the active environment's parameters
 (``datasets`` and ``sources``, see ``declared.py``); methods from the one
 method registry (``core.methods.METHODS``). Declaring ``datasets.mydata`` in
 ``conf/local`` makes ``curate_mydata``, ``classifier_mydata``,
-``<method>_mydata``, ``edit_<method>_mydata``, ``edit_source_mydata`` and
-``compare_mydata`` (every run, every edit run, then the tables)."""
+``<method>_mydata``, ``edit_<method>_mydata``, ``edit_source_mydata``,
+``anl_conditions_mydata`` and ``compare_mydata`` (every run, every edit run,
+then the tables); ``anl_augment_mydata`` too where it declares ``augmentation``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from kedro.pipeline import Pipeline
 from diffusion_transfer.core.methods import method_names
 from diffusion_transfer.project.config import active_parameters
 from diffusion_transfer.project.declared import declarations
+from diffusion_transfer.pipelines.anl_augment.pipeline import create_anl_augment_pipeline
 from diffusion_transfer.pipelines.anl_conditions.pipeline import create_anl_conditions_pipeline
 from diffusion_transfer.pipelines.compare.pipeline import create_compare_node_pipeline
 from diffusion_transfer.pipelines.convert.pipeline import create_pipeline as create_convert_pipeline
@@ -55,6 +57,8 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
         bank = create_source_sampling_pipeline(entries, target.source.prefix).only_nodes_with_outputs(
             entries["noise_bank"])
         pipelines[f"anl_conditions_{name}"] = curation + bank + create_anl_conditions_pipeline(name, entries)
+        if target.params.augmentation is not None:  # ANL Table 2 on that model, for a dataset with labels
+            pipelines[f"anl_augment_{name}"] = curation + create_anl_augment_pipeline(name, target.raw_entry)
         # the baseline row of the Table 2 analogue: Asyrp on the source model itself
         pipelines[f"edit_source_{name}"] = curation + create_edit_pipeline(SOURCE_RUN, name, entries)
         edits = [pipelines[f"edit_{m}_{name}"] for m in (SOURCE_RUN, *methods)]

@@ -17,6 +17,7 @@ from diffusion_transfer.core.methods import method_names
 from diffusion_transfer.core.training import TrainConfig
 from diffusion_transfer.core.translation.registry import TRANSLATORS, translator
 from diffusion_transfer.core.translation.variants import resolve_options
+from diffusion_transfer.project.schema_augment import AugmentationParams
 
 
 class InvalidParametersError(click.ClickException, ValueError):
@@ -285,6 +286,8 @@ class DatasetParams(_Params):
     #: Overrides of the ``editing`` block for this dataset (e.g. SDFT app. E's
     #: 500 MetFaces / 400 AAHQ test images), merged one level deep.
     editing: dict[str, Any] = Field(default_factory=dict)
+    #: ANL Table 2's semi-supervised augmentation (``anl_augment_<name>``, schema_augment.py); null: none.
+    augmentation: AugmentationParams | None = None
 
 
 class CurateParams(_Params):
