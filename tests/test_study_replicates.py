@@ -50,4 +50,6 @@ def test_the_table_marks_each_group_against_the_best_mean_fid():
     assert rows["anl_x"].endswith("| within noise |")
     assert rows["scratch_x"].endswith("| separated |")
     assert "0.75 ± 0.35 [0.50, 1.00]" in rows["scratch_x"]  # face rate
+    one = replicate_table(ROWS + [_row("tan_x", "0-1234", 40.0)])
+    assert [line for line in one if line.startswith("| tan_x")][0].endswith("| one replicate: no verdict |")
     assert replicate_table([{"labels": {"pipeline": "p"}, "done": False}]) == []  # no replicate axis: no section

@@ -71,13 +71,14 @@ def replicate_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["## Over seed replicates", "",
              "Mean ± sample standard deviation [min, max] over the replicates done (n). *Against the best FID*: "
              "*separated* when every replicate of the best group has a lower FID than every replicate of this one "
-             "(a verdict); *within noise* when the ranges overlap.", "",
+             "(a verdict); *within noise* when the ranges overlap; no verdict on one replicate.", "",
              "| " + " | ".join(axes + ["n"] + [title for _, title, _ in measures] + ["against the best FID"]) + " |",
              "|" + "---|" * (len(axes) + len(measures) + 2)]
     for group, s in zip(groups, stats):
         fid = s.get("fid")
-        verdict = ("best" if fid is best else "separated" if separated(best, fid, True) else "within noise") \
-            if fid is not None and best is not None else ""
+        verdict = "" if fid is None or best is None else "best" if fid is best else \
+            "one replicate: no verdict" if min(fid["n"], best["n"]) < 2 else \
+            "separated" if separated(best, fid, True) else "within noise"
         cells = [str(group["labels"][a]) for a in axes] + [str(len(group["replicates"]))]
         cells += [_cell(s.get(key)) for key, _, _ in measures] + [verdict]
         lines.append("| " + " | ".join(cells) + " |")
