@@ -25,9 +25,9 @@ def test_registry_lists_every_method_and_dataset():
             assert f"{method}_{dataset}.finetune" in names
             assert f"{method}_{dataset}.report" in names
             assert f"curate_{dataset}" in names
-            # only ANL embeds its training images with CLIP and samples from prompts
+            # only the conditional methods (ANL and its CLIP-conditioned Tuning-All) embed with CLIP
             conditional = {f"{method}_{dataset}.embed_conditions", f"{method}_{dataset}.sample_prompts"}
-            assert (conditional <= names) == (method == "anl")
+            assert (conditional <= names) == (method in ("anl", "naive_clip"))
     assert pipes["__default__"].nodes == pipes["sdft_aahq"].nodes
     for dataset in ["aahq", "metfaces"]:
         names = {n.name for n in pipes[f"compare_{dataset}"].nodes}
