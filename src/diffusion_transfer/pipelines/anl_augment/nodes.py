@@ -33,14 +33,14 @@ from diffusion_transfer.datasets.folders import ImageFolder
 from diffusion_transfer.pipelines.generation import generate
 from diffusion_transfer.pipelines.model_space import model_input_shape
 from diffusion_transfer.pipelines.schedule import model_schedule
-from diffusion_transfer.project.schema import (
+from diffusion_transfer.project.schema import (  # AugmentationParams: schema_augment's, re-exported
+    AugmentationParams,
     DatasetParams,
     InvalidParametersError,
     MethodParams,
     SamplingParams,
     ScheduleParams,
 )
-from diffusion_transfer.project.schema_augment import AugmentationParams
 
 #: Why ANL Table 2's SSL columns are not run (docs/METHODS.md, "ANL's augmentation experiment").
 SSL_NOT_RUN = (
