@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,15 +43,16 @@ def reference_sketches(n_folder: int = 3000, max_reference: int = 1000) -> np.nd
 
 
 def fid_floors(autoencoder, reference: np.ndarray, extractor: FeatureExtractor, n: int = 256,
-               seed: int = HELD_OUT_SEED) -> dict[str, dict]:
-    """FID/KID of ``n`` held-out sketches and of their reconstructions against ``reference``."""
+               seed: int = HELD_OUT_SEED, cache: Path | None = None) -> dict[str, dict]:
+    """FID/KID of ``n`` held-out sketches and of their reconstructions against
+    ``reference`` (its features kept in ``cache``, computed once)."""
     real, _ = render_batch(SKETCHES, n, 32, seed=seed)
     with torch.no_grad():
         x = torch.from_numpy(real).permute(0, 3, 1, 2).float() / 127.5 - 1
         decoded = reconstruct(autoencoder, x)
     recon = ((decoded + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     keys = ("fid", "kid_x1e3", "n_gen", "n_ref")
-    return {name: {k: compute_fid_kid(images, reference, extractor)[k] for k in keys}
+    return {name: {k: compute_fid_kid(images, reference, extractor, ref_cache=cache)[k] for k in keys}
             for name, images in (("real", real), ("reconstructed", recon))}
 
 
@@ -64,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     autoencoder = latent_codec_of(load_unet(Path(args.world) / "latent_source")).autoencoder
     reference, extractor = reference_sketches(), inception_extractor()
-    result = {f"seed {s}": fid_floors(autoencoder, reference, extractor, args.n, s) for s in args.seeds}
+    with tempfile.TemporaryDirectory() as cache:
+        result = {f"seed {s}": fid_floors(autoencoder, reference, extractor, args.n, s, Path(cache))
+                  for s in args.seeds}
     result.update(features=extractor.weights, n_reference=len(reference), wall_s=round(time.perf_counter() - t0, 1))
     print(json.dumps(result, indent=2))
 
