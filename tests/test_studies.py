@@ -68,7 +68,8 @@ def test_every_shipped_study_expands_on_registered_pipelines():
     sizes = {name: len(study_points(name, block, names)) for name, block in studies.items()}
     assert sizes == {"weighting_aahq": 3, "weighting_metfaces": 3, "lambdas_aahq": 18, "lambdas_metfaces": 18,
                      "steps_aahq": 6, "steps_metfaces": 6, "naive_path_aahq": 14, "edit_strength_aahq": 3,
-                     "anl_table1_lsketches": 28, "a3ft_table1_metfaces": 6}
+                     "anl_table1_lsketches": 28, "a3ft_table1_metfaces": 6,
+                     "a3ft_steps_metfaces": 12, "anl_steps_lsketches_1k": 12}
     assert root == ROOT / "data" / "studies"
     weightings = [p.overrides["methods.sdft.weighting"] for p in study_points("weighting_aahq",
                                                                               studies["weighting_aahq"], names)]
