@@ -50,6 +50,11 @@ def test_the_table_marks_each_group_against_the_best_mean_fid():
     assert rows["anl_x"].endswith("| within noise |")
     assert rows["scratch_x"].endswith("| separated |")
     assert "0.75 ± 0.35 [0.50, 1.00]" in rows["scratch_x"]  # face rate
+    other_dataset = [_row("naive_y", "0-1234", 1.0), _row("naive_y", "1-1235", 2.0), _row("anl_y", "0-1234", 5.0),
+                     _row("anl_y", "1-1235", 6.0)]
+    both = {line.split(" | ")[0].strip("| "): line for line in replicate_table(ROWS + other_dataset)}
+    assert both["naive_x"].endswith("| best |")  # compared within its dataset (its own FID reference) only
+    assert both["naive_y"].endswith("| best |") and both["anl_y"].endswith("| separated |")
     one = replicate_table(ROWS + [_row("tan_x", "0-1234", 40.0)])
     assert [line for line in one if line.startswith("| tan_x")][0].endswith("| one replicate: no verdict |")
     assert replicate_table([{"labels": {"pipeline": "p"}, "done": False}]) == []  # no replicate axis: no section

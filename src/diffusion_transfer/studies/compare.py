@@ -32,20 +32,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffusion_transfer.core.methods import method_names  # noqa: E402
 from diffusion_transfer.project.schema import InvalidParametersError  # noqa: E402
 from diffusion_transfer.studies.report import point_row  # noqa: E402
-from diffusion_transfer.studies.report_common import save_figure  # noqa: E402
+from diffusion_transfer.studies.report_common import method_of, save_figure  # noqa: E402
 from diffusion_transfer.studies.spec import Point  # noqa: E402
 
 PLOT_FILE = "fid_vs_kept.png"
-
-
-def method_of(pipeline: str) -> str:
-    """``sdft_aahq`` -> ``sdft``, ``anl_uncond_haunted_houses`` -> ``anl_uncond``
-    (a run pipeline is ``<method>_<dataset>``; both may contain ``_``)."""
-    longest_first = sorted(method_names(), key=len, reverse=True)
-    return next((m for m in longest_first if pipeline.startswith(f"{m}_")), pipeline.rsplit("_", 1)[0])
 
 
 def pooled_runs(studies: dict[str, tuple[list[Point], Path]]) -> list[dict[str, Any]]:

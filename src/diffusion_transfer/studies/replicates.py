@@ -5,12 +5,16 @@ deviation and range over the replicates done.
 
 A difference between two groups is taken as a verdict only where their ranges
 do not overlap (every replicate of one is better than every replicate of the
-other); the table marks each group against the best one so."""
+other); the table marks each group so against the best of its cohort: the
+groups that differ only in their pipeline's method (the same dataset, hence
+the same FID reference)."""
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
+
+from diffusion_transfer.studies.report_common import dataset_of
 
 REPLICATE_AXIS = "replicate"
 #: (metrics.json key, column title, lower is better)
@@ -49,6 +53,11 @@ def separated(a: dict[str, Any], b: dict[str, Any], lower_is_better: bool) -> bo
     return a["max"] < b["min"] if lower_is_better else a["min"] > b["max"]
 
 
+def _cohort(labels: dict[str, Any]) -> tuple:
+    """What a group is compared within: its other grid values and its pipeline's dataset."""
+    return tuple((a, dataset_of(str(v)) if a == "pipeline" else v) for a, v in labels.items())
+
+
 def _cell(s: dict[str, Any] | None) -> str:
     if s is None:
         return ""
@@ -65,20 +74,24 @@ def replicate_table(rows: list[dict[str, Any]]) -> list[str]:
     groups = replicate_groups(rows)
     measures = [m for m in MEASURES if any(m[0] in g["values"] for g in groups)]
     stats = [{key: spread(g["values"][key]) for key, _, _ in measures if g["values"].get(key)} for g in groups]
-    with_fid = [s["fid"] for s in stats if "fid" in s]
-    best = min(with_fid, key=lambda s: s["mean"]) if with_fid else None
+    cohorts = [_cohort(g["labels"]) for g in groups]
+    best: dict[tuple, dict[str, Any]] = {}
+    for cohort, s in zip(cohorts, stats):
+        if "fid" in s and (cohort not in best or s["fid"]["mean"] < best[cohort]["mean"]):
+            best[cohort] = s["fid"]
     axes = list(groups[0]["labels"])
     lines = ["## Over seed replicates", "",
-             "Mean ± sample standard deviation [min, max] over the replicates done (n). *Against the best FID*: "
+             "Mean ± sample standard deviation [min, max] over the replicates done (n). *Against the best FID* of the "
+             "same dataset (and other grid values): "
              "*separated* when every replicate of the best group has a lower FID than every replicate of this one "
              "(a verdict); *within noise* when the ranges overlap; no verdict on one replicate.", "",
              "| " + " | ".join(axes + ["n"] + [title for _, title, _ in measures] + ["against the best FID"]) + " |",
              "|" + "---|" * (len(axes) + len(measures) + 2)]
-    for group, s in zip(groups, stats):
-        fid = s.get("fid")
-        verdict = "" if fid is None or best is None else "best" if fid is best else \
-            "one replicate: no verdict" if min(fid["n"], best["n"]) < 2 else \
-            "separated" if separated(best, fid, True) else "within noise"
+    for group, cohort, s in zip(groups, cohorts, stats):
+        fid, top = s.get("fid"), best.get(cohort)
+        verdict = "" if fid is None or top is None else "best" if fid is top else \
+            "one replicate: no verdict" if min(fid["n"], top["n"]) < 2 else \
+            "separated" if separated(top, fid, True) else "within noise"
         cells = [str(group["labels"][a]) for a in axes] + [str(len(group["replicates"]))]
         cells += [_cell(s.get(key)) for key, _, _ in measures] + [verdict]
         lines.append("| " + " | ".join(cells) + " |")

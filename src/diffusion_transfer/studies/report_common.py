@@ -10,7 +10,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from diffusion_transfer.core.methods import method_names  # noqa: E402
 from diffusion_transfer.studies.spec import slug  # noqa: E402
+
+
+def method_of(pipeline: str) -> str:
+    """``sdft_aahq`` -> ``sdft``, ``anl_uncond_haunted_houses`` -> ``anl_uncond``
+    (a run pipeline is ``<method>_<dataset>``; both may contain ``_``)."""
+    longest_first = sorted(method_names(), key=len, reverse=True)
+    return next((m for m in longest_first if pipeline.startswith(f"{m}_")), pipeline.rsplit("_", 1)[0])
+
+
+def dataset_of(pipeline: str) -> str:
+    """``naive_clip_lsketches_25`` -> ``lsketches_25``."""
+    return pipeline[len(method_of(pipeline)) + 1:]
 
 
 def grid_label(value: Any) -> str:
