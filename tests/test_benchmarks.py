@@ -34,7 +34,8 @@ def test_bench_steps_prints_ratio_and_enforces_bar(capsys, tmp_path):
     # every method gets a row: its ratio to naive and its trainable parameters
     rows = {m.group(1): (float(m.group(2)), int(m.group(3).replace(",", "")))
             for m in re.finditer(r"^(\w+)\s+[0-9.]+ ms\s+([0-9.]+)\s+([0-9,]+)$", out, re.M)}
-    assert set(rows) == {"naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "tan"}
+    assert set(rows) == {"naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "naive_clip", "tan"}
+    assert rows["anl"][1] < rows["naive_clip"][1]  # ANL's modules alone < the same modules and the whole UNet
     assert rows["tan"][1] < rows["attn"][1]  # shift adaptors only
     assert rows["naive"][0] == 1.0
     assert rows["attn"][1] < rows["a3ft"][1] < rows["naive"][1]  # attention blocks < + adapters < all
