@@ -123,7 +123,8 @@ def test_own_data_and_model_run_as_the_readme_says(tmp_path):
     assert isinstance(pipe, DDPMPipeline) and pipe.scheduler.config.prediction_type == "v_prediction"
     assert f'DiffusionPipeline.from_pretrained("{model_dir.relative_to(proj)}")' in report
     comparison = json.loads((out.parent / "compare_mydata" / "comparison.json").read_text())
-    assert list(comparison["rows"])[1:] == ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "tan"]
+    assert list(comparison["rows"])[1:] == ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond",
+                                            "naive_clip", "tan"]
 
 
 def test_an_explicit_resolution_that_disagrees_with_the_model_stops_before_compute(tmp_path):
