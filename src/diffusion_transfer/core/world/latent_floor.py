@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusion_transfer.core.data.images import to_tensor, to_uint8
 from diffusion_transfer.core.metrics.extractors import FeatureExtractor, inception_extractor
 from diffusion_transfer.core.metrics.fid import compute_fid_kid
 from diffusion_transfer.core.models.latent import latent_codec_of
@@ -48,9 +49,7 @@ def fid_floors(autoencoder, reference: np.ndarray, extractor: FeatureExtractor, 
     ``reference`` (its features kept in ``cache``, computed once)."""
     real, _ = render_batch(SKETCHES, n, 32, seed=seed)
     with torch.no_grad():
-        x = torch.from_numpy(real).permute(0, 3, 1, 2).float() / 127.5 - 1
-        decoded = reconstruct(autoencoder, x)
-    recon = ((decoded + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        recon = to_uint8(reconstruct(autoencoder, to_tensor(real)))
     keys = ("fid", "kid_x1e3", "n_gen", "n_ref")
     return {name: {k: compute_fid_kid(images, reference, extractor, ref_cache=cache)[k] for k in keys}
             for name, images in (("real", real), ("reconstructed", recon))}
