@@ -6,14 +6,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from diffusion_transfer.project.schema_base import StrictParams
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AugmentClassifierParams(_Params):
+class AugmentClassifierParams(StrictParams):
     """The classifier trained by ERM on each training set: a torchvision
     architecture, from scratch or from a local torchvision state_dict."""
 
@@ -34,7 +32,7 @@ class AugmentClassifierParams(_Params):
                 "log_every": max(1, self.steps // 10), "checkpoint_every": self.steps}
 
 
-class AugmentationParams(_Params):
+class AugmentationParams(StrictParams):
     """``labels_per_class`` labelled training images per class; ``per_labelled``
     images generated from each by the fine-tuned ANL model, conditioned on its
     CLIP embedding and labelled with its class; a classifier trained by ERM with

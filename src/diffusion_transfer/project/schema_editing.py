@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from diffusion_transfer.core.editing.train import AsyrpConfig
-from diffusion_transfer.project.schema import parse
+from diffusion_transfer.project.schema_base import StrictParams, parse
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PromptParams(_Params):
+class PromptParams(StrictParams):
     """One edit: ``source`` -> ``target`` texts, paired one to one (or one
     source for all); the text direction is the mean of the pairs'."""
 
@@ -46,7 +42,7 @@ class PromptParams(_Params):
         return self
 
 
-class EditingParams(_Params):
+class EditingParams(StrictParams):
     """Defaults: SDFT appendix E (100 training images, 50 training steps, 100
     inversion steps, 5 epochs, editing range 0.5T, 500 test images) and
     Asyrp_official's script_train.sh (lr 0.5, L1 weight 3, CLIP weight 1,
