@@ -62,6 +62,8 @@ def test_a_users_ldm_folder_fine_tunes_and_samples_through_kedro_run(latent_proj
     report = (out / "08_reporting" / "naive_mydata" / "report.md").read_text()
     assert "latent: VQModel (vqvae/ of data/06_models/my_ldm), 3x16x16, scaled by 0.18215." in report
     assert "Class label: unconditional (the null label)." in report
+    # sources.my_ldm.sampling (50 steps) over the environment's sampling block (4 steps)
+    assert "Sampler: ddim, 50 steps, eta 0.0" in report
     model_dir = out / "06_models" / "naive_mydata" / "model"
     assert (f'load it with `from diffusers import DiffusionPipeline; DiffusionPipeline.from_pretrained("{model_dir.relative_to(latent_project)}")`'
             in report)

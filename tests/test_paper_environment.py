@@ -30,7 +30,8 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
         with KedroSession.create(project_path=proj, env="paper") as session:
             context = session.load_context()
             params = context.params
-            resolve_parameters(params)
+            sampling = resolve_parameters(params).sampling
+            assert (sampling["ldm_cin256"].steps, sampling["ffhq"].steps, sampling["imagenet64"].steps) == (200, 40, 40)
             curation = params["datasets"]["aahq"]["curation"]
             assert curation["threshold"] == 0.27 and curation.get("resolution") is None  # the model's 256 px
             assert params["sampling"]["steps"] == 40 and params["train"]["steps"] == 80000

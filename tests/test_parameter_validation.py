@@ -72,7 +72,7 @@ def test_per_dataset_classifier_overrides_are_validated():
 
 def test_parameters_reach_the_hook_as_conf_gives_them_and_are_validated_once(monkeypatch):
     """Kedro's own context would build the pydantic models node signatures name
-    (``sampling``: SamplingParams) before any hook runs; the project's context
+    (``evaluation``: EvaluationParams) before any hook runs; the project's context
     leaves them as conf gives them, so the one validation (resolved.py) names
     the YAML key."""
     from kedro.framework.context import KedroContext
@@ -80,16 +80,43 @@ def test_parameters_reach_the_hook_as_conf_gives_them_and_are_validated_once(mon
     from kedro.framework.startup import bootstrap_project
 
     from diffusion_transfer.project.resolved import resolve_parameters
-    from diffusion_transfer.project.schema import InvalidParametersError, SamplingParams
+    from diffusion_transfer.project.schema import EvaluationParams, InvalidParametersError, SamplingParams
 
     monkeypatch.chdir(ROOT)
     bootstrap_project(ROOT)
-    with KedroSession.create(project_path=ROOT, env="smoke", runtime_params={"sampling": {"steps": 0}}) as session:
+    runtime = {"evaluation": {"lpips_pairs": 0}}
+    with KedroSession.create(project_path=ROOT, env="smoke", runtime_params=runtime) as session:
         context = session.load_context()
-        assert isinstance(context.params["sampling"], dict) and context.params["sampling"]["steps"] == 0
-        with pytest.raises(Exception, match="SamplingParams"):  # what Kedro's own context would have said
+        assert isinstance(context.params["evaluation"], dict) and context.params["evaluation"]["lpips_pairs"] == 0
+        with pytest.raises(Exception, match="EvaluationParams"):  # what Kedro's own context would have said
             KedroContext.params.fget(context)
-        with pytest.raises(InvalidParametersError, match=r"sampling\.steps: Input should be greater than or equal to 1"):
+        with pytest.raises(InvalidParametersError, match=r"evaluation\.lpips_pairs: Input should be greater than"):
             resolve_parameters(context.params)
     ok = resolve_parameters(_base_params())
-    assert isinstance(ok.blocks["sampling"], SamplingParams) and ok.runs["sdft_aahq"].hyperparameters["gamma_aux"] == 50.0
+    assert isinstance(ok.blocks["evaluation"], EvaluationParams) and isinstance(ok.blocks["sampling"], SamplingParams)
+    assert ok.runs["sdft_aahq"].hyperparameters["gamma_aux"] == 50.0
+
+
+def test_a_sources_sampling_block_overrides_the_environments_for_its_models_only():
+    from diffusion_transfer.project.registry import register_pipelines
+    from diffusion_transfer.project.resolved import resolve_parameters, typed_parameters
+    from diffusion_transfer.project.schema import InvalidParametersError
+
+    params = _base_params()
+    params["sources"]["faceworld_latent"]["sampling"] = {"steps": 200}
+    typed = typed_parameters(resolve_parameters(params))
+    latent, ffhq = typed["params:sources.faceworld_latent.sampling"], typed["params:sources.ffhq.sampling"]
+    assert (latent.steps, ffhq.steps) == (200, params["sampling"]["steps"])
+    assert latent.n_samples == ffhq.n_samples == params["sampling"]["n_samples"]  # merged key by key
+    # every sampling node of a latent run, its source's samples included, reads the source's block
+    pipelines = register_pipelines(params)
+    for name, source in (("anl_lsketches_25", "faceworld_latent"), ("naive_metfaces", "ffhq")):
+        readers = [n for n in pipelines[name].nodes if any(i.endswith("sampling") for i in n.inputs)]
+        names = [n.name for n in readers]
+        assert all(any(x.endswith(end) for x in names) for end in ("make_noise_bank", "sample_source", "sample_finetuned"))
+        for n in readers:
+            assert f"params:sources.{source}.sampling" in n.inputs and "params:sampling" not in n.inputs, n.name
+    params["sources"]["faceworld_latent"]["sampling"] = {"steps": 0}
+    with pytest.raises(InvalidParametersError,
+                       match=r"sampling \(with sources\.faceworld_latent\.sampling\)\.steps: Input should be greater"):
+        resolve_parameters(params)

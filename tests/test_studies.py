@@ -102,6 +102,17 @@ def test_shared_signature_leaves_out_what_only_the_method_run_reads():
     assert _run_independent("sampling", {"train": 1}) == {"train": 1}  # only datasets.<d>.train is left out
 
 
+def test_shared_signature_reads_a_sources_sampling_as_its_nodes_get_it():
+    """The source samples read ``params:sources.<s>.sampling`` (the hook's merge of
+    ``sampling`` and ``sources.<s>.sampling``): a point changing either is not shared."""
+    from diffusion_transfer.studies.runner import _lookup
+
+    params = {"sampling": {"steps": 40, "n_samples": 8}, "sources": {"ldm": {"sampling": {"steps": 200}}, "ffhq": {}}}
+    assert _lookup(params, "sources.ldm.sampling") == {"steps": 200, "n_samples": 8}
+    assert _lookup(params, "sources.ffhq.sampling") == {"steps": 40, "n_samples": 8}
+    assert _lookup(params, "sources.ldm") == {"sampling": {"steps": 200}}  # any other key: as conf gives it
+
+
 def test_feature_files_of_finished_points_are_copied_once_and_never_half_written(tmp_path):
     from diffusion_transfer.studies.runner import reuse_feature_cache
 

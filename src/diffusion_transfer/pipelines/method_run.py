@@ -22,18 +22,19 @@ from diffusion_transfer.pipelines.translate.pipeline import (
 )
 
 
-def create_source_pipeline(source: dict[str, str], prefix: str = "") -> Pipeline:
+def create_source_pipeline(source: dict[str, str], prefix: str, sampling: str) -> Pipeline:
     """One source model's samples from its own noise bank, and its translation
     inputs (one per source domain); ``source`` maps the roles
     (``source_model``, ``noise_bank``...) to the domain's catalog entries
-    (``declared.SourceDomain.entries``)."""
-    return create_source_sampling_pipeline(source, prefix) + create_translation_inputs_pipeline(source, prefix)
+    (``declared.SourceDomain.entries``); ``sampling`` is its sampling parameter."""
+    return create_source_sampling_pipeline(source, prefix, sampling) + create_translation_inputs_pipeline(source, prefix)
 
 
-def create_method_pipeline(method: str, dataset: str, source: dict[str, str]) -> Pipeline:
+def create_method_pipeline(method: str, dataset: str, source: dict[str, str], sampling: str) -> Pipeline:
     """``{method}_{dataset}``: the template in the run's namespace, wired to
     the dataset's curated sets and to its source domain's model, noise bank
-    and samples (``source``: their catalog entries)."""
+    and samples (``source``: their catalog entries), sampled as its source is
+    (``sampling``: the source's sampling parameter)."""
     info = METHODS[method]
     template = (create_finetune_pipeline(info) + create_sample_pipeline(info) + create_translate_pipeline(info)
                 + create_evaluate_pipeline() + create_report_pipeline())
@@ -51,7 +52,7 @@ def create_method_pipeline(method: str, dataset: str, source: dict[str, str]) ->
             "params:dataset": f"params:datasets.{dataset}",
             "params:train": "params:train",
             "params:schedule": "params:schedule",
-            "params:sampling": "params:sampling",
+            "params:sampling": sampling,
             "params:evaluation": "params:evaluation",
             "params:paths.checkpoints": "params:paths.checkpoints",
             "params:translation": "params:translation",

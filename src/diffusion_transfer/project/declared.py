@@ -23,6 +23,19 @@ def is_catalog_name(value: str) -> bool:
     return "/" not in value and "\\" not in value and not value.startswith((".", "~"))
 
 
+def sampling_param(source: str) -> str:
+    """The parameter name of a source's sampling settings (``sampling`` merged
+    with ``sources.<source>.sampling``), supplied by the project's hook."""
+    return f"params:sources.{source}.sampling"
+
+
+def source_sampling_conf(parameters: dict[str, Any], source: str) -> dict[str, Any]:
+    """A source's sampling settings as conf gives them, unvalidated: ``sampling``
+    with ``sources.<source>.sampling`` merged over it (study signatures)."""
+    own = ((parameters.get("sources") or {}).get(source) or {}).get("sampling") or {}
+    return {**(parameters.get("sampling") or {}), **own}
+
+
 @dataclass(frozen=True)
 class SourceDomain:
     params: SourceParams
@@ -46,6 +59,11 @@ class SourceDomain:
             "source_images": images,
             **{k: f"{p}{k}" for k in ("noise_bank", "source_samples", "translation_inputs")},
         }
+
+    @property
+    def sampling_param(self) -> str:
+        """The parameter its samplers read: ``sampling`` with this source's overrides (``resolved.py``)."""
+        return sampling_param(self.name)
 
     @property
     def has_images(self) -> bool:

@@ -36,29 +36,29 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
     pipelines: dict[str, Pipeline] = {"world": create_world_pipeline(), "convert_source": create_convert_pipeline()}
     methods = method_names()
     for name, target in decl.datasets.items():
-        entries = target.source.entries
-        source = create_source_pipeline(entries, target.source.prefix)
+        entries, sampling = target.source.entries, target.source.sampling_param
+        source = create_source_pipeline(entries, target.source.prefix, sampling)
         curation = create_curate_pipeline(name, target.raw_entry, entries["source_model"], target.few_shot)
         pipelines[f"curate_{name}"] = curation
         clf = curation + create_classifier_pipeline(name, entries)
         if not target.source.has_images:  # the source model's samples stand in for its images
-            clf += create_source_sampling_pipeline(entries, target.source.prefix)
+            clf += create_source_sampling_pipeline(entries, target.source.prefix, sampling)
         pipelines[f"classifier_{name}"] = clf
         runs = []
         for m in methods:
             # every run needs the classifier: TAN trains with it, EGSDE translates with it
-            run = clf + source + create_method_pipeline(m, name, entries)
+            run = clf + source + create_method_pipeline(m, name, entries, sampling)
             pipelines[f"{m}_{name}"] = run
             runs.append(run)
             # Asyrp text editing of the run's fine-tuned model, on demand (training f_t per
             # prompt is costly): it reads the model <m>_<name> wrote, or the pre-run check says so.
             pipelines[f"edit_{m}_{name}"] = create_edit_pipeline(m, name, entries)
         # ANL's own sampling experiments on the model anl_<name> wrote (app. A, Figs. 3, 7-16)
-        bank = create_source_sampling_pipeline(entries, target.source.prefix).only_nodes_with_outputs(
+        bank = create_source_sampling_pipeline(entries, target.source.prefix, sampling).only_nodes_with_outputs(
             entries["noise_bank"])
-        pipelines[f"anl_conditions_{name}"] = curation + bank + create_anl_conditions_pipeline(name, entries)
+        pipelines[f"anl_conditions_{name}"] = curation + bank + create_anl_conditions_pipeline(name, entries, sampling)
         if target.params.augmentation is not None:  # ANL Table 2 on that model, for a dataset with labels
-            pipelines[f"anl_augment_{name}"] = curation + create_anl_augment_pipeline(name, target.raw_entry)
+            pipelines[f"anl_augment_{name}"] = curation + create_anl_augment_pipeline(name, target.raw_entry, sampling)
         # the baseline row of the Table 2 analogue: Asyrp on the source model itself
         pipelines[f"edit_source_{name}"] = curation + create_edit_pipeline(SOURCE_RUN, name, entries)
         edits = [pipelines[f"edit_{m}_{name}"] for m in (SOURCE_RUN, *methods)]

@@ -20,7 +20,7 @@ from diffusion_transfer.core.methods import build_method, expand_preset
 from diffusion_transfer.core.schedule import NoiseSchedule, make_schedule
 from diffusion_transfer.core.training import TrainConfig
 from diffusion_transfer.project import schema as S
-from diffusion_transfer.project.declared import Declarations, declarations, with_declared_names
+from diffusion_transfer.project.declared import Declarations, declarations, sampling_param, with_declared_names
 from diffusion_transfer.project.schema_editing import EditingParams, editing_for
 
 
@@ -150,6 +150,8 @@ class ResolvedParameters:
     datasets: dict[str, ResolvedDataset] = field(default_factory=dict)
     #: per dataset: the ``classifier`` block with ``classifier.datasets.<name>`` merged
     classifiers: dict[str, S.ClassifierParams] = field(default_factory=dict)
+    #: per source domain: the ``sampling`` block with ``sources.<name>.sampling`` merged
+    sampling: dict[str, S.SamplingParams] = field(default_factory=dict)
 
 
 _BLOCKS = {"schedule": S.ScheduleParams, "sampling": S.SamplingParams, "evaluation": S.EvaluationParams,
@@ -188,7 +190,9 @@ def resolve_parameters(parameters: dict[str, Any]) -> ResolvedParameters:
             editing_for(parameters.get("editing"), d) if "editing" in parameters or d.editing else None)
         if "classifier" in blocks:
             classifiers[name] = blocks["classifier"].for_dataset(name)
-    return ResolvedParameters(declared, methods, TrainingRuns(runs), blocks, datasets, classifiers)
+    sampling = {name: S.sampling_for(parameters["sampling"], source.params)
+                for name, source in declared.sources.items() if "sampling" in parameters}
+    return ResolvedParameters(declared, methods, TrainingRuns(runs), blocks, datasets, classifiers, sampling)
 
 
 def _check_classifier_training(base: S.ClassifierParams) -> None:
@@ -207,11 +211,13 @@ _TYPED_BLOCKS = ("schedule", "sampling", "evaluation", "translation", "editing",
 
 def typed_parameters(resolved: ResolvedParameters) -> dict[str, Any]:
     """Catalog parameter entries -> the typed values nodes receive in their place:
-    ``params:train`` becomes every run, ``params:classifier`` each dataset's block."""
+    ``params:train`` becomes every run, ``params:classifier`` each dataset's block,
+    and each source's sampling settings appear as ``params:sources.<s>.sampling``."""
     out: dict[str, Any] = {"params:train": resolved.runs, "params:classifier": resolved.classifiers}
     out.update({f"params:methods.{name}": m for name, m in resolved.methods.items()})
     out.update({f"params:datasets.{name}": d for name, d in resolved.datasets.items()})
     out.update({f"params:{key}": resolved.blocks[key] for key in _TYPED_BLOCKS if key in resolved.blocks})
+    out.update({sampling_param(name): block for name, block in resolved.sampling.items()})
     return out
 
 

@@ -22,7 +22,8 @@ from diffusion_transfer.project.schema_domains import CurateParams, DatasetParam
 # Re-exported: nodes and the rest of the project import parameter types from here.
 __all__ = ["AugmentationParams", "ClassLabel", "ClassifierParams", "ConditionParams", "ConvertParams", "CurateParams",
            "DatasetParams", "EvaluationParams", "InvalidParametersError", "MethodParams", "SamplingParams",
-           "ScheduleParams", "SourceParams", "TrainParams", "TranslationParams", "parse", "translation_for"]
+           "ScheduleParams", "SourceParams", "TrainParams", "TranslationParams", "parse", "sampling_for",
+           "translation_for"]
 
 
 class ScheduleParams(StrictParams):
@@ -174,6 +175,12 @@ TranslationParams = create_model(
     __doc__=_SharedTranslationParams.__doc__,
     **{name: (info.params, Field(default_factory=info.params)) for name, info in TRANSLATORS.items()},
 )
+
+
+def sampling_for(sampling: dict[str, Any], source: SourceParams) -> SamplingParams:
+    """``sampling`` with ``sources.<name>.sampling`` merged over it."""
+    return parse(SamplingParams, {**(sampling or {}), **source.sampling},
+                 f"sampling (with sources.{source.name}.sampling)")
 
 
 def translation_for(translation: dict[str, Any], dataset: DatasetParams) -> TranslationParams:

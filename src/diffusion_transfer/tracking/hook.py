@@ -248,7 +248,10 @@ class TrackingHook:
 
 
 def _conf_value(conf: dict[str, Any], dotted: str, value: Any) -> Any:
-    """The conf value at ``a.b.c`` (``value`` itself when conf has none there)."""
+    """The conf value at ``a.b.c``; a value the hook made (a source's merged
+    sampling settings, ``declared.sampling_param``) is logged as resolved."""
+    if dotted.startswith("sources.") and dotted.endswith(".sampling") and hasattr(value, "model_dump"):
+        return value.model_dump()
     node: Any = conf
     for key in dotted.split("."):
         if not isinstance(node, dict) or key not in node:

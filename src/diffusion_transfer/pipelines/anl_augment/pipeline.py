@@ -14,10 +14,10 @@ from diffusion_transfer.pipelines.anl_augment.nodes import (
 )
 
 
-def create_anl_augment_pipeline(dataset: str, raw_entry: str, method: str = "anl") -> Pipeline:
+def create_anl_augment_pipeline(dataset: str, raw_entry: str, sampling: str, method: str = "anl") -> Pipeline:
     """In the namespace of ``<method>_<dataset>`` (its fine-tuned model, and its
     report beside the run's), with the dataset's image folder (for its labels
-    file) and its curated and reference sets."""
+    file) and its curated and reference sets; ``sampling``: its source's sampling parameter."""
     template = Pipeline([
         node(augment_split, ["folder", "curated", "reference", "params:dataset"], "augment_data",
              name="augment_split", tags=["augment"]),
@@ -33,4 +33,4 @@ def create_anl_augment_pipeline(dataset: str, raw_entry: str, method: str = "anl
         inputs={"condition_clip": "condition_clip", "folder": raw_entry, "curated": f"{dataset}_curated",
                 "reference": f"{dataset}_reference"},
         parameters={"params:method": f"params:methods.{method}", "params:dataset": f"params:datasets.{dataset}",
-                    "params:sampling": "params:sampling", "params:schedule": "params:schedule"})
+                    "params:sampling": sampling, "params:schedule": "params:schedule"})

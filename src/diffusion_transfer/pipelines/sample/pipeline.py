@@ -16,14 +16,14 @@ from diffusion_transfer.pipelines.sample.nodes import (
 )
 
 
-def create_source_sampling_pipeline(source: dict[str, str], prefix: str = "") -> Pipeline:
+def create_source_sampling_pipeline(source: dict[str, str], prefix: str, sampling: str) -> Pipeline:
     """One source domain's noise bank and its source model's samples from it
-    (``source``: the domain's catalog entries)."""
+    (``source``: the domain's catalog entries; ``sampling``: its sampling parameter)."""
     n = source
     return Pipeline([
-        node(create_noise_bank, ["params:sampling", n["source_model"]], n["noise_bank"],
+        node(create_noise_bank, [sampling, n["source_model"]], n["noise_bank"],
              name=f"{prefix}make_noise_bank", tags=["sample"]),
-        node(sample, [n["source_model"], n["noise_bank"], "params:sampling", "params:schedule"],
+        node(sample, [n["source_model"], n["noise_bank"], sampling, "params:schedule"],
              n["source_samples"], name=f"{prefix}sample_source", tags=["sample"]),
     ])
 
