@@ -59,20 +59,34 @@ class UNetDataset(AbstractDataset[Any, Any]):
         loading weights (None where there is none, or for a Hub id); a bad
         JSON file raises ``ValueError`` naming it."""
         # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
-        from diffusion_transfer.core.models.scheduler_config import find_scheduler_config, read_scheduler_config
+        from diffusion_transfer.core.models.scheduler_config import read_scheduler_config
 
         folder = Path(self._path)
         if not folder.is_dir():
             return None, None
-        unet = folder / "unet" if (folder / "adapter.json").exists() or not (folder / "config.json").exists() else folder
+        unet = self._unet_folder()
         config = None
         if (unet / "config.json").is_file():
             try:
                 config = json.loads((unet / "config.json").read_text())
             except ValueError as exc:
                 raise ValueError(f"{unet / 'config.json'} is not valid JSON: {exc}") from None
-        found = find_scheduler_config(folder) or find_scheduler_config(unet)
+        found = self.scheduler_file()
         return config, (read_scheduler_config(found) if found else None)
+
+    def scheduler_file(self) -> Path | None:
+        """The folder's ``scheduler_config.json`` (the one :meth:`configs` reads), or None."""
+        # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
+        from diffusion_transfer.core.models.scheduler_config import find_scheduler_config
+
+        folder = Path(self._path)
+        if not folder.is_dir():
+            return None
+        return find_scheduler_config(folder) or find_scheduler_config(self._unet_folder())
+
+    def _unet_folder(self) -> Path:
+        folder = Path(self._path)
+        return folder / "unet" if (folder / "adapter.json").exists() or not (folder / "config.json").exists() else folder
 
     def autoencoder_config(self) -> dict[str, Any] | None:
         """A latent model's autoencoder ``config.json`` (``vqvae/`` or ``vae/``

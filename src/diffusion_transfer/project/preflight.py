@@ -17,9 +17,10 @@ from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
 from diffusion_transfer.core.models.latent import autoencoder_downscale
 from diffusion_transfer.core.models.folder_check import config_class_labels, unet_folder_problems, unsupported_parts
 from diffusion_transfer.core.weights import missing_weights
-from diffusion_transfer.pipelines.schedule import resolve_schedule
+from diffusion_transfer.core.models.scheduler_config import scheduler_config_problems
+from diffusion_transfer.pipelines.schedule import PROJECT_DEFAULT, resolve_schedule
 from diffusion_transfer.project.declared import declarations
-from diffusion_transfer.project.schema import InvalidParametersError, translation_for
+from diffusion_transfer.project.schema import InvalidParametersError, ScheduleParams, parse, translation_for
 
 _METRIC_WEIGHTS = {
     "inception_path": "clean-fid's TorchScript Inception-v3 (inception-2015-12-05.pt), for FID/KID",
@@ -163,11 +164,11 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
                 "embedding (conf/README.md, 'Which models work'); training this one without those parts would "
                 f"be silently wrong. Set sources.{target.source.name}.model to a supported model"]
     problems = [f"{where}: {p}" for p in (unet_folder_problems(path) if Path(str(path)).is_dir() else [])]
+    problems += _schedule_problems(dataset, scheduler, params, where)
     try:
-        resolve_schedule(None, params.get("schedule"), config=scheduler, where=where)
         autoencoder = dataset.autoencoder_config() if hasattr(dataset, "autoencoder_config") else None
-    except (InvalidParametersError, ValueError) as err:
-        problems.append(str(getattr(err, "message", err)))
+    except ValueError as err:
+        problems.append(str(err))
     if unet is None or problems:
         return problems
     channels = int(autoencoder["latent_channels"]) if autoencoder else 3
@@ -178,6 +179,22 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
     scale = autoencoder_downscale(autoencoder) if autoencoder else 1
     return (problems + _size_problems(pipeline, unet, where, target, params, scale)
             + _label_problems(unet, dataset, target))
+
+
+def _schedule_problems(dataset, scheduler: dict[str, Any] | None, params: dict[str, Any], where: str) -> list[str]:
+    """The model's schedule with the ``schedule`` overrides: numerically
+    possible (core's scheduler_config_problems), then honoured by the code."""
+    try:
+        overrides = parse(ScheduleParams, params.get("schedule"), "schedule").model_dump(exclude_none=True)
+        found = dataset.scheduler_file() if hasattr(dataset, "scheduler_file") else None
+        source = found or "the project default schedule (the model folder has no scheduler_config.json)"
+        bad = scheduler_config_problems(scheduler if scheduler is not None else PROJECT_DEFAULT, source, overrides)
+        if bad:
+            return [f"{where}: {p}" for p in bad]
+        resolve_schedule(None, params.get("schedule"), config=scheduler, where=where)
+    except (InvalidParametersError, ValueError) as err:
+        return [str(getattr(err, "message", err))]
+    return []
 
 
 def _label_problems(unet: dict[str, Any], dataset, target) -> list[str]:
