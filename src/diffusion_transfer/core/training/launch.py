@@ -76,6 +76,7 @@ def launch_workers(
     desc: str,
     on_log: Callable[[dict[str, float]], None] | None,
     latents: bool | None = None,
+    run_identity: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Run ``train_fn`` (``loop.train``) in ``config.num_processes`` worker
     processes, wait for them, and return the result read back from the final
@@ -89,7 +90,7 @@ def launch_workers(
     job = {"train": train_fn, "model": model, "loss_fn": loss_fn, "images": images, "config": config.model_dump(),
            "teacher": teacher, "trainable": _parameter_names(model, trainable_parameters), "conditions": conditions,
            "checkpoint_dir": str(checkpoint_dir), "progress": progress, "desc": desc, "on_log": on_log,
-           "latents": latents}
+           "latents": latents, "run_identity": run_identity}
     ckpt_dir = Path(checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".launch-", dir=ckpt_dir))
@@ -196,7 +197,8 @@ def _worker(scratch: str, threads: int) -> dict[str, Any] | None:
         result = job["train"](model, job["loss_fn"], job["images"], job["config"], teacher=job["teacher"],
                               trainable_parameters=params, conditions=job["conditions"],
                               checkpoint_dir=job["checkpoint_dir"], progress=job["progress"], desc=job["desc"],
-                              on_log=job["on_log"], latents=job.get("latents"))
+                              on_log=job["on_log"], latents=job.get("latents"),
+                              run_identity=job.get("run_identity"))
         if rank != 0:
             return None
         if result.checkpoint is None:

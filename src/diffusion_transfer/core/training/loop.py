@@ -71,6 +71,7 @@ def train(
     desc: str = "train",
     on_log: Callable[[dict[str, float]], None] | None = None,
     latents: bool | None = None,
+    run_identity: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``loss_fn`` on ``images`` (N, 3, H, W) in [-1, 1] (with ``latents``, default:
     ``model`` has a latent codec, a latent model's latents (N, C, H, W) of any finite value).
@@ -81,7 +82,10 @@ def train(
     (ANL's CLIP embeddings; the embedding of the unflipped image under hflip). The ``teacher``, if given, is
     moved to the device, put in eval mode and frozen. With ``checkpoint_dir``
     the run checkpoints every ``config.checkpoint_every`` steps and at the end,
-    and resumes from the newest usable checkpoint found there. ``on_log(record)`` is
+    and resumes from the newest usable checkpoint found there; with
+    ``run_identity`` (a small JSON dict: ``method``, ``source``, ``settings``)
+    every checkpoint records it and only one recording the same is resumed
+    (``checkpoint.py``; None: no such check). ``on_log(record)`` is
     called (in the main process) with each history record (after any
     checkpoint of that step). With ``config.num_processes > 1`` the worker
     processes are started here (see ``launch.py``; ``checkpoint_dir`` is then
@@ -96,8 +100,9 @@ def train(
     if config.num_processes > 1 and not in_distributed_run():
         return launch_workers(train, model, loss_fn, images, config, teacher=teacher, latents=latents,
                               trainable_parameters=trainable_parameters, conditions=conditions,
-                              checkpoint_dir=checkpoint_dir, progress=progress, desc=desc, on_log=on_log)
-    run = Run.start(config, checkpoint_dir)
+                              checkpoint_dir=checkpoint_dir, progress=progress, desc=desc, on_log=on_log,
+                              run_identity=run_identity)
+    run = Run.start(config, checkpoint_dir, run_identity)
 
     # Setup: model, EMA, teacher, optimiser (prepared by accelerate).
     model, optimizer = run.prepare(model, trainable_parameters, teacher)
@@ -177,7 +182,9 @@ def _resume(run: Run) -> _State:
     into the model, EMA, optimiser and shards; a fresh state without one.
     Every process must resume from the same step."""
     state, missing, stored_k = _State(), [], None
-    found = load_usable(run.ckpt_dir, run.raw_model, run.optimizer, run.ema, run.config)  # skips unusable ones
+    found = load_usable(run.ckpt_dir, run.raw_model, run.optimizer, run.ema, run.config,  # skips unusable ones
+                        run.identity)  # and those of another run
+    _say_where_resuming(run, found)
     if found is not None:
         payload, state.last_ckpt = found
         _load_weights(run, payload, state.last_ckpt)
@@ -196,7 +203,6 @@ def _resume(run: Run) -> _State:
                 missing.append(shard.k)
                 reseed_shard(shard, run.config.seed, state.step, run.device, run.swap)
         _warn_changed_settings(state.last_ckpt, payload.get("config", {}), run.config, state.step)
-        log.info("resumed from %s (step %d)", state.last_ckpt, state.step)
     gathered = all_gather((state.step, missing), run.n_proc)
     if len({s for s, _ in gathered}) > 1:
         raise RuntimeError(
@@ -212,6 +218,23 @@ def _resume(run: Run) -> _State:
         log.warning("resuming %s: no usable RNG state for shard(s) %s; re-seeded them from the seed and the step",
                     state.last_ckpt, missing)
     return state
+
+
+def _say_where_resuming(run: Run, found: tuple[dict[str, Any], Path] | None) -> None:
+    """One line: the step and checkpoint resumed (a warning when newer ones
+    were skipped: a fall-back), or a fresh start when checkpoints exist but
+    none is this run's."""
+    existing = checkpoint_paths(run.ckpt_dir)
+    if found is None:
+        if existing and run.is_main:
+            log.warning("no checkpoint of this run in %s (%d skipped): starting fresh", run.ckpt_dir, len(existing))
+        return
+    step, path = int(found[0]["step"]), found[1]
+    skipped = existing[existing.index(path) + 1:] if path in existing else []  # oldest first
+    if skipped and run.is_main:
+        log.warning("resuming from step %d of %s (fell back past %d newer checkpoint(s))", step, path, len(skipped))
+    elif run.is_main:
+        log.info("resuming from step %d of %s", step, path)
 
 
 def _load_weights(run: Run, payload: dict[str, Any], path: Path) -> None:
@@ -259,7 +282,7 @@ def _save_checkpoint(run: Run, state: _State, step: int) -> Path:
                     "layout": {"num_processes": run.n_proc,
                                "gradient_accumulation_steps": run.config.gradient_accumulation_steps}},
             "history": state.history, "sums": state.sums, "n_sum": state.n_sum,
-            "config": run.config.model_dump(),
+            "config": run.config.model_dump(), "run_identity": run.identity,
         }, path)
         for old in checkpoint_paths(run.ckpt_dir)[: -run.config.keep_checkpoints]:
             old.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import torch
 
+from .checkpoint import identity_record
 from .config import TrainConfig
 from .rng import Shard, make_shards
 
@@ -32,6 +33,7 @@ class Run:
     shards: list[Shard]
     swap: bool  # several shards per process: their global RNG states are swapped in per micro-step
     ckpt_dir: Path | None
+    identity: dict[str, Any] | None = None  # the run a checkpoint must record to be resumed (checkpoint.py)
     params: list[torch.nn.Parameter] = field(default_factory=list)  # the trained ones
     raw_model: torch.nn.Module | None = None
     ema: torch.nn.Module | None = None
@@ -43,7 +45,8 @@ class Run:
         return self.n_proc * self.config.gradient_accumulation_steps
 
     @classmethod
-    def start(cls, config: TrainConfig, checkpoint_dir: str | os.PathLike[str] | None) -> Run:
+    def start(cls, config: TrainConfig, checkpoint_dir: str | os.PathLike[str] | None,
+              run_identity: dict[str, Any] | None = None) -> Run:
         accelerator = make_accelerator(config)
         rank, n_proc = accelerator.process_index, accelerator.num_processes
         if config.num_processes not in (1, n_proc):
@@ -55,7 +58,7 @@ class Run:
         swap = accum > 1
         shards = make_shards(config.seed, [rank * accum + m for m in range(accum)], accelerator.device, swap)
         return cls(config, accelerator, accelerator.device, rank, n_proc, accelerator.is_main_process, shards, swap,
-                   Path(checkpoint_dir) if checkpoint_dir is not None else None)
+                   Path(checkpoint_dir) if checkpoint_dir is not None else None, identity_record(run_identity))
 
     def prepare(self, model: torch.nn.Module, trainable_parameters: Iterable[torch.nn.Parameter] | None,
                 teacher: torch.nn.Module | None) -> tuple[torch.nn.Module, Any]:

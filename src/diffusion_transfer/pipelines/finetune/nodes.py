@@ -80,17 +80,24 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
     trained_by = {k: v for k, v in record.items() if k != "samples"}  # samples during training change no weight
     codec = latent_codec_of(source_model)
     space = {k: v for k, v in (("class_label", label), ("autoencoder", codec and codec.fingerprint())) if v is not None}
-    key = hashlib.sha256(json.dumps({**trained_by, "schedule": sched.describe(), **space}, sort_keys=True).encode())
-    key.update(_fingerprint(source_model.state_dict().values()))
+    settings = {**trained_by, "schedule": sched.describe(), **space}
+    source_weights = _fingerprint(source_model.state_dict().values())
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    key.update(source_weights)
     key.update(_fingerprint([curated["images"]] + ([cond] if cond is not None else [])))
     if classifier is not None and spec.needs_classifier:
         key.update(_fingerprint(classifier.state_dict().values()))
     key = key.hexdigest()[:12]
     ckpt_dir = Path(checkpoint_root) / run.name / key
+    # Each checkpoint records whose it is: one of another method or source model,
+    # copied or left in this folder, is never resumed (core/training/checkpoint.py).
+    identity = {"method": run.method, "source": source_weights.hex()[:16], "checkpoint_key": key,  # images too
+                "settings": {k: v for k, v in settings.items() if k not in ("method", "run")}}  # named apart
     sampler = training_sampler(record, config, student, source_model, sched, cond, ckpt_dir)  # issue 17
     with using_class_label(teacher, label) if teacher is not None and label is not None else contextlib.nullcontext():
         result = train(student, spec.loss_fn, images, config, teacher=teacher, conditions=cond,
-                       checkpoint_dir=ckpt_dir, desc=run.name, on_log=sampler if config.num_processes == 1 else None)
+                       checkpoint_dir=ckpt_dir, desc=run.name, on_log=sampler if config.num_processes == 1 else None,
+                       run_identity=identity)
     model = result.ema_model if result.ema_model is not None else result.model
     # The fine-tuned model keeps the schedule it was trained with (saved beside its config.json).
     attach_scheduler_config(model, {**(scheduler_config_of(source_model) or {}), **sched.scheduler_config()})
