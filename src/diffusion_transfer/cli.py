@@ -5,7 +5,8 @@ a traceback. ``kedro run --verbose`` prints the traceback too, for debugging.
 Kedro picks this module up by name (a project ``cli.py`` overrides its
 built-in commands); ``python -m diffusion_transfer`` runs the same command.
 ``--runner=ThreadRunner`` is refused before anything runs (nodes in threads
-share torch's global random stream and diffusers' loading patch).
+share torch's global random stream and diffusers' loading patch). A run file
+(``--config=FILE``) is checked before Kedro reads it (``project/run_file.py``).
 The paragraph is built by :func:`failure_message`: the node that failed (the
 ``on_node_error`` hook notes it), the message (known errors already name the
 file, folder or parameter and the fix) and, for Kedro's own failures (an
@@ -13,18 +14,26 @@ unknown pipeline or environment), what to run instead."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
 from kedro.framework.cli.project import run as kedro_run
 
+from diffusion_transfer.core.io import disk_full_error
+from kedro.framework.cli.utils import _config_file_callback
+
+from diffusion_transfer.project.run_file import check_run_file
+
 #: Errors whose message is the whole story (it names the input and the fix).
 _KNOWN = ("InvalidParametersError", "MissingInputsError", "NonFiniteLossError", "EmptyCurationError",
           "ModelLoadError", "ImageFolderError", "ArcFaceLoadError", "ClipLoadError", "WeightsUnavailable",
-          "InceptionWeightsNotFound", "ADMCheckpointError", "UnsupportedScheduleError", "CheckpointMismatchError")
+          "InceptionWeightsNotFound", "ADMCheckpointError", "UnsupportedScheduleError", "CheckpointMismatchError",
+          "DiskFullError")
 _VERBOSE_HINT = "Run again with --verbose to see the traceback."
 #: What to do, for known errors whose message cannot know it.
 _ADVICE = {
@@ -62,9 +71,27 @@ def _run(verbose: bool, **options: Any) -> Any:
         raise click.ClickException(failure_message(err, options.get("env"))) from None
 
 
+def _checked_run_file(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``--config``: the run file is checked (file, line, key) before Kedro reads it."""
+    if value:
+        check_run_file(value)
+    return _config_file_callback(ctx, param, value)
+
+
+def _run_params() -> list[click.Parameter]:
+    """Kedro's options, with ``--config`` checked first."""
+    params = []
+    for param in kedro_run.params:
+        if param.name == "config":
+            param = copy.copy(param)
+            param.callback = _checked_run_file
+        params.append(param)
+    return params
+
+
 run = click.Command(
     "run", callback=_run, help=kedro_run.help, short_help=kedro_run.short_help,
-    params=[*kedro_run.params,
+    params=[*_run_params(),
             click.Option(["--verbose", "-v"], is_flag=True,
                          help="On failure, print the full traceback before the Error: paragraph.")])
 cli.add_command(run)
@@ -76,7 +103,7 @@ def failure_message(err: BaseException, env: str | None = None) -> str:
     kedro_own = _kedro_failure(err, env)
     if kedro_own:
         return kedro_own
-    cause = _innermost_known(err)
+    cause = _innermost_known(err) or _out_of_space(err)
     where = "".join(f"{note} " for note in getattr(err, "__notes__", ()) if note.startswith("in node "))
     if cause is not None:
         advice = _ADVICE.get(type(cause).__name__)
@@ -99,6 +126,25 @@ def _innermost_known(err: BaseException) -> BaseException | None:
             found = err
         err = err.__cause__ or err.__context__
     return found
+
+
+_FILEPATH = re.compile(r"filepath=(?:\w*Path\()?'?([^,)'\s]+)")
+
+
+def _out_of_space(err: BaseException) -> BaseException | None:
+    """A write that failed for lack of space in a writer that does not say
+    so itself (Kedro's JSON and text datasets), as a ``DiskFullError``
+    naming the folder of the file (Kedro's message gives its ``filepath``)."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for error in chain:
+        if isinstance(error, OSError) and (full := disk_full_error(error, Path.cwd(), None)) is not None:
+            where = error.filename or next((m.group(1) for e in chain if (m := _FILEPATH.search(str(e)))), None)
+            return disk_full_error(error, Path(where).parent, None) if where else full
+    return None
 
 
 _NO_PIPELINE = re.compile(r"Failed to find the pipeline named '([^']+)'")

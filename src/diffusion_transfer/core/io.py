@@ -1,7 +1,13 @@
-"""Atomic file writes: write to a temporary sibling, then rename into place."""
+"""Atomic file writes: write to a temporary sibling, then rename into place.
+
+A write that fails for lack of space (ENOSPC, EDQUOT, or torch's
+``enforce fail`` / ``PytorchStreamWriter failed`` with less free space than
+the write needs) raises :class:`DiskFullError`, naming the folder, the bytes
+needed and the bytes free; the previous file stays in place."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,10 +18,87 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+#: What torch's writer says when a write of the zip container fails (a full disk among other causes).
+_TORCH_WRITE_FAILED = ("enforce fail", "PytorchStreamWriter failed", "file write failed")
+
+
+class DiskFullError(OSError):
+    """A write that failed for lack of space; the message names the folder,
+    the bytes needed and the bytes free, and says that the previous files
+    were kept."""
+
+    def __init__(self, folder: Path, needed: int | None, free: int) -> None:
+        super().__init__(errno.ENOSPC, "No space left on device", str(folder))
+        self.folder, self.needed, self.free = folder, needed, free
+
+    def __str__(self) -> str:
+        needs = f"about {self.needed} bytes" if self.needed else "more space"
+        return (f"not enough space to write in {self.folder}: the write needs {needs} and {self.free} bytes "
+                "are free. The previous files there were kept; free space (or point the output somewhere with "
+                "room) and run again, a rerun resumes from the last checkpoint")
+
+
+def free_bytes(folder: str | Path) -> int:
+    """Free bytes on the file system of ``folder`` (or of its nearest existing parent)."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def disk_full_error(err: BaseException, folder: str | Path, needed: int | None) -> DiskFullError | None:
+    """``err`` as a :class:`DiskFullError` when it is a failure for lack of
+    space in ``folder`` (a write of about ``needed`` bytes), else None."""
+    if isinstance(err, DiskFullError):
+        return err
+    free = free_bytes(folder)
+    needed = int(needed) if needed else None
+    if isinstance(err, OSError) and err.errno in _NO_SPACE_ERRNOS:
+        return DiskFullError(Path(folder), needed, free)
+    if isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_WRITE_FAILED) and free < (needed or 1):
+        return DiskFullError(Path(folder), needed, free)
+    return None
+
+
 @contextmanager
-def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+def space_checked(folder: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Run a write into ``folder`` of about ``needed`` bytes; a failure for
+    lack of space is raised as :class:`DiskFullError` (from the original)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        full = disk_full_error(err, folder, needed)
+        if full is None or full is err:
+            raise
+        raise full from err
+
+
+def payload_bytes(value: Any) -> int:
+    """The bytes of the tensors and arrays in ``value`` (nested dicts, lists,
+    modules' state dicts): what writing it needs, at least."""
+    if hasattr(value, "state_dict") and callable(value.state_dict):
+        value = value.state_dict()
+    if isinstance(value, dict):
+        return sum(payload_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(payload_bytes(v) for v in value)
+    if hasattr(value, "element_size") and hasattr(value, "numel"):
+        return int(value.element_size() * value.numel())
+    return int(getattr(value, "nbytes", 0) or 0)
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "", needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; rename it onto ``path`` on
-    success, delete it on error."""
+    success, delete it on error (lack of space: :class:`DiskFullError`, the
+    bytes needed being ``needed`` or, at least, what was written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
@@ -24,6 +107,11 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as err:
+        full = disk_full_error(err, path.parent, max(needed or 0, _size(tmp_path)))
+        if full is None or full is err:
+            raise
+        raise full from err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -63,13 +151,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def atomic_write_folder(folder: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write_folder(folder: str | Path, write: Callable[[Path], None], needed: int | None = None) -> Path:
     """Call ``write(tmp_dir)`` then move ``tmp_dir`` into place as ``folder``
     (the previous folder, if any, is replaced only once the new one is complete).
 
     Unlike :func:`atomic_dir`: the new folder is made 0755 (``mkdtemp`` gives
     0700), the previous folder is moved to a unique name and is put back if
-    the final rename fails."""
+    the final rename fails. Lack of space raises :class:`DiskFullError`."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
@@ -81,10 +169,15 @@ def atomic_write_folder(folder: str | Path, write: Callable[[Path], None]) -> Pa
             old = folder.parent / f".{folder.name}.old-{os.getpid()}-{time.time_ns()}"
             os.replace(folder, old)
         os.replace(tmp, folder)
-    except BaseException:
+    except BaseException as err:
+        written = _size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not folder.exists():
             os.replace(old, folder)
+        full = disk_full_error(err, folder.parent, max(needed or 0, written)) \
+            if isinstance(err, (OSError, RuntimeError)) else None
+        if full is not None and full is not err:
+            raise full from err
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

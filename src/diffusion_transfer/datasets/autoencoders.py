@@ -11,7 +11,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from diffusion_transfer.core.io import atomic_write_folder
+from diffusion_transfer.core.io import atomic_write_folder, payload_bytes
 
 _CLASSES = ("VQModel", "AutoencoderKL")
 
@@ -36,7 +36,8 @@ class AutoencoderDataset(AbstractDataset[Any, Any]):
         return getattr(diffusers, name).from_pretrained(str(self._path), local_files_only=True).eval()
 
     def save(self, model) -> None:
-        atomic_write_folder(self._path, lambda tmp: model.save_pretrained(str(tmp), safe_serialization=True))
+        atomic_write_folder(self._path, lambda tmp: model.save_pretrained(str(tmp), safe_serialization=True),
+                            needed=payload_bytes(model))
 
     def _exists(self) -> bool:
         return (self._path / "config.json").is_file()

@@ -11,6 +11,8 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from diffusion_transfer.core.io import payload_bytes, space_checked
+
 
 class UNetDataset(AbstractDataset[Any, Any]):
     """A diffusers ``UNet2DModel`` in a ``save_pretrained`` folder (or a hub id
@@ -42,7 +44,8 @@ class UNetDataset(AbstractDataset[Any, Any]):
         # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
         from diffusion_transfer.core.models.unet import save_unet
 
-        save_unet(model, self._path)
+        with space_checked(self._path, payload_bytes(model)):
+            save_unet(model, self._path)
 
     def missing(self) -> str | None:
         """For the pre-run check: why loading would fail, or None."""
@@ -147,7 +150,9 @@ class ClipDataset(AbstractDataset[Any, Any]):
         # deferred: open_clip (~1 s after torch), which building the catalog does not need
         from diffusion_transfer.core.world.clip_io import save_world_clip
 
-        save_world_clip(clip.model if hasattr(clip, "model") else clip, self._path)
+        model = clip.model if hasattr(clip, "model") else clip
+        with space_checked(self._path, payload_bytes(model)):
+            save_world_clip(model, self._path)
 
     def _exists(self) -> bool:
         return self._kind != "world" or Path(self._path).is_dir()
@@ -180,7 +185,8 @@ class _ModelFolderDataset(AbstractDataset[Any, Any]):
         return self._fn(self._load_fn)(self._path)
 
     def save(self, model) -> None:
-        self._fn(self._save_fn)(model, self._path)
+        with space_checked(self._path, payload_bytes(model)):
+            self._fn(self._save_fn)(model, self._path)
 
     def _exists(self) -> bool:
         folder = Path(self._path)

@@ -10,7 +10,7 @@ import torch
 from kedro.io import AbstractDataset
 from safetensors.torch import load_file, save_file
 
-from diffusion_transfer.core.io import atomic_path
+from diffusion_transfer.core.io import atomic_path, payload_bytes
 
 _META_KEY = "json"
 
@@ -40,7 +40,7 @@ class TensorDictDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         if others:
             raise TypeError(f"TensorDictDataset can only save tensors and 'meta'; got {sorted(others)}")
         meta = json.dumps(data.get("meta", {}), default=str)
-        with atomic_path(self._filepath, ".safetensors") as tmp:
+        with atomic_path(self._filepath, ".safetensors", needed=payload_bytes(tensors)) as tmp:
             save_file(tensors, str(tmp), metadata={_META_KEY: meta})
 
     def _exists(self) -> bool:
