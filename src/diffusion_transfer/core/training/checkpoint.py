@@ -1,7 +1,7 @@
 """Atomic checkpoints; resuming loads the newest one the model can use
-(unreadable or mismatched ones are skipped, saying why) and that belongs to
-this run: with a run identity (method, source model, settings), a
-checkpoint that records another one, or none, is skipped too."""
+(unreadable or mismatched ones are skipped, saying why). A checkpoint belongs
+to its run: given a run identity (method, source model, settings), one that
+records another identity, or none, is skipped too."""
 
 from __future__ import annotations
 
