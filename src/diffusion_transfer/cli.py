@@ -23,10 +23,9 @@ from typing import Any
 
 import click
 from kedro.framework.cli.project import run as kedro_run
-
-from diffusion_transfer.core.io import disk_full_error
 from kedro.framework.cli.utils import _config_file_callback
 
+from diffusion_transfer.core.io import disk_full_error
 from diffusion_transfer.project.run_file import check_run_file
 
 #: Errors whose message is the whole story (it names the input and the fix).
