@@ -35,6 +35,7 @@ from typing import Any, Iterator
 from diffusion_transfer.project.config import DATA_ROOT_ENV
 from diffusion_transfer.project.declared import source_sampling_conf
 from diffusion_transfer.core.io import atomic_path
+from diffusion_transfer.project.resolved import resolve_parameters
 from diffusion_transfer.project.schema import InvalidParametersError
 from diffusion_transfer.studies.report import write_study_report
 from diffusion_transfer.studies.spec import Point, namespace_of, study_points
@@ -106,6 +107,7 @@ def run_study(name: str, project: Path, env: str | None = None, in_process: bool
             raise InvalidParametersError(f"study {name!r} has no point {', '.join(unknown)}; its points: "
                                          f"{', '.join(p.id for p in points)}")
         points = [p for p in points if p.id in only]
+    check_points(name, [p for p in points if not is_done(root / p.id)], project, env, root)
     for i, point in enumerate(points, 1):
         where = root / point.id
         if is_done(where):
@@ -115,6 +117,26 @@ def run_study(name: str, project: Path, env: str | None = None, in_process: bool
         run_point(point, project, env, where, in_process)
         write_study_report(name, every_point, root)  # the report grows with every point
     return write_study_report(name, every_point, root)
+
+
+def check_points(name: str, points: list[Point], project: Path, env: str | None, root: Path) -> None:
+    """Validate every point's parameters as its run will read them (``env``'s
+    conf with the point's overrides, under its own data root) before any
+    point runs; one error lists each point that fails and why."""
+    failures = []
+    for point in points:
+        spec = {"data_root": os.path.relpath(root / point.id, project), "study": name, "point": point.id,
+                "project": str(project)}
+        with _point_environment(spec):
+            params = _loader(project, env, point.runtime_params())["parameters"]
+            try:
+                resolve_parameters(params)
+            except InvalidParametersError as err:
+                failures.append(f"studies.{name}: point {point.id}: " + str(err).replace("\n", "\n    "))
+    if failures:
+        raise InvalidParametersError(f"Invalid parameters in 'studies.{name}': {len(failures)} of its "
+                                     f"{len(points)} points to run do not validate (nothing was run):\n  "
+                                     + "\n  ".join(failures))
 
 
 def run_point(point: Point, project: Path, env: str | None, point_root: Path, in_process: bool = False) -> dict:
