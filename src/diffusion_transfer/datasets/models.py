@@ -89,7 +89,8 @@ class UNetDataset(AbstractDataset[Any, Any]):
 
     def _unet_folder(self) -> Path:
         folder = Path(self._path)
-        return folder / "unet" if (folder / "adapter.json").exists() or not (folder / "config.json").exists() else folder
+        adapted_or_pipeline = (folder / "adapter.json").exists() or not (folder / "config.json").exists()
+        return folder / "unet" if adapted_or_pipeline else folder
 
     def autoencoder_config(self) -> dict[str, Any] | None:
         """A latent model's autoencoder ``config.json`` (``vqvae/`` or ``vae/``

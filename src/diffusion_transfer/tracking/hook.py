@@ -18,6 +18,10 @@ make them:
 
 The store: ``mlflow.yml``'s ``server.mlflow_tracking_uri``; null means
 ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<project>/mlflow.db``.
+A local store that cannot be written is found before mlflow is imported
+(tracking/store.py): one warning, and the run goes on untracked; with
+``DT_TRACKING=required`` that, or any other reason tracking cannot start,
+stops the run with an ``Error:`` instead.
 A study point (``python -m diffusion_transfer.studies``) sets ``DT_STUDY`` and
 ``DT_STUDY_POINT``: its run goes to the experiment ``study_<name>``, named and
 tagged after the point.
@@ -31,29 +35,32 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
 from diffusion_transfer.pipelines.training_samples import load_rows
 from diffusion_transfer.project.schema import InvalidParametersError
 from diffusion_transfer.tracking import records
 from diffusion_transfer.tracking.logger import RunLogger
+from diffusion_transfer.tracking.store import DEFAULT_STORE, tracking_uri, unwritable_store
 
 log = logging.getLogger(__name__)
 
 ENV_SWITCH = "DT_TRACKING"
 STUDY_ENV, POINT_ENV = "DT_STUDY", "DT_STUDY_POINT"
-DEFAULT_STORE = "mlflow.db"
-_OFF, _ON = ("0", "off", "false", "no"), ("1", "on", "true", "yes")
+_OFF, _ON, _REQUIRED = ("0", "off", "false", "no"), ("1", "on", "true", "yes"), "required"
+_MLFLOW_PATTERNS = ["mlflow*", "mlflow*/**", "**/mlflow*"]  # kedro-mlflow's, for conf/<env>/mlflow.yml
 
 
 def tracking_enabled(parameters: dict[str, Any], runtime_params: dict[str, Any] | None = None) -> bool:
-    """``DT_TRACKING`` (on/off) when set, else ``tracking.enabled`` (runtime
-    ``--params`` first, then conf; default on)."""
+    """``DT_TRACKING`` (on/off/required) when set, else ``tracking.enabled``
+    (runtime ``--params`` first, then conf; default on)."""
     env = os.environ.get(ENV_SWITCH, "").strip().lower()
-    if env in _OFF or env in _ON:
-        return env in _ON
+    if env in _OFF or env in _ON or env == _REQUIRED:
+        return env not in _OFF
     if env:
-        raise InvalidParametersError(f"{ENV_SWITCH}={env!r}: use on or off (or leave it unset for 'tracking.enabled')")
+        raise InvalidParametersError(f"{ENV_SWITCH}={env!r}: use on, off or required (or leave it unset for "
+                                     "'tracking.enabled')")
     for source in (runtime_params or {}, parameters):
         block = source.get("tracking")
         if block is None:
@@ -64,6 +71,30 @@ def tracking_enabled(parameters: dict[str, Any], runtime_params: dict[str, Any] 
                                          f"got {enabled!r}")
         return enabled
     return True
+
+
+def tracking_required() -> bool:
+    """``DT_TRACKING=required``: a run that cannot be tracked stops before it starts."""
+    return os.environ.get(ENV_SWITCH, "").strip().lower() == _REQUIRED
+
+
+def configured_uri(loader) -> str | None:
+    """``server.mlflow_tracking_uri`` of the environment's mlflow.yml (None: unset, or no mlflow.yml)."""
+    try:
+        if "mlflow" not in loader.config_patterns:
+            loader.config_patterns.update({"mlflow": _MLFLOW_PATTERNS})
+        server = (loader["mlflow"] or {}).get("server") or {}
+    except (MissingConfigException, AttributeError, KeyError):
+        return None  # kedro-mlflow's defaults then
+    return server.get("mlflow_tracking_uri")
+
+
+def _untracked(reason: str) -> None:
+    """Tracking cannot start: an Error: with DT_TRACKING=required, else one warning."""
+    if tracking_required():
+        raise InvalidParametersError(f"{ENV_SWITCH}=required but mlflow tracking cannot start: {reason}. "
+                                     f"Fix that, or run with {ENV_SWITCH}=on (goes on untracked) or off")
+    log.warning("mlflow tracking is off for this run: %s", reason)
 
 
 def study_tags() -> dict[str, str]:
@@ -128,21 +159,25 @@ class TrackingHook:
         if not tracking_enabled(self._conf, getattr(loader, "runtime_params", None)):
             log.info("mlflow tracking is off (tracking.enabled / %s)", ENV_SWITCH)
             return
+        uri = tracking_uri(configured_uri(loader), self._project)
+        if (unwritable := unwritable_store(uri, self._project)) is not None:
+            folder, why = unwritable
+            return _untracked(f"its store {uri} cannot be written in {folder} ({why}); make that folder writable, "
+                              "set server.mlflow_tracking_uri in conf/<env>/mlflow.yml (or MLFLOW_TRACKING_URI) "
+                              f"to a writable store, or turn tracking off ({ENV_SWITCH}=off)")
         respect_do_not_track()
         try:
             from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
         except ImportError:
-            log.warning("tracking.enabled is true but kedro-mlflow is not installed (pip install -e .): not tracking")
-            return
+            return _untracked("kedro-mlflow is not installed (pip install -e .)")
         self._mlflow = MlflowHook()
         try:
             with default_store(self._project):
                 self._mlflow.after_context_created(context)
         except Exception as err:  # noqa: BLE001 - a store that cannot be opened must not stop the run
-            log.warning("mlflow tracking is off for this run: kedro-mlflow could not set up the store (%s: %s); "
-                        "see conf/base/mlflow.yml and docs/TRACKING.md", type(err).__name__, err)
             self._mlflow = None
-            return
+            return _untracked(f"kedro-mlflow could not set up the store ({type(err).__name__}: {err}); "
+                              "see conf/base/mlflow.yml and docs/TRACKING.md")
         study = study_tags()
         if study:
             config = self._mlflow.mlflow_config
