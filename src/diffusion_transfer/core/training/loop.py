@@ -80,27 +80,22 @@ def train(
     requires grad (freeze the rest beforehand). ``conditions`` (N, ...), one
     per image, are handed to the loss as ``condition=`` for the minibatch
     (ANL's CLIP embeddings; the embedding of the unflipped image under hflip). The ``teacher``, if given, is
-    moved to the device, put in eval mode and frozen. With ``checkpoint_dir``
-    the run checkpoints every ``config.checkpoint_every`` steps and at the end,
-    and resumes from the newest usable checkpoint found there; with
-    ``run_identity`` (a small JSON dict: ``method``, ``source``, ``settings``)
-    every checkpoint records it and only one recording the same is resumed
-    (``checkpoint.py``; None: no such check). ``on_log(record)`` is
-    called (in the main process) with each history record (after any
-    checkpoint of that step). With ``config.num_processes > 1`` the worker
-    processes are started here (see ``launch.py``; ``checkpoint_dir`` is then
-    required). Returns the trained model and its EMA (both in eval mode) and
-    the history (one record every ``log_every`` steps: ``step``, the loss
-    terms averaged over the shards and the interval, ``grad_norm``, ``lr``,
-    ``sec_per_step``).
+    moved to the device, put in eval mode and frozen. With ``checkpoint_dir`` the run checkpoints every
+    ``config.checkpoint_every`` steps and at the end, and resumes from the newest usable checkpoint found
+    there (of this ``run_identity`` only, if given: ``checkpoint.py``). ``on_log(record)`` is called
+    (in the main process) with each history record (after any checkpoint of that step). With
+    ``config.num_processes > 1`` the worker processes are started here (see ``launch.py``;
+    ``checkpoint_dir`` is then required). Returns the trained model and its EMA (both in eval mode) and
+    the history (one record every ``log_every`` steps: ``step``, the loss terms averaged over the
+    shards and the interval, ``grad_norm``, ``lr``, ``sec_per_step``).
     """
     # Setup: settings, inputs, processes and their shards.
     config = as_config(config)
     check_inputs(images, conditions, latents=latent_codec_of(model) is not None if latents is None else latents)
     if config.num_processes > 1 and not in_distributed_run():
         return launch_workers(train, model, loss_fn, images, config, teacher=teacher, latents=latents,
-                              trainable_parameters=trainable_parameters, conditions=conditions,
-                              checkpoint_dir=checkpoint_dir, progress=progress, desc=desc, on_log=on_log,
+                              trainable_parameters=trainable_parameters, conditions=conditions, desc=desc,
+                              checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log,
                               run_identity=run_identity)
     run = Run.start(config, checkpoint_dir, run_identity)
 
