@@ -18,6 +18,13 @@ import yaml
 from kedro.config import OmegaConfigLoader
 
 from diffusion_transfer.project.declared import with_declared_names
+from diffusion_transfer.project.known_keys import (
+    UNKNOWN_KEYS,
+    KeyLocator,
+    container_conflicts,
+    unknown_key_problems,
+)
+from diffusion_transfer.project.schema import InvalidParametersError
 
 #: Overrides every environment's data root (set by the study runner for each point).
 DATA_ROOT_ENV = "DT_DATA_ROOT"
@@ -46,8 +53,16 @@ class ProjectConfigLoader(OmegaConfigLoader):
             kedro_project.pipelines.configure(f"{kedro_project.PACKAGE_NAME}.pipeline_registry")
 
     def __getitem__(self, key: str) -> dict[str, Any]:
-        config = super().__getitem__(key)
+        try:
+            config = super().__getitem__(key)
+        except TypeError as err:  # OmegaConf: "Cannot merge incompatible container types", naming nothing
+            conflicts = container_conflicts(self.conf_source, self.env or self.default_run_env, self.base_env)
+            if key != "parameters" or not conflicts:
+                raise
+            raise InvalidParametersError("Invalid parameters: a block's shape differs between environments:\n  "
+                                         + "\n  ".join(conflicts)) from err
         if key == "parameters":
+            self._check_known_keys(config)
             config = with_declared_names(config)
         if key == "globals":
             env = self.env or self.default_run_env
@@ -56,6 +71,14 @@ class ProjectConfigLoader(OmegaConfigLoader):
             if os.environ.get(DATA_ROOT_ENV):  # a study point's own root (diffusion_transfer.studies)
                 config = {**config, "data_root": os.environ[DATA_ROOT_ENV]}
         return config
+
+    def _check_known_keys(self, config: dict[str, Any]) -> None:
+        """Every key known, before anything reads the parameters (pipelines are
+        registered from them); the errors name the file that sets each key."""
+        locate = KeyLocator(self.conf_source, self.env or self.default_run_env, self.base_env, self.runtime_params)
+        unknown = unknown_key_problems(config, locate)
+        if unknown:
+            raise InvalidParametersError(UNKNOWN_KEYS + "\n  ".join(unknown))
 
     def _env_sets_data_root(self, env: str) -> bool:
         for path in sorted((Path(self.conf_source) / env).glob("globals*.yml")):

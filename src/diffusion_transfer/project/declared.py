@@ -12,7 +12,8 @@ other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from diffusion_transfer.datasets import ImageFolderDataset, UNetDataset
@@ -94,6 +95,8 @@ class TargetDataset:
 class Declarations:
     sources: dict[str, SourceDomain]
     datasets: dict[str, TargetDataset]
+    #: Declared names Kedro cannot use, with why: left out, so the others' pipelines still exist.
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 def with_declared_names(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -109,15 +112,24 @@ def with_declared_names(parameters: dict[str, Any]) -> dict[str, Any]:
 def declarations(parameters: dict[str, Any]) -> Declarations:
     """Validate ``sources`` and ``datasets``; errors name the YAML key."""
     parameters = with_declared_names(parameters)
-    sources = {}
+    sources, refused = {}, {}
     for key, block in (parameters.get("sources") or {}).items():
+        if not USABLE_NAME.fullmatch(str(key)):
+            refused[f"sources.{key}"] = _refusal(f"sources.{key}", key)
+            continue
         s = parse(SourceParams, block, f"sources.{key}")
         _same_name(s.name, key, "sources")
         sources[key] = SourceDomain(s)
     datasets = {}
     for key, block in (parameters.get("datasets") or {}).items():
+        if not USABLE_NAME.fullmatch(str(key)):
+            refused[f"datasets.{key}"] = _refusal(f"datasets.{key}", key)
+            continue
         d = parse(DatasetParams, block, f"datasets.{key}")
         _same_name(d.name, key, "datasets")
+        if f"sources.{d.source}" in refused:
+            refused[f"datasets.{key}"] = f"'datasets.{key}' is left out: its source 'sources.{d.source}' is refused"
+            continue
         if d.source not in sources:
             raise InvalidParametersError(
                 f"Invalid parameters in 'datasets.{key}.source': {d.source!r} is not a declared source domain; "
@@ -131,7 +143,17 @@ def declarations(parameters: dict[str, Any]) -> Declarations:
     if len(set(prefixes)) != len(prefixes):
         raise InvalidParametersError(f"Invalid parameters in 'sources': two source domains share a catalog "
                                      f"prefix ({prefixes}); give each its own 'prefix'")
-    return Declarations(sources, datasets)
+    return Declarations(sources, datasets, refused)
+
+
+#: A dataset or source name Kedro can use in node, namespace and pipeline names.
+USABLE_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _refusal(key: str, name: Any) -> str:
+    usable = re.sub(r"[^A-Za-z0-9_]+", "_", str(name)).strip("_") or "my_data"
+    return (f"'{key}' is left out: a name may hold only letters, digits and '_' (it becomes Kedro node and "
+            f"pipeline names such as sdft_<name>); rename the key, e.g. '{usable}'")
 
 
 def _same_name(name: str, key: str, block: str) -> None:

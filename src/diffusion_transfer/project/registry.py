@@ -11,6 +11,7 @@ then the tables); ``anl_augment_mydata`` too where it declares ``augmentation``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kedro.pipeline import Pipeline
@@ -30,9 +31,13 @@ from diffusion_transfer.pipelines.sample.pipeline import create_source_sampling_
 from diffusion_transfer.pipelines.tables import SOURCE_RUN
 from diffusion_transfer.pipelines.world.pipeline import create_pipeline as create_world_pipeline
 
+log = logging.getLogger(__name__)
+
 
 def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pipeline]:
     decl = declarations(active_parameters() if parameters is None else parameters)
+    for why in decl.refused.values():  # the other datasets' pipelines are made as usual
+        log.warning(why)
     pipelines: dict[str, Pipeline] = {"world": create_world_pipeline(), "convert_source": create_convert_pipeline()}
     methods = method_names()
     for name, target in decl.datasets.items():

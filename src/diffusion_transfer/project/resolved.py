@@ -10,7 +10,7 @@ and ``run.train``, and parses nothing again. Every error names the YAML key.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from diffusion_transfer.core.schedule import NoiseSchedule, make_schedule
 from diffusion_transfer.core.training import TrainConfig
 from diffusion_transfer.project import schema as S
 from diffusion_transfer.project.declared import Declarations, declarations, sampling_param, with_declared_names
+from diffusion_transfer.project.known_keys import UNKNOWN_KEYS, unknown_key_problems
 from diffusion_transfer.project.schema_editing import EditingParams, editing_for
 
 
@@ -158,9 +159,13 @@ _BLOCKS = {"schedule": S.ScheduleParams, "sampling": S.SamplingParams, "evaluati
            "translation": S.TranslationParams, "classifier": S.ClassifierParams, "convert_source": S.ConvertParams}
 
 
-def resolve_parameters(parameters: dict[str, Any]) -> ResolvedParameters:
+def resolve_parameters(parameters: dict[str, Any], locate: Callable[[str], str] | None = None) -> ResolvedParameters:
     """Validate and resolve every parameter block the project knows, naming
-    the failing parameter; raises :class:`InvalidParametersError` before any compute."""
+    the failing parameter (and with ``locate``, the file that sets it: a
+    ``known_keys.KeyLocator``); raises :class:`InvalidParametersError` before any compute."""
+    unknown = unknown_key_problems(parameters, locate)
+    if unknown:  # all of them at once: each would otherwise be ignored, with a default in its place
+        raise S.InvalidParametersError(UNKNOWN_KEYS + "\n  ".join(unknown))
     parameters = with_declared_names(parameters)
     blocks = {key: S.parse(model, parameters[key], key) for key, model in _BLOCKS.items() if key in parameters}
     if "editing" in parameters:
