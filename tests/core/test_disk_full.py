@@ -124,3 +124,15 @@ def test_the_cli_names_the_folder_of_a_report_kedro_could_not_write(tmp_path, fu
     assert message.startswith(f"not enough space to write in {tmp_path / '08_reporting'}: ")
     assert f"{FREE} bytes are free" in message and "--verbose" not in message
     assert failure_message(DiskFullError(tmp_path, 10, FREE)) == str(DiskFullError(tmp_path, 10, FREE))
+
+
+def test_a_checkpoint_that_does_not_fit_keeps_the_previous_one(tmp_path, full_disk, monkeypatch):
+    from diffusion_transfer.core.training.checkpoint import _atomic_save, checkpoint_paths
+
+    previous = tmp_path / "step_0000002.pt"
+    previous.write_bytes(b"the step-2 checkpoint")
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(TORCH_FULL))
+    with pytest.raises(DiskFullError, match=f"in {tmp_path}: .*about 4000 bytes and {FREE} bytes are free"):
+        _atomic_save({"model": torch.zeros(1000)}, tmp_path / "step_0000004.pt")
+    assert checkpoint_paths(tmp_path) == [previous] and previous.read_bytes() == b"the step-2 checkpoint"
+    assert _leftovers(tmp_path) == []  # the half-written temporary is gone: a rerun resumes from step 2

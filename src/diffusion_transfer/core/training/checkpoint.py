@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from diffusion_transfer.core.io import payload_bytes, space_checked
+
 log = logging.getLogger(__name__)
 
 _CKPT_RE = re.compile(r"^step_(\d{7,})\.pt$")
@@ -33,7 +35,8 @@ def checkpoint_paths(checkpoint_dir: str | os.PathLike[str]) -> list[Path]:
 def _atomic_save(payload: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
+        # a full disk names the folder, the bytes needed and free (core/io.py), not torch's enforce message
+        with open(tmp, "wb") as fh, space_checked(path.parent, payload_bytes(payload)):
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
