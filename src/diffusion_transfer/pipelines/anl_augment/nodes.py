@@ -33,6 +33,7 @@ from diffusion_transfer.datasets.folders import ImageFolder
 from diffusion_transfer.pipelines.generation import generate
 from diffusion_transfer.pipelines.model_space import model_input_shape
 from diffusion_transfer.pipelines.schedule import model_schedule
+from diffusion_transfer.pipelines.shortfall import KEY as SHORTFALLS, fewer_than_asked, shortfall_lines
 from diffusion_transfer.project.schema import (  # AugmentationParams: schema_augment's, re-exported
     AugmentationParams,
     DatasetParams,
@@ -115,7 +116,10 @@ def augment_split(folder: ImageFolder, curated: dict, reference: dict, dataset: 
         "test_labels": torch.tensor(split.test_labels, dtype=torch.int64),
         "meta": {**split.record(), "dataset": dataset.name, "label_keys": p.label_keys,
                  "label_problems": [f"{w}: {why}" for w, why in problems + test_problems],
-                 "test_source": p.test_images or "the dataset's images outside its training set"},
+                 "test_source": p.test_images or "the dataset's images outside its training set",
+                 SHORTFALLS: fewer_than_asked(
+                     f"anl_augment_{dataset.name}", f"{where}.n_test", p.n_test, len(split.test), "test images",
+                     f"{len(split.test)} of the {len(pool)} test-pool images have a label of a kept class")},
     }
 
 
@@ -188,7 +192,8 @@ def augment_classify(data: dict, generated: dict, dataset: DatasetParams) -> dic
             "n_test": len(test), "test_source": meta["test_source"], "seeds": list(range(p.seeds)),
             "classifier": {**c.model_dump(), "init": (f"weights from {c.weights}" if c.weights else
                                                       "from scratch (no pretrained weights)")},
-            "generator": generated["meta"], "rows": rows, "skipped": _skipped(meta), "not_run": SSL_NOT_RUN}
+            "generator": generated["meta"], "rows": rows, "skipped": _skipped(meta), "not_run": SSL_NOT_RUN,
+            SHORTFALLS: meta.get(SHORTFALLS, [])}
 
 
 def _skipped(meta: dict) -> dict[str, Any]:
@@ -235,4 +240,4 @@ def augmentation_table(result: dict[str, Any]) -> str:
     if s["test_not_drawn"]:
         lines.append(f"- {s['test_not_drawn']} further labelled test image(s) not drawn (n_test)")
     lines += [f"- unusable label line or file: {p}" for p in s["label_problems"][:20]]
-    return "\n".join(lines + [""])
+    return "\n".join(lines + shortfall_lines(result) + [""])

@@ -27,6 +27,7 @@ from diffusion_transfer.core.data.selection import EmptyCurationError, few_shot_
 from diffusion_transfer.datasets.folders import ImageFolder
 from diffusion_transfer.pipelines.model_space import pixel_size
 from diffusion_transfer.project.schema import CurateParams, DatasetParams, InvalidParametersError
+from diffusion_transfer.pipelines.shortfall import KEY as SHORTFALLS, fewer_than_asked
 from diffusion_transfer.pipelines.skipped_files import records_for, sidecar_summary
 
 
@@ -95,7 +96,11 @@ def curate(folder: ImageFolder, clip: Any, source_model: Any, dataset: DatasetPa
         raise EmptyCurationError(
             f"{prefix}exclude: nothing is left after the exclusion list ({len(p.exclude)} names)")
     summary = {"dataset": name, "source": folder.source, "folder": str(folder.root), "clip": clip_id,
-               **result.summary(), "sidecar": sidecar_summary(folder, names)}
+               **result.summary(), "sidecar": sidecar_summary(folder, names),
+               SHORTFALLS: fewer_than_asked(f"curate_{name}", f"{prefix}top_n", p.top_n if p.prompt is not None else None,
+                                            len(names), "images by CLIP score",
+                                            f"the folder has {len(names)} usable images "
+                                            f"({len(ingest.skipped)} skipped as invalid)")}
     sheet = result.contact_sheet(images)
     kept_names = result.kept_names
     curated = {

@@ -33,6 +33,7 @@ from diffusion_transfer.core.training.domain_classifier import (  # noqa: E402
 from diffusion_transfer.project.schema import ClassifierParams, ScheduleParams  # noqa: E402
 from diffusion_transfer.pipelines.model_space import cached_latents  # noqa: E402
 from diffusion_transfer.pipelines.schedule import model_schedule  # noqa: E402
+from diffusion_transfer.pipelines.shortfall import KEY as SHORTFALLS, fewer_than_asked  # noqa: E402
 from diffusion_transfer.pipelines.skipped_files import skipped_records  # noqa: E402
 from diffusion_transfer.pipelines.source_domain import source_images  # noqa: E402
 
@@ -102,7 +103,10 @@ def train_domain_classifier(source_folder, curated: dict, reference: dict, sourc
               "held_out": {"source": int(src_held.shape[0]), "target": int(trg_held.shape[0])},
               "accuracy_by_timestep": by_t, "config": config.model_dump(), "network": clf.config,
               "history": result.history, "checkpoint_dir": str(ckpt),
-              "source_folder": ingest.origin, "skipped_source_images": skipped_records(ingest.skipped)}
+              "source_folder": ingest.origin, "skipped_source_images": skipped_records(ingest.skipped),
+              SHORTFALLS: fewer_than_asked(f"classifier_{dataset}", "classifier.source_images", p.source_images,
+                                           len(order), "source images",
+                                           f"{ingest.origin} has {len(ingest.names)} usable images")}
     return clf, report, _accuracy_plot(by_t, dataset)
 
 

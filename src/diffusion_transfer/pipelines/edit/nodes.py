@@ -46,6 +46,7 @@ from diffusion_transfer.project.schema_editing import EditingParams
 from diffusion_transfer.project.schema import EvaluationParams, InvalidParametersError, ScheduleParams
 from diffusion_transfer.pipelines.model_space import pixel_size
 from diffusion_transfer.pipelines.schedule import model_schedule
+from diffusion_transfer.pipelines.shortfall import KEY as SHORTFALLS, fewer_than_asked
 from diffusion_transfer.pipelines.utils import inference_setup
 
 logger = logging.getLogger(__name__)
@@ -73,8 +74,11 @@ def select_edit_inputs(reference: dict, editing: EditingParams, dataset: Resolve
                        p.n_train, p.n_test, n, n_train, n_test)
     order = np.random.default_rng(p.seed).permutation(n)
     train_idx, test_idx = order[:n_train], order[n_train:n_train + n_test]
+    why = f"the dataset has {n} images, fewer than n_train + n_test = {p.n_train + p.n_test}; split in proportion"
+    short = (fewer_than_asked("edit", "editing.n_train", p.n_train, n_train, "training images (f_t)", why)
+             + fewer_than_asked("edit", "editing.n_test", p.n_test, n_test, "test images", why))
     return {"train": images[torch.from_numpy(train_idx)], "test": images[torch.from_numpy(test_idx)],
-            "meta": {"seed": p.seed, "n_train": n_train, "n_test": n_test, "of": n,
+            "meta": {"seed": p.seed, "n_train": n_train, "n_test": n_test, "of": n, SHORTFALLS: short,
                      "requested": {"n_train": p.n_train, "n_test": p.n_test} if reduced else None,
                      "train_index": train_idx.tolist(), "test_index": test_idx.tolist()}}
 
@@ -173,7 +177,8 @@ def apply_edits(model, directions: dict, inputs: dict, editing: EditingParams, s
                    "settings": {**{k: v for k, v in kw.items() if k != "conditions"},
                                 "f_t": {"lr": p.lr, "epochs": p.epochs, "train_steps": p.train_steps,
                                         "n_train": int(inputs["train"].shape[0])}},
-                   "texts": {k: {"source": v.source, "target": v.target} for k, v in p.prompts.items()}}
+                   "texts": {k: {"source": v.source, "target": v.target} for k, v in p.prompts.items()},
+                   SHORTFALLS: inputs.get("meta", {}).get(SHORTFALLS, [])}
     return out
 
 
@@ -235,7 +240,14 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: Evaluati
     if use_attrs:
         weights["attributes"] = "FaceWorld attribute classifier (evaluation only, never a training signal)"
     return {"dataset": dataset.name, "n_inputs": int(len(x_in)), "rows": rows, "reconstruction": baseline,
-            "settings": edits["meta"]["settings"], "weights": weights}
+            "settings": edits["meta"]["settings"], "weights": weights,
+            SHORTFALLS: edits["meta"].get(SHORTFALLS, []) + _grid_shortfall(p, len(x_in))}
+
+
+def _grid_shortfall(p: EditingParams, n_inputs: int) -> list[dict]:
+    """The edit grids show at most the test images there are."""
+    return fewer_than_asked("edit", "editing.grid_inputs", p.grid_inputs, min(p.grid_inputs, n_inputs),
+                            "inputs in each edit grid", f"the edit stage has {n_inputs} test images")
 
 
 def edit_grids(edits: dict, editing: EditingParams, dataset: ResolvedDataset | None = None,

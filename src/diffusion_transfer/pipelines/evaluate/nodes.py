@@ -25,6 +25,7 @@ from diffusion_transfer.pipelines.evaluation import (
     inception_score_network,
     reference_subset,
 )
+from diffusion_transfer.pipelines.shortfall import KEY as SHORTFALLS, fewer_than_asked
 from diffusion_transfer.project.schema import DatasetParams, EvaluationParams
 from diffusion_transfer.pipelines.utils import inference_setup
 
@@ -55,6 +56,9 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
     lpips = LPIPSMetric(net=evaluation.lpips_net, backbone_weights=evaluation.lpips_backbone_weights,
                         device=inference_setup()[0])
     n = min(evaluation.lpips_pairs, len(src))
+    metrics[SHORTFALLS] = fewer_than_asked("evaluate", "evaluation.lpips_pairs", evaluation.lpips_pairs, n,
+                                           "source/fine-tuned sample pairs for LPIPS src-trg",
+                                           _samples_why(len(trg), dataset))
     models["finetuned"]["lpips_src_trg"] = lpips.mean_paired(to_tensor(src[:n]), to_tensor(trg[:n]),
                                                              batch_size=evaluation.batch_size)
     weights = {"fid_kid": extractor.weights, "lpips": lpips.label}
@@ -74,6 +78,9 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
                                     min(evaluation.inception_score_splits, len(imgs)))
             models[key].update(inception_score=score["mean"], inception_score_std=score["std"],
                                inception_score_splits=score["splits"])
+        metrics[SHORTFALLS] += fewer_than_asked(
+            "evaluate", "evaluation.inception_score_splits", evaluation.inception_score_splits,
+            min(evaluation.inception_score_splits, len(trg)), "Inception Score splits", _samples_why(len(trg), dataset))
         metrics["inception_score_substitute"] = is_network.substitute
         weights["inception_score"] = is_network.weights
     if not (evaluation.attributes and dataset.attributes and classifier is not None):
@@ -87,6 +94,10 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
     metrics["weights"] = weights
     metrics["skipped"] = skipped
     return metrics
+
+
+def _samples_why(n: int, dataset: DatasetParams) -> str:
+    return f"each model has {n} samples (datasets.{dataset.name}.n_samples, else sampling.n_samples)"
 
 
 def _attribute_metrics(classifier, src: np.ndarray, trg: np.ndarray, curated: dict,

@@ -13,6 +13,7 @@ from PIL import Image  # noqa: E402
 from diffusion_transfer.core.data.contact_sheet import contact_sheet  # noqa: E402
 from diffusion_transfer.core.training.ema import describe  # noqa: E402
 from diffusion_transfer.pipelines.schedule import describe_schedule  # noqa: E402
+from diffusion_transfer.pipelines.shortfall import shortfall_lines  # noqa: E402
 from diffusion_transfer.pipelines.skipped_files import skipped_file_lines  # noqa: E402
 from diffusion_transfer.pipelines.tables import fmt, translation_table  # noqa: E402
 from diffusion_transfer.pipelines.training_samples import training_samples_lines  # noqa: E402
@@ -185,7 +186,8 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
               *_parameter_lines(history), "",
               "![loss curves](loss_curve.png)", *training_samples_lines(history), "",
               "## Curation", "",
-              _curation_line(curation_summary), *skipped_file_lines(curation_summary, translation_metrics), "",
+              _curation_line(curation_summary), *skipped_file_lines(curation_summary, translation_metrics),
+              *shortfall_lines(curation_summary, metrics, translation_metrics), "",
               "![curation contact sheet](../curate_" + str(run["dataset"]) + "/contact_sheet.png)", "",
               "## Weights each metric ran on", ""]
     weights = {**metrics["weights"], **({f"translation {k}": v for k, v in translation_metrics["weights"].items()}

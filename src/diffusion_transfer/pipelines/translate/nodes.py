@@ -41,6 +41,7 @@ from diffusion_transfer.pipelines.evaluation import (
 )
 from diffusion_transfer.pipelines.model_space import pixel_size, to_images, to_model_space
 from diffusion_transfer.pipelines.schedule import model_schedule
+from diffusion_transfer.pipelines.shortfall import KEY as SHORTFALLS, fewer_than_asked
 from diffusion_transfer.pipelines.skipped_files import skipped_records
 from diffusion_transfer.pipelines.source_domain import source_count, source_images
 from diffusion_transfer.pipelines.utils import inference_setup
@@ -137,7 +138,10 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
     out["meta"] = {"methods": enabled, "settings": settings, "n_inputs": int(len(x_all)),
                    "inputs": inputs.get("meta", {}).get("folder"),
                    "skipped_inputs": skipped_records(inputs.get("meta", {}).get("skipped") or []),
-                   "conditions": conditions.get("meta", {}) if conditions is not None else None}
+                   "conditions": conditions.get("meta", {}) if conditions is not None else None,
+                   SHORTFALLS: fewer_than_asked("translate", "translation.grid_inputs", p.grid_inputs,
+                                                min(p.grid_inputs, len(x_all)), "inputs in the translation grid",
+                                                f"the stage translates {len(x_all)} inputs (translation.n_inputs)")}
     return out
 
 
@@ -204,7 +208,8 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
             "settings": translations["meta"]["settings"], "rows": rows, "weights": weights,
             # unusable files met while drawing the inputs from the source images
             "inputs_folder": translations["meta"].get("inputs"),
-            "skipped_inputs": translations["meta"].get("skipped_inputs", [])}
+            "skipped_inputs": translations["meta"].get("skipped_inputs", []),
+            SHORTFALLS: translations["meta"].get(SHORTFALLS, [])}
 
 
 def translation_grid(translations: dict, translation: TranslationParams, scale: int = 2) -> Image.Image:
