@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
@@ -141,11 +140,23 @@ def _augment_result(short: list[dict]) -> dict:
                         "test_not_drawn": 0, "label_problems": []}, KEY: short}
 
 
-def test_evaluate_says_lpips_used_fewer_pairs_than_asked():
-    from diffusion_transfer.pipelines.evaluate.nodes import _samples_why
+def test_evaluate_says_lpips_compares_fewer_pairs_than_asked(tmp_path):
+    from diffusion_transfer.pipelines.evaluate.nodes import evaluate
+    from diffusion_transfer.project.schema import DatasetParams, EvaluationParams
 
-    dataset = SimpleNamespace(name="toy")
-    [record] = fewer_than_asked("evaluate", "evaluation.lpips_pairs", 256, min(256, 64), "pairs",
-                                _samples_why(64, dataset))
-    assert record["why"] == "each model has 64 samples (datasets.toy.n_samples, else sampling.n_samples)"
-    assert np.isscalar(record["used"]) and record["used"] == 64
+    g = torch.Generator().manual_seed(0)
+
+    def images(n: int) -> dict:
+        return {"images": torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=g), "meta": {"names": []}}
+
+    evaluation = EvaluationParams(attributes=False, lpips_pairs=256, cache_dir=str(tmp_path / "fid"))
+    dataset = DatasetParams(name="toy", intra_lpips=False, attributes=False)
+    metrics = evaluate(images(4), images(4), images(3), images(5), HashClip(), None, evaluation, dataset)
+    assert metrics[KEY] == [{"stage": "evaluate", "setting": "evaluation.lpips_pairs", "asked": 256, "used": 4,
+                             "what": "source/fine-tuned sample pairs for LPIPS src-trg",
+                             "why": "each model has 4 samples (datasets.toy.n_samples, else sampling.n_samples)"}]
+    assert shortfall_lines(metrics)[-1] == ("- evaluate: 4 of the 256 source/fine-tuned sample pairs for LPIPS "
+                                            "src-trg asked (evaluation.lpips_pairs): each model has 4 samples "
+                                            "(datasets.toy.n_samples, else sampling.n_samples).")
+    enough = EvaluationParams(attributes=False, lpips_pairs=4, cache_dir=str(tmp_path / "fid"))
+    assert evaluate(images(4), images(4), images(3), images(5), HashClip(), None, enough, dataset)[KEY] == []
