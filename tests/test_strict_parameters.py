@@ -42,6 +42,8 @@ def _base_params() -> dict:
      "'classifier.datasets.aahq.train.stepss': unknown key; did you mean 'steps'?"),
     (("evaluation",), "lpips_pair", "'evaluation.lpips_pair': unknown key; did you mean 'lpips_pairs'?"),
     (("tracking",), "enable", "'tracking.enable': unknown key; did you mean 'enabled'?"),
+    (("studies", "anl_table1_lsketches"), "output", "'studies.anl_table1_lsketches.output': unknown key; did you "
+                                                     "mean 'outputs'?"),
 ])
 def test_a_misspelt_key_at_any_level_is_named_with_the_closest_known_one(path, key, expected):
     from diffusion_transfer.project.known_keys import unknown_key_problems

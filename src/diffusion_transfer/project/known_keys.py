@@ -34,7 +34,6 @@ _PLAIN_BLOCKS: dict[str, set[str] | None] = {
     "paths": {"checkpoints", "features"},
     "tracking": {"enabled"},
     "world": None,  # the world pipeline's own settings (pipelines/world), free-form
-    "studies": None,  # each study is checked by its own model when it runs (studies/spec.py)
 }
 
 #: Top-level blocks with a schema model.
@@ -43,6 +42,8 @@ _MODEL_BLOCKS: dict[str, Any] = {
     "translation": S.TranslationParams, "editing": EditingParams, "classifier": S.ClassifierParams,
     "convert_source": S.ConvertParams, "train": S.TrainParams,
     "methods": ("map", S.MethodParams), "datasets": ("map", S.DatasetParams), "sources": ("map", S.SourceParams),
+    # a study's own keys; its override keys (grid, base) are checked with each point before a study runs
+    "studies": ("map", S.StudyParams),
 }
 
 #: Fields typed ``dict[str, Any]`` that are overrides of another block, checked as that block.

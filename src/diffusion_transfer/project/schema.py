@@ -18,11 +18,12 @@ from diffusion_transfer.core.translation.variants import resolve_options
 from diffusion_transfer.project.schema_augment import AugmentationParams
 from diffusion_transfer.project.schema_base import ClassLabel, InvalidParametersError, StrictParams, parse
 from diffusion_transfer.project.schema_domains import CurateParams, DatasetParams, SourceParams
+from diffusion_transfer.project.schema_studies import StudyParams
 
 # Re-exported: nodes and the rest of the project import parameter types from here.
 __all__ = ["AugmentationParams", "ClassLabel", "ClassifierParams", "ConditionParams", "ConvertParams", "CurateParams",
            "DatasetParams", "EvaluationParams", "InvalidParametersError", "MethodParams", "SamplingParams",
-           "ScheduleParams", "SourceParams", "TrainParams", "TranslationParams", "parse", "sampling_for",
+           "ScheduleParams", "SourceParams", "StudyParams", "TrainParams", "TranslationParams", "parse", "sampling_for",
            "translation_for"]
 
 

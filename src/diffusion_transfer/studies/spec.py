@@ -29,9 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from diffusion_transfer.project.schema import InvalidParametersError, parse
+from diffusion_transfer.project.schema import InvalidParametersError, StudyParams, parse
 
 PIPELINE_AXIS = "pipeline"
 EDIT_PREFIX = "edit_"
@@ -40,30 +38,6 @@ EDIT_PREFIX = "edit_"
 def namespace_of(pipeline: str) -> str:
     """``sdft_aahq`` -> ``sdft_aahq``; ``edit_source_aahq`` -> ``source_aahq``."""
     return pipeline.removeprefix(EDIT_PREFIX)
-
-
-class StudyParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    pipeline: str | None = Field(None, description="the run's pipeline, unless the grid varies 'pipeline'")
-    description: str = ""
-    base: dict[str, Any] = Field(default_factory=dict)
-    grid: dict[str, list[Any]]
-    outputs: list[str] | None = Field(None, description="compute only these outputs of the run's namespace "
-                                      "(e.g. [metrics]) and what they need; default: the whole pipeline")
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        if not grid:
-            raise ValueError("the grid needs at least one axis")
-        for axis, values in grid.items():
-            if not values:
-                raise ValueError(f"grid axis {axis!r} has no values")
-            kinds = {isinstance(v, dict) for v in values}
-            if len(kinds) > 1:
-                raise ValueError(f"grid axis {axis!r} mixes override mappings and plain values")
-        return grid
 
 
 @dataclass(frozen=True)
