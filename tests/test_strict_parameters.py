@@ -73,6 +73,22 @@ def test_an_older_layout_names_the_new_place_and_the_user_block_is_free():
     assert unknown_key_problems(params) == []
 
 
+@pytest.mark.parametrize("method, key, closest", [
+    ("naive", "weightin", "weighting"), ("a3ft", "scaling_hiden", "scaling_hidden"), ("anl", "hidden_mul", "hidden_mult"),
+    ("tan", "adversarial_step", "adversarial_steps"), ("sdft", "gama_aux", "gamma_aux"),
+])
+def test_a_misspelt_method_hyperparameter_names_the_method_and_the_closest_one(method, key, closest):
+    from diffusion_transfer.project.resolved import resolve_parameters
+    from diffusion_transfer.project.schema import InvalidParametersError
+
+    params = _base_params()
+    params["methods"][method][key] = 1
+    with pytest.raises(InvalidParametersError, match=f"Invalid parameters in 'methods.{method} ") as err:
+        resolve_parameters(params)
+    assert f"did you mean '{closest}'?" in str(err.value) or (  # SDFT's own check lists what it allows
+        f"unknown sdft parameter(s) ['{key}']; allowed: [" in str(err.value) and f"'{closest}'" in str(err.value))
+
+
 def test_a_mapping_written_as_a_list_says_what_was_expected():
     from diffusion_transfer.project.known_keys import unknown_key_problems
 

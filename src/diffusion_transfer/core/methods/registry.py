@@ -6,6 +6,9 @@ names from here, in this order (the order of the papers' tables)."""
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -82,19 +85,31 @@ class MethodInfo:
     guided: bool = False
     #: named hyperparameter sets from the papers (``preset: <name>``)
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: its loss class and the keys its builder takes besides the loss's (adapter sizes, ``variant``):
+    #: the hyperparameters it accepts, for the closest match to a misspelt one
+    loss: type = DenoisingLoss
+    own_keys: tuple[str, ...] = ()
+
+    def accepted(self) -> set[str]:
+        names = inspect.signature(self.loss.__init__).parameters
+        return ({n for n in names if n not in ("self", "schedule", "classifier")} | set(self.own_keys)
+                | ({"preset"} if self.presets else set()))
 
 
 METHODS: dict[str, MethodInfo] = {info.name: info for info in (
     MethodInfo("scratch", _build_scratch),
     MethodInfo("naive", _build_naive),
-    MethodInfo("sdft", _build_sdft, presets=SDFT_PAPER_DEFAULTS),
+    MethodInfo("sdft", _build_sdft, presets=SDFT_PAPER_DEFAULTS, loss=SDFTLoss, own_keys=("variant",)),
     MethodInfo("attn", _build_attn),
-    MethodInfo("a3ft", _build_a3ft),
-    MethodInfo("anl", _anl_builder("anl"), conditional=True),
-    MethodInfo("anl_uncond", _anl_builder("anl_uncond", conditional=False)),
-    MethodInfo("naive_clip", _anl_builder("naive_clip", tune_unet=True), conditional=True),
-    MethodInfo("tan", _build_tan, guided=True),
+    MethodInfo("a3ft", _build_a3ft, own_keys=("scaling_hidden",)),
+    MethodInfo("anl", _anl_builder("anl"), conditional=True, own_keys=("hidden_mult",)),
+    MethodInfo("anl_uncond", _anl_builder("anl_uncond", conditional=False), own_keys=("hidden_mult",)),
+    MethodInfo("naive_clip", _anl_builder("naive_clip", tune_unet=True), conditional=True, own_keys=("hidden_mult",)),
+    MethodInfo("tan", _build_tan, guided=True, loss=TANLoss, own_keys=("rank", "variant")),
 )}
+
+
+_UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
 
 
 def method_names() -> list[str]:
@@ -114,7 +129,12 @@ def build_method(name: str, params: dict[str, Any] | None, schedule: NoiseSchedu
     try:
         return METHODS[name].build(params, schedule)
     except TypeError as exc:  # unexpected keyword argument
-        raise ValueError(f"invalid parameters for method {name!r}: {exc}") from exc
+        unknown = _UNEXPECTED.search(str(exc))
+        hint = ""
+        if unknown:
+            match = difflib.get_close_matches(unknown.group(1), sorted(METHODS[name].accepted()), n=1, cutoff=0.6)
+            hint = f"; did you mean '{match[0]}'?" if match else f"; it takes {sorted(METHODS[name].accepted())}"
+        raise ValueError(f"invalid parameters for method {name!r}: {exc}{hint}") from exc
 
 
 def expand_preset(name: str, params: dict[str, Any]) -> dict[str, Any]:
