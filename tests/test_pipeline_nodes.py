@@ -66,6 +66,18 @@ def test_compare_runs_lays_out_editing_like_table_2():
     assert means[0] == f"| source (pretrained) | {(0.1 + 0.3) / 2:.3f} |"  # mean over prompts first
     assert "| sdft | 0.300 | 0.500 |" in report  # then per prompt
     assert list(table["rows"]) == ["source (pretrained)", "naive", "sdft"]  # edit keys are not methods
+    assert "Fewer items than asked" not in report  # none fell short
+
+
+def test_compare_runs_says_once_that_the_edits_ran_on_fewer_test_images_than_asked():
+    from diffusion_transfer.pipelines.compare.nodes import compare_runs
+    from diffusion_transfer.pipelines.shortfall import KEY, fewer_than_asked
+
+    short = fewer_than_asked("edit", "editing.n_test", 500, 5, "test images", "the dataset has 6 images")
+    edit = {"n_inputs": 5, "rows": {"old": {"label": "old", "s_dir": 0.2}}, "settings": {}, "weights": {}, KEY: short}
+    _, report = compare_runs("aahq", naive=_metrics(3.0, 0.25), edit_source=edit, edit_naive=edit)
+    line = "- edit: 5 of the 500 test images asked (editing.n_test): the dataset has 6 images."
+    assert report.count(line) == 1  # every model edits the same split
 
 
 def test_finetune_checkpoints_are_keyed_by_source_weights_and_data(tmp_path):

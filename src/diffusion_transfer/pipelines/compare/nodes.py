@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from diffusion_transfer.core.translation.registry import translator_label
+from diffusion_transfer.pipelines.shortfall import shortfall_lines
 from diffusion_transfer.pipelines.tables import SOURCE_RUN, edit_table, fmt
 
 _COLUMNS = (
@@ -130,4 +131,5 @@ def _edit_lines(edits: dict[str, dict[str, Any]]) -> list[str]:
             f"{settings.get('inversion_steps', '?')} inversion steps, {settings.get('steps', '?')} generative steps. "
             "S_dir: directional CLIP similarity; ID: ArcFace identity (input vs edit); success: share of edits whose "
             "FaceWorld attribute moved toward the prompt's; preservation: retention of the other attributes.", "",
-            *edit_table(edits)]
+            *edit_table(edits),
+            *shortfall_lines(example)]  # every model edits the same split: its shortfalls once
