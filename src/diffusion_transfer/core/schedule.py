@@ -77,13 +77,14 @@ class NoiseSchedule:
         return out.reshape(-1, *([1] * (like.ndim - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM Eq. 4)."""
-        abar = self.at(self.alphas_cumprod, t, x0)
-        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM Eq. 4), the
+        coefficients formed in float64 (as guided-diffusion's are)."""
+        a, s = self._coefs(t, x0)
+        return a * x0 + s * noise
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        abar = self.at(self.alphas_cumprod, t, x_t)
-        return (x_t - (1.0 - abar).sqrt() * eps) / abar.sqrt()
+        a, s = self._coefs(t, x_t)
+        return (x_t - s * eps) / a
 
     # --- the model's parameterisation (prediction_type) ---------------------
 

@@ -36,18 +36,23 @@ def model_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, autocast_dtype
     learned-variance model (``out_channels == 2 * C``, e.g. 6 for RGB) only the
     eps half, the first C channels, is returned. The result has ``x``'s dtype.
 
-    The returned eps_fn carries ``eps_fn.eps_and_variance(x, t) -> (eps, v)``,
-    one model call giving eps and the variance channels ``v`` (None for a
-    C-channel model): ancestral sampling (:func:`sample_ddpm`) uses it for a
-    learned variance. A wrapper around eps_fn that drops the attribute
-    samples with the fixed variance.
+    The returned eps_fn carries ``eps_fn.predictions(x, t) -> (eps, x0, v)``,
+    one model call giving eps, the x_0 prediction formed from the output
+    directly (None for an epsilon model: the samplers' own formula is the
+    same) and the variance channels ``v`` (None for a C-channel model). The
+    samplers use it: a v- or sample-prediction model's x_0 then never goes
+    through eps and a division by sqrt(abar_t), tiny at large t (as
+    diffusers' schedulers form it), and ancestral sampling uses a learned
+    variance. ``eps_fn.eps_and_variance(x, t) -> (eps, v)`` is the same call
+    without x_0. A wrapper around eps_fn (guidance) drops both attributes:
+    the samplers then derive x_0 from eps and use the fixed variance.
     """
 
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"model_eps_fn(model, schedule, autocast_dtype=None): schedule must be a NoiseSchedule, "
                         f"got {type(schedule).__name__}")
 
-    def eps_and_variance(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def predictions(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         ctx = (
             torch.autocast(device_type=x.device.type, dtype=autocast_dtype)
             if autocast_dtype is not None
@@ -63,13 +68,33 @@ def model_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, autocast_dtype
         v = None
         if out.shape[1] == 2 * c:
             out, v = out[:, :c], out[:, c:].to(x.dtype)
-        return schedule.eps_from_output(out.to(x.dtype), x, t), v
+        out = out.to(x.dtype)
+        x0 = schedule.x0_from_output(out, x, t) if schedule.prediction_type != "epsilon" else None
+        return schedule.eps_from_output(out, x, t), x0, v
+
+    def eps_and_variance(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        eps, _, v = predictions(x, t)
+        return eps, v
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return eps_and_variance(x, t)[0]
+        return predictions(x, t)[0]
 
-    eps_fn.eps_and_variance = eps_and_variance  # type: ignore[attr-defined]  # read by sample_ddpm
+    eps_fn.predictions = predictions  # type: ignore[attr-defined]  # read by the samplers
+    eps_fn.eps_and_variance = eps_and_variance  # type: ignore[attr-defined]
     return eps_fn
+
+
+def call_predictions(eps_fn: EpsFn, x: torch.Tensor, t: int, variance: bool = False,
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(eps, x0, v)`` at timestep ``t``: from ``eps_fn.predictions`` where it
+    has them (:func:`model_eps_fn`), else ``(eps_fn(x, t), None, None)``; ``v``
+    only with ``variance``. x0 is None where the sampler derives it from eps."""
+    tt = torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device)
+    predictions = getattr(eps_fn, "predictions", None)
+    if predictions is None:
+        return check_eps(eps_fn(x, tt), x), None, None
+    eps, x0, v = predictions(x, tt)
+    return check_eps(eps, x), x0, (v if variance else None)
 
 
 def call_eps(eps_fn: EpsFn, x: torch.Tensor, t: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from diffusion_transfer.core.sampling.common import (
     Progress,
     abar_at,
     call_eps,
+    call_predictions,
     check_image_batch,
     randn_like,
     sqrt,
@@ -105,8 +106,9 @@ def sample_ddim(
         t = ts[i]
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         a_t, a_prev = abar_at(abar, t), abar_at(abar, t_prev)
-        eps = call_eps(eps_fn, x, t)
-        x0_pred = (x - sqrt(1.0 - a_t) * eps) / sqrt(a_t)
+        eps, x0_pred, _ = call_predictions(eps_fn, x, t)
+        if x0_pred is None:  # an eps model or a wrapped eps_fn: x_0 from eps
+            x0_pred = (x - sqrt(1.0 - a_t) * eps) / sqrt(a_t)
         if clip_x0:
             x0_pred = x0_pred.clamp(-1.0, 1.0)
             eps = (x - sqrt(a_t) * x0_pred) / sqrt(1.0 - a_t)

@@ -38,8 +38,7 @@ from diffusion_transfer.core.sampling.common import (
     PostStep,
     Progress,
     abar_at,
-    call_eps,
-    check_eps,
+    call_predictions,
     check_image_batch,
     randn_like,
     sqrt,
@@ -74,7 +73,7 @@ def sample_ddpm(
     :func:`sample_ddim` (``sigma`` is the step's standard deviation: a float
     for the fixed variance, a tensor shaped like ``x`` for a learned one).
     ``learned_variance`` uses a learned-variance model's own variance when
-    ``eps_fn`` offers it (``eps_fn.eps_and_variance``, see :func:`model_eps_fn`).
+    ``eps_fn`` offers it (``eps_fn.predictions``, see :func:`model_eps_fn`).
     """
     check_image_batch(x)
     if steps is None:  # every timestep from t_start down to 0
@@ -82,19 +81,14 @@ def sample_ddpm(
         steps = ts[0] + 1
     ts = ddim_timesteps(schedule.num_timesteps, steps, t_start)
     abar = schedule.alphas_cumprod
-    with_var = getattr(eps_fn, "eps_and_variance", None) if learned_variance else None
     for i in wrap_progress(range(len(ts)), progress):
         t = ts[i]
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         a_t, a_prev = abar_at(abar, t), abar_at(abar, t_prev)
         beta = 1.0 - a_t / a_prev  # respaced beta'_k
-        v = None
-        if with_var is not None:
-            eps, v = with_var(x, torch.full((x.shape[0],), int(t), dtype=torch.int64, device=x.device))
-            eps = check_eps(eps, x)
-        else:
-            eps = call_eps(eps_fn, x, t)
-        x0_pred = (x - sqrt(1.0 - a_t) * eps) / sqrt(a_t)
+        eps, x0_pred, v = call_predictions(eps_fn, x, t, variance=learned_variance)
+        if x0_pred is None:  # an eps model or a wrapped eps_fn: x_0 from eps
+            x0_pred = (x - sqrt(1.0 - a_t) * eps) / sqrt(a_t)
         if clip_x0:
             x0_pred = x0_pred.clamp(-1.0, 1.0)
         coef_x0 = beta * sqrt(a_prev) / (1.0 - a_t)
