@@ -89,6 +89,11 @@ def test_sdft_aahq_smoke_run_end_to_end(smoke_run):
     history = json.loads((out / "training_history.json").read_text())
     assert history["run"]["hyperparameters"]["gamma_aux"] == 50.0  # Table 5, AAHQ override applied
     assert history["history"][-1]["step"] == 4
+    import torch  # what trained it: commit (a scratch copy has no git), versions, device
+
+    env = history["environment"]
+    assert env["torch"] == torch.__version__ and env["commit"] == "unknown (not a git checkout)" and env["device"]
+    assert f"Trained at commit unknown (not a git checkout) (torch {torch.__version__}, diffusers " in report
     # Attribute values absent from the curated set (AAHQ: men only) are reported with their retention.
     assert "woman" in metrics["training_set_attributes"]["absent_values"]["gender"]
     assert "## Attribute values absent from the training set" in report

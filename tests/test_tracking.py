@@ -252,6 +252,10 @@ def test_a_tracked_run_logs_params_losses_metrics_and_artifacts(tracked_smoke_ru
     experiment = client.get_experiment_by_name("diffusion_transfer")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "sdft_aahq" and run.info.status == "FINISHED"
+    import torch  # the versions that produced the run are its tags
+
+    assert run.data.tags["env.torch"] == torch.__version__ and run.data.tags["env.commit"]
+    assert {"env.diffusers", "env.kedro", "env.numpy", "env.device"} <= set(run.data.tags)
     out = proj / "data" / "smoke" / "08_reporting" / "sdft_aahq"
     history = json.loads((out / "training_history.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())

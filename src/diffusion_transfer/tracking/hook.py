@@ -38,6 +38,7 @@ from typing import Any, Iterator
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
+from diffusion_transfer.core.provenance import environment_record
 from diffusion_transfer.pipelines.training_samples import load_rows
 from diffusion_transfer.project.schema import InvalidParametersError
 from diffusion_transfer.tracking import records
@@ -205,7 +206,7 @@ class TrackingHook:
 
         client = MlflowClient(tracking_uri=self._mlflow.mlflow_config.server.mlflow_tracking_uri)
         namespaces = {n.namespace.split(".")[0] for n in pipeline.nodes if n.namespace}
-        tags = study_tags()
+        tags = {**study_tags(), **{f"env.{k}": v for k, v in environment_record(self._project).items()}}
         self._logger = RunLogger(client, self._mlflow.run_id, namespaces, tags)
         for key, value in tags.items():
             client.set_tag(self._mlflow.run_id, key, value)

@@ -25,6 +25,7 @@ from diffusion_transfer.core.models.latent import attach_latent_codec, latent_co
 from diffusion_transfer.core.models.pipeline_folder import attach_pipeline_index, loading_line, pipeline_index_of
 from diffusion_transfer.core.models.unet import build_unet
 from diffusion_transfer.core.models.scheduler_config import attach_scheduler_config, scheduler_config_of
+from diffusion_transfer.core.provenance import environment_record
 from diffusion_transfer.core.training import train
 from diffusion_transfer.pipelines.model_space import bind_dataset_label, cached_latents, describe_model_space
 from diffusion_transfer.pipelines.schedule import resolve_schedule
@@ -106,7 +107,8 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
     history = {"noise_schedule": schedule_info, "model_space": describe_model_space(model),
                "saved_model": {"folder": str(folder), "load": loading_line(model, folder)}, "run": record, "history": result.history, "resumed_from_step": result.resumed_from_step,
                "checkpoint_dir": str(ckpt_dir), "parameters": trainable_report(student, source_model, run.method),
-               "schedule": result.schedule}  # EMA decay and lr warm-up reached (core/training/ema.py)
+               "schedule": result.schedule,  # EMA decay and lr warm-up reached (core/training/ema.py)
+               "environment": environment_record()}  # commit, versions, device (core/provenance.py)
     if sampler is not None:
         history["training_samples"] = sampler.finish(model, "final (EMA)" if result.ema_model is not None else "final")
     return model, history

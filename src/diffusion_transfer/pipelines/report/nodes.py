@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffusion_transfer.core.data.contact_sheet import contact_sheet  # noqa: E402
+from diffusion_transfer.core.provenance import environment_line  # noqa: E402
 from diffusion_transfer.core.training.ema import describe  # noqa: E402
 from diffusion_transfer.pipelines.schedule import describe_schedule  # noqa: E402
 from diffusion_transfer.pipelines.shortfall import shortfall_lines  # noqa: E402
@@ -181,6 +182,7 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
               f"Hyperparameters: `{run['hyperparameters']}`; steps {run['train']['steps']}, "
               f"batch {run['train']['batch_size']}, lr {run['train']['lr']}, EMA {run['train']['ema_decay']}.",
               f"Resumed from step: {history.get('resumed_from_step')}.", *_model_lines(history),
+              *([f"Trained at {environment_line(history['environment'])}."] if "environment" in history else []),
               *_noise_schedule_lines(history),
               *_schedule_lines(history),
               *_parameter_lines(history), "",
