@@ -58,3 +58,23 @@ def test_the_table_marks_each_group_against_the_best_mean_fid():
     one = replicate_table(ROWS + [_row("tan_x", "0-1234", 40.0)])
     assert [line for line in one if line.startswith("| tan_x")][0].endswith("| one replicate: no verdict |")
     assert replicate_table([{"labels": {"pipeline": "p"}, "done": False}]) == []  # no replicate axis: no section
+
+
+def test_replicates_and_sampling_seeds_make_the_replicate_axis():
+    import pytest
+
+    from diffusion_transfer.project.schema import InvalidParametersError
+    from diffusion_transfer.studies.spec import slug, study_points
+
+    block = {"grid": {"pipeline": ["naive_x", "sdft_x"]}, "replicates": 2, "sampling_seeds": 2}
+    points = study_points("s", block)
+    assert len(points) == 8 and points[0].labels["pipeline"] == "naive_x"
+    assert [p.overrides for p in points[:4:1] if p.pipeline == "naive_x"] == [
+        {"train.seed": 0, "sampling.seed": 1234}, {"train.seed": 0, "sampling.seed": 1235}]
+    assert [slug(p.labels["replicate"]) for p in points if p.pipeline == "sdft_x"] == [
+        "0-1234", "0-1235", "1-1234", "1-1235"]
+    groups = replicate_groups([{"labels": p.labels, "done": True, "metrics": {"fid": float(i)}}
+                               for i, p in enumerate(points)])
+    assert [len(g["values"]["fid"]) for g in groups] == [4, 4]  # one group per pipeline, over the seeds
+    with pytest.raises(InvalidParametersError, match="'replicates' / 'sampling_seeds' both make"):
+        study_points("s", {**block, "grid": {**block["grid"], "replicate": [{"train.seed": 0}]}})

@@ -19,6 +19,19 @@ class StudyParams(StrictParams):
     grid: dict[str, list[Any]]
     outputs: list[str] | None = Field(None, description="compute only these outputs of the run's namespace "
                                       "(e.g. [metrics]) and what they need; default: the whole pipeline")
+    #: Seed replicates of every grid combination: training seeds 0..N-1 (``train.seed``), each sampled
+    #: with ``sampling_seeds`` seeds from ``first_sampling_seed`` on (``sampling.seed``): the grid axis
+    #: ``replicate`` the study report summarises (mean, sd, range) and takes verdicts from.
+    replicates: int = Field(1, ge=1)
+    sampling_seeds: int = Field(1, ge=1)
+    first_sampling_seed: int = 1234
+
+    def replicate_axis(self) -> list[dict[str, int]]:
+        """The ``replicate`` axis ``replicates`` and ``sampling_seeds`` make (empty for one of each)."""
+        if self.replicates == 1 and self.sampling_seeds == 1:
+            return []
+        return [{"train.seed": i, "sampling.seed": self.first_sampling_seed + j}
+                for i in range(self.replicates) for j in range(self.sampling_seeds)]
 
     @field_validator("grid")
     @classmethod

@@ -15,8 +15,7 @@ import statistics
 from typing import Any
 
 from diffusion_transfer.studies.report_common import dataset_of
-
-REPLICATE_AXIS = "replicate"
+from diffusion_transfer.studies.spec import REPLICATE_AXIS
 #: (metrics.json key, column title, lower is better)
 MEASURES = [("fid", "FID", True), ("kid_x1e3", "KID x10^3", True), ("inception_score", "IS", False),
             ("face_rate", "face rate", False), ("source.fid", "source model's FID", True)]

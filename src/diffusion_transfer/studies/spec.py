@@ -32,6 +32,8 @@ from typing import Any
 from diffusion_transfer.project.schema import InvalidParametersError, StudyParams, parse
 
 PIPELINE_AXIS = "pipeline"
+#: The grid axis of seed replicates (studies/replicates.py summarises over it).
+REPLICATE_AXIS = "replicate"
 EDIT_PREFIX = "edit_"
 
 
@@ -110,6 +112,12 @@ def study_points(name: str, block: Any, pipelines: set[str] | None = None) -> li
     (the registered names) an unknown pipeline names the key."""
     study = parse_study(name, block)
     axes = list(study.grid.items())
+    if study.replicate_axis():
+        if REPLICATE_AXIS in study.grid:
+            raise InvalidParametersError(f"Invalid parameters in 'studies.{name}': a grid axis "
+                                         f"'{REPLICATE_AXIS}' and 'replicates' / 'sampling_seeds' both make "
+                                         "the replicates; keep one")
+        axes.insert(0, (REPLICATE_AXIS, study.replicate_axis()))
     if study.pipeline is None and PIPELINE_AXIS not in study.grid:
         raise InvalidParametersError(f"Invalid parameters in 'studies.{name}': set 'pipeline' or a grid axis "
                                      f"'pipeline'")
