@@ -36,8 +36,9 @@ def _scratch_project(tmp_path: Path) -> Path:
     return proj
 
 
-def _run(proj: Path, env: str, pipeline: str, runtime_params: dict | None = None) -> None:
-    """``kedro run --pipeline=<pipeline> --env=<env> [--params ...]`` in the project ``proj``."""
+def _run(proj: Path, env: str, pipeline: str, runtime_params: dict | None = None,
+         to_outputs: list[str] | None = None) -> None:
+    """``kedro run --pipeline=<pipeline> --env=<env> [--params ...] [--to-outputs ...]`` in the project ``proj``."""
     import os
 
     from kedro.framework.session import KedroSession
@@ -48,7 +49,7 @@ def _run(proj: Path, env: str, pipeline: str, runtime_params: dict | None = None
     try:
         bootstrap_project(proj)
         with KedroSession.create(project_path=proj, env=env, runtime_params=runtime_params) as session:
-            session.run(pipeline_names=[pipeline])
+            session.run(pipeline_names=[pipeline], to_outputs=to_outputs)
     finally:
         os.chdir(old)
 

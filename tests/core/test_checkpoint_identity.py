@@ -9,31 +9,14 @@ import pytest
 import torch
 
 from diffusion_transfer.core.methods import DenoisingLoss
-from diffusion_transfer.core.models import build_unet
 from diffusion_transfer.core.schedule import make_schedule
-from diffusion_transfer.core.training import TrainConfig, checkpoint_paths, train
+from diffusion_transfer.core.training import checkpoint_paths, train
 from diffusion_transfer.core.training.checkpoint import identity_differences, identity_record, load_usable
+from tests.core.test_checkpoint_fallback import cfg, data, unet
 
-TINY = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
 SDFT = {"method": "sdft", "source": "aaaa", "settings": {"train": {"lr": 0.001}, "schedule": "linear"}}
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
-
-
-def unet():
-    torch.manual_seed(0)
-    return build_unet(TINY)
-
-
-def data():
-    g = torch.Generator().manual_seed(0)
-    return (0.3 * torch.randn(8, 3, 8, 8, generator=g)).clamp(-1, 1)
-
-
-def cfg(**kw):
-    return TrainConfig(**{"steps": 4, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 2, "log_every": 1, "seed": 3,
-                          "ema_decay": 0.9, "keep_checkpoints": 5, **kw})
 
 
 def run(ckpt, identity, **kw):
