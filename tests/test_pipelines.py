@@ -296,3 +296,21 @@ def test_tan_on_a_few_shot_target_smoke_run(tmp_path):
     sdft = json.loads((reporting / "sdft_sunglasses" / "metrics.json").read_text())
     assert sdft["models"]["finetuned"]["intra_lpips"] >= 0
     assert sdft["fid_reference"] == "raw set (20 of 20 images)"  # smoke: 30 rendered - 10 shots
+
+
+def test_a_second_run_from_scratch_gives_bit_identical_weights_and_metrics(smoke_run, tmp_path):
+    """One commit, one machine, one lock: a fresh copy of the project run again
+    (up to the metrics) trains bit-identical weights, samples bit-identical
+    images and computes the same metrics, so a difference between two runs is
+    the code's or the environment's (docs/METRICS.md, "Reruns")."""
+    again = _scratch_project(tmp_path)
+    _run(again, "smoke", "sdft_aahq", to_outputs=["sdft_aahq.metrics"])
+    first, second = (p / SMOKE_DATA for p in (smoke_run, again))
+    for name in ("06_models/sdft_aahq/model/diffusion_pytorch_model.safetensors",
+                 "07_model_output/sdft_aahq/samples.safetensors"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    metrics = [json.loads((p / "08_reporting" / "sdft_aahq" / "metrics.json").read_text()) for p in (first, second)]
+    assert metrics[0] == metrics[1]
+    losses = [[r["loss"] for r in json.loads((p / "08_reporting" / "sdft_aahq" / "training_history.json").read_text())
+               ["history"]] for p in (first, second)]
+    assert losses[0] == losses[1]

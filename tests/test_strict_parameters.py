@@ -135,20 +135,15 @@ def _local(project, text: str) -> None:
     (project / "conf" / "local" / "parameters.yml").write_text(text)
 
 
-def test_a_typo_in_a_block_name_stops_kedro_run_naming_the_file_and_the_fix(project):
-    _local(project, "trian:\n  steps: 3\ndatasets:\n  aahq:\n    curation: {top_m: 5}\n")
-    error = error_paragraph(kedro(project, "run", "--pipeline=curate_aahq"))
+def test_typos_and_an_old_layout_stop_kedro_run_naming_each_file_and_fix(project):
+    _local(project, "trian:\n  steps: 3\ndatasets:\n  aahq:\n    curation: {top_m: 5}\ncurate:\n  aahq: {top_n: 5}\n")
+    error = error_paragraph(kedro(project, "run", "--pipeline=curate_aahq", "--params=sampling.stepz=3"))
     assert "conf/local/parameters.yml: 'trian': unknown top-level block; did you mean 'train'?" in error
     assert "conf/local/parameters.yml: 'datasets.aahq.curation.top_m': unknown key; did you mean 'top_n'?" in error
-    assert not (project / "data" / "03_primary").exists()  # before any compute
-
-
-def test_a_params_typo_names_params_and_an_old_layout_names_the_new_place(project):
-    _local(project, "curate:\n  aahq: {top_n: 5}\n")
-    error = error_paragraph(kedro(project, "run", "--pipeline=curate_aahq", "--params=sampling.stepz=3"))
     assert "--params: 'sampling.stepz': unknown key; did you mean 'steps'?" in error
     assert ("conf/local/parameters.yml: 'curate': an older layout: 'curate.<dataset>.<key>' is now "
             "'datasets.<dataset>.curation.<key>'") in error
+    assert not (project / "data" / "03_primary").exists()  # before any compute
 
 
 def test_a_mapping_given_as_a_list_names_both_files(project):

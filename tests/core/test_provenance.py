@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 from importlib.metadata import version
 
+import torch
+
 from diffusion_transfer.core.provenance import PACKAGES, environment_line, environment_record, git_commit
 
 
@@ -30,6 +32,7 @@ def test_the_commit_says_when_tracked_files_differ_from_it(tmp_path):
 def test_the_record_holds_the_installed_versions_and_renders_in_one_line(tmp_path):
     record = environment_record(tmp_path)
     assert list(record) == ["commit", *PACKAGES, "device"]
-    assert all(record[p] == version(p) for p in PACKAGES) and record["device"]
+    assert all(record[p] == version(p) for p in PACKAGES if p != "torch") and record["device"]
+    assert record["torch"] == torch.__version__ and record["torch"].startswith(version("torch"))
     line = environment_line(record)
     assert line.startswith("commit unknown (not a git checkout) (torch ") and line.endswith(f" on {record['device']}")

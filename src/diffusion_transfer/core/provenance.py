@@ -20,6 +20,7 @@ def environment_record(project_root: str | Path | None = None) -> dict[str, str]
     """``{"commit", "torch", "diffusers", "kedro", "numpy", "device"}``, every value a string."""
     record = {"commit": git_commit(project_root or Path.cwd())}
     record.update({name: _version(name) for name in PACKAGES})
+    record["torch"] = torch.__version__  # with its build (+cpu, +cu130): the kernels that ran
     record["device"] = device_name()
     return record
 
