@@ -8,15 +8,23 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test bench viz
+.PHONY: setup demo test bench viz lock
 
-$(BIN)/.installed: pyproject.toml
+# Every package at the version and hash requirements.lock gives (torch 2.14.1 with
+# torchvision 0.29.1: other pairs fail to import torchvision), then the project itself.
+$(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch and torchvision first, pinned together (other pairs fail to import torchvision).
-	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
+
+# requirements.lock anew from pyproject.toml (after adding or changing a dependency).
+lock:
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet pip-tools
+	.lock-venv/bin/pip-compile --quiet --allow-unsafe --extra test --generate-hashes --strip-extras \
+		-o requirements.lock pyproject.toml
 
 setup: $(BIN)/.installed
 
