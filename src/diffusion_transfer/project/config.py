@@ -75,10 +75,10 @@ class ProjectConfigLoader(OmegaConfigLoader):
     def _check_known_keys(self, config: dict[str, Any]) -> None:
         """Every key known, before anything reads the parameters (pipelines are
         registered from them); the errors name the file that sets each key."""
+        if not unknown_key_problems(config):
+            return  # the usual case: the files are read again only to name where a problem is
         locate = KeyLocator(self.conf_source, self.env or self.default_run_env, self.base_env, self.runtime_params)
-        unknown = unknown_key_problems(config, locate)
-        if unknown:
-            raise InvalidParametersError(UNKNOWN_KEYS + "\n  ".join(unknown))
+        raise InvalidParametersError(UNKNOWN_KEYS + "\n  ".join(unknown_key_problems(config, locate)))
 
     def _env_sets_data_root(self, env: str) -> bool:
         for path in sorted((Path(self.conf_source) / env).glob("globals*.yml")):
