@@ -37,6 +37,16 @@ def source_sampling_conf(parameters: dict[str, Any], source: str) -> dict[str, A
     return {**(parameters.get("sampling") or {}), **own}
 
 
+_SOURCE_SAMPLING = re.compile(r"sources\.(.+)\.sampling")
+
+
+def supplied_conf(parameters: dict[str, Any], dotted: str) -> dict[str, Any] | None:
+    """What conf gives a parameter the hook supplies (``sources.<s>.sampling``,
+    :func:`sampling_param`, without ``params:``): the merged block; None for any other."""
+    source = _SOURCE_SAMPLING.fullmatch(dotted)
+    return source_sampling_conf(parameters, source.group(1)) if source else None
+
+
 @dataclass(frozen=True)
 class SourceDomain:
     params: SourceParams

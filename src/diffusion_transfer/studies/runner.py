@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from diffusion_transfer.project.config import DATA_ROOT_ENV
-from diffusion_transfer.project.declared import source_sampling_conf
+from diffusion_transfer.project.declared import supplied_conf
 from diffusion_transfer.core.io import atomic_path
 from diffusion_transfer.project.resolved import resolve_parameters
 from diffusion_transfer.project.schema import InvalidParametersError
@@ -47,8 +47,6 @@ POINT_RECORD = "point.json"
 SPEC_FILE = "spec.json"
 #: Parameter subtrees only the method run reads: left out of the shared stages' signature.
 _RUN_ONLY = re.compile(r"^datasets\.[^.]+\.(method_overrides|train)$")
-#: ``sources.<s>.sampling`` as a node reads it (``declared.sampling_param``, without ``params:``)
-_SOURCE_SAMPLING = re.compile(r"sources\.(.+)\.sampling")
 
 
 def _loader(project: Path, env: str | None, runtime_params: dict[str, Any] | None = None):
@@ -208,9 +206,9 @@ def _run_independent(name: str, value: Any) -> Any:
 
 
 def _lookup(params: dict[str, Any], dotted: str) -> Any:
-    source = _SOURCE_SAMPLING.fullmatch(dotted)
-    if source:  # a parameter the hook supplies (declared.sampling_param): not in conf as such
-        return source_sampling_conf(params, source.group(1))
+    supplied = supplied_conf(params, dotted)
+    if supplied is not None:  # a parameter the hook supplies (declared.sampling_param): not in conf as such
+        return supplied
     node: Any = params
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None

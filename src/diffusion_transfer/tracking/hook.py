@@ -40,6 +40,7 @@ from kedro.framework.hooks import hook_impl
 
 from diffusion_transfer.core.provenance import environment_record
 from diffusion_transfer.pipelines.training_samples import load_rows
+from diffusion_transfer.project.declared import supplied_conf
 from diffusion_transfer.project.schema import InvalidParametersError
 from diffusion_transfer.tracking import records
 from diffusion_transfer.tracking.logger import RunLogger
@@ -284,10 +285,11 @@ class TrackingHook:
 
 
 def _conf_value(conf: dict[str, Any], dotted: str, value: Any) -> Any:
-    """The conf value at ``a.b.c``; a value the hook made (a source's merged
-    sampling settings, ``declared.sampling_param``) is logged as resolved."""
-    if dotted.startswith("sources.") and dotted.endswith(".sampling") and hasattr(value, "model_dump"):
-        return value.model_dump()
+    """The conf value at ``a.b.c``; for a parameter the hook supplies (a source's
+    sampling settings, ``declared.sampling_param``) the merged block conf gives."""
+    supplied = supplied_conf(conf, dotted)
+    if supplied is not None:
+        return supplied
     node: Any = conf
     for key in dotted.split("."):
         if not isinstance(node, dict) or key not in node:
