@@ -31,8 +31,10 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/kedro run --pipeline=sdft_aahq
 
+# One pytest worker per core (two on CI), whole test files to each so module fixtures are built once.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	$(BIN)/python benchmarks/bench_steps.py

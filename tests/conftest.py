@@ -10,10 +10,15 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DT_TRACKING", "off")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker, and every run it spawns, keeps
+# to one thread: two workers of two threads each on two cores thrash.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
 import torch  # noqa: E402
 
 # Two cores on CI: keep intra-op threads modest so parallel pieces do not thrash.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 from diffusion_transfer.core.allocator import tune_malloc_at_startup  # noqa: E402
 
