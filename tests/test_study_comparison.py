@@ -123,3 +123,32 @@ def test_compare_on_the_command_line_names_an_unknown_study(capsys):
     assert main(["compare", "steps_aahq", "nope", "--project", str(root)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: no study 'nope'") and "naive_path_aahq" in err
+
+
+def test_seed_replicates_are_one_row_whose_error_is_the_replicates_spread(tmp_path):
+    """Three sdft seeds that scatter widely are not 'more', though each seed's
+    binomial error alone would call the same mean difference more."""
+    from diffusion_transfer.studies.compare import write_comparison
+    from diffusion_transfer.studies.spec import Point
+
+    def point(pipeline, seed):
+        return Point("every", pipeline, {"train.seed": seed}, {"replicate": f"{seed}-1234", "pipeline": pipeline})
+
+    naive = [point("naive_aahq", s) for s in (0, 1)]
+    sdft = [point("sdft_aahq", s) for s in (0, 1, 2)]
+    for p, fid, glasses in zip(naive, (150.0, 152.0), (0.1, 0.2)):
+        _done_point(tmp_path, p, fid, glasses, 0.0)
+    for p, fid, glasses in zip(sdft, (200.0, 205.0, 210.0), (0.5, 0.9, 0.1)):
+        _done_point(tmp_path, p, fid, glasses, 0.0)
+    md = write_comparison("every", {"every": (naive + sdft, tmp_path)}, "naive", tmp_path / "out").read_text()
+    rows = json.loads((tmp_path / "out" / "comparison.json").read_text())["rows"]
+    assert [(r["method"], r["replicates"]) for r in rows] == [("naive", 2), ("sdft", 3)]
+    assert rows[1]["metrics"]["fid"] == pytest.approx(205.0) and rows[1]["replicate_sd"]["fid"] == pytest.approx(5.0)
+    assert "| 2 | every: sdft_aahq (3 replicates) | sdft | 205.00 ± 5.00 |" in md
+    sdft_se = 0.4 / math.sqrt(3)  # sd of 0.5, 0.9, 0.1
+    naive_se = math.sqrt(0.005) / math.sqrt(2)  # sd of 0.1, 0.2
+    diff = 0.5 - 0.15
+    assert diff < 2 * math.hypot(sdft_se, naive_se)
+    assert "0.500 (0.150, +0.350)" in md  # not bold: within two standard errors of the replicates
+    # the same means as single runs (binomial errors of 30 glasses samples each) would be 'more'
+    assert diff > 2 * math.hypot(math.sqrt(0.5 * 0.5 / 30), math.sqrt(0.15 * 0.85 / 30))

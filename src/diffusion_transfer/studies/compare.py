@@ -13,8 +13,11 @@ interpolation: a reference that is not measured near a run's FID is not
 credited with what it might do there, so the reference's runs must be dense
 (a naive study over training lengths). A run keeps *more* only when its
 retention is above that by more than twice the standard error of the
-difference (binomial, of both shares), so that one or two samples out of the
-few with the value decide nothing.
+difference, so that one or two samples out of the few with the value decide
+nothing. Runs that differ only in their seed replicate (the ``replicate``
+axis) are one row: their mean, with the standard error of the replicates
+(sample sd / sqrt(n)); a run without replicates has the binomial standard error
+of its share.
 
 Writes ``<studies root>/<NAME>/``: ``comparison.md``, ``comparison.json`` and
 ``fid_vs_kept.png`` (one panel per absent attribute and their mean).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from diffusion_transfer.project.schema import InvalidParametersError  # noqa: E402
 from diffusion_transfer.studies.report import point_row  # noqa: E402
 from diffusion_transfer.studies.report_common import method_of, save_figure  # noqa: E402
-from diffusion_transfer.studies.spec import Point  # noqa: E402
+from diffusion_transfer.studies.spec import REPLICATE_AXIS, Point  # noqa: E402
 
 PLOT_FILE = "fid_vs_kept.png"
 
@@ -57,9 +61,35 @@ def pooled_runs(studies: dict[str, tuple[list[Point], Path]]) -> list[dict[str, 
                 rows[key]["runs"].append(label)
             else:
                 metrics_file = root / point.id / "08_reporting" / point.namespace / "metrics.json"
-                rows[key] = {**row, "runs": [label], "method": method_of(point.pipeline),
+                rows[key] = {**row, "runs": [label], "method": method_of(point.pipeline), "study": name,
                              "metrics_file": str(metrics_file)}
-    return list(rows.values())
+    return merge_replicates(list(rows.values()))
+
+
+def merge_replicates(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of one study that differ only in their ``replicate`` grid value as
+    one row: each metric's mean over them, ``replicate_sd`` (sample standard
+    deviation) and ``replicate_errors`` (sd / sqrt(n)) per metric, n in
+    ``replicates``. A lone replicate stays a row of its own."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        labels = tuple((a, v) for a, v in row["labels"].items() if a != REPLICATE_AXIS)
+        groups.setdefault((row["study"], row["pipeline"], labels), []).append(row)
+    merged = []
+    for (study, _, labels), group in groups.items():
+        if len(group) < 2:
+            merged.extend(group)
+            continue
+        n = len(group)
+        keys = [k for k, v in group[0]["metrics"].items() if isinstance(v, (int, float))
+                and all(isinstance(r["metrics"].get(k), (int, float)) for r in group)]
+        sd = {k: statistics.stdev(float(r["metrics"][k]) for r in group) for k in keys}
+        label = " ".join(str(v) for _, v in labels) or group[0]["pipeline"]
+        merged.append({**group[0], "runs": [f"{study}: {label} ({n} replicates)"], "replicates": n,
+                       "metrics": {k: statistics.fmean(float(r["metrics"][k]) for r in group) for k in keys},
+                       "replicate_sd": sd, "replicate_errors": {k: v / math.sqrt(n) for k, v in sd.items()},
+                       "points": [r["point"] for r in group]})
+    return merged
 
 
 def absent_counts(metrics_json: dict[str, Any]) -> dict[str, int]:
@@ -86,8 +116,8 @@ def standard_error(share: float, n: int) -> float:
 
 
 def retention_error(metrics: dict[str, float], key: str, counts: dict[str, int]) -> float:
-    """Standard error of ``retention_of_absent.<attr>``, or of their ``mean``
-    (the attributes' errors combined: the mean of independent shares)."""
+    """Binomial standard error of ``retention_of_absent.<attr>``, or of their
+    ``mean`` (the attributes' errors combined: the mean of independent shares)."""
     attr = key.rsplit(".", 1)[1]
     if attr != "mean":
         return standard_error(metrics[key], counts[attr])
@@ -107,8 +137,7 @@ def compare_to_reference(rows: list[dict[str, Any]], reference: str, source_fid:
             continue
         row["at_reference"] = {}
         for key in keys:
-            runs = [(source_fid, 1.0, 0.0)] + [(r["metrics"]["fid"], r["metrics"][key],
-                                                retention_error(r["metrics"], key, counts))
+            runs = [(source_fid, 1.0, 0.0)] + [(r["metrics"]["fid"], r["metrics"][key], row_error(r, key, counts))
                                                for r in ref_rows if key in r["metrics"]]
             kept = row["metrics"].get(key)
             found = best_at_or_below(runs, row["metrics"]["fid"]) if kept is not None else None
@@ -117,8 +146,16 @@ def compare_to_reference(rows: list[dict[str, Any]], reference: str, source_fid:
                 continue
             ref_kept, ref_se = found
             diff = kept - ref_kept
-            more = diff > 2.0 * math.hypot(retention_error(row["metrics"], key, counts), ref_se)
+            more = diff > 2.0 * math.hypot(row_error(row, key, counts), ref_se)
             row["at_reference"][key] = (ref_kept, diff, more)
+
+
+def row_error(row: dict[str, Any], key: str, counts: dict[str, int]) -> float:
+    """The standard error of a row's ``key``: of its replicates where it has
+    two or more, else binomial (``retention_error``)."""
+    if key in row.get("replicate_errors", {}):
+        return row["replicate_errors"][key]
+    return retention_error(row["metrics"], key, counts)
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
@@ -138,7 +175,8 @@ def comparison_table(rows: list[dict[str, Any]], attrs: dict[str, list[str]], re
              "|" + "---|" * (len(keys) + 6)]
     for i, row in enumerate(rows, 1):
         m = row["metrics"]
-        lines.append(f"| {i} | {'<br>'.join(row['runs'])} | {row['method']} | {m['fid']:.2f} | "
+        fid = f"{m['fid']:.2f}" + (f" ± {row['replicate_sd']['fid']:.2f}" if "replicate_sd" in row else "")
+        lines.append(f"| {i} | {'<br>'.join(row['runs'])} | {row['method']} | {fid} | "
                      f"{m.get('kid_x1e3', float('nan')):.2f} | " + " | ".join(_cell(row, k) for k, _ in keys)
                      + f" | {m.get('lpips_src_trg', float('nan')):.3f} |")
     return lines
@@ -230,7 +268,9 @@ def write_comparison(name: str, studies: dict[str, tuple[list[Point], Path]], re
              f"The source (pretrained) model's FID: {source_fid:.2f}. Source samples with an absent value: "
              f"{denominators}.", "",
              f"Cells: the share kept, then ({reference}'s best share at an equal or better FID, the difference); "
-             f"in bold where the difference is over two standard errors. {reference}'s runs include the source "
+             "in bold where the difference is over two standard errors: of the seed replicates where a row has "
+             "two or more (their mean, FID ± its sample sd), else binomial of the row's samples. "
+             f"{reference}'s runs include the source "
              "model, as step 0; no interpolation between them.", "",
              *summary(rows, attrs, reference), "", *comparison_table(rows, attrs, reference), "",
              f"![FID against absent values kept]({PLOT_FILE})", ""]
