@@ -3,12 +3,14 @@ differ from it), the versions that move numbers, and the device."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from importlib.metadata import version
 
 import torch
 
-from diffusion_transfer.core.provenance import PACKAGES, environment_line, environment_record, git_commit
+from diffusion_transfer.core.provenance import (LOCK_FILE, PACKAGES, environment_line, environment_record, git_commit,
+                                                lock_digest)
 
 
 def _git(root, *args):
@@ -31,8 +33,17 @@ def test_the_commit_says_when_tracked_files_differ_from_it(tmp_path):
 
 def test_the_record_holds_the_installed_versions_and_renders_in_one_line(tmp_path):
     record = environment_record(tmp_path)
-    assert list(record) == ["commit", *PACKAGES, "device"]
+    assert list(record) == ["commit", "lock", *PACKAGES, "device"] and record["lock"] == "none"
     assert all(record[p] == version(p) for p in PACKAGES if p != "torch") and record["device"]
     assert record["torch"] == torch.__version__ and record["torch"].startswith(version("torch"))
     line = environment_line(record)
-    assert line.startswith("commit unknown (not a git checkout) (torch ") and line.endswith(f" on {record['device']}")
+    assert line.startswith("commit unknown (not a git checkout), lock none (torch ") and line.endswith(f" on {record['device']}")
+
+
+def test_the_lock_is_named_by_its_digest(tmp_path):
+    text = b"torch==2.14.1 --hash=sha256:00\n"
+    (tmp_path / LOCK_FILE).write_bytes(text)
+    assert lock_digest(tmp_path) == hashlib.sha256(text).hexdigest()[:12]
+    assert environment_record(tmp_path)["lock"] == lock_digest(tmp_path)
+    (tmp_path / LOCK_FILE).write_bytes(text + b"numpy==2.4.6\n")
+    assert lock_digest(tmp_path) != hashlib.sha256(text).hexdigest()[:12]

@@ -1,10 +1,11 @@
-"""What produced a result: the commit, the versions that change numbers and
-the device, recorded beside every training history, report and tracked run,
+"""What produced a result: the commit, the lock file the environment was
+installed from, the versions that change numbers and the device, recorded beside every training history, report and tracked run,
 so two numbers are compared only when they came from the same environment."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -14,11 +15,14 @@ import torch
 
 #: Packages whose version can move a number (the sampler, the model code, the data handling).
 PACKAGES = ("torch", "diffusers", "kedro", "numpy")
+#: The pinned, hashed dependency list ``make setup`` installs from (``make lock`` writes it).
+LOCK_FILE = "requirements.lock"
 
 
 def environment_record(project_root: str | Path | None = None) -> dict[str, str]:
-    """``{"commit", "torch", "diffusers", "kedro", "numpy", "device"}``, every value a string."""
-    record = {"commit": git_commit(project_root or Path.cwd())}
+    """``{"commit", "lock", "torch", "diffusers", "kedro", "numpy", "device"}``, every value a string."""
+    root = Path(project_root or Path.cwd())
+    record = {"commit": git_commit(root), "lock": lock_digest(root)}
     record.update({name: _version(name) for name in PACKAGES})
     record["torch"] = torch.__version__  # with its build (+cpu, +cu130): the kernels that ran
     record["device"] = device_name()
@@ -28,7 +32,18 @@ def environment_record(project_root: str | Path | None = None) -> dict[str, str]
 def environment_line(record: dict[str, str]) -> str:
     """One line for a report: ``commit abc123 (torch 2.14.1, ...) on <device>``."""
     versions = ", ".join(f"{name} {record[name]}" for name in PACKAGES if name in record)
-    return f"commit {record.get('commit', 'unknown')} ({versions}) on {record.get('device', 'unknown device')}"
+    lock = f", lock {record['lock']}" if "lock" in record else ""
+    return (f"commit {record.get('commit', 'unknown')}{lock} ({versions}) "
+            f"on {record.get('device', 'unknown device')}")
+
+
+def lock_digest(root: str | Path) -> str:
+    """The first 12 hex digits of ``requirements.lock``'s sha256 in ``root``
+    (the versions every package was installed at), or ``none`` without one."""
+    try:
+        return hashlib.sha256((Path(root) / LOCK_FILE).read_bytes()).hexdigest()[:12]
+    except OSError:
+        return "none"
 
 
 def git_commit(root: str | Path) -> str:
