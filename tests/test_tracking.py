@@ -279,3 +279,47 @@ def test_a_tracked_run_logs_params_losses_metrics_and_artifacts(tracked_smoke_ru
     local = client.download_artifacts(run.info.run_id, "report.md", str(proj))
     assert Path(local).read_text() == (out / "report.md").read_text()
     assert "![samples during training](training_samples.png)" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_finetuned_model_is_an_mlflow_model_that_registers_and_samples_as_the_run_did(tracked_smoke_run,
+                                                                                          monkeypatch):
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.tracking import MlflowClient
+
+    from diffusion_transfer.datasets import TensorDictDataset
+
+    proj, store = tracked_smoke_run
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("diffusion_transfer").experiment_id
+    (found,) = client.search_runs([experiment])
+    run = client.get_run(found.info.run_id)
+    (output,) = run.outputs.model_outputs  # the run's logged model
+    logged = client.get_logged_model(output.model_id)
+    assert logged.name == "finetuned_model" and logged.source_run_id == run.info.run_id
+    assert logged.experiment_id == experiment and logged.status == LoggedModelStatus.READY
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # mlflow's module-level calls use the run's store
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        version = mlflow.register_model(f"runs:/{run.info.run_id}/finetuned_model", "sdft_aahq_smoke")
+        assert int(version.version) == 1 and version.source == f"models:/{output.model_id}"
+        model = mlflow.pyfunc.load_model("models:/sdft_aahq_smoke/1")
+        two_steps = mlflow.pyfunc.load_model(f"models:/{output.model_id}", model_config={"sampling": {"steps": 2}})
+    finally:
+        mlflow.set_tracking_uri(previous)
+    data = proj / "data" / "smoke"
+    seed = TensorDictDataset(str(data / "05_model_input" / "noise_bank.safetensors")).load()["meta"]["seed"]
+    assert model.metadata.get_model_info().model_id == output.model_id
+    assert model.model_config["sampling"]["seed"] == seed and model.model_config["sampling"]["steps"] == 4
+
+    images = model.predict({"n_samples": 3, "seed": 5, "steps": 2})
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8  # the model's size, RGB
+    np.testing.assert_array_equal(images, model.predict({"n_samples": 3, "seed": 5, "steps": 2}))  # bit-identical
+    assert not np.array_equal(images, model.predict({"n_samples": 3, "seed": 6, "steps": 2}))
+    np.testing.assert_array_equal(images, two_steps.predict({"n_samples": 3, "seed": 5}))  # a load's override
+    # the run's own samples (the sample_finetuned node, from the noise bank's seed and the run's settings)
+    target = TensorDictDataset(str(data / "07_model_output" / "sdft_aahq" / "samples.safetensors")).load()
+    np.testing.assert_array_equal(model.predict({"n_samples": len(target["images"]), "seed": seed}),
+                                  target["images"].numpy())

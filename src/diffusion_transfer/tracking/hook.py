@@ -14,7 +14,10 @@ make them:
   during training as images over steps (``training_samples``);
 - ``metrics.json``'s and ``translation_metrics.json``'s numbers as metrics;
 - the report, its grids and JSON files as artifacts (the files themselves,
-  under the names the report links).
+  under the names the report links);
+- the fine-tuned model, once saved, as the run's mlflow model
+  ``finetuned_model`` (pyfunc, tracking/pyfunc_model.py), ready to register,
+  with the sampling settings and schedule the run samples it with.
 
 The store: ``mlflow.yml``'s ``server.mlflow_tracking_uri``; null means
 ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<project>/mlflow.db``.
@@ -41,7 +44,7 @@ from kedro.framework.hooks import hook_impl
 from diffusion_transfer.core.provenance import environment_record
 from diffusion_transfer.pipelines.training_samples import load_rows
 from diffusion_transfer.project.declared import supplied_conf
-from diffusion_transfer.project.schema import InvalidParametersError
+from diffusion_transfer.project.schema import InvalidParametersError, SamplingParams
 from diffusion_transfer.tracking import records
 from diffusion_transfer.tracking.logger import RunLogger
 from diffusion_transfer.tracking.store import DEFAULT_STORE, tracking_uri, unwritable_store
@@ -147,6 +150,7 @@ class TrackingHook:
         self._logger: RunLogger | None = None
         self._catalog: Any = None
         self._project = Path.cwd()
+        self._sampling: dict[str, str] = {}
 
     @property
     def active(self) -> bool:
@@ -209,6 +213,7 @@ class TrackingHook:
         namespaces = {n.namespace.split(".")[0] for n in pipeline.nodes if n.namespace}
         tags = {**study_tags(), **{f"env.{k}": v for k, v in environment_record(self._project).items()}}
         self._logger = RunLogger(client, self._mlflow.run_id, namespaces, tags)
+        self._sampling = _sampling_params(pipeline)
         for key, value in tags.items():
             client.set_tag(self._mlflow.run_id, key, value)
 
@@ -243,10 +248,14 @@ class TrackingHook:
             self._logger.log_images(namespace, "training_samples", images)
 
     @hook_impl
-    def after_dataset_saved(self, dataset_name: str) -> None:
+    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
         if not self.active:
             return
         namespace, leaf = _split(dataset_name)
+        if namespace is not None and leaf == records.RUN_MODEL:
+            if (path := self._saved_path(dataset_name)) is not None:
+                self._logger.log_model(namespace, path, data, self._model_config(namespace))
+            return
         if namespace is not None and leaf in records.RUN_ARTIFACTS:
             target = namespace
         elif namespace is None and dataset_name.endswith(records.PIPELINE_ARTIFACT_SUFFIXES):
@@ -256,6 +265,17 @@ class TrackingHook:
         path = self._saved_path(dataset_name)
         if path is not None:
             self._logger.log_file(target, path)
+
+    def _model_config(self, namespace: str) -> dict[str, Any]:
+        """What the run samples its fine-tuned model with, as conf gives it: the
+        sampling block of its ``sample_finetuned`` node and the ``schedule`` overrides."""
+        sampling = _conf_value(self._conf, self._sampling.get(namespace, "sampling"), None)
+        sampling = {k: v for k, v in (sampling if isinstance(sampling, dict) else {}).items()
+                    if k in SamplingParams.model_fields}
+        schedule = self._conf.get("schedule")
+        return {"sampling": sampling,
+                "schedule": {k: v for k, v in (schedule if isinstance(schedule, dict) else {}).items()
+                             if v is not None}}
 
     def _saved_path(self, dataset_name: str) -> Path | None:
         """Where the catalog wrote ``dataset_name`` (its ``filepath`` or ``path``)."""
@@ -282,6 +302,20 @@ class TrackingHook:
             self._logger.close("FAILED")
         if self._mlflow is not None:
             self._mlflow.on_pipeline_error(error, run_params, pipeline, catalog)
+
+
+def _sampling_params(pipeline) -> dict[str, str]:
+    """Per run namespace, the sampling parameter (without ``params:``) of the
+    nodes that sample its fine-tuned model (``sample_finetuned``)."""
+    found: dict[str, str] = {}
+    suffix = f".{records.RUN_MODEL}"
+    for node in pipeline.nodes:
+        runs = [name[: -len(suffix)] for name in node.inputs if name.endswith(suffix)]
+        params = [name[len("params:"):] for name in node.inputs
+                  if name.startswith("params:") and name.rpartition(".")[2].removeprefix("params:") == "sampling"]
+        for run in runs if params else []:
+            found.setdefault(run, params[0])
+    return found
 
 
 def _conf_value(conf: dict[str, Any], dotted: str, value: Any) -> Any:

@@ -92,6 +92,16 @@ class RunLogger:
             self.client.log_artifact(run_id, str(path))
 
     @_warn_on_failure
+    def log_model(self, namespace: str | None, folder: Path, model: Any, config: dict[str, Any]) -> None:
+        """The fine-tuned ``model`` saved in ``folder``, as the run's mlflow
+        model ``finetuned_model`` (pyfunc; tracking/pyfunc_model.py)."""
+        # deferred: mlflow.pyfunc and the samplers, only when a run saves a model with tracking on
+        from diffusion_transfer.tracking.pyfunc_model import log_finetuned_model
+
+        if folder.is_dir():
+            log_finetuned_model(self.client, self.run_for(namespace), folder, model, config)
+
+    @_warn_on_failure
     def close(self, status: str) -> None:
         """End the child runs (the parent is kedro-mlflow's to end)."""
         for run_id in self.children.values():

@@ -21,6 +21,8 @@ import numpy as np
 #: Catalog entries of a run (``<run>.<name>``) logged as artifacts, under the file names the report links.
 RUN_ARTIFACTS = ("report", "sample_grid", "loss_curve", "translation_grid", "training_samples", "prompt_grid",
                  "metrics", "translation_metrics", "training_history", "edit_metrics", "edit_grids")
+#: The catalog entry of a run's fine-tuned model (``<run>.finetuned_model``), logged as an mlflow model.
+RUN_MODEL = "finetuned_model"
 #: Entries outside any run (``<dataset>_comparison_report`` ...) logged on the kedro run itself.
 PIPELINE_ARTIFACT_SUFFIXES = ("_comparison_report", "_comparison", "_curation_summary", "_curation_sheet")
 #: Detail blocks of metrics.json left out of the metrics (per-cluster lists, not one number).
