@@ -2,7 +2,9 @@
 the flags the pipelines need (a conditional method trains and samples with a
 CLIP embedding per image; a guided one trains with the noisy domain
 classifier). Pipelines, parameter validation and compare tables read the
-names from here, in this order (the order of the papers' tables)."""
+names from here, in this order (the order of the papers' tables). The
+adapters any method can train in place of the base UNet's own layers
+(``train.adapter.type``) are listed here too (:data:`ADAPTER_TYPES`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..models.lora import LoraSpec
 from ..schedule import NoiseSchedule
 from .a3ft import prepare_a3ft, prepare_attn
 from .anl import prepare_anl
@@ -20,7 +23,7 @@ from .naive import DenoisingLoss
 from .sdft import SDFT_PAPER_DEFAULTS, SDFTLoss
 from .tan import TANLoss, prepare_tan
 
-__all__ = ["METHODS", "MethodInfo", "build_method", "expand_preset", "method_names"]
+__all__ = ["ADAPTER_TYPES", "METHODS", "MethodInfo", "build_method", "expand_preset", "method_names"]
 
 
 def _build_scratch(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
@@ -107,6 +110,10 @@ METHODS: dict[str, MethodInfo] = {info.name: info for info in (
     MethodInfo("naive_clip", _anl_builder("naive_clip", tune_unet=True), conditional=True, own_keys=("hidden_mult",)),
     MethodInfo("tan", _build_tan, guided=True, loss=TANLoss, own_keys=("rank", "variant")),
 )}
+
+
+#: ``train.adapter.type`` -> the core spec its settings build (docs/LORA.md).
+ADAPTER_TYPES: dict[str, type] = {"lora": LoraSpec}
 
 
 _UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")

@@ -137,12 +137,16 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
-def config_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    """The tensor shapes of the UNet ``config`` describes (built on the meta device)."""
+def meta_unet(config: dict) -> torch.nn.Module:
+    """The UNet ``config`` describes, built on the meta device (no memory, no init)."""
     import diffusers  # deferred: diffusers takes ~3 s to import, and the pre-run check may not reach here
 
     cls = getattr(diffusers, "UNet2DConditionModel" if config.get("_class_name") == "UNet2DConditionModel"
                   else "UNet2DModel")
     with torch.device("meta"):
-        model = cls.from_config(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return cls.from_config(config)
+
+
+def config_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of the UNet ``config`` describes (built on the meta device)."""
+    return {k: tuple(v.shape) for k, v in meta_unet(config).state_dict().items()}

@@ -44,6 +44,7 @@ from .class_labels import (
     write_class_label,
 )
 from .latent import attach_latent_codec, latent_codec_of, load_latent_codec
+from .lora_io import write_lora
 from .pipeline_folder import attach_pipeline_index, read_pipeline_index, write_pipeline_parts
 from .scheduler_config import (
     attach_scheduler_config,
@@ -242,6 +243,7 @@ def save_unet(model: torch.nn.Module, folder: str | os.PathLike[str]) -> Path:
             model.save_pretrained(str(tmp), safe_serialization=True)
             write_scheduler_config(model, tmp)
         write_class_label(model, tmp)
+        write_lora(model, tmp)  # a LoRA-trained model's adapter, beside the merged model (lora_io.py)
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)

@@ -138,9 +138,15 @@ def trainable_parameters_of(model: torch.nn.Module, chosen: Iterable[torch.nn.Pa
 
 def make_ema(model: torch.nn.Module, params: list[torch.nn.Parameter], decay: float
               ) -> tuple[torch.nn.Module | None, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """A frozen copy of ``model`` and its (EMA, live) pairs of trained parameters; (None, []) for decay 0."""
+    """A frozen copy of ``model`` and its (EMA, live) pairs of trained parameters; (None, []) for decay 0.
+
+    The copy shares the frozen parameters (``requires_grad`` False, not
+    trained) with ``model`` instead of copying them: their average is
+    themselves. A LoRA run's EMA then holds the adapters, not a second base
+    UNet; a full fine-tuning run has none to share and copies everything."""
     if decay <= 0:
         return None, []
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
     trainable = {id(p) for p in params}
+    frozen = {id(p): p for p in model.parameters() if not p.requires_grad and id(p) not in trainable}
+    ema = copy.deepcopy(model, memo=frozen).eval().requires_grad_(False)
     return ema, [(pe, pm) for pe, pm in zip(ema.parameters(), model.parameters()) if id(pm) in trainable]
