@@ -92,7 +92,8 @@ class TrainingSampler:
 
     def _sample(self, model: torch.nn.Module, conditions: torch.Tensor | None) -> np.ndarray:
         device = next(self.student.parameters()).device
-        home = next(model.parameters()).device  # the source model may live elsewhere (not the teacher)
+        own = next(model.parameters(), None)  # none: a view of the student (the source under LoRA: lora.py)
+        home = own.device if own is not None else device  # the source model may live elsewhere (not the teacher)
         was_training = model.training
         fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
         with fork:

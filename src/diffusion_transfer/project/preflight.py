@@ -15,11 +15,14 @@ import click
 from diffusion_transfer.core.data.labels import read_labels
 from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
 from diffusion_transfer.core.models.latent import autoencoder_downscale
-from diffusion_transfer.core.models.folder_check import config_class_labels, unet_folder_problems, unsupported_parts
+from diffusion_transfer.core.models.folder_check import (config_class_labels, meta_unet, unet_folder_problems,
+                                                          unsupported_parts)
+from diffusion_transfer.core.models.lora import adaptable_names, target_problems
 from diffusion_transfer.core.weights import missing_weights
 from diffusion_transfer.core.models.scheduler_config import scheduler_config_problems
 from diffusion_transfer.pipelines.schedule import PROJECT_DEFAULT, resolve_schedule
 from diffusion_transfer.project.declared import declarations
+from diffusion_transfer.project.resolved import resolve_run
 from diffusion_transfer.project.schema import InvalidParametersError, ScheduleParams, parse, translation_for
 
 _METRIC_WEIGHTS = {
@@ -178,7 +181,31 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
                         f"; its UNet must take {space} and predict as many channels (twice with a learned variance)")
     scale = autoencoder_downscale(autoencoder) if autoencoder else 1
     return (problems + _size_problems(pipeline, unet, where, target, params, scale)
-            + _label_problems(unet, dataset, target))
+            + _label_problems(unet, dataset, target) + _adapter_problems(pipeline, unet, where, target, params))
+
+
+def _adapter_problems(pipeline, unet: dict[str, Any], where: str, target, params: dict[str, Any]) -> list[str]:
+    """Each run of the pipeline on this dataset whose ``train.adapter.target_modules``
+    do not work on the source model, built from its config on the meta device
+    (a model diffusers cannot build from its config is checked by the node, on the loaded model)."""
+    used = {i.split(".", 1)[1] for n in pipeline.nodes for i in n.inputs if i.startswith("params:methods.")}
+    methods = params.get("methods") or {}
+    runs = [resolve_run({"name": m, **methods[m]}, target.params, params.get("train") or {})
+            for m in sorted(used & set(methods))]
+    runs = [run for run in runs if run.adapter is not None]
+    if not runs:
+        return []
+    try:
+        model = meta_unet(unet)
+    except Exception:  # noqa: BLE001 - diffusers rejects the config: unet_folder_problems names it
+        return []
+    problems = []
+    for run in runs:
+        found = target_problems(model, run.adapter.target_modules)
+        if found:
+            problems.append(f"train.adapter.target_modules (run {run.name}) on {where}: {'; '.join(found)}. Set it "
+                            f"to layers LoRA can adapt in this model: {', '.join(adaptable_names(model))}")
+    return problems
 
 
 def _schedule_problems(dataset, scheduler: dict[str, Any] | None, params: dict[str, Any], where: str) -> list[str]:

@@ -38,6 +38,8 @@ class Run:
     train_settings: dict[str, Any]
     #: samples during training (``{"every", "n", "steps"}``), None when off; they change no weight
     samples: dict[str, int] | None = None
+    #: ``train.adapter`` built (``core.models.lora.LoraSpec``); None: no adapter (docs/LORA.md)
+    adapter: Any = None
 
     @property
     def name(self) -> str:
@@ -73,7 +75,12 @@ def resolve_run(method: S.MethodParams | dict, dataset: S.DatasetParams | dict, 
                 f"train (with methods.{m.name}.train and datasets.{d.name}.train"
                 + (f" and datasets.{d.name}.method_overrides.{m.name}.train)" if run_train else ")"))
     settings = t.run_config()
-    return Run(m.name, d.name, hyper, TrainConfig(**settings), settings, t.sample_settings())
+    loop = TrainConfig(**{k: v for k, v in settings.items() if k != "adapter"})
+    try:
+        adapter = t.adapter.build() if t.adapter else None
+    except ValueError as err:
+        raise S.InvalidParametersError(f"Invalid parameters in 'train.adapter' (run {m.name}_{d.name}): {err}") from None
+    return Run(m.name, d.name, hyper, loop, settings, t.sample_settings(), adapter)
 
 
 def check_method_builds(run: Run, schedule: NoiseSchedule | None = None) -> None:
@@ -81,10 +88,17 @@ def check_method_builds(run: Run, schedule: NoiseSchedule | None = None) -> None
     invalid hyperparameter stops the run now; the node builds it again on
     the source model's own schedule, which only the loaded model knows."""
     try:
-        build_method(run.method, run.hyperparameters, schedule or make_schedule())
+        spec = build_method(run.method, run.hyperparameters, schedule or make_schedule())
     except (TypeError, ValueError) as err:
         raise S.InvalidParametersError(f"Invalid parameters in 'methods.{run.method} (with datasets.{run.dataset}"
                                        f".method_overrides)': {err}") from None
+    if run.adapter is not None and spec.init == "random":
+        raise S.InvalidParametersError(
+            f"Invalid parameters in 'train.adapter' (run {run.name}, with methods.{run.method}.train and "
+            f"datasets.{run.dataset}.train): {run.method} trains every weight from a random init, and an adapter "
+            "would freeze that random base and train only low-rank updates on it. Remove the adapter for "
+            f"{run.method}: 'methods.{run.method}.train.adapter: null' (conf/base sets it), or "
+            f"'datasets.{run.dataset}.method_overrides.{run.method}.train.adapter: null' where the dataset sets one")
 
 
 class TrainingRuns(Mapping[str, Run]):

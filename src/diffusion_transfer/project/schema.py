@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, create_model, field_validator
+from pydantic import ConfigDict, Field, create_model, field_validator, model_validator
 
 from diffusion_transfer.core.methods import method_names
+from diffusion_transfer.core.methods.registry import ADAPTER_TYPES
+from diffusion_transfer.core.models.lora import DEFAULT_RANK, DEFAULT_TARGET_MODULES
 from diffusion_transfer.core.training import TrainConfig
 from diffusion_transfer.core.translation.registry import TRANSLATORS, translator
 from diffusion_transfer.core.translation.variants import resolve_options
@@ -21,7 +23,7 @@ from diffusion_transfer.project.schema_domains import CurateParams, DatasetParam
 from diffusion_transfer.project.schema_studies import StudyParams
 
 # Re-exported: nodes and the rest of the project import parameter types from here.
-__all__ = ["AugmentationParams", "ClassLabel", "ClassifierParams", "ConditionParams", "ConvertParams", "CurateParams",
+__all__ = ["AdapterParams", "AugmentationParams", "ClassLabel", "ClassifierParams", "ConditionParams", "ConvertParams", "CurateParams",
            "DatasetParams", "EvaluationParams", "InvalidParametersError", "MethodParams", "SamplingParams",
            "ScheduleParams", "SourceParams", "StudyParams", "TrainParams", "TranslationParams", "parse", "sampling_for",
            "translation_for"]
@@ -39,6 +41,47 @@ class ScheduleParams(StrictParams):
     prediction_type: Literal["epsilon", "v_prediction", "sample"] | None = None
 
 
+class AdapterParams(StrictParams):
+    """``train.adapter``: train a low-rank adapter on the base UNet's own
+    layers instead of the layers themselves (docs/LORA.md). ``type`` names an
+    adapter of the registry (``core/methods/registry.py``: ``lora``); the
+    defaults are diffusers' LoRA training examples' (rank 4, alpha = rank,
+    dropout 0, the attention projections)."""
+
+    type: str
+    rank: int = DEFAULT_RANK
+    #: the update is scaled by alpha / rank; null: alpha = rank
+    alpha: float | None = Field(None, gt=0, allow_inf_nan=False)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    #: peft's matching: a module whose name is, or ends with '.' + , one of them
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in ADAPTER_TYPES:
+            raise ValueError(f"unknown adapter type {value!r}; known: {sorted(ADAPTER_TYPES)}")
+        return value
+
+    @field_validator("rank")
+    @classmethod
+    def _positive_rank(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"rank must be at least 1 (the inner size of the low-rank update B A; diffusers' "
+                             f"examples use {DEFAULT_RANK}), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _alpha_defaults_to_rank(self) -> "AdapterParams":
+        if self.alpha is None:
+            self.alpha = float(self.rank)
+        return self
+
+    def build(self):
+        """The core adapter spec (``core.models.lora.LoraSpec`` for ``lora``)."""
+        return ADAPTER_TYPES[self.type](**self.model_dump(exclude={"type"}))
+
+
 class TrainParams(TrainConfig):
     """``train`` and its overrides (``methods.<m>.train``, ``datasets.<d>.train``,
     ``datasets.<d>.method_overrides.<m>.train``): the core loop's own
@@ -50,12 +93,16 @@ class TrainParams(TrainConfig):
     sample_every: int | None = Field(None, ge=0, description="sample every this many steps; 0 or null: off")
     sample_n: int = Field(4, ge=1, description="fixed noises sampled each time")
     sample_steps: int = Field(10, ge=1, description="DDIM steps of those samples")
+    #: LoRA (docs/LORA.md); null: full fine-tuning, as the method defines it
+    adapter: AdapterParams | None = None
 
     def run_config(self) -> dict[str, Any]:
-        """The TrainConfig settings. The scale-out keys are left out at 1, so
-        checkpoint keys (and resumes) of single-process runs stay as they were."""
+        """The TrainConfig settings, and ``adapter`` when one is set. The
+        scale-out keys are left out at 1 and ``adapter`` when null, so
+        checkpoint keys (and resumes) of runs without them stay as they were."""
         scale = ("num_processes", "gradient_accumulation_steps")
-        return self.model_dump(exclude={k for k in scale if getattr(self, k) == 1} | set(_SAMPLE_KEYS))
+        unset = {k for k in scale if getattr(self, k) == 1} | ({"adapter"} if self.adapter is None else set())
+        return self.model_dump(exclude=unset | set(_SAMPLE_KEYS))
 
     def sample_settings(self) -> dict[str, int] | None:
         """``{"every", "n", "steps"}`` of the samples during training; None when off."""

@@ -63,7 +63,13 @@ def _parameter_lines(history: dict) -> list[str]:
         line += f"; added modules: {c['added_parameters']:,} ({100 * c['added_share']:.2f}%)"
     if c.get("attention_block_parameters"):
         line += f"; attention blocks: {c['attention_block_parameters']:,} ({100 * c['attention_block_share']:.2f}%)"
-    return [line + "."]
+    if "lora_parameters" in c:  # train.adapter (docs/LORA.md)
+        a = c["adapter"]
+        line += (f"; LoRA (rank {a['rank']}, alpha {a['alpha']:g}, dropout {a['dropout']:g}, on "
+                 f"{', '.join(a['target_modules'])}): {c['lora_parameters']:,} ({100 * c['lora_share']:.2f}%)")
+    lora = (history.get("saved_model") or {}).get("lora")
+    return [line + "."] + ([f"LoRA adapter ({lora['format']} format, merged into the saved model): "
+                            f"`{lora['folder']}`; loads onto the source model with `{lora['load']}`."] if lora else [])
 
 
 def _noise_schedule_lines(history: dict) -> list[str]:
