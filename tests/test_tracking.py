@@ -56,6 +56,40 @@ def test_bad_switch_values_name_the_setting(monkeypatch):
         tracking_enabled({"tracking": {"enabled": "yes please"}})
 
 
+def test_logging_the_model_can_be_turned_off_and_nothing_else_changes(tmp_path):
+    from diffusion_transfer.project.schema import InvalidParametersError
+    from diffusion_transfer.tracking.hook import TrackingHook, model_logging_enabled
+
+    assert model_logging_enabled({}) and model_logging_enabled({"tracking": {"enabled": True}})
+    assert not model_logging_enabled({"tracking": {"log_model": False}})
+    assert model_logging_enabled({"tracking": {"log_model": False}}, {"tracking": {"log_model": True}})
+    with pytest.raises(InvalidParametersError, match="'tracking.log_model'"):
+        model_logging_enabled({"tracking": {"log_model": "no"}})
+
+    class Logger:  # records what the hook hands on
+        calls: list = []
+
+        def log_model(self, *args):
+            self.calls.append(("model", args[0]))
+
+        def log_file(self, namespace, path):
+            self.calls.append(("file", namespace))
+
+    class Resolver:
+        config = {"sdft_aahq.finetuned_model": {"path": str(tmp_path)},
+                  "sdft_aahq.report": {"filepath": str(tmp_path / "report.md")}}
+
+    hook = TrackingHook()
+    hook._logger, hook._catalog = Logger(), type("Catalog", (), {"config_resolver": Resolver()})()
+    hook._model_config = lambda namespace: {}
+    hook.after_dataset_saved("sdft_aahq.finetuned_model", object())
+    assert Logger.calls == [("model", "sdft_aahq")]
+    hook._log_model = False
+    hook.after_dataset_saved("sdft_aahq.finetuned_model", object())
+    hook.after_dataset_saved("sdft_aahq.report", "text")
+    assert Logger.calls == [("model", "sdft_aahq"), ("file", "sdft_aahq")]
+
+
 # --- what is logged -------------------------------------------------------------------------
 
 

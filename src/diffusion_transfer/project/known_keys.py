@@ -32,7 +32,7 @@ USER_BLOCK = "user"
 #: Top-level blocks read by nodes without a schema model: their known keys.
 _PLAIN_BLOCKS: dict[str, set[str] | None] = {
     "paths": {"checkpoints", "features"},
-    "tracking": {"enabled"},
+    "tracking": {"enabled", "log_model"},
     "world": None,  # the world pipeline's own settings (pipelines/world), free-form
 }
 

@@ -78,6 +78,19 @@ def tracking_enabled(parameters: dict[str, Any], runtime_params: dict[str, Any] 
     return True
 
 
+def model_logging_enabled(parameters: dict[str, Any], runtime_params: dict[str, Any] | None = None) -> bool:
+    """``tracking.log_model`` (runtime ``--params`` first, then conf; default on):
+    whether a tracked run logs its fine-tuned model folder as an mlflow model."""
+    for source in (runtime_params or {}, parameters):
+        block = source.get("tracking")
+        if isinstance(block, dict) and "log_model" in block:
+            if not isinstance(block["log_model"], bool):
+                raise InvalidParametersError("Invalid parameters in 'tracking.log_model': expected true or false, "
+                                             f"got {block['log_model']!r}")
+            return block["log_model"]
+    return True
+
+
 def tracking_required() -> bool:
     """``DT_TRACKING=required``: a run that cannot be tracked stops before it starts."""
     return os.environ.get(ENV_SWITCH, "").strip().lower() == _REQUIRED
@@ -151,6 +164,7 @@ class TrackingHook:
         self._catalog: Any = None
         self._project = Path.cwd()
         self._sampling: dict[str, str] = {}
+        self._log_model = True
 
     @property
     def active(self) -> bool:
@@ -165,6 +179,7 @@ class TrackingHook:
         if not tracking_enabled(self._conf, getattr(loader, "runtime_params", None)):
             log.info("mlflow tracking is off (tracking.enabled / %s)", ENV_SWITCH)
             return
+        self._log_model = model_logging_enabled(self._conf, getattr(loader, "runtime_params", None))
         uri = tracking_uri(configured_uri(loader), self._project)
         if (unwritable := unwritable_store(uri, self._project)) is not None:
             folder, why = unwritable
@@ -253,7 +268,7 @@ class TrackingHook:
             return
         namespace, leaf = _split(dataset_name)
         if namespace is not None and leaf == records.RUN_MODEL:
-            if (path := self._saved_path(dataset_name)) is not None:
+            if self._log_model and (path := self._saved_path(dataset_name)) is not None:
                 self._logger.log_model(namespace, path, data, self._model_config(namespace))
             return
         if namespace is not None and leaf in records.RUN_ARTIFACTS:
