@@ -85,6 +85,35 @@ def test_scratch_with_an_adapter_is_refused_with_the_key_that_removes_it():
     assert "'datasets.aahq.method_overrides.scratch.train.adapter: null'" in message
 
 
+def test_finetune_with_lora_resumes_and_leaves_the_source_model_as_it_came(tmp_path):
+    from diffusion_transfer.core.models import build_unet
+    from diffusion_transfer.core.models.lora import lora_layers
+    from diffusion_transfer.pipelines.finetune.nodes import finetune
+    from diffusion_transfer.project.resolved import run_inputs
+
+    tiny = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=8, norm_num_groups=4)
+    torch.manual_seed(0)
+    source = build_unet(tiny)
+    before = {k: v.clone() for k, v in source.state_dict().items()}
+    curated = {"images": torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8), "meta": {}}
+    train = {"steps": 2, "batch_size": 2, "checkpoint_every": 1}
+    lora = (*run_inputs({"name": "sdft"}, {"name": "toy"}, {**train, "adapter": {"type": "lora", "rank": 2}}), {},
+            str(tmp_path))
+    first, history = finetune(source, curated, *lora)  # SDFT + LoRA on the source model itself
+    assert not lora_layers(source) and source.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in source.state_dict().items())
+    assert all(p.requires_grad for p in source.parameters())  # its flags too: a later full run trains it
+    assert not lora_layers(first) and first.state_dict().keys() == before.keys()  # merged: a plain UNet
+    again, resumed = finetune(source, curated, *lora)
+    assert resumed["resumed_from_step"] == 2 and resumed["checkpoint_dir"] == history["checkpoint_dir"]
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    _, plain = finetune(source, curated, *run_inputs({"name": "sdft"}, {"name": "toy"}, train), {}, str(tmp_path))
+    assert plain["checkpoint_dir"] != history["checkpoint_dir"] and "adapter" not in plain["run"]["train"]
+    assert "lora" not in plain["saved_model"] and "lora_parameters" not in plain["parameters"]
+
+
 # --- through the command line ------------------------------------------------------------
 
 

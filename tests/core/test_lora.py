@@ -120,7 +120,8 @@ class _CheckedTeacher:
         return self.loss_fn(student, images, teacher=teacher, generator=generator)
 
 
-def test_sdft_with_lora_has_the_exact_source_as_teacher_and_holds_one_unet():
+@pytest.mark.parametrize("precision", ["no", "bf16"])  # bf16: the student under accelerate's autocast, not the view
+def test_sdft_with_lora_has_the_exact_source_as_teacher_and_holds_one_unet(precision):
     torch.manual_seed(0)
     source = build_unet(TINY)
     # The teacher before LoRA: the source in eval mode with requires_grad False (what train() makes of a
@@ -131,7 +132,8 @@ def test_sdft_with_lora_has_the_exact_source_as_teacher_and_holds_one_unet():
     lora_start = [p.detach().clone() for p in lora_parameters(student)]
     teacher = FrozenBaseView(student)
     loss = _CheckedTeacher(build_method("sdft", {}, SCHED).loss_fn, reference)
-    result = train(student, loss, _images(), _config(steps=4), teacher=teacher, progress=False)
+    result = train(student, loss, _images(), _config(steps=4, mixed_precision=precision), teacher=teacher,
+                   progress=False)
     assert loss.checked == 4  # before every step, the steps after the first with trained LoRA weights
     x, t = inputs(seed=99)
     assert torch.equal(_out(teacher, x, t), _out(reference, x, t))

@@ -199,8 +199,9 @@ class FrozenBaseView(nn.Module):
     ``model`` is held outside this module's tree (a plain attribute), so what
     ``train()`` does to a teacher (``.to(device).eval().requires_grad_(False)``)
     leaves the trained model as it is. Each call runs ``model`` without
-    gradients, in eval mode, with the adapters disabled, and puts its modules'
-    modes and adapters back. Other attributes (``config``, the scheduler
+    gradients, in eval mode, with the adapters disabled, in full precision
+    (outside the autocast accelerate wraps a mixed-precision student's forward
+    in), and puts its modules' modes and adapters back. Other attributes (``config``, the scheduler
     config, the latent codec, the class label) are ``model``'s."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -214,11 +215,18 @@ class FrozenBaseView(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model
         modes = [(m, m.training) for m in model.modules()]
+        # accelerate's mixed precision puts the student's forward under autocast and keeps the
+        # original as _original_forward: the source model ran in full precision, so the view does
+        patched = model.__dict__.get("forward") if "_original_forward" in model.__dict__ else None
         model.eval()
         try:
+            if patched is not None:
+                model.forward = model.__dict__["_original_forward"]
             with torch.no_grad(), adapters_disabled(model):
                 return model(*args, **kwargs)
         finally:
+            if patched is not None:
+                model.forward = patched
             for m, mode in modes:
                 m.training = mode
 

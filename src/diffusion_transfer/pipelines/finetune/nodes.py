@@ -61,7 +61,7 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
         spec = spec.with_classifier(classifier)
     config = run.train
     source_weights = _fingerprint(source_model.state_dict().values())  # before an adapter goes in
-    source_label = class_label_of(source_model)
+    as_it_came = class_label_of(source_model), [p.requires_grad for p in source_model.parameters()]
     cond = conditions["embeddings"].float() if conditions is not None else None
     if spec.conditional and cond is None:
         raise ValueError(f"method {run.method!r} is conditional but the pipeline gave it no conditions")
@@ -87,10 +87,8 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
     model = result.ema_model if result.ema_model is not None else result.model
     if run.adapter is not None:
         model = merged_copy(model)  # the LoRA folded into the base weights; its weights go to lora/ beside
-        if student is source_model:  # the source model as it came: its own layers and label
-            remove_lora(student)
-            if label is not None:
-                set_class_label(source_model, source_label)
+        if student is source_model:
+            _restore(source_model, *as_it_came)
     # The fine-tuned model keeps the schedule it was trained with (saved beside its config.json).
     attach_scheduler_config(model, {**(scheduler_config_of(source_model) or {}), **sched.scheduler_config()})
     # Where the catalog's "{run}.finetuned_model" saves it (conf/base/catalog.yml), for the report.
@@ -128,6 +126,15 @@ def _student(source_model, spec, run, dataset: DatasetParams, cond):
     if run.adapter is not None:
         add_lora(student, run.adapter, config.seed, where=f"train.adapter.target_modules (run {run.name})")
     return student, label
+
+
+def _restore(source_model, label: int | None, requires_grad: list[bool]) -> None:
+    """The source model as it came, after LoRA trained on it: its own layers, trainable flags and label."""
+    remove_lora(source_model)
+    for p, flag in zip(source_model.parameters(), requires_grad, strict=True):
+        p.requires_grad_(flag)
+    if class_label_of(source_model) != label:
+        set_class_label(source_model, label)
 
 
 def _checkpoint_key(run, sched, label, source_model, source_weights: bytes, curated: dict, cond, classifier):
