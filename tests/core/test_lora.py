@@ -61,10 +61,15 @@ def test_a_pixel_model_s_adapter_loads_back_with_peft_and_matches_the_trained_an
     peft_loaded = PeftModel.from_pretrained(UNet2DModel.from_pretrained(tmp_path / "source"), str(lora)).eval()
     torch.testing.assert_close(_out(peft_loaded, x, t), expected, **FLOAT32)
     torch.testing.assert_close(_out(load_unet(tmp_path / "model").eval(), x, t), expected, **FLOAT32)
-    # The merged weight by hand: W + (alpha / r) B A from the saved adapter's own tensors.
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     saved = load_file(str(lora / "adapter_model.safetensors"))
+    injected = inject_adapter_in_model(LoraConfig.from_pretrained(str(lora)),
+                                       UNet2DModel.from_pretrained(tmp_path / "source"))
+    assert not set_peft_model_state_dict(injected, saved).unexpected_keys
+    torch.testing.assert_close(_out(injected.eval(), x, t), expected, **FLOAT32)
+    # The merged weight by hand: W + (alpha / r) B A from the saved adapter's own tensors.
     key = "base_model.model.down_blocks.0.attentions.0.to_q"
     by_hand = source.down_blocks[0].attentions[0].to_q.weight + 1.5 * saved[f"{key}.lora_B.weight"] @ saved[
         f"{key}.lora_A.weight"]

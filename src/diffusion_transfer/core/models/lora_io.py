@@ -13,7 +13,8 @@ writes them into ``<model folder>/lora/``:
   ``StableDiffusionPipeline.save_lora_weights`` is) as diffusers'
   train_text_to_image_lora.py saves it; read by
   ``unet.load_lora_adapter(folder, prefix="unet", use_safetensors=True)``
-  or a pipeline's ``load_lora_weights(folder)``;
+  (a Stable Diffusion pipeline's ``load_lora_weights(folder)`` reads the same
+  file; diffusers 0.42's ``load_attn_procs`` reads Custom Diffusion only);
 - a ``UNet2DModel`` (no LoRA loader in diffusers 0.42): peft's format,
   ``adapter_config.json`` (``LoraConfig.save_pretrained``) and
   ``adapter_model.safetensors`` with the keys ``PeftModel.save_pretrained``
