@@ -73,6 +73,7 @@ from typing import Any
 
 import torch
 
+from ..models.text_to_image import text_conditioning_of
 from ..models.unet import model_output
 from ..schedule import NoiseSchedule, randn, sample_timesteps
 from .base import WEIGHTINGS, check_choice, check_float, per_sample_mse, timestep_weight
@@ -95,6 +96,9 @@ SDFT_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 AUX_INPUTS = ("independent", "shared")
+#: The prompt a text-to-image model's auxiliary input x_T is fed with (docs/METHODS.md, "SDFT on a
+#: text-to-image model"): the empty prompt (the default) or the batch's own captions.
+AUX_PROMPTS = ("empty", "caption")
 _TEACHER_DTYPES: dict[str, torch.dtype | None] = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -127,7 +131,9 @@ class SDFTLoss:
         teacher_dtype: str | torch.dtype | None = None,
         vlb_weight: float = VLB_WEIGHT,
         skip_distill_below: float = SKIP_DISTILL_BELOW,
+        aux_prompt: str = "empty",
     ) -> None:
+        self.aux_prompt = check_choice("aux_prompt", aux_prompt, AUX_PROMPTS)
         self.schedule = schedule
         self.vlb_weight = check_float("vlb_weight", vlb_weight)
         self.lambda_distill = check_float("lambda_distill", lambda_distill)
@@ -210,12 +216,14 @@ class SDFTLoss:
             return contextlib.nullcontext(), None
         return torch.autocast(device_type=device.type, dtype=dt), dt
 
-    def _teacher_rows(self, teacher: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _teacher_rows(self, teacher: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
+                      condition: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`teacher_eps`, or an empty batch without a forward when every row was skipped."""
-        return self.teacher_eps(teacher, x, t) if x.shape[0] else x.new_zeros(x.shape, dtype=torch.float32)
+        return self.teacher_eps(teacher, x, t, condition) if x.shape[0] else x.new_zeros(x.shape, dtype=torch.float32)
 
     @torch.no_grad()
-    def teacher_eps(self, teacher: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def teacher_eps(self, teacher: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
+                    condition: torch.Tensor | None = None) -> torch.Tensor:
         """eps^src(x, t) in float32, without gradients (converted from the
         teacher's output per ``schedule.prediction_type``)."""
         if teacher.training:
@@ -227,7 +235,7 @@ class SDFTLoss:
             if p is not None and p.dtype != x.dtype:
                 x_in = x.to(p.dtype)
         with ctx:
-            out = model_output(teacher, x_in, t)
+            out = model_output(teacher, x_in, t, condition)
         c = x.shape[1]
         if out.shape[1] == 2 * c:
             out = out[:, :c]
@@ -241,6 +249,7 @@ class SDFTLoss:
         images: torch.Tensor,
         teacher: torch.nn.Module | None = None,
         generator: torch.Generator | None = None,
+        condition: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         if teacher is None:
             raise ValueError("SDFT needs the frozen source model: pass it as teacher=")
@@ -260,10 +269,13 @@ class SDFTLoss:
         x_d, t_d, w_d = _take(x_t, keep_d), _take(t, keep_d), _take(w_distill, keep_d)
         x = torch.cat([x_t, x_a])
         tt = torch.cat([t, t_a])
+        c_a = self.aux_condition(student, condition, keep_a, x_a.shape[0])
+        c_t = None if condition is None else torch.cat([_take(condition, keep_d), c_a])
+        c_s = None if condition is None else torch.cat([condition, c_a])
         # Teacher first: run while the student's autograd graph is not yet held
         # in memory; measured ~15% faster per step on CPU than the other order.
-        eps_src = self._teacher_rows(teacher, torch.cat([x_d, x_a]), torch.cat([t_d, t_a]))  # ONE teacher forward
-        out = model_output(student, x, tt)  # ONE student forward over B + the kept auxiliary samples
+        eps_src = self._teacher_rows(teacher, torch.cat([x_d, x_a]), torch.cat([t_d, t_a]), c_t)  # ONE teacher forward
+        out = model_output(student, x, tt, c_s)  # ONE student forward over B + the kept auxiliary samples
         c = images.shape[1]
         pred = out[:, :c]  # native prediction (eps, v or x0)
         eps_s = self.schedule.eps_from_output(pred, x, tt)
@@ -282,9 +294,21 @@ class SDFTLoss:
             terms["vlb"] = vlb.detach()
         return {"loss": loss, **terms}
 
+    def aux_condition(self, student: torch.nn.Module, condition: torch.Tensor | None, keep: torch.Tensor | None,
+                      n: int) -> torch.Tensor | None:
+        """The condition of the ``n`` kept auxiliary inputs of a text-to-image
+        model: the empty prompt's hidden states, or each row's own caption."""
+        if condition is None:
+            return None
+        text = text_conditioning_of(student)
+        if self.aux_prompt == "caption" or text is None:
+            return _take(condition, keep)
+        return text.empty().to(condition.device, condition.dtype).expand(n, *condition.shape[1:])
+
     @property
     def params(self) -> dict[str, Any]:
         return {
+            "aux_prompt": self.aux_prompt,
             "lambda_distill": self.lambda_distill, "lambda_aux": self.lambda_aux,
             "gamma_distill": self.gamma_distill, "gamma_aux": self.gamma_aux, "k": self.k,
             "weighting": self.weighting, "min_snr_gamma": self.min_snr_gamma,

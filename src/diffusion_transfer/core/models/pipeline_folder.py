@@ -19,6 +19,7 @@ import torch
 
 from .latent import latent_codec_of
 from .scheduler_config import SCHEDULER_FILE, scheduler_config_of
+from .text_to_image import text_conditioning_of
 from .wrapping import attached, unwrap
 
 __all__ = ["INDEX_FILE", "attach_pipeline_index", "loading_line", "pipeline_index_of", "read_pipeline_index",
@@ -81,9 +82,13 @@ def write_pipeline_parts(model: torch.nn.Module, folder: Path) -> bool:
     if codec is not None:
         save_without_origin(codec.autoencoder, folder / codec.part)
         parts[codec.part] = ["diffusers", codec.kind]
+    text = text_conditioning_of(model)
+    if text is not None:  # a text-to-image model: its frozen text encoder and tokenizer (text_to_image.py)
+        parts.update(text.save(folder))
     if index is None:  # the parts alone, each loaded by its class (loading_line)
         return True
-    settings = {k: v for k, v in index.items() if k.startswith("_")}
+    # the index's settings (requires_safety_checker) and the components it saved as null (safety_checker)
+    settings = {k: v for k, v in index.items() if k.startswith("_") or not isinstance(v, list) or v[-1] is None}
     settings["_diffusers_version"] = diffusers.__version__
     (folder / INDEX_FILE).write_text(json.dumps({**settings, **parts}, indent=2, sort_keys=True))
     return True

@@ -52,6 +52,8 @@ from .scheduler_config import (
     read_scheduler_config,
     write_scheduler_config,
 )
+from .text_to_image import attach_text_conditioning, is_text_to_image_folder, load_text_conditioning, \
+    text_conditioning_of
 from .wrapping import unwrap
 
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 #: What a Hub id's snapshot brings: a bare UNet repo's files, or a pipeline's used parts.
 HUB_PATTERNS = ["model_index.json", "config.json", "scheduler_config.json", "diffusion_pytorch_model.*",
-                "unet/*", "scheduler/*", "vqvae/*", "vae/*"]
+                "unet/*", "scheduler/*", "vqvae/*", "vae/*", "text_encoder/*", "tokenizer/*"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -127,6 +129,7 @@ def _how_to(source: str) -> str:
 
 
 def _load_folder(folder: Path) -> UNet2DModel:
+    pipeline = folder
     if not (folder / CONFIG_NAME).is_file() and (folder / "unet" / CONFIG_NAME).is_file():
         folder = folder / "unet"  # a pipeline folder: use its unet/ subfolder
     if not (folder / CONFIG_NAME).is_file():
@@ -142,9 +145,11 @@ def _load_folder(folder: Path) -> UNet2DModel:
         except Exception as exc:  # corrupt weights, mismatched config, ...
             raise ModelLoadError(f"could not load the UNet from {str(folder)!r}: {exc}") from exc
         if not has_class_context(unet):
+            if is_text_to_image_folder(pipeline):  # Stable Diffusion layout: the text encoder beside it
+                return unet
             raise ModelLoadError(f"{str(folder)!r} holds a UNet2DConditionModel whose context is not a class "
-                                 f"(no {CLASS_CONTEXT_KEY} in its config.json); text-conditional models are not "
-                                 "supported yet")
+                                 f"(no {CLASS_CONTEXT_KEY} in its config.json) and no text_encoder/ and "
+                                 "tokenizer/ beside it: give the whole Stable Diffusion pipeline folder")
         return freeze_class_context_bias(unet)
     try:
         # an improved-diffusion conversion: per-layer head counts diffusers' config cannot say, a frozen table
@@ -174,6 +179,10 @@ def _load_local(path: Path, text: str) -> torch.nn.Module:
         attach_latent_codec(model, load_latent_codec(path))
     except Exception as exc:
         raise ModelLoadError(f"could not load the autoencoder of {text!r}: {exc}") from exc
+    try:  # a text-to-image model: the frozen text encoder and tokenizer beside unet/
+        attach_text_conditioning(model, load_text_conditioning(path))
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the text encoder or tokenizer of {text!r}: {exc}") from exc
     if is_class_conditional(model):  # the label a fine-tuned model was trained with, or none bound yet
         set_class_label(model, read_class_label(path))
     return attach_pipeline_index(model, read_pipeline_index(path))
@@ -271,8 +280,15 @@ def model_output(
     model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The raw output tensor of ``model(x_t, t)`` (all channels); a
-    ``condition`` (e.g. ANL's CLIP embeddings) is passed as ``condition=``."""
-    out = model(x_t, t) if condition is None else model(x_t, t, condition=condition)
+    ``condition`` is passed as ``condition=`` (ANL's CLIP embeddings) or, to
+    a text-to-image model, as ``encoder_hidden_states=`` (the text encoder's
+    hidden states of a prompt per sample, core/models/text_to_image.py)."""
+    if condition is None:
+        out = model(x_t, t)
+    elif text_conditioning_of(model) is not None:
+        out = model(x_t, t, encoder_hidden_states=condition.to(x_t.dtype))
+    else:
+        out = model(x_t, t, condition=condition)
     return out.sample if hasattr(out, "sample") else out
 
 
