@@ -55,3 +55,13 @@ def test_a_text_conditional_layout_names_its_text_encoder_and_the_unet(folders):
     problems = unsupported_parts(folders / "sd")
     assert problems[0] == "it has a text encoder (text_encoder/)"
     assert any("UNet2DConditionModel" in p for p in problems) and any("cross_attention_dim 8" in p for p in problems)
+
+
+def test_a_whole_stable_diffusion_folder_is_a_supported_text_to_image_model(tmp_path):
+    """Issue 34: text_encoder/ and tokenizer/ beside a cross-attention UNet and vae/ are used, not refused."""
+    from diffusion_transfer.core.models.folder_check import is_text_to_image_model, unet_folder_problems
+    from tests.core._sd_helpers import tiny_sd_folder
+
+    folder = tiny_sd_folder(tmp_path / "sd", tmp_path)
+    assert is_text_to_image_model(folder)
+    assert unsupported_parts(folder) == [] and unet_folder_problems(folder) == []

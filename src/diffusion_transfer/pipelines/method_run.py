@@ -13,9 +13,16 @@ from kedro.pipeline import Pipeline
 
 from diffusion_transfer.core.methods import METHODS
 from diffusion_transfer.pipelines.evaluate.pipeline import create_evaluate_pipeline
-from diffusion_transfer.pipelines.finetune.pipeline import create_finetune_pipeline
-from diffusion_transfer.pipelines.report.pipeline import create_report_pipeline
-from diffusion_transfer.pipelines.sample.pipeline import create_sample_pipeline, create_source_sampling_pipeline
+from diffusion_transfer.pipelines.finetune.pipeline import (
+    create_finetune_pipeline,
+    create_text_to_image_finetune_pipeline,
+)
+from diffusion_transfer.pipelines.report.pipeline import create_report_pipeline, create_text_to_image_report_pipeline
+from diffusion_transfer.pipelines.sample.pipeline import (
+    create_sample_pipeline,
+    create_source_sampling_pipeline,
+    create_text_to_image_sample_pipeline,
+)
 from diffusion_transfer.pipelines.translate.pipeline import (
     create_translate_pipeline,
     create_translation_inputs_pipeline,
@@ -56,5 +63,27 @@ def create_method_pipeline(method: str, dataset: str, source: dict[str, str], sa
             "params:evaluation": "params:evaluation",
             "params:paths.checkpoints": "params:paths.checkpoints",
             "params:translation": "params:translation",
+        },
+    )
+
+
+def create_text_to_image_method_pipeline(method: str, dataset: str, source: dict[str, str],
+                                         sampling: str) -> Pipeline:
+    """``{method}_{dataset}`` for a text-to-image source (issue 34): captions ->
+    fine-tune -> samples of both models -> report (no translation, no metrics yet)."""
+    template = (create_text_to_image_finetune_pipeline() + create_text_to_image_sample_pipeline()
+                + create_text_to_image_report_pipeline())
+    return Pipeline(
+        template,
+        namespace=f"{method}_{dataset}",
+        inputs={"source_model": source["source_model"], "noise_bank": source["noise_bank"],
+                "curated": f"{dataset}_curated", "curation_summary": f"{dataset}_curation_summary"},
+        parameters={
+            "params:method": f"params:methods.{method}",
+            "params:dataset": f"params:datasets.{dataset}",
+            "params:train": "params:train",
+            "params:schedule": "params:schedule",
+            "params:sampling": sampling,
+            "params:paths.checkpoints": "params:paths.checkpoints",
         },
     )

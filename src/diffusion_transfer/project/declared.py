@@ -13,9 +13,11 @@ other.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffusion_transfer.core.models.text_to_image import is_text_to_image_folder
 from diffusion_transfer.datasets import ImageFolderDataset, UNetDataset
 from diffusion_transfer.project.schema import DatasetParams, InvalidParametersError, SourceParams, parse
 
@@ -75,6 +77,14 @@ class SourceDomain:
     def sampling_param(self) -> str:
         """The parameter its samplers read: ``sampling`` with this source's overrides (``resolved.py``)."""
         return sampling_param(self.name)
+
+    @property
+    def text_to_image(self) -> bool:
+        """Its model is a Stable Diffusion-layout folder (text encoder and
+        tokenizer beside a UNet; core/models/text_to_image.py): its runs are the
+        text-to-image template (pipelines/method_run.py)."""
+        model = self.params.model
+        return not is_catalog_name(model) and is_text_to_image_folder(Path(model).expanduser())
 
     @property
     def has_images(self) -> bool:

@@ -15,8 +15,9 @@ import click
 from diffusion_transfer.core.data.labels import read_labels
 from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
 from diffusion_transfer.core.models.latent import autoencoder_downscale
-from diffusion_transfer.core.models.folder_check import (config_class_labels, meta_unet, unet_folder_problems,
-                                                          unsupported_parts)
+from diffusion_transfer.core.methods.registry import text_to_image_methods
+from diffusion_transfer.core.models.folder_check import (config_class_labels, is_text_to_image_model, meta_unet,
+                                                          unet_folder_problems, unsupported_parts)
 from diffusion_transfer.core.models.lora import adaptable_names, target_problems
 from diffusion_transfer.core.weights import missing_weights
 from diffusion_transfer.core.models.scheduler_config import scheduler_config_problems
@@ -164,9 +165,13 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
     if Path(str(path)).is_dir() and (parts := unsupported_parts(path)):
         return [f"{where}: {'; '.join(parts)}. This project trains and samples UNet2DModel models, in pixel "
                 "space or in the latent space of a VQModel / AutoencoderKL, unconditional or with a class "
-                "embedding (conf/README.md, 'Which models work'); training this one without those parts would "
-                f"be silently wrong. Set sources.{target.source.name}.model to a supported model"]
+                "embedding, and text-to-image models in the Stable Diffusion layout (text_encoder/ and "
+                "tokenizer/ beside vae/ and a UNet2DConditionModel in unet/) (conf/README.md, 'Which models "
+                "work'); training this one without those parts would be silently wrong. Set "
+                f"sources.{target.source.name}.model to a supported model"]
     problems = [f"{where}: {p}" for p in (unet_folder_problems(path) if Path(str(path)).is_dir() else [])]
+    if Path(str(path)).is_dir() and is_text_to_image_model(path):
+        problems += _text_to_image_problems(pipeline, where)
     problems += _schedule_problems(dataset, scheduler, params, where)
     try:
         autoencoder = dataset.autoencoder_config() if hasattr(dataset, "autoencoder_config") else None
@@ -182,6 +187,16 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
     scale = autoencoder_downscale(autoencoder) if autoencoder else 1
     return (problems + _size_problems(pipeline, unet, where, target, params, scale)
             + _label_problems(unet, dataset, target) + _adapter_problems(pipeline, unet, where, target, params))
+
+
+def _text_to_image_problems(pipeline, where: str) -> list[str]:
+    """Each method of the run that does not train a text-to-image model yet (the method registry says which do)."""
+    used = sorted({i.split(".", 1)[1] for n in pipeline.nodes for i in n.inputs if i.startswith("params:methods.")})
+    supported = text_to_image_methods()
+    return [f"methods.{m}: {where} is a text-to-image model (Stable Diffusion layout: a UNet2DConditionModel "
+            f"with its text encoder and tokenizer), which {m} does not train yet; run one of "
+            f"{', '.join(f'{s}_<dataset>' for s in supported)} (full, or LoRA with train.adapter)"
+            for m in used if m not in supported]
 
 
 def _adapter_problems(pipeline, unet: dict[str, Any], where: str, target, params: dict[str, Any]) -> list[str]:

@@ -26,7 +26,8 @@ from diffusion_transfer.pipelines.convert.pipeline import create_pipeline as cre
 from diffusion_transfer.pipelines.curate.pipeline import create_curate_pipeline
 from diffusion_transfer.pipelines.domain_classifier.pipeline import create_classifier_pipeline
 from diffusion_transfer.pipelines.edit.pipeline import create_edit_pipeline
-from diffusion_transfer.pipelines.method_run import create_method_pipeline, create_source_pipeline
+from diffusion_transfer.pipelines.method_run import (create_method_pipeline, create_source_pipeline,
+                                                     create_text_to_image_method_pipeline)
 from diffusion_transfer.pipelines.sample.pipeline import create_source_sampling_pipeline
 from diffusion_transfer.pipelines.tables import SOURCE_RUN
 from diffusion_transfer.pipelines.world.pipeline import create_pipeline as create_world_pipeline
@@ -50,17 +51,20 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
             clf += create_source_sampling_pipeline(entries, target.source.prefix, sampling)
         pipelines[f"classifier_{name}"] = clf
         runs = []
+        bank = create_source_sampling_pipeline(entries, target.source.prefix, sampling).only_nodes_with_outputs(
+            entries["noise_bank"])
         for m in methods:
-            # every run needs the classifier: TAN trains with it, EGSDE translates with it
-            run = clf + source + create_method_pipeline(m, name, entries, sampling)
+            # every run needs the classifier: TAN trains with it, EGSDE translates with it; a text-to-image
+            # source's runs: captions, fine-tuning, samples and the report (the pre-run check names the methods)
+            run = (curation + bank + create_text_to_image_method_pipeline(m, name, entries, sampling)
+                   if target.source.text_to_image
+                   else clf + source + create_method_pipeline(m, name, entries, sampling))
             pipelines[f"{m}_{name}"] = run
             runs.append(run)
             # Asyrp text editing of the run's fine-tuned model, on demand (training f_t per
             # prompt is costly): it reads the model <m>_<name> wrote, or the pre-run check says so.
             pipelines[f"edit_{m}_{name}"] = create_edit_pipeline(m, name, entries)
         # ANL's own sampling experiments on the model anl_<name> wrote (app. A, Figs. 3, 7-16)
-        bank = create_source_sampling_pipeline(entries, target.source.prefix, sampling).only_nodes_with_outputs(
-            entries["noise_bank"])
         pipelines[f"anl_conditions_{name}"] = curation + bank + create_anl_conditions_pipeline(name, entries, sampling)
         if target.params.augmentation is not None:  # ANL Table 2 on that model, for a dataset with labels
             pipelines[f"anl_augment_{name}"] = curation + create_anl_augment_pipeline(name, target.raw_entry, sampling)

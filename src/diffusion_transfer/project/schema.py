@@ -126,6 +126,11 @@ class SamplingParams(StrictParams):
     #: Classifier-free guidance of a class-conditional model trained with a null
     #: label: eps_null + scale * (eps_label - eps_null); 1 is no guidance.
     guidance_scale: float = Field(1.0, ge=0)
+    #: A text-to-image model's prompts, one sample each, cycled over the noise
+    #: bank; null: the dataset's training captions, cycled.
+    prompts: list[str] | None = None
+    #: A text-to-image model's negative prompt under guidance ("" : the empty prompt, diffusers' default).
+    negative_prompt: str = ""
 
 
 class EvaluationParams(StrictParams):

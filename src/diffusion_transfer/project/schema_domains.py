@@ -95,6 +95,10 @@ class DatasetParams(StrictParams):
     editing: dict[str, Any] = Field(default_factory=dict)
     #: ANL Table 2's semi-supervised augmentation (``anl_augment_<name>``, schema_augment.py); null: none.
     augmentation: AugmentationParams | None = None
+    #: A text-to-image source (Stable Diffusion layout): one prompt for every
+    #: image (DreamBooth style), used where the folder has no ``metadata.jsonl``
+    #: (diffusers' image-folder captions: ``file_name`` and ``text`` per line).
+    instance_prompt: str | None = None
 
 
 class SourceParams(StrictParams):

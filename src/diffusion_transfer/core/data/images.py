@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 #: Sidecar files written next to images (FaceWorld records, world metadata);
 #: never listed as images nor as skipped files.
-SIDECAR_NAMES: frozenset[str] = frozenset({"attributes.jsonl", "world.json"})
+SIDECAR_NAMES: frozenset[str] = frozenset({"attributes.jsonl", "world.json", "metadata.jsonl"})
 
 _RESAMPLE = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0  # box-reduce first, then Lanczos: fast and alias-free

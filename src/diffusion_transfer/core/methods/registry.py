@@ -23,7 +23,8 @@ from .naive import DenoisingLoss
 from .sdft import SDFT_PAPER_DEFAULTS, SDFTLoss
 from .tan import TANLoss, prepare_tan
 
-__all__ = ["ADAPTER_TYPES", "METHODS", "MethodInfo", "build_method", "expand_preset", "method_names"]
+__all__ = ["ADAPTER_TYPES", "METHODS", "MethodInfo", "build_method", "expand_preset", "method_names",
+           "run_supports_text", "text_to_image_methods"]
 
 
 def _build_scratch(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
@@ -92,6 +93,8 @@ class MethodInfo:
     #: the hyperparameters it accepts, for the closest match to a misspelt one
     loss: type = DenoisingLoss
     own_keys: tuple[str, ...] = ()
+    #: trains a text-to-image (Stable Diffusion layout) source on its captions' hidden states (issue 34)
+    text_to_image: bool = False
 
     def accepted(self) -> set[str]:
         names = inspect.signature(self.loss.__init__).parameters
@@ -101,8 +104,9 @@ class MethodInfo:
 
 METHODS: dict[str, MethodInfo] = {info.name: info for info in (
     MethodInfo("scratch", _build_scratch),
-    MethodInfo("naive", _build_naive),
-    MethodInfo("sdft", _build_sdft, presets=SDFT_PAPER_DEFAULTS, loss=SDFTLoss, own_keys=("variant",)),
+    MethodInfo("naive", _build_naive, text_to_image=True),
+    MethodInfo("sdft", _build_sdft, presets=SDFT_PAPER_DEFAULTS, loss=SDFTLoss, own_keys=("variant",),
+               text_to_image=True),
     MethodInfo("attn", _build_attn),
     MethodInfo("a3ft", _build_a3ft, own_keys=("scaling_hidden",)),
     MethodInfo("anl", _anl_builder("anl"), conditional=True, own_keys=("hidden_mult",)),
@@ -122,6 +126,15 @@ _UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
 def method_names() -> list[str]:
     """Every method, in the order of the comparison tables."""
     return list(METHODS)
+
+
+def text_to_image_methods() -> list[str]:
+    """The methods that train a text-to-image source model, in table order."""
+    return [name for name, info in METHODS.items() if info.text_to_image]
+
+
+def run_supports_text(name: str) -> bool:
+    return name in METHODS and METHODS[name].text_to_image
 
 
 def build_method(name: str, params: dict[str, Any] | None, schedule: NoiseSchedule) -> Method:

@@ -15,6 +15,7 @@ import torch
 
 from diffusion_transfer.core.models.class_labels import CLASS_CONTEXT_KEY
 from diffusion_transfer.core.models.latent import AUTOENCODER_FOLDERS
+from diffusion_transfer.core.models.text_to_image import TEXT_PARTS, is_text_to_image_folder
 from diffusion_transfer.core.models.unet import CONFIG_NAME, WEIGHT_NAMES
 
 _FIX = "copy the model folder again (config.json and the weights written together by save_pretrained)"
@@ -45,7 +46,9 @@ def unet_folder_problems(path: str | Path) -> list[str]:
     try:
         expected = config_shapes(config)
     except Exception as err:  # noqa: BLE001 - diffusers rejects the settings
-        return [f"{config_file} does not describe a diffusers UNet2DModel ({err}): {_FIX}"]
+        cls = config.get("_class_name") or "UNet2DModel"
+        return [f"{config_file} does not describe a diffusers {cls} that this diffusers version can build "
+                f"({err}): check its settings, or copy the model folder again if it was damaged"]
     common = sorted(set(shapes) & set(expected))
     if not common:
         return [f"{weights} holds none of the tensors {config_file} describes: they are not this model's weights"]
@@ -63,6 +66,18 @@ USED_PARTS = ("unet", "scheduler", *AUTOENCODER_FOLDERS)
 #: What an unused part is, by its folder name, when model_index.json does not say.
 _PART_KINDS = {"text_encoder": "a text encoder", "text_encoder_2": "a text encoder", "tokenizer": "a tokenizer",
                "image_encoder": "an image encoder", "safety_checker": "a safety checker"}
+#: A Stable Diffusion pipeline's parts that filter or describe its outputs, not the model: a
+#: text-to-image folder may keep them (they are not used, and not saved with the fine-tuned model).
+_OUTPUT_FILTERS = ("safety_checker", "feature_extractor")
+
+
+def is_text_to_image_model(path: str | Path) -> bool:
+    """A Stable Diffusion-layout folder this project trains: text_encoder/ and
+    tokenizer/ beside a UNet2DConditionModel that attends to a context."""
+    folder = Path(path)
+    config = _json_or_none(folder / "unet" / CONFIG_NAME)
+    return (is_text_to_image_folder(folder) and config is not None
+            and config.get("_class_name") == "UNet2DConditionModel" and config.get("cross_attention_dim") is not None)
 
 
 def unsupported_parts(path: str | Path) -> list[str]:
@@ -74,6 +89,8 @@ def unsupported_parts(path: str | Path) -> list[str]:
     is not a lookup table). Training it without them would silently be
     wrong, so each is named; empty for a model this project supports."""
     folder = Path(path)
+    text = is_text_to_image_model(folder)
+    used = (*USED_PARTS, *TEXT_PARTS, *_OUTPUT_FILTERS) if text else USED_PARTS
     found: dict[str, str] = {}
     index = folder / "model_index.json"
     if index.is_file():
@@ -82,11 +99,11 @@ def unsupported_parts(path: str | Path) -> list[str]:
         except ValueError as err:
             return [f"{index} is not valid JSON ({err})"]
         for name, spec in components.items():
-            if name.startswith("_") or name in USED_PARTS or not isinstance(spec, list) or spec[-1] is None:
+            if name.startswith("_") or name in used or not isinstance(spec, list) or spec[-1] is None:
                 continue  # settings, the parts used, and components saved as null
             found[name] = f"{_PART_KINDS.get(name, 'a component')} ({name}/: {spec[-1]})"
     for name, kind in _PART_KINDS.items():
-        if name not in found and (folder / name).is_dir():
+        if name not in found and name not in used and (folder / name).is_dir():
             found[name] = f"{kind} ({name}/)"
     problems = [f"it has {what}" for what in found.values()]
     for part, cls in AUTOENCODER_FOLDERS.items():
@@ -96,6 +113,8 @@ def unsupported_parts(path: str | Path) -> list[str]:
     unet = folder / "unet" / CONFIG_NAME if (folder / "unet" / CONFIG_NAME).is_file() else folder / CONFIG_NAME
     config = _json_or_none(unet)
     if config is not None and config_class_labels(config) and config.get("_class_name") == "UNet2DConditionModel":
+        return problems
+    if text:  # a Stable Diffusion layout: its UNet attends to the text encoder's hidden states
         return problems  # cross-attention to a one-hot class: the LDM ImageNet form (core/models/class_labels.py)
     if config is not None:
         cls = config.get("_class_name")

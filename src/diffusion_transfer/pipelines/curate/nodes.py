@@ -22,6 +22,7 @@ from diffusion_transfer.core.data.embeddings import (
     text_embeddings,
     zero_shot_probabilities,
 )
+from diffusion_transfer.core.data.captions import read_captions
 from diffusion_transfer.core.data.images import ImageFolderError, ingest_images
 from diffusion_transfer.core.data.selection import EmptyCurationError, few_shot_split
 from diffusion_transfer.datasets.folders import ImageFolder
@@ -105,13 +106,20 @@ def curate(folder: ImageFolder, clip: Any, source_model: Any, dataset: DatasetPa
     kept_names = result.kept_names
     curated = {
         "images": torch.from_numpy(images[kept_idx]),
-        "meta": {"names": kept_names, "records": records_for(folder, kept_names), "dataset": name},
+        "meta": {"names": kept_names, "records": records_for(folder, kept_names), "dataset": name,
+                 **_captions(folder, kept_names)},
     }
     reference = {
         "images": torch.from_numpy(images),
         "meta": {"names": names, "records": records_for(folder, names), "dataset": name},
     }
     return curated, reference, summary, sheet
+
+
+def _captions(folder: ImageFolder, names: list[str]) -> dict[str, list[str]]:
+    """The images' lines of the folder's metadata.jsonl (a text-to-image dataset), when it has one."""
+    captions = read_captions(folder.root) if getattr(folder, "source", "folder") == "folder" else {}
+    return {"captions": [captions.get(n) for n in names]} if captions else {}
 
 
 def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: DatasetParams) -> tuple[dict, dict, dict, Any]:

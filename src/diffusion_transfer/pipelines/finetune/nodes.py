@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 
+from diffusion_transfer.core.data.captions import captions_for
 from diffusion_transfer.core.data.embeddings import cached_embeddings
 from diffusion_transfer.core.data.images import to_tensor
 from diffusion_transfer.core.methods import build_method
+from diffusion_transfer.core.methods.registry import run_supports_text
 from diffusion_transfer.core.methods.a3ft import attention_blocks
 from diffusion_transfer.core.models.adapted import AdaptedUNet, parameter_counts
 from diffusion_transfer.core.models.adm_extras import computed_parts_like
@@ -28,6 +30,7 @@ from diffusion_transfer.core.models.lora_io import LORA_FOLDER, lora_loading_lin
 from diffusion_transfer.core.models.pipeline_folder import attach_pipeline_index, loading_line, pipeline_index_of
 from diffusion_transfer.core.models.unet import build_unet
 from diffusion_transfer.core.models.scheduler_config import attach_scheduler_config, scheduler_config_of
+from diffusion_transfer.core.models.text_to_image import text_conditioning_of
 from diffusion_transfer.core.provenance import environment_record
 from diffusion_transfer.core.training import train
 from diffusion_transfer.pipelines.model_space import bind_dataset_label, cached_latents, describe_model_space
@@ -63,6 +66,9 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
     source_weights = _fingerprint(source_model.state_dict().values())  # before an adapter goes in
     as_it_came = class_label_of(source_model), [p.requires_grad for p in source_model.parameters()]
     cond = conditions["embeddings"].float() if conditions is not None else None
+    if text_conditioning_of(source_model) is not None and (cond is None or not run_supports_text(run.method)):
+        raise ValueError(f"method {run.method!r} cannot train the text-to-image source model (the pipeline gave "
+                         "it no captions, or it does not support this kind)")
     if spec.conditional and cond is None:
         raise ValueError(f"method {run.method!r} is conditional but the pipeline gave it no conditions")
     student, label = _student(source_model, spec, run, dataset, cond)
@@ -77,7 +83,9 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
     ckpt_dir = Path(checkpoint_root) / run.name / key
     # The source model's samples: its own object, or with LoRA on it, the student without adapters.
     reference = FrozenBaseView(student) if student is source_model else source_model
-    sampler = training_sampler(record, config, student, reference, sched, cond, ckpt_dir)  # issue 17
+    # issue 17; not for a text-to-image model yet: its samples are the sample stage's, with its prompts
+    text = text_conditioning_of(source_model) is not None
+    sampler = None if text else training_sampler(record, config, student, reference, sched, cond, ckpt_dir)
     # A teacher view runs the student, whose bound label is the dataset's already.
     bind = teacher is source_model and label is not None
     with using_class_label(teacher, label) if bind else contextlib.nullcontext():
@@ -200,6 +208,20 @@ def trainable_report(student, source_model, method: str, adapter=None) -> dict[s
     counts["attention_block_parameters"] = n_attn
     counts["attention_block_share"] = n_attn / counts["base_parameters"] if counts["base_parameters"] else 0.0
     return counts
+
+
+def caption_conditions(curated: dict, source_model, dataset: DatasetParams) -> dict:
+    """A text-to-image model's training conditions: its frozen text encoder's
+    hidden states of each image's caption (metadata.jsonl, else
+    ``datasets.<name>.instance_prompt``), encoded once per run (the captions
+    are in the checkpoint key: finetune fingerprints the conditions)."""
+    text = text_conditioning_of(source_model)
+    if text is None:
+        raise ValueError(f"datasets.{dataset.name}: captions condition a text-to-image source model only")
+    names = list(curated["meta"]["names"])
+    found = {n: c for n, c in zip(names, curated["meta"].get("captions") or []) if c is not None}
+    captions = captions_for(names, found, dataset.instance_prompt, f"datasets.{dataset.name}.images")
+    return {"embeddings": text.encode(captions), "meta": {"captions": captions, "n": len(captions)}}
 
 
 def embed_conditions(curated: dict, clip, method: MethodParams, dataset: DatasetParams) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline, node
 
 from diffusion_transfer.core.methods.registry import MethodInfo
-from diffusion_transfer.pipelines.finetune.nodes import embed_conditions, finetune, finetune_guided
+from diffusion_transfer.pipelines.finetune.nodes import caption_conditions, embed_conditions, finetune, finetune_guided
 
 
 def create_finetune_pipeline(info: MethodInfo) -> Pipeline:
@@ -29,4 +29,17 @@ def create_finetune_pipeline(info: MethodInfo) -> Pipeline:
         ])
     return Pipeline([
         node(finetune, train_inputs, ["finetuned_model", "training_history"], name="finetune", tags=["train"]),
+    ])
+
+
+def create_text_to_image_finetune_pipeline() -> Pipeline:
+    """A text-to-image source (issue 34): the training captions' hidden states
+    condition training (naive, sdft; full or LoRA)."""
+    train_inputs = ["source_model", "curated", "params:method", "params:dataset", "params:train", "params:schedule",
+                    "params:paths.checkpoints"]
+    return Pipeline([
+        node(caption_conditions, ["curated", "source_model", "params:dataset"], "training_conditions",
+             name="encode_captions", tags=["train"]),
+        node(finetune, train_inputs + ["training_conditions"], ["finetuned_model", "training_history"],
+             name="finetune", tags=["train"]),
     ])

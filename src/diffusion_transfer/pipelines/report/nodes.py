@@ -204,3 +204,32 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
     report = "\n".join(lines) + "\n"
     grid = _pair_grid(source_samples["images"].numpy(), target_samples["images"].numpy())
     return report, grid, _loss_plot(history)
+
+
+def build_text_to_image_report(history: dict, curation_summary: dict, source_samples: dict,
+                               target_samples: dict) -> tuple[str, Image.Image, plt.Figure]:
+    """``report.md`` of a text-to-image run (issue 34): the samples of the
+    source and the fine-tuned model for the same prompts and noise, the
+    training and the saved model. Its metrics (FID against the target, CLIP
+    score, retention of absent concepts) are not computed yet, and it says so."""
+    run, m = history["run"], target_samples.get("meta") or {}
+    prompts = list(dict.fromkeys(m.get("prompts") or []))
+    lines = [f"# Report: {run['run']}", "",
+             f"Method **{run['method']}** on dataset **{run['dataset']}**, a text-to-image source model; "
+             f"{len(target_samples['images'])} samples per model from the same noise bank and prompts.", "",
+             "Metrics: not computed for text-to-image runs yet (FID against the target, CLIP score and the "
+             "retention of concepts absent from the training set are the next part of issue 34).", "",
+             "## Samples", "", "Top row: source model; bottom row: fine-tuned model, same noise and prompt.", "",
+             f"Sampler: {m.get('sampler')}, {m.get('steps')} steps, guidance scale {m.get('guidance_scale')}, "
+             f"negative prompt `{m.get('negative_prompt')!r}`. Prompts: "
+             + "; ".join(f"`{p}`" for p in prompts[:10]) + ("; ..." if len(prompts) > 10 else "") + ".", "",
+             "![source vs fine-tuned](samples_src_vs_trg.png)", "", "## Training", "",
+             f"Hyperparameters: `{run['hyperparameters']}`; steps {run['train']['steps']}, "
+             f"batch {run['train']['batch_size']}, lr {run['train']['lr']}, EMA {run['train']['ema_decay']}.",
+             f"Resumed from step: {history.get('resumed_from_step')}.", *_model_lines(history),
+             *([f"Trained at {environment_line(history['environment'])}."] if "environment" in history else []),
+             *_noise_schedule_lines(history), *_schedule_lines(history), *_parameter_lines(history), "",
+             "![loss curves](loss_curve.png)", "", "## Curation", "", _curation_line(curation_summary),
+             *skipped_file_lines(curation_summary)]
+    grid = _pair_grid(source_samples["images"].numpy(), target_samples["images"].numpy())
+    return "\n".join(lines) + "\n", grid, _loss_plot(history)

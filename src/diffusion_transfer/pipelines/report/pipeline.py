@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline, node
 
-from diffusion_transfer.pipelines.report.nodes import build_report
+from diffusion_transfer.pipelines.report.nodes import build_report, build_text_to_image_report
 from diffusion_transfer.pipelines.training_samples import training_samples_strip
 
 
@@ -18,5 +18,14 @@ def create_report_pipeline() -> Pipeline:
         node(build_report,
              ["metrics", "training_history", "curation_summary", "source_samples", "target_samples",
               "translation_metrics"],
+             ["report", "sample_grid", "loss_curve"], name="report", tags=["report"]),
+    ])
+
+
+def create_text_to_image_report_pipeline() -> Pipeline:
+    """A text-to-image run's ``report.md``: its samples and training, no metrics yet."""
+    return Pipeline([
+        node(build_text_to_image_report, ["training_history", "curation_summary", "source_prompt_samples",
+                                          "target_samples"],
              ["report", "sample_grid", "loss_curve"], name="report", tags=["report"]),
     ])

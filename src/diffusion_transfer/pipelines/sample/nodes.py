@@ -12,8 +12,12 @@ from diffusion_transfer.core.data.images import to_tensor, to_uint8
 from diffusion_transfer.core.methods.anl import image_conditions, masked_images, text_conditions
 from diffusion_transfer.core.models.adapted import AdaptedUNet
 from diffusion_transfer.core.models.class_labels import is_class_conditional
+from diffusion_transfer.core.models.pipeline_folder import pipeline_index_of
+from diffusion_transfer.core.models.scheduler_config import scheduler_config_of
+from diffusion_transfer.core.models.text_to_image import text_conditioning_of
 from diffusion_transfer.core.models.unet import learns_variance
 from diffusion_transfer.core.sampling import make_noise_bank
+from diffusion_transfer.core.sampling.text_to_image import diffusers_scheduler, sample_text_to_image
 from diffusion_transfer.project.schema import (
     DatasetParams,
     InvalidParametersError,
@@ -24,6 +28,7 @@ from diffusion_transfer.project.schema import (
 from diffusion_transfer.pipelines.generation import generate
 from diffusion_transfer.pipelines.model_space import describe_model_space, model_input_shape
 from diffusion_transfer.pipelines.schedule import model_schedule
+from diffusion_transfer.pipelines.utils import inference_setup
 
 
 def sampling_conditions(curated: dict, noise_bank: dict, clip, method: MethodParams,
@@ -104,3 +109,31 @@ def _text_image(text: str) -> Image.Image:
     img = Image.new("RGB", (8 * len(text) + 16, 24), "white")
     ImageDraw.Draw(img).text((8, 6), text, fill="black")
     return img
+
+
+def sample_text_to_image_model(model, noise_bank: dict, sampling: SamplingParams, conditions: dict) -> dict:
+    """A text-to-image model's samples, one per noise in the bank: prompt i
+    (``sampling.prompts``, else the training captions, cycled) under
+    classifier-free guidance (``sampling.guidance_scale`` against
+    ``sampling.negative_prompt``) with the model's own diffusers scheduler
+    (core/sampling/text_to_image.py), ``sampling.steps`` steps."""
+    text = text_conditioning_of(model)
+    prompts = list(sampling.prompts or conditions["meta"]["captions"])
+    n = len(noise_bank["noise"])
+    prompts = [prompts[i % len(prompts)] for i in range(n)]
+    scheduler = diffusers_scheduler(scheduler_config_of(model), (pipeline_index_of(model) or {}).get("scheduler",
+                                                                                                    [None])[-1])
+    device, _ = inference_setup(sampling.precision)
+    model.eval().to(device)
+    gen = torch.Generator().manual_seed(sampling.seed + 1)
+    negative = text.encode([sampling.negative_prompt])
+    out = []
+    for i in range(0, n, sampling.batch_size):
+        batch = prompts[i : i + sampling.batch_size]
+        x = noise_bank["noise"][i : i + len(batch)].to(device)
+        out.append(sample_text_to_image(model, scheduler, x, text.encode(batch), negative.expand(len(batch), -1, -1),
+                                        sampling.guidance_scale, sampling.steps, gen, sampling.eta).cpu())
+    meta = {"sampler": type(scheduler).__name__ + " (the model's scheduler)", "steps": sampling.steps,
+            "eta": sampling.eta, "guidance_scale": sampling.guidance_scale,
+            "negative_prompt": sampling.negative_prompt, "prompts": prompts, **describe_model_space(model)}
+    return {"images": torch.from_numpy(to_uint8(torch.cat(out))), "meta": meta}

@@ -12,6 +12,7 @@ from diffusion_transfer.pipelines.sample.nodes import (
     sample,
     sample_prompts,
     sample_target,
+    sample_text_to_image_model,
     sampling_conditions,
 )
 
@@ -42,4 +43,16 @@ def create_sample_pipeline(info: MethodInfo) -> Pipeline:
              tags=["sample"]),
         node(sample_prompts, ["finetuned_model", "noise_bank", "condition_clip", "params:method", "params:sampling",
                               "params:schedule"], "prompt_grid", name="sample_prompts", tags=["sample"]),
+    ])
+
+
+def create_text_to_image_sample_pipeline() -> Pipeline:
+    """A text-to-image run's samples: the source and the fine-tuned model on the
+    same noise and prompts (``sampling.prompts`` or the training captions)."""
+    inputs = ["noise_bank", "params:sampling", "training_conditions"]
+    return Pipeline([
+        node(sample_text_to_image_model, ["source_model", *inputs], "source_prompt_samples",
+             name="sample_source_prompts", tags=["sample"]),
+        node(sample_text_to_image_model, ["finetuned_model", *inputs], "target_samples", name="sample_finetuned",
+             tags=["sample"]),
     ])

@@ -1,0 +1,71 @@
+"""A user's text-to-image model in the Stable Diffusion layout, declared only
+in YAML (issue 34): a tiny ``StableDiffusionPipeline`` folder (tests/core/_sd_helpers.py)
+fine-tuned with SDFT + LoRA on captioned images through the real ``kedro run``,
+its LoRA loaded with ``StableDiffusionPipeline.load_lora_weights``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests._pipeline_helpers import _scratch_project
+from tests.core._sd_helpers import tiny_sd_folder
+from tests.test_own_data import _write_pngs, kedro
+
+CAPTIONS = ["a photo of a cat", "a red painting of a dog", "a blue cat", "a photo of a dog"]
+PARAMS = {
+    "sources": {"my_sd": {"model": "data/06_models/my_sd", "images": None}},
+    "datasets": {"mydata": {"source": "my_sd", "images": "data/01_raw/mydata", "curation": {}}},
+    "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_every": 1,
+              "adapter": {"type": "lora", "rank": 2}},
+    "sampling": {"n_samples": 2, "steps": 3, "batch_size": 2, "guidance_scale": 3.0, "negative_prompt": "blue"},
+}
+
+
+@pytest.fixture(scope="module")
+def sd_project(tmp_path_factory) -> Path:
+    proj = _scratch_project(tmp_path_factory.mktemp("sd"))
+    images = proj / "data" / "01_raw" / "mydata"
+    _write_pngs(images, 4, 24, seed=1)
+    (images / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"img_{i:03d}.png", "text": c}) + "\n"
+                                                   for i, c in enumerate(CAPTIONS)))
+    tiny_sd_folder(proj / "data" / "06_models" / "my_sd", tmp_path_factory.mktemp("tok"))
+    (proj / "conf" / "mydata").mkdir()
+    (proj / "conf" / "mydata" / "parameters.yml").write_text(yaml.safe_dump(PARAMS))
+    return proj
+
+
+@pytest.mark.slow
+def test_an_sd_folder_fine_tunes_with_sdft_and_lora_through_kedro_run(sd_project):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    done = kedro(sd_project, "run", "--pipeline=sdft_mydata", "--env=mydata")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = sd_project / "data" / "mydata"
+    report = (out / "08_reporting" / "sdft_mydata" / "report.md").read_text()
+    assert "Metrics: not computed for text-to-image runs yet" in report
+    assert "guidance scale 3.0" in report and "`a red painting of a dog`" in report
+    history = json.loads((out / "08_reporting" / "sdft_mydata" / "training_history.json").read_text())
+    assert {"diffusion", "distill", "aux"} <= set(history["history"][-1])
+    model_dir = out / "06_models" / "sdft_mydata" / "model"
+    # the fine-tuned pipeline and the source with the LoRA loaded give the same images
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    pipes = [StableDiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True),
+             StableDiffusionPipeline.from_pretrained(str(sd_project / "data" / "06_models" / "my_sd"),
+                                                     local_files_only=True)]
+    pipes[1].load_lora_weights(str(model_dir / "lora"))
+    images = [p(["a photo of a cat"], latents=x.clone(), num_inference_steps=3, guidance_scale=3.0,
+                output_type="pt").images for p in pipes]
+    torch.testing.assert_close(images[0], images[1], atol=1e-4, rtol=1e-4)
+
+
+def test_a_method_that_does_not_train_text_to_image_models_stops_before_compute(sd_project):
+    done = kedro(sd_project, "run", "--pipeline=a3ft_mydata", "--env=mydata")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    message = done.stderr[done.stderr.index("Error: "):]
+    assert "methods.a3ft:" in message and "is a text-to-image model (Stable Diffusion layout" in message
+    assert "sdft_<dataset>" in message and "copy the model folder again" not in message
