@@ -84,3 +84,41 @@ def test_sdft_with_lora_on_captions_saves_a_pipeline_and_a_lora_diffusers_loads(
     torch.testing.assert_close(_pipe_images(tuned, x), ours, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(_pipe_images(with_lora, x), ours, atol=1e-4, rtol=1e-4)
     assert (_pipe_images(plain, x) - ours).abs().max() > 1e-4  # the LoRA changed something
+
+
+def test_sdft_s_auxiliary_prompt_is_the_empty_prompt_by_default_or_the_captions(sd_folder):
+    source = load_unet(sd_folder)
+    text = text_conditioning_of(source)
+    schedule = make_schedule("scaled_linear", 1000, beta_start=0.00085, beta_end=0.012)
+    captions = text.encode(PROMPTS)
+    losses = {}
+    for prompt in ("empty", "caption"):
+        loss = build_method("sdft", {"aux_prompt": prompt, "skip_distill_below": 0}, schedule).loss_fn
+        cond = loss.aux_condition(source, captions, None, 2)
+        expected = text.encode([""]).expand(2, -1, -1) if prompt == "empty" else captions
+        torch.testing.assert_close(cond, expected)
+        student = add_lora(load_unet(sd_folder), LoraSpec(rank=2), seed=0)
+        with torch.no_grad():
+            for p in student.parameters():
+                if p.requires_grad:
+                    p.add_(0.05)
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+        out = loss(student, x, FrozenBaseView(student), torch.Generator().manual_seed(4), condition=captions)
+        losses[prompt] = out
+    assert torch.equal(losses["empty"]["distill"], losses["caption"]["distill"])  # same draws, same captions
+    assert not torch.equal(losses["empty"]["aux"], losses["caption"]["aux"])
+
+
+def test_captions_come_from_metadata_jsonl_or_the_instance_prompt(tmp_path):
+    import json
+
+    from diffusion_transfer.core.data.captions import CaptionError, captions_for, read_captions
+
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "a cat"}) + "\n")
+    found = read_captions(tmp_path)
+    assert captions_for(["a.png", "b.png"], found, "a photo", "datasets.d.images") == ["a cat", "a photo"]
+    with pytest.raises(CaptionError, match="1 training image\\(s\\) have no caption \\(b.png\\)"):
+        captions_for(["a.png", "b.png"], found, None, "datasets.d.images")
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png"}\n')
+    with pytest.raises(CaptionError, match="line 1 needs"):
+        read_captions(tmp_path)
