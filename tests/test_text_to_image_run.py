@@ -69,3 +69,23 @@ def test_a_method_that_does_not_train_text_to_image_models_stops_before_compute(
     message = done.stderr[done.stderr.index("Error: "):]
     assert "methods.a3ft:" in message and "is a text-to-image model (Stable Diffusion layout" in message
     assert "sdft_<dataset>" in message and "copy the model folder again" not in message
+
+
+def test_a_few_shot_split_keeps_the_captions_of_its_shots(tmp_path):
+    """The captions of metadata.jsonl travel with the curated images (full and few-shot datasets)."""
+    from types import SimpleNamespace
+
+    from diffusion_transfer.datasets.folders import ImageFolder
+    from diffusion_transfer.pipelines.curate.nodes import curate_few_shot
+    from diffusion_transfer.project.schema import DatasetParams
+    from tests._pipeline_helpers import _image_folder
+
+    root = _image_folder(tmp_path, 6).root
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"img_{i:03d}.png", "text": f"cat {i}"})
+                                                 + "\n" for i in range(5)))
+    folder = ImageFolder(root, sorted(p for p in root.iterdir() if p.suffix == ".png"))
+    model = SimpleNamespace(config=SimpleNamespace(sample_size=32))
+    curated = curate_few_shot(folder, model, DatasetParams(name="toy", kind="few_shot",
+                                                           curation={"n_shot": 3, "split_seed": 0}))[0]
+    names, captions = curated["meta"]["names"], curated["meta"]["captions"]
+    assert captions == [f"cat {int(n[4:7])}" if n != "img_005.png" else None for n in names]

@@ -151,7 +151,8 @@ def curate_few_shot(folder: ImageFolder, source_model: Any, dataset: DatasetPara
     sheet = contact_sheet(images[shot_idx], labels=shot_names, columns=min(10, len(shot_idx)),
                               title=f"{name}: {p.n_shot}-shot training set (split seed {p.split_seed})")
     curated = {"images": torch.from_numpy(images[shot_idx]),
-               "meta": {"names": shot_names, "records": records_for(folder, shot_names), "dataset": name}}
+               "meta": {"names": shot_names, "records": records_for(folder, shot_names), "dataset": name,
+                        **_captions(folder, shot_names)}}
     reference = {"images": torch.from_numpy(images[rest_idx]),
                  "meta": {"names": rest_names, "records": records_for(folder, rest_names), "dataset": name,
                           "role": "held-out reference (everything but the training shots)"}}
