@@ -89,3 +89,19 @@ def test_a_few_shot_split_keeps_the_captions_of_its_shots(tmp_path):
                                                            curation={"n_shot": 3, "split_seed": 0}))[0]
     names, captions = curated["meta"]["names"], curated["meta"]["captions"]
     assert captions == [f"cat {int(n[4:7])}" if n != "img_005.png" else None for n in names]
+
+
+def test_a_dataset_without_captions_stops_before_compute(sd_project):
+    import shutil
+
+    bare = sd_project / "data" / "01_raw" / "nocaptions"
+    if not bare.exists():
+        shutil.copytree(sd_project / "data" / "01_raw" / "mydata", bare)
+        (bare / "metadata.jsonl").unlink()
+    done = kedro(sd_project, "run", "--pipeline=naive_mydata", "--env=mydata",
+                 "--params=datasets.mydata.images=data/01_raw/nocaptions")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    message = done.stderr[done.stderr.index("Error: "):]
+    assert "datasets.mydata.images (data/01_raw/nocaptions) has no metadata.jsonl" in message
+    assert "datasets.mydata.instance_prompt is not set" in message
+    assert not (sd_project / "data" / "mydata" / "06_models" / "naive_mydata").exists()

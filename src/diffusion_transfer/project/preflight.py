@@ -15,6 +15,7 @@ import click
 from diffusion_transfer.core.data.labels import read_labels
 from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
 from diffusion_transfer.core.models.latent import autoencoder_downscale
+from diffusion_transfer.core.data.captions import CAPTIONS_FILE
 from diffusion_transfer.core.methods.registry import text_to_image_methods
 from diffusion_transfer.core.models.folder_check import (config_class_labels, is_text_to_image_model, meta_unet,
                                                           unet_folder_problems, unsupported_parts)
@@ -22,7 +23,7 @@ from diffusion_transfer.core.models.lora import adaptable_names, target_problems
 from diffusion_transfer.core.weights import missing_weights
 from diffusion_transfer.core.models.scheduler_config import scheduler_config_problems
 from diffusion_transfer.pipelines.schedule import PROJECT_DEFAULT, resolve_schedule
-from diffusion_transfer.project.declared import declarations
+from diffusion_transfer.project.declared import declarations, is_catalog_name
 from diffusion_transfer.project.resolved import resolve_run
 from diffusion_transfer.project.schema import InvalidParametersError, ScheduleParams, parse, translation_for
 
@@ -171,7 +172,7 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
                 f"sources.{target.source.name}.model to a supported model"]
     problems = [f"{where}: {p}" for p in (unet_folder_problems(path) if Path(str(path)).is_dir() else [])]
     if Path(str(path)).is_dir() and is_text_to_image_model(path):
-        problems += _text_to_image_problems(pipeline, where)
+        problems += _text_to_image_problems(pipeline, where) + _caption_problems(target)
     problems += _schedule_problems(dataset, scheduler, params, where)
     try:
         autoencoder = dataset.autoencoder_config() if hasattr(dataset, "autoencoder_config") else None
@@ -197,6 +198,20 @@ def _text_to_image_problems(pipeline, where: str) -> list[str]:
             f"with its text encoder and tokenizer), which {m} does not train yet; run one of "
             f"{', '.join(f'{s}_<dataset>' for s in supported)} (full, or LoRA with train.adapter)"
             for m in used if m not in supported]
+
+
+def _caption_problems(target) -> list[str]:
+    """A text-to-image dataset given as a folder has captions: its metadata.jsonl, or an instance prompt."""
+    d = target.params
+    if d.instance_prompt is not None or d.images is None or is_catalog_name(d.images):
+        return []
+    folder = Path(d.images).expanduser()
+    if not folder.is_dir() or (folder / CAPTIONS_FILE).is_file():
+        return []  # a missing folder is named by the input check
+    return [f"datasets.{d.name}.images ({d.images}) has no {CAPTIONS_FILE} and datasets.{d.name}.instance_prompt "
+            f"is not set: a text-to-image source trains on captions. Write one line per image "
+            f'({{"file_name": "img_000.png", "text": "a caption"}}) to {folder / CAPTIONS_FILE}, or set the '
+            "instance prompt (one prompt for every image)"]
 
 
 def _adapter_problems(pipeline, unet: dict[str, Any], where: str, target, params: dict[str, Any]) -> list[str]:
