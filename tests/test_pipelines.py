@@ -93,7 +93,9 @@ def test_sdft_aahq_smoke_run_end_to_end(smoke_run):
 
     env = history["environment"]
     assert env["torch"] == torch.__version__ and env["commit"] == "unknown (not a git checkout)" and env["device"]
-    assert f"Trained at commit unknown (not a git checkout) (torch {torch.__version__}, diffusers " in report
+    assert len(env["lock"]) == 12 or env["lock"] == "none"  # requirements.lock's digest, if the copy has one
+    assert (f"Trained at commit unknown (not a git checkout), lock {env['lock']} (torch {torch.__version__}, "
+            "diffusers ") in report
     # Attribute values absent from the curated set (AAHQ: men only) are reported with their retention.
     assert "woman" in metrics["training_set_attributes"]["absent_values"]["gender"]
     assert "## Attribute values absent from the training set" in report
