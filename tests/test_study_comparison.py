@@ -125,30 +125,37 @@ def test_compare_on_the_command_line_names_an_unknown_study(capsys):
     assert err.startswith("Error: no study 'nope'") and "naive_path_aahq" in err
 
 
-def test_seed_replicates_are_one_row_whose_error_is_the_replicates_spread(tmp_path):
-    """Three sdft seeds that scatter widely are not 'more', though each seed's
-    binomial error alone would call the same mean difference more."""
+def test_seed_replicates_are_one_row_whose_error_adds_the_replicates_spread(tmp_path):
+    """Three sdft seeds that scatter widely are not 'more', though the binomial
+    error alone would call the same mean difference more; replicates that agree
+    exactly still carry their noise bank's binomial error."""
     from diffusion_transfer.studies.compare import write_comparison
     from diffusion_transfer.studies.spec import Point
 
     def point(pipeline, seed):
         return Point("every", pipeline, {"train.seed": seed}, {"replicate": f"{seed}-1234", "pipeline": pipeline})
 
+    def binomial(p, n):
+        return math.sqrt(p * (1 - p) / n)
+
     naive = [point("naive_aahq", s) for s in (0, 1)]
     sdft = [point("sdft_aahq", s) for s in (0, 1, 2)]
     for p, fid, glasses in zip(naive, (150.0, 152.0), (0.1, 0.2)):
-        _done_point(tmp_path, p, fid, glasses, 0.0)
+        _done_point(tmp_path, p, fid, glasses, 0.02)
     for p, fid, glasses in zip(sdft, (200.0, 205.0, 210.0), (0.5, 0.9, 0.1)):
-        _done_point(tmp_path, p, fid, glasses, 0.0)
+        _done_point(tmp_path, p, fid, glasses, 0.06)
     md = write_comparison("every", {"every": (naive + sdft, tmp_path)}, "naive", tmp_path / "out").read_text()
     rows = json.loads((tmp_path / "out" / "comparison.json").read_text())["rows"]
     assert [(r["method"], r["replicates"]) for r in rows] == [("naive", 2), ("sdft", 3)]
     assert rows[1]["metrics"]["fid"] == pytest.approx(205.0) and rows[1]["replicate_sd"]["fid"] == pytest.approx(5.0)
     assert "| 2 | every: sdft_aahq (3 replicates) | sdft | 205.00 ± 5.00 |" in md
-    sdft_se = 0.4 / math.sqrt(3)  # sd of 0.5, 0.9, 0.1
-    naive_se = math.sqrt(0.005) / math.sqrt(2)  # sd of 0.1, 0.2
+    # glasses (30 source samples): the replicates' errors (sd 0.4 and sqrt(0.005)) with the binomial ones
+    sdft_se = math.hypot(0.4 / math.sqrt(3), binomial(0.5, 30))
+    naive_se = math.hypot(math.sqrt(0.005) / math.sqrt(2), binomial(0.15, 30))
     diff = 0.5 - 0.15
-    assert diff < 2 * math.hypot(sdft_se, naive_se)
-    assert "0.500 (0.150, +0.350)" in md  # not bold: within two standard errors of the replicates
-    # the same means as single runs (binomial errors of 30 glasses samples each) would be 'more'
-    assert diff > 2 * math.hypot(math.sqrt(0.5 * 0.5 / 30), math.sqrt(0.15 * 0.85 / 30))
+    assert 2 * math.hypot(binomial(0.5, 30), binomial(0.15, 30)) < diff < 2 * math.hypot(sdft_se, naive_se)
+    assert "0.500 (0.150, +0.350)" in md  # not bold
+    # woman (50 source samples): every replicate agrees (sd 0), 0.06 against 0.02 is two samples in 50
+    assert rows[1]["replicate_sd"]["retention_of_absent.gender"] == 0.0
+    assert 0.04 < 2 * math.hypot(binomial(0.06, 50), binomial(0.02, 50))
+    assert "0.060 (0.020, +0.040)" in md  # not bold: the shared noise bank's error remains

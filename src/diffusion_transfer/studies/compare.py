@@ -15,9 +15,9 @@ credited with what it might do there, so the reference's runs must be dense
 retention is above that by more than twice the standard error of the
 difference, so that one or two samples out of the few with the value decide
 nothing. Runs that differ only in their seed replicate (the ``replicate``
-axis) are one row: their mean, with the standard error of the replicates
-(sample sd / sqrt(n)); a run without replicates has the binomial standard error
-of its share.
+axis) are one row: their mean, whose standard error combines the replicates'
+(sample sd / sqrt(n)) with the binomial error of the share (the noise bank
+they share); a run without replicates has the binomial error alone.
 
 Writes ``<studies root>/<NAME>/``: ``comparison.md``, ``comparison.json`` and
 ``fid_vs_kept.png`` (one panel per absent attribute and their mean).
@@ -151,11 +151,15 @@ def compare_to_reference(rows: list[dict[str, Any]], reference: str, source_fid:
 
 
 def row_error(row: dict[str, Any], key: str, counts: dict[str, int]) -> float:
-    """The standard error of a row's ``key``: of its replicates where it has
-    two or more, else binomial (``retention_error``)."""
+    """The standard error of a row's ``key``: binomial (``retention_error``),
+    and for a row of replicates combined with theirs (sd / sqrt(n)). The
+    replicates of a study share one noise bank (``sampling.seed``), so their
+    spread is the training seeds' alone: the bank's own sampling noise is not
+    in it, and two replicates that agree exactly do not make an error of 0."""
+    binomial = retention_error(row["metrics"], key, counts)
     if key in row.get("replicate_errors", {}):
-        return row["replicate_errors"][key]
-    return retention_error(row["metrics"], key, counts)
+        return math.hypot(row["replicate_errors"][key], binomial)
+    return binomial
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
@@ -268,8 +272,9 @@ def write_comparison(name: str, studies: dict[str, tuple[list[Point], Path]], re
              f"The source (pretrained) model's FID: {source_fid:.2f}. Source samples with an absent value: "
              f"{denominators}.", "",
              f"Cells: the share kept, then ({reference}'s best share at an equal or better FID, the difference); "
-             "in bold where the difference is over two standard errors: of the seed replicates where a row has "
-             "two or more (their mean, FID ± its sample sd), else binomial of the row's samples. "
+             "in bold where the difference is over two standard errors: binomial of the row's samples, combined "
+             "with the seed replicates' (sd / sqrt(n)) where a row has two or more (their mean, FID ± its sample "
+             "sd). "
              f"{reference}'s runs include the source "
              "model, as step 0; no interpolation between them.", "",
              *summary(rows, attrs, reference), "", *comparison_table(rows, attrs, reference), "",
