@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_steps import load_model, time_interleaved  # noqa: E402
+from bench_steps import load_model, rss_kib, time_interleaved  # noqa: E402
 
 from diffusion_transfer.core.allocator import tune_malloc_at_startup  # noqa: E402
 from diffusion_transfer.core.methods import build_method  # noqa: E402
@@ -73,22 +73,15 @@ def build_step(variant: str, model: torch.nn.Module, batch: int, rank: int, devi
     return {"step": step, "params": sum(p.numel() for p in params), "ema": ema}
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def memory_child(args) -> dict:
     """One fresh process, one variant: its peak memory over two steps."""
     device = torch.device(args.device)
-    before = torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else _rss_kib("VmRSS") / 1024
+    before = torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else rss_kib("VmRSS") / 1024
     model, _ = load_model(args.model)
     run = build_step(args.memory_child, model, args.batch, args.rank, device)
     for _ in range(2):
         run["step"]()
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_kib("VmHWM") / 1024
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_kib("VmHWM") / 1024
     return {"peak_mb": peak, "training_mb": peak - before,
             "what": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM)"}
 

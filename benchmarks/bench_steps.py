@@ -148,7 +148,8 @@ def time_interleaved(runs: dict, warmup: int, repeats: int, device, clock=time.p
     return {k: statistics.median(ts) for k, ts in times.items()}
 
 
-def _rss_kib(field: str) -> int:
+def rss_kib(field: str) -> int:
+    """A memory field of this process from /proc/self/status (VmRSS, VmHWM), in KiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -162,10 +163,10 @@ def memory_child(args) -> dict:
     model.to(device).train()
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     run = build_run(args.memory_child, model, teacher, args.batch, args.px, device, sdft_params(args))
-    before = _rss_kib("VmRSS")
+    before = rss_kib("VmRSS")
     for _ in range(2):
         run["step"]()
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_kib("VmHWM") / 1024
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_kib("VmHWM") / 1024
     return {"peak_mb": peak, "step_mb": peak - (0 if device.type == "cuda" else before / 1024),
             "what": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM)"}
 

@@ -54,16 +54,8 @@ def create_method_pipeline(method: str, dataset: str, source: dict[str, str], sa
         namespace=f"{method}_{dataset}",
         inputs={**{s: s for s in shared}, **source, "curated": f"{dataset}_curated", "reference": f"{dataset}_reference",
                 "curation_summary": f"{dataset}_curation_summary", **extra_inputs},
-        parameters={
-            "params:method": f"params:methods.{method}",
-            "params:dataset": f"params:datasets.{dataset}",
-            "params:train": "params:train",
-            "params:schedule": "params:schedule",
-            "params:sampling": sampling,
-            "params:evaluation": "params:evaluation",
-            "params:paths.checkpoints": "params:paths.checkpoints",
-            "params:translation": "params:translation",
-        },
+        parameters={**_run_parameters(method, dataset, sampling), "params:evaluation": "params:evaluation",
+                    "params:translation": "params:translation"},
     )
 
 
@@ -78,12 +70,17 @@ def create_text_to_image_method_pipeline(method: str, dataset: str, source: dict
         namespace=f"{method}_{dataset}",
         inputs={"source_model": source["source_model"], "noise_bank": source["noise_bank"],
                 "curated": f"{dataset}_curated", "curation_summary": f"{dataset}_curation_summary"},
-        parameters={
-            "params:method": f"params:methods.{method}",
-            "params:dataset": f"params:datasets.{dataset}",
-            "params:train": "params:train",
-            "params:schedule": "params:schedule",
-            "params:sampling": sampling,
-            "params:paths.checkpoints": "params:paths.checkpoints",
-        },
+        parameters=_run_parameters(method, dataset, sampling),
     )
+
+
+def _run_parameters(method: str, dataset: str, sampling: str) -> dict[str, str]:
+    """The parameters every method run's template reads, mapped to the run's blocks."""
+    return {
+        "params:method": f"params:methods.{method}",
+        "params:dataset": f"params:datasets.{dataset}",
+        "params:train": "params:train",
+        "params:schedule": "params:schedule",
+        "params:sampling": sampling,
+        "params:paths.checkpoints": "params:paths.checkpoints",
+    }
