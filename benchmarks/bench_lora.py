@@ -35,9 +35,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_steps import load_model, rss_kib, time_interleaved  # noqa: E402
+from bench_steps import load_model, ran_as_memory_child, rss_kib, time_interleaved  # noqa: E402
 
-from diffusion_transfer.core.allocator import tune_malloc_at_startup  # noqa: E402
 from diffusion_transfer.core.methods import build_method  # noqa: E402
 from diffusion_transfer.core.models.lora import FrozenBaseView, LoraSpec, add_lora  # noqa: E402
 from diffusion_transfer.core.provenance import device_name  # noqa: E402
@@ -116,11 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--no-memory", action="store_true", help="time only (no child processes)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    tune_malloc_at_startup()  # as a Kedro run would (project/startup.py)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.memory_child:
-        print(json.dumps(memory_child(args)))
+    if ran_as_memory_child(args, memory_child):
         return {}
     device = torch.device(args.device)
     print(machine_line(device))

@@ -156,6 +156,18 @@ def rss_kib(field: str) -> int:
     return 0
 
 
+def ran_as_memory_child(args, measure) -> bool:
+    """Set the process up as a Kedro run would (malloc tuning, ``--threads``);
+    for ``--memory-child``, print ``measure(args)`` as JSON and say so."""
+    tune_malloc_at_startup()  # as a Kedro run would (project/startup.py)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        print(json.dumps(measure(args)))
+        return True
+    return False
+
+
 def memory_child(args) -> dict:
     """One process, one configuration: peak memory of a method's steps."""
     device = torch.device(args.device)
@@ -231,11 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     ap.add_argument("--px", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    tune_malloc_at_startup()  # as a Kedro run would (project/startup.py)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.memory_child:
-        print(json.dumps(memory_child(args)))
+    if ran_as_memory_child(args, memory_child):
         return 0
 
     model, what = load_model(args.model)
