@@ -17,6 +17,7 @@ from diffusion_transfer.core.models.lora import DEFAULT_RANK, DEFAULT_TARGET_MOD
 from diffusion_transfer.core.training import TrainConfig
 from diffusion_transfer.core.translation.registry import TRANSLATORS, translator
 from diffusion_transfer.core.translation.variants import resolve_options
+from diffusion_transfer.core.world.render import ATTRIBUTES
 from diffusion_transfer.project.schema_augment import AugmentationParams
 from diffusion_transfer.project.schema_base import ClassLabel, InvalidParametersError, StrictParams, parse
 from diffusion_transfer.project.schema_domains import CurateParams, DatasetParams, SourceParams
@@ -25,8 +26,8 @@ from diffusion_transfer.project.schema_studies import StudyParams
 # Re-exported: nodes and the rest of the project import parameter types from here.
 __all__ = ["AdapterParams", "AugmentationParams", "ClassLabel", "ClassifierParams", "ConditionParams", "ConvertParams", "CurateParams",
            "DatasetParams", "EvaluationParams", "InvalidParametersError", "MethodParams", "SamplingParams",
-           "ScheduleParams", "SourceParams", "StudyParams", "TrainParams", "TranslationParams", "parse", "sampling_for",
-           "translation_for"]
+           "ScheduleParams", "SourceParams", "StudyParams", "TextToImageEvaluationParams", "TrainParams",
+           "TranslationParams", "parse", "sampling_for", "translation_for"]
 
 
 class ScheduleParams(StrictParams):
@@ -133,6 +134,36 @@ class SamplingParams(StrictParams):
     negative_prompt: str = ""
 
 
+class AbsentConcept(StrictParams):
+    """A concept the training set lacks, prompted for in a text-to-image run
+    (issue 34): ``shows`` is what the attribute classifier must read for a
+    sample to show it, FaceWorld attribute -> accepted values (all must hold)."""
+
+    prompt: str = Field(min_length=1)
+    shows: dict[str, list[str]] = Field(min_length=1)
+
+    @field_validator("shows")
+    @classmethod
+    def _faceworld_values(cls, shows: dict[str, list[str]]) -> dict[str, list[str]]:
+        for attribute, values in shows.items():
+            if attribute not in ATTRIBUTES:
+                raise ValueError(f"{attribute!r} is not an attribute the classifier reads; use one of "
+                                 f"{', '.join(ATTRIBUTES)}")
+            wrong = [v for v in values if v not in ATTRIBUTES[attribute]]
+            if not values or wrong:
+                raise ValueError(f"{attribute} needs values among {', '.join(ATTRIBUTES[attribute])}, got {values}")
+        return shows
+
+
+class TextToImageEvaluationParams(StrictParams):
+    """``evaluation.text_to_image``: the metrics only a text-to-image run has
+    (docs/METRICS.md): retention of ``absent_prompts``, each sampled from the
+    first ``n_per_prompt`` noises of the bank by the source and the fine-tuned model."""
+
+    absent_prompts: list[AbsentConcept] = Field(default_factory=list)
+    n_per_prompt: int = Field(64, ge=1)
+
+
 class EvaluationParams(StrictParams):
     #: Feature space for FID/KID: Inception from a local TorchScript file, or the
     #: world CLIP image encoder (a substitute, labelled as such in the report).
@@ -164,6 +195,8 @@ class EvaluationParams(StrictParams):
     inception_score_weights: str | None = None
     #: IS is averaged over this many chunks of the samples (torch-fidelity's default).
     inception_score_splits: int = Field(10, ge=1)
+    #: Text-to-image runs: the prompts of concepts the training set lacks (issue 34).
+    text_to_image: TextToImageEvaluationParams = Field(default_factory=lambda: TextToImageEvaluationParams())
 
     def scores_inception(self, dataset: DatasetParams) -> bool:
         """Whether ``dataset``'s evaluation computes IS: its own flag, else ``inception_score``."""

@@ -1,6 +1,7 @@
-"""The evaluate node of the method template: the run's samples against the
+"""The evaluate nodes of the method template: the run's samples against the
 target's reference set (FID/KID, intra-LPIPS, CLIP and attribute metrics),
-and the Inception Score of each model's samples when it is on."""
+and the Inception Score of each model's samples when it is on; a
+text-to-image run's FID/KID, CLIP score and absent-concept retention."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from diffusion_transfer.core.metrics.fid import compute_fid_kid
 from diffusion_transfer.core.metrics.inception_score import extract_logits, inception_score
 from diffusion_transfer.core.metrics.intra_lpips import intra_lpips
 from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric
+from diffusion_transfer.core.metrics.text_to_image import clip_score, concept_rates, shows_concept
 from diffusion_transfer.core.world.classifier import predict_attributes
 from diffusion_transfer.core.world.render import ATTRIBUTES
 from diffusion_transfer.pipelines.evaluation import (
@@ -135,3 +137,93 @@ def _attribute_metrics(classifier, src: np.ndarray, trg: np.ndarray, curated: di
             pass
     return {"source": train_src, "frequencies": attr_metrics.attribute_frequencies(train_attrs),
             "absent_values": absent}
+
+
+def evaluate_text_to_image(source_samples: dict, target_samples: dict, source_absent: dict, finetuned_absent: dict,
+                           curated: dict, reference: dict, clip, classifier, evaluation: EvaluationParams,
+                           dataset: DatasetParams) -> dict[str, Any]:
+    """FID/KID and the CLIP score of both models' samples, and the retention
+    of the absent concepts; every number states which weights it ran on, and
+    the FaceWorld models on another dataset's images are labelled substitutes."""
+    ref = fid_reference(dataset, curated, reference)
+    ref_images = reference_subset(ref["images"].numpy(), evaluation.max_reference_images)
+    extractor = feature_extractor(evaluation, clip)
+    metrics: dict[str, Any] = {
+        "dataset": dataset.name, "kind": "text_to_image", "n_samples": int(len(target_samples["images"])),
+        "fid_reference": f"{dataset.fid_reference} set ({len(ref_images)} of {len(ref['images'])} images)"}
+    models: dict[str, dict[str, Any]] = {"source": {}, "finetuned": {}}
+    for key, samples in (("source", source_samples), ("finetuned", target_samples)):
+        imgs = samples["images"].numpy()
+        fk = compute_fid_kid(imgs, ref_images, extractor, ref_cache=Path(evaluation.cache_dir),
+                             batch_size=evaluation.batch_size)
+        score = clip_score(clip.encode_images, clip.encode_text, imgs, samples["meta"]["prompts"],
+                           evaluation.batch_size)
+        models[key].update(fid=fk["fid"], kid_x1e3=fk["kid_x1e3"], clip_score=score["clip_score"],
+                           clip_score_per_prompt=score["per_prompt"])
+    clip_sub, attr_sub = _is_world_clip(clip) and not dataset.attributes, not dataset.attributes
+    metrics.update(clip_score_substitute=clip_sub, attributes_substitute=attr_sub)
+    weights = {"fid_kid": extractor.weights, "clip_score": clip.weights_label + (_outside(dataset) if clip_sub else "")}
+    t2i, skipped = evaluation.text_to_image, []
+    k = int(source_absent["meta"].get("n_per_prompt", 0))
+    metrics[SHORTFALLS] = fewer_than_asked(
+        "evaluate", "evaluation.text_to_image.n_per_prompt", t2i.n_per_prompt if t2i.absent_prompts else None, k,
+        "samples per absent prompt", f"the noise bank has {k} noises (sampling.n_samples)")
+    if not t2i.absent_prompts:
+        skipped.append("absent-concept retention: off (evaluation.text_to_image.absent_prompts is empty)")
+    else:
+        metrics["absent_concepts"] = _absent_concepts(clip, classifier, source_absent, finetuned_absent, curated,
+                                                      evaluation, models, skipped)
+        if classifier is not None and evaluation.attributes:
+            weights["attributes"] = ATTRIBUTES_WEIGHTS + (_outside(dataset) if attr_sub else "")
+    metrics.update(models=models, weights=weights, skipped=skipped)
+    return metrics
+
+
+def _is_world_clip(clip) -> bool:
+    # deferred: core.world.clip imports open_clip (~1 s), which registering the pipelines does not need
+    from diffusion_transfer.core.world.clip import MODEL_NAME
+
+    return getattr(clip, "name", None) == MODEL_NAME
+
+
+def _outside(dataset: DatasetParams) -> str:
+    return (f" (substitute: a FaceWorld model on images outside FaceWorld, datasets.{dataset.name}.attributes: "
+            "false; its numbers say little about them)")
+
+
+def _absent_concepts(clip, classifier, source_absent: dict, finetuned_absent: dict, curated: dict,
+                     evaluation: EvaluationParams, models: dict[str, dict[str, Any]],
+                     skipped: list[str]) -> dict[str, Any]:
+    """Per absent prompt: the CLIP score of both models' samples and, with the
+    attribute classifier, the rates showing the concept and ``kept``; adds
+    the pixel runs' keys to ``models`` (``absent_concept_rate``,
+    ``retention_of_absent_concepts``) and returns the details."""
+    concepts, k = evaluation.text_to_image.absent_prompts, int(source_absent["meta"]["n_per_prompt"])
+    rows: dict[str, dict[str, Any]] = {c.prompt: {"shows": c.shows} for c in concepts}
+    for key, samples in (("source", source_absent), ("finetuned", finetuned_absent)):
+        score = clip_score(clip.encode_images, clip.encode_text, samples["images"].numpy(),
+                           samples["meta"]["prompts"], evaluation.batch_size)
+        for prompt, value in score["per_prompt"].items():
+            rows[prompt][f"{key}_clip_score"] = value
+    out: dict[str, Any] = {"n_per_prompt": k, "concepts": rows}
+    if classifier is None or not evaluation.attributes:
+        why = "evaluation.attributes: false" if not evaluation.attributes else "no attribute classifier"
+        skipped.append(f"absent-concept retention (attribute classifier): off ({why})")
+        return out
+    src = predict_attributes(classifier, source_absent["images"].numpy())
+    trg = predict_attributes(classifier, finetuned_absent["images"].numpy())
+    train = curated["meta"].get("records") or predict_attributes(classifier, curated["images"].numpy())
+    out["training_set"] = ("ground-truth FaceWorld records of the curated set" if curated["meta"].get("records")
+                           else "attribute classifier predictions on the curated set")
+    for j, c in enumerate(concepts):
+        rows[c.prompt].update(concept_rates(src[j * k:(j + 1) * k], trg[j * k:(j + 1) * k], c.shows),
+                              training_set_rate=sum(shows_concept(a, c.shows) for a in train) / len(train))
+    for key, attrs in (("source", src), ("finetuned", trg)):
+        models[key]["absent_face_rate"] = attr_metrics.face_rate(attrs)
+        models[key]["absent_concept_rate"] = {p: r[f"{key}_rate"] for p, r in rows.items()}
+    kept = {p: r["kept"] for p, r in rows.items() if r["kept"] is not None}
+    models["finetuned"]["retention_of_absent_concepts"] = {**kept, **({"mean": sum(kept.values()) / len(kept)}
+                                                                      if kept else {})}
+    if not kept:  # e.g. no source sample reads as a face showing a concept: nothing to keep
+        skipped.append("absent-concept kept: no source sample shows a prompted concept")
+    return out
