@@ -2,7 +2,12 @@
 Diffusion Models with Limited Data"), and its ablation ``attn``.
 
 * ``attn`` -- every parameter frozen except the UNet's attention blocks (the
-  paper's "attention block fine-tuning", ~10.3% of the parameters).
+  paper's "attention block fine-tuning", ~10.3% of the parameters). On a
+  text-to-image UNet it is the Custom Diffusion baseline (Kumari et al.,
+  "Multi-Concept Customization of Text-to-Image Diffusion", CVPR 2023)
+  instead: only the cross-attention layers train, their key and value
+  projections by default (``cross_attention: kv``) or all of them
+  (``all``); :data:`CROSS_ATTENTION`.
 * ``a3ft`` -- the attention blocks plus a *time-aware adapter* in each
   attention block, placed between the attention and its output projection FF
   (the block's existing ``to_out[0]`` linear layer):
@@ -47,8 +52,20 @@ import torch
 from torch import nn
 
 from ..models.adapted import Adapter, AdaptedUNet, register_adapter
+from ..models.lora import limit_lora
+from ..models.text_to_image import text_conditioning_of
+from .base import check_choice
 
-__all__ = ["A3FTAdapter", "attention_blocks", "freeze_all_but_attention", "prepare_a3ft", "prepare_attn"]
+__all__ = ["A3FTAdapter", "CROSS_ATTENTION", "attention_blocks", "cross_attention_layers", "freeze_all_but_attention",
+           "prepare_a3ft", "prepare_attn"]
+
+#: ``methods.attn.cross_attention`` -> the layers of each cross-attention that ``attn`` trains on a
+#: text-to-image UNet (None: all of it). Custom Diffusion's ``--freeze_model``: "crossattn_kv" (its
+#: default) trains ``to_k`` and ``to_v``, "crossattn" ``to_q``, ``to_k``, ``to_v`` and ``to_out.0`` too,
+#: the whole of an SD cross-attention (huggingface/diffusers at 58eb52c,
+#: examples/custom_diffusion/train_custom_diffusion.py: ``train_kv = True``,
+#: ``train_q_out = False if args.freeze_model == "crossattn_kv" else True``).
+CROSS_ATTENTION: dict[str, tuple[str, ...] | None] = {"kv": ("to_k", "to_v"), "all": None}
 
 
 def attention_blocks(unet: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -56,6 +73,17 @@ def attention_blocks(unet: nn.Module) -> list[tuple[str, nn.Module]]:
     from diffusers.models.attention_processor import Attention
 
     return [(name, m) for name, m in unet.named_modules() if isinstance(m, Attention)]
+
+
+def cross_attention_layers(unet: nn.Module, which: str = "kv") -> list[str]:
+    """The names of the modules ``attn`` trains in a text-to-image UNet: in
+    each cross-attention (``attn2`` of diffusers' BasicTransformerBlock, the
+    ``Attention`` whose keys and values come from ``encoder_hidden_states``:
+    ``is_cross_attention``), the layers :data:`CROSS_ATTENTION` names, or
+    the whole module."""
+    parts = CROSS_ATTENTION[check_choice("cross_attention", which, tuple(CROSS_ATTENTION))]
+    names = [name for name, block in attention_blocks(unet) if block.is_cross_attention]
+    return names if parts is None else [f"{name}.{part}" for name in names for part in parts]
 
 
 def freeze_all_but_attention(unet: nn.Module) -> nn.Module:
@@ -178,9 +206,24 @@ class A3FTAdapter(Adapter):
         self.t_emb = None  # never keep a graph (or break deepcopy) between calls
 
 
-def prepare_attn(unet: nn.Module) -> nn.Module:
-    """``attn``: the UNet itself with only the attention blocks trainable."""
-    return freeze_all_but_attention(unet)
+def prepare_attn(unet: nn.Module, cross_attention: str = "kv") -> nn.Module:
+    """``attn``: the UNet itself with only the attention blocks trainable; on
+    a text-to-image UNet, only the cross-attention layers ``cross_attention``
+    selects (:func:`cross_attention_layers`), and a LoRA goes into those only
+    (``limit_lora``). ``cross_attention`` is ignored on other models: A3FT's
+    baseline trains their attention blocks whole (a class-context latent
+    UNet's cross-attention included)."""
+    if text_conditioning_of(unet) is None:
+        return freeze_all_but_attention(unet)
+    names = cross_attention_layers(unet, cross_attention)
+    if not names:
+        raise ValueError("this text-to-image UNet has no cross-attention: attn trains its cross-attention layers")
+    unet.requires_grad_(False)
+    for name in names:
+        unet.get_submodule(name).requires_grad_(True)
+    layers = "key and value projections" if cross_attention == "kv" else "layers"
+    return limit_lora(unet, names, f"attn trains only the cross-attention {layers} of a text-to-image model "
+                                   f"(methods.attn.cross_attention: {cross_attention})")
 
 
 def prepare_a3ft(unet: nn.Module, scaling_hidden: int = 64) -> AdaptedUNet:

@@ -17,6 +17,11 @@ attention's ``to_out[0]``) moves to the LoRA layer, so that the LoRA branch
 sees the input the base layer sees and the merged layer computes what the
 trained pair did; it moves back when the LoRA layer is taken out.
 
+A method that trains some layers only may keep the LoRA there
+(:func:`limit_lora`: ``attn`` on a text-to-image UNet, Custom Diffusion's
+cross-attention layers): :func:`add_lora` then targets the layers that match
+``target_modules`` inside those modules, by their full names.
+
 :class:`FrozenBaseView` is the model with its adapters disabled: the source
 model, exactly, without a second copy of its weights (SDFT's teacher).
 :func:`merged_copy` folds the LoRA into the base weights for saving, in a copy
@@ -28,9 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from diffusers.loaders.peft import PeftAdapterMixin
@@ -44,8 +50,8 @@ from .lora_io import LoraWeights, attach_lora_weights
 from .wrapping import unwrap
 
 __all__ = ["DEFAULT_RANK", "DEFAULT_TARGET_MODULES", "FrozenBaseView", "LoraSpec", "adaptable_names", "add_lora",
-           "base_unet", "has_lora", "lora_layers", "lora_parameters", "merged_copy", "remove_lora",
-           "target_problems"]
+           "LoraScope", "base_unet", "has_lora", "limit_lora", "lora_layers", "lora_parameters", "merged_copy",
+           "remove_lora", "target_problems"]
 
 #: The defaults of diffusers' LoRA training examples: examples/text_to_image/train_text_to_image_lora.py
 #: (``--rank`` 4; ``LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
@@ -58,6 +64,8 @@ ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 #: The attributes of a module that hold its forward hooks (moved with a wrapped layer).
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
                "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+#: The attribute of a UNet that holds its :class:`LoraScope` (set by :func:`limit_lora`).
+_SCOPE = "lora_scope"
 
 
 @dataclass(frozen=True)
@@ -105,11 +113,33 @@ def base_unet(model: nn.Module) -> nn.Module:
     return model.unet if isinstance(model, AdaptedUNet) else model
 
 
-def adaptable_names(unet: nn.Module) -> list[str]:
-    """The short names of the layers LoRA can adapt (``to_q``, ``conv1``, ``to_out.0`` ...), sorted."""
+@dataclass(frozen=True)
+class LoraScope:
+    """Where a method lets LoRA go: the modules ``names`` (and the layers
+    inside them); ``why`` says which they are, for the error raised when no
+    target lies there."""
+
+    names: tuple[str, ...]
+    why: str
+
+    def holds(self, name: str) -> bool:
+        return any(name == n or name.startswith(n + ".") for n in self.names)
+
+
+def limit_lora(unet: nn.Module, names: list[str] | tuple[str, ...], why: str) -> nn.Module:
+    """Let :func:`add_lora` put LoRA only inside the modules ``names`` of
+    ``unet`` (in place; returns ``unet``): the layers the method trains, so
+    that the LoRA replaces their training and nothing more."""
+    object.__setattr__(unet, _SCOPE, LoraScope(tuple(names), why))  # a plain attribute, like the attached parts
+    return unet
+
+
+def adaptable_names(unet: nn.Module, within: Callable[[str], bool] | None = None) -> list[str]:
+    """The short names of the layers LoRA can adapt (``to_q``, ``conv1``, ``to_out.0`` ...), sorted;
+    with ``within``, of those whose full name it accepts."""
     names = set()
     for name, module in unet.named_modules():
-        if isinstance(module, ADAPTABLE) and name:
+        if isinstance(module, ADAPTABLE) and name and (within is None or within(name)):
             parts = name.split(".")
             names.add(".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1])
     return sorted(names)
@@ -157,16 +187,33 @@ def add_lora(model: nn.Module, spec: LoraSpec, seed: int, where: str = "target_m
     if problems:
         raise ValueError(f"{where}: {'; '.join(problems)}. Layers LoRA can adapt in this model: "
                          f"{', '.join(adaptable_names(unet))}")
+    config = _scoped_config(unet, spec, where)
     unet.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):  # the gaussian init, reproducible, leaving the caller's stream alone
         torch.manual_seed(seed)
         if isinstance(unet, PeftAdapterMixin):
-            unet.add_adapter(spec.config())
+            unet.add_adapter(config)
         else:
-            inject_adapter_in_model(spec.config(), unet)
+            inject_adapter_in_model(config, unet)
     for _, layer in lora_layers(unet):
         _move_hooks(layer.get_base_layer(), layer)
     return model
+
+
+def _scoped_config(unet: nn.Module, spec: LoraSpec, where: str) -> LoraConfig:
+    """``spec``'s LoraConfig; on a UNet with a :class:`LoraScope`, targeting
+    by full name the layers inside the scope that ``target_modules`` matches."""
+    config = spec.config()
+    scope = getattr(unet, _SCOPE, None)
+    if not isinstance(scope, LoraScope):
+        return config
+    names = [name for name, m in unet.named_modules() if name and scope.holds(name) and isinstance(m, ADAPTABLE)
+             and check_target_module_exists(config, name)]
+    if not names:
+        raise ValueError(f"{where}: {scope.why}, and its LoRA goes into those layers only; none of "
+                         f"{list(spec.target_modules)} is one of them. Layers LoRA can adapt there: "
+                         f"{', '.join(adaptable_names(unet, scope.holds))}")
+    return dataclasses.replace(config, target_modules=names)
 
 
 def _move_hooks(source: nn.Module, target: nn.Module) -> None:
