@@ -15,14 +15,17 @@ from diffusion_transfer.core.io import payload_bytes, space_checked
 
 
 class UNetDataset(AbstractDataset[Any, Any]):
-    """A diffusers ``UNet2DModel`` in a ``save_pretrained`` folder (or a hub id
-    for loading). ``download_hint`` is added to the error when the folder is
-    missing (where the weights come from and what to put there)."""
+    """A diffusers ``UNet2DModel`` in a ``save_pretrained`` folder, or a Hub id
+    (read, like a folder, from its snapshot in the local cache: core/models/hub.py).
+    ``download_hint`` is added to the error when the folder is missing (where
+    the weights come from and what to put there); ``yaml_key`` is the key that
+    declares it (``sources.<s>.model``), named by the pre-run check."""
 
     def __init__(self, path: str, download_hint: str = "", metadata: dict[str, Any] | None = None,
-                 class_label: int | str | None = None):
+                 class_label: int | str | None = None, yaml_key: str | None = None):
         self._path = path
         self._hint = download_hint
+        self._key = yaml_key
         self.metadata = metadata
         #: a class-conditional model's label for its own samples (``sources.<s>.class_label``)
         self.class_label = class_label
@@ -49,9 +52,25 @@ class UNetDataset(AbstractDataset[Any, Any]):
 
     def missing(self) -> str | None:
         """For the pre-run check: why loading would fail, or None."""
-        if self._exists() or (self._path.count("/") == 1 and not Path(self._path).exists() and not self._hint):
-            return None  # present, or a hub id (load_unet handles it, offline included)
+        # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
+        from diffusion_transfer.core.models.hub import hub_missing, hub_offline, is_hub_id
+
+        if self._exists():
+            return None
+        if not self._hint and is_hub_id(self._path):  # online, load_unet downloads what the cache lacks
+            return hub_missing(self._path, self._key) if hub_offline() else None
         return f"no UNet folder at {self._path}." + (f" {self._hint}" if self._hint else "")
+
+    def local_folder(self) -> Path | None:
+        """Where the model is read from: its folder, or a Hub id's snapshot in
+        the local cache (whole or partial); None when there is neither."""
+        # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
+        from diffusion_transfer.core.models.hub import cached_snapshot, is_hub_id
+
+        folder = Path(self._path).expanduser()
+        if folder.is_dir():
+            return folder
+        return cached_snapshot(self._path) if is_hub_id(self._path) else None
 
     def _exists(self) -> bool:
         folder = Path(self._path)
@@ -59,15 +78,15 @@ class UNetDataset(AbstractDataset[Any, Any]):
 
     def configs(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The UNet's ``config.json`` and the scheduler config, read without
-        loading weights (None where there is none, or for a Hub id); a bad
-        JSON file raises ``ValueError`` naming it."""
+        loading weights (None where there is none, or for a Hub id not in the
+        local cache); a bad JSON file raises ``ValueError`` naming it."""
         # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
         from diffusion_transfer.core.models.scheduler_config import read_scheduler_config
 
-        folder = Path(self._path)
-        if not folder.is_dir():
+        folder = self.local_folder()
+        if folder is None:
             return None, None
-        unet = self._unet_folder()
+        unet = self._unet_folder(folder)
         config = None
         if (unet / "config.json").is_file():
             try:
@@ -82,21 +101,22 @@ class UNetDataset(AbstractDataset[Any, Any]):
         # deferred: core.models' __init__ imports diffusers (~3 s), which building the catalog does not need
         from diffusion_transfer.core.models.scheduler_config import find_scheduler_config
 
-        folder = Path(self._path)
-        if not folder.is_dir():
+        folder = self.local_folder()
+        if folder is None:
             return None
-        return find_scheduler_config(folder) or find_scheduler_config(self._unet_folder())
+        return find_scheduler_config(folder) or find_scheduler_config(self._unet_folder(folder))
 
-    def _unet_folder(self) -> Path:
-        folder = Path(self._path)
+    @staticmethod
+    def _unet_folder(folder: Path) -> Path:
         adapted_or_pipeline = (folder / "adapter.json").exists() or not (folder / "config.json").exists()
         return folder / "unet" if adapted_or_pipeline else folder
 
     def autoencoder_config(self) -> dict[str, Any] | None:
         """A latent model's autoencoder ``config.json`` (``vqvae/`` or ``vae/``
         beside ``unet/``), read without loading weights; None for a pixel model."""
-        for part in ("vqvae", "vae"):
-            path = Path(self._path) / part / "config.json"
+        folder = self.local_folder()
+        for part in ("vqvae", "vae") if folder is not None else ():
+            path = folder / part / "config.json"
             if path.is_file():
                 try:
                     return json.loads(path.read_text())

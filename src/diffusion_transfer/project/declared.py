@@ -17,6 +17,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffusion_transfer.core.models.hub import cached_snapshot, hub_offline, is_hub_id, is_text_to_image_snapshot
 from diffusion_transfer.core.models.text_to_image import is_text_to_image_folder
 from diffusion_transfer.datasets import ImageFolderDataset, UNetDataset
 from diffusion_transfer.project.schema import DatasetParams, InvalidParametersError, SourceParams, parse
@@ -81,10 +82,20 @@ class SourceDomain:
     @property
     def text_to_image(self) -> bool:
         """Its model is a Stable Diffusion-layout folder (text encoder and
-        tokenizer beside a UNet; core/models/text_to_image.py): its runs are the
-        text-to-image template (pipelines/method_run.py)."""
+        tokenizer beside a UNet; core/models/text_to_image.py), or a Hub id whose
+        snapshot in the local cache is one (core/models/hub.py), or, offline, a
+        Hub id absent from it: its runs are the text-to-image template
+        (pipelines/method_run.py). Online, an id not yet cached is taken for a
+        UNet (load_unet downloads it): download a Stable Diffusion id first."""
         model = self.params.model
-        return not is_catalog_name(model) and is_text_to_image_folder(Path(model).expanduser())
+        if is_catalog_name(model):
+            return False
+        if is_hub_id(model):
+            snapshot = cached_snapshot(model)
+            if snapshot is None:  # offline, no run of it can start: the pre-run check lists what is missing, and
+                return hub_offline()  # this template gives every method a pipeline to say it (DreamBooth's too)
+            return is_text_to_image_snapshot(snapshot)
+        return is_text_to_image_folder(Path(model).expanduser())
 
     @property
     def has_images(self) -> bool:
@@ -193,7 +204,8 @@ def path_datasets(decl: Declarations) -> dict[str, Any]:
     for s in decl.sources.values():
         if not is_catalog_name(s.params.model):
             out[s.entries["source_model"]] = UNetDataset(s.params.model, class_label=s.params.class_label,
-                                                         metadata={"kedro-viz": {"layer": "pretrained"}})
+                                                         metadata={"kedro-viz": {"layer": "pretrained"}},
+                                                         yaml_key=f"sources.{s.name}.model")
         if s.params.images is not None and not is_catalog_name(s.params.images):
             out[s.entries["source_images"]] = ImageFolderDataset(s.params.images,
                                                                  metadata={"kedro-viz": {"layer": "raw"}})

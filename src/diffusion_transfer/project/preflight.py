@@ -157,8 +157,9 @@ def check_models(pipeline, catalog, params: dict[str, Any]) -> None:
 
 
 def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any]) -> list[str]:
-    path = getattr(dataset, "_path", entry)
-    where = f"the source model '{entry}' ({path})"
+    where = f"the source model '{entry}' ({getattr(dataset, '_path', entry)})"
+    # its folder, or a Hub id's snapshot in the local cache, checked like a folder (absent: find_missing says so)
+    path = (dataset.local_folder() if hasattr(dataset, "local_folder") else None) or getattr(dataset, "_path", entry)
     try:
         unet, scheduler = dataset.configs()
     except ValueError as err:

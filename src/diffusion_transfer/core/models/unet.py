@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -43,6 +42,7 @@ from .class_labels import (
     set_class_label,
     write_class_label,
 )
+from .hub import HUB_ID as _HUB_ID, HUB_PATTERNS, cached_snapshot, hub_cache_dir, hub_missing, hub_offline
 from .latent import attach_latent_codec, latent_codec_of, load_latent_codec
 from .lora_io import write_lora
 from .pipeline_folder import attach_pipeline_index, read_pipeline_index, write_pipeline_parts
@@ -71,10 +71,6 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-#: What a Hub id's snapshot brings: a bare UNet repo's files, or a pipeline's used parts.
-HUB_PATTERNS = ["model_index.json", "config.json", "scheduler_config.json", "diffusion_pytorch_model.*",
-                "unet/*", "scheduler/*", "vqvae/*", "vae/*", "text_encoder/*", "tokenizer/*"]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 class ModelLoadError(RuntimeError):
@@ -118,7 +114,7 @@ def build_unet(config: dict[str, Any], cls: type = UNet2DModel) -> UNet2DModel:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return hub_offline()
 
 
 def _how_to(source: str) -> str:
@@ -207,22 +203,23 @@ def load_unet(source: str | os.PathLike[str]) -> UNet2DModel:
         raise ModelLoadError(f"{text!r} is a file, not a UNet folder. {_how_to(text)}")
     if not _HUB_ID.match(text):
         raise ModelLoadError(f"UNet folder {text!r} does not exist. {_how_to(text)}")
-    # A hub id. Offline, only the local cache may serve it (no network calls).
-    offline = _offline()
-    try:
-        from huggingface_hub import snapshot_download  # deferred: only a Hub id needs it
+    # A hub id. Offline, only the local cache may serve it (no network calls): the snapshot the
+    # pre-run check looked at (core/models/hub.py), or an error naming what it lacks.
+    if _offline():
+        why = hub_missing(text)
+        if why is not None:
+            raise ModelLoadError(why)
+        snapshot = cached_snapshot(text)
+    else:
+        try:
+            from huggingface_hub import snapshot_download  # deferred: only a Hub id needs it
 
-        # Only the parts this project uses: a bare UNet repo, or a pipeline's unet, scheduler and autoencoder.
-        snapshot = Path(snapshot_download(text, allow_patterns=HUB_PATTERNS, local_files_only=offline))
-    except Exception as exc:
-        why = (
-            "HF_HUB_OFFLINE is set and it is not in the local cache"
-            if offline
-            else f"the hub could not provide it ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        )
-        raise ModelLoadError(
-            f"{text!r} is not a local folder and could not be loaded as a hub id: {why}. {_how_to(text)}"
-        ) from exc
+            # Only the parts this project uses: a bare UNet repo, or a pipeline's used parts (HUB_PATTERNS).
+            snapshot = Path(snapshot_download(text, allow_patterns=HUB_PATTERNS, cache_dir=str(hub_cache_dir())))
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ModelLoadError(f"{text!r} is not a local folder and could not be loaded as a hub id: the hub "
+                                 f"could not provide it ({type(exc).__name__}: {first}). {_how_to(text)}") from exc
     config_file = find_scheduler_config(snapshot)
     return attach_scheduler_config(_load_local(snapshot, text),
                                    read_scheduler_config(config_file) if config_file else None)
