@@ -16,7 +16,7 @@ from diffusion_transfer.core.data.labels import read_labels
 from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
 from diffusion_transfer.core.models.latent import autoencoder_downscale
 from diffusion_transfer.core.data.captions import CAPTIONS_FILE
-from diffusion_transfer.core.methods.registry import text_to_image_methods
+from diffusion_transfer.core.methods.registry import METHODS, text_to_image_methods
 from diffusion_transfer.core.models.folder_check import (config_class_labels, is_text_to_image_model, meta_unet,
                                                           unet_folder_problems, unsupported_parts)
 from diffusion_transfer.core.models.lora import adaptable_names, target_problems
@@ -173,7 +173,8 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
                 f"sources.{target.source.name}.model to a supported model"]
     problems = [f"{where}: {p}" for p in (unet_folder_problems(path) if Path(str(path)).is_dir() else [])]
     if Path(str(path)).is_dir() and is_text_to_image_model(path):
-        problems += _text_to_image_problems(pipeline, where) + _caption_problems(target)
+        problems += (_text_to_image_problems(pipeline, where) + _caption_problems(target)
+                     + _class_prompt_problems(pipeline, target, params))
     problems += _schedule_problems(dataset, scheduler, params, where)
     try:
         autoencoder = dataset.autoencoder_config() if hasattr(dataset, "autoencoder_config") else None
@@ -199,6 +200,18 @@ def _text_to_image_problems(pipeline, where: str) -> list[str]:
             f"with its text encoder and tokenizer), which {m} does not train yet; run one of "
             f"{', '.join(f'{s}_<dataset>' for s in supported)} (full, or LoRA with train.adapter)"
             for m in used if m not in supported]
+
+
+def _class_prompt_problems(pipeline, target, params: dict[str, Any]) -> list[str]:
+    """Each run of the pipeline that samples class images (DreamBooth) without a class prompt."""
+    methods = params.get("methods") or {}
+    used = {i.split(".", 1)[1] for n in pipeline.nodes for i in n.inputs if i.startswith("params:methods.")}
+    d = target.params.name
+    return [f"methods.{m}.class_prompt is not set (nor datasets.{d}.method_overrides.{m}.class_prompt): {m} "
+            "samples its class images from the source model with the class prompt; set it to the class of the "
+            "training images, e.g. 'a photo of dog' for a dog's photos"
+            for m in sorted(used & set(methods)) if METHODS[m].class_images
+            and {**methods[m], **target.params.method_overrides.get(m, {})}.get("class_prompt") is None]
 
 
 def _caption_problems(target) -> list[str]:
@@ -296,7 +309,7 @@ def _size_problems(pipeline, unet: dict[str, Any], where: str, target, params: d
         problems.append(f"datasets.{name}.curation.resolution is {wanted} but {where} has {made}: "
                         f"images are prepared at the model's resolution; remove the parameter or set it to {pixels}")
     stages = {i for n in pipeline.nodes for i in n.inputs}
-    if "params:evaluation" in stages:
+    if "params:evaluation" in stages and not target.source.text_to_image:  # a text-to-image run has no LPIPS
         net = (params.get("evaluation") or {}).get("lpips_net", "alex")
         smallest = smallest_input_size(net)
         if pixels < smallest:

@@ -16,7 +16,7 @@ from typing import Any
 
 from kedro.pipeline import Pipeline
 
-from diffusion_transfer.core.methods import method_names
+from diffusion_transfer.core.methods.registry import methods_for
 from diffusion_transfer.project.config import active_parameters
 from diffusion_transfer.project.declared import declarations
 from diffusion_transfer.pipelines.anl_augment.pipeline import create_anl_augment_pipeline
@@ -40,7 +40,6 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
     for why in decl.refused.values():  # the other datasets' pipelines are made as usual
         log.warning(why)
     pipelines: dict[str, Pipeline] = {"world": create_world_pipeline(), "convert_source": create_convert_pipeline()}
-    methods = method_names()
     for name, target in decl.datasets.items():
         entries, sampling = target.source.entries, target.source.sampling_param
         source = create_source_pipeline(entries, target.source.prefix, sampling)
@@ -50,7 +49,7 @@ def register_pipelines(parameters: dict[str, Any] | None = None) -> dict[str, Pi
         if not target.source.has_images:  # the source model's samples stand in for its images
             clf += create_source_sampling_pipeline(entries, target.source.prefix, sampling)
         pipelines[f"classifier_{name}"] = clf
-        runs = []
+        runs, methods = [], methods_for(target.source.text_to_image)  # DreamBooth: text-to-image sources only
         bank = create_source_sampling_pipeline(entries, target.source.prefix, sampling).only_nodes_with_outputs(
             entries["noise_bank"])
         for m in methods:

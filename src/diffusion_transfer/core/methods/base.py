@@ -19,7 +19,7 @@ the source weights or from a random init.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
 import torch
@@ -54,14 +54,20 @@ class Method:
     prepare: Callable[..., torch.nn.Module] | None = None
     conditional: bool = False
     needs_classifier: bool = False
+    #: trains with examples the source model generated once (DreamBooth's class images)
+    needs_class_images: bool = False
 
     def with_classifier(self, classifier: torch.nn.Module) -> "Method":
         """This method with the noisy domain classifier bound into its loss (TAN)."""
-        from dataclasses import replace
-
         if not self.needs_classifier:
             return self
         return replace(self, loss_fn=self.loss_fn.with_classifier(classifier))
+
+    def with_class_examples(self, images: torch.Tensor, condition: torch.Tensor) -> "Method":
+        """This method with its class examples bound into its loss (DreamBooth's prior preservation)."""
+        if not self.needs_class_images:
+            return self
+        return replace(self, loss_fn=self.loss_fn.with_prior(images, condition))
 
     def build_student(self, unet: torch.nn.Module, condition_dim: int | None = None) -> torch.nn.Module:
         """The model to train, from a fresh copy of the source (or random) UNet."""

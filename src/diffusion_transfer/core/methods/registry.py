@@ -16,15 +16,16 @@ from typing import Any, Callable
 
 from ..models.lora import LoraSpec
 from ..schedule import NoiseSchedule
-from .a3ft import prepare_a3ft, prepare_attn
+from .a3ft import CROSS_ATTENTION, prepare_a3ft, prepare_attn
 from .anl import prepare_anl
-from .base import Method, check_float
+from .base import Method, check_choice, check_float
+from .dreambooth import PriorPreservationLoss, class_image_settings
 from .naive import DenoisingLoss
 from .sdft import SDFT_PAPER_DEFAULTS, SDFTLoss
 from .tan import TANLoss, prepare_tan
 
-__all__ = ["ADAPTER_TYPES", "METHODS", "MethodInfo", "build_method", "expand_preset", "method_names",
-           "run_supports_text", "text_to_image_methods"]
+__all__ = ["ADAPTER_TYPES", "CLASS_IMAGE_KEYS", "METHODS", "MethodInfo", "build_method", "expand_preset",
+           "method_names", "methods_for", "run_supports_text", "text_to_image_methods"]
 
 
 def _build_scratch(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
@@ -39,12 +40,25 @@ def _build_sdft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
     return Method("sdft", SDFTLoss.from_params(schedule, params), needs_teacher=True, init="source")
 
 
+def _build_dreambooth(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
+    class_image_settings(**_pop_keys(params, CLASS_IMAGE_KEYS))  # checked here; the pipeline generates them
+    return Method("dreambooth", PriorPreservationLoss(schedule, **params), needs_teacher=False, init="source",
+                  needs_class_images=True)
+
+
+#: DreamBooth's keys that say how its class images are made, not how it trains.
+CLASS_IMAGE_KEYS = ("class_prompt", "num_class_images", "class_images")
+
+
 def _pop_keys(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: params.pop(k) for k in keys if k in params}
 
 
 def _build_attn(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
-    return Method("attn", DenoisingLoss(schedule, **params), needs_teacher=False, init="source", prepare=prepare_attn)
+    # cross_attention: which cross-attention layers train on a text-to-image model (Custom Diffusion), checked now
+    which = check_choice("cross_attention", params.pop("cross_attention", "kv"), tuple(CROSS_ATTENTION))
+    loss = DenoisingLoss(schedule, **params)
+    return Method("attn", loss, needs_teacher=False, init="source", prepare=lambda unet: prepare_attn(unet, which))
 
 
 def _build_a3ft(params: dict[str, Any], schedule: NoiseSchedule) -> Method:
@@ -95,6 +109,10 @@ class MethodInfo:
     own_keys: tuple[str, ...] = ()
     #: trains a text-to-image (Stable Diffusion layout) source on its captions' hidden states (issue 34)
     text_to_image: bool = False
+    #: trains nothing else: no run of it is made for a pixel or latent source without text (DreamBooth)
+    text_to_image_only: bool = False
+    #: trains with class images the source model samples once from a class prompt (DreamBooth)
+    class_images: bool = False
 
     def accepted(self) -> set[str]:
         names = inspect.signature(self.loss.__init__).parameters
@@ -107,12 +125,14 @@ METHODS: dict[str, MethodInfo] = {info.name: info for info in (
     MethodInfo("naive", _build_naive, text_to_image=True),
     MethodInfo("sdft", _build_sdft, presets=SDFT_PAPER_DEFAULTS, loss=SDFTLoss, own_keys=("variant",),
                text_to_image=True),
-    MethodInfo("attn", _build_attn),
+    MethodInfo("attn", _build_attn, own_keys=("cross_attention",), text_to_image=True),
     MethodInfo("a3ft", _build_a3ft, own_keys=("scaling_hidden",)),
     MethodInfo("anl", _anl_builder("anl"), conditional=True, own_keys=("hidden_mult",)),
     MethodInfo("anl_uncond", _anl_builder("anl_uncond", conditional=False), own_keys=("hidden_mult",)),
     MethodInfo("naive_clip", _anl_builder("naive_clip", tune_unet=True), conditional=True, own_keys=("hidden_mult",)),
     MethodInfo("tan", _build_tan, guided=True, loss=TANLoss, own_keys=("rank", "variant")),
+    MethodInfo("dreambooth", _build_dreambooth, loss=PriorPreservationLoss, own_keys=CLASS_IMAGE_KEYS,
+               text_to_image=True, text_to_image_only=True, class_images=True),
 )}
 
 
@@ -131,6 +151,12 @@ def method_names() -> list[str]:
 def text_to_image_methods() -> list[str]:
     """The methods that train a text-to-image source model, in table order."""
     return [name for name, info in METHODS.items() if info.text_to_image]
+
+
+def methods_for(text_to_image: bool) -> list[str]:
+    """The methods that train a source of this kind, in table order (a text-to-image
+    source gets every method's run, so that the pre-run check names the ones it refuses)."""
+    return [name for name, info in METHODS.items() if text_to_image or not info.text_to_image_only]
 
 
 def run_supports_text(name: str) -> bool:

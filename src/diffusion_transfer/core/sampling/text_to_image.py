@@ -17,9 +17,11 @@ from typing import Any
 import torch
 
 from ..models.latent import decode_from
+from ..models.pipeline_folder import pipeline_index_of
+from ..models.scheduler_config import scheduler_config_of
 from ..models.wrapping import unwrap
 
-__all__ = ["diffusers_scheduler", "sample_text_to_image"]
+__all__ = ["diffusers_scheduler", "model_scheduler", "sample_text_to_image"]
 
 
 def diffusers_scheduler(config: dict[str, Any] | None, class_name: str | None = None) -> Any:
@@ -33,6 +35,13 @@ def diffusers_scheduler(config: dict[str, Any] | None, class_name: str | None = 
     if not hasattr(diffusers, name):
         raise ValueError(f"the model's scheduler class {name!r} is not a diffusers scheduler")
     return getattr(diffusers, name).from_config(config)
+
+
+def model_scheduler(model: torch.nn.Module) -> Any:
+    """The diffusers scheduler ``model`` was loaded (or trained) with: the class
+    its model_index.json names and its scheduler config."""
+    return diffusers_scheduler(scheduler_config_of(model), (pipeline_index_of(model) or {}).get("scheduler",
+                                                                                              [None])[-1])
 
 
 @torch.no_grad()

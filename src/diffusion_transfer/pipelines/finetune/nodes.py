@@ -48,11 +48,14 @@ def _fingerprint(tensors) -> bytes:
 
 
 def finetune(source_model, curated: dict, method: MethodParams, dataset: DatasetParams, runs: TrainingRuns,
-             schedule: ScheduleParams, checkpoint_root: str, conditions: dict | None = None, classifier=None):
+             schedule: ScheduleParams, checkpoint_root: str, conditions: dict | None = None, classifier=None,
+             class_images: dict | None = None):
     """Fine-tune (or, for ``scratch``, train from a fresh init) on the curated
     set. ``runs``: every run resolved before the pipeline started
     (``params:train``); ``conditions`` (ANL): ``{"embeddings": (N, D)}``,
-    one per image; ``classifier`` (TAN): the noisy domain classifier. With
+    one per image (a text-to-image model: its captions' hidden states);
+    ``classifier`` (TAN): the noisy domain classifier; ``class_images``
+    (DreamBooth): the source model's samples of the class prompt. With
     ``train.adapter`` the method trains LoRA on the UNet's own layers
     (docs/LORA.md): the model is saved merged, its LoRA beside it."""
     run = runs.of(method, dataset)
@@ -62,6 +65,9 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
         if classifier is None:
             raise ValueError(f"method {run.method!r} needs the domain classifier but the pipeline gave none")
         spec = spec.with_classifier(classifier)
+    prior = _class_examples(source_model, class_images, checkpoint_root) if spec.needs_class_images else None
+    if prior is not None:
+        spec = spec.with_class_examples(*prior)
     config = run.train
     source_weights = _fingerprint(source_model.state_dict().values())  # before an adapter goes in
     as_it_came = class_label_of(source_model), [p.requires_grad for p in source_model.parameters()]
@@ -78,7 +84,8 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
     images = cached_latents(source_model, to_tensor(curated["images"].numpy()), Path(checkpoint_root) / "latents")
     if cond is not None and cond.shape[0] != images.shape[0]:
         raise ValueError(f"{cond.shape[0]} condition embeddings for {images.shape[0]} training images")
-    record, key, identity = _checkpoint_key(run, sched, label, source_model, source_weights, curated, cond,
+    record, key, identity = _checkpoint_key(run, sched, label, source_model, source_weights, curated,
+                                            [cond] + (list(prior) if prior is not None else []),
                                             classifier if spec.needs_classifier else None)
     ckpt_dir = Path(checkpoint_root) / run.name / key
     # The source model's samples: its own object, or with LoRA on it, the student without adapters.
@@ -136,6 +143,16 @@ def _student(source_model, spec, run, dataset: DatasetParams, cond):
     return student, label
 
 
+def _class_examples(source_model, class_images: dict | None, checkpoint_root: str):
+    """DreamBooth's class examples in the model's space (encoded once, as the
+    training images are) and the class prompt's hidden states (1, L, D)."""
+    if class_images is None:
+        raise ValueError("method 'dreambooth' needs its class images but the pipeline gave none")
+    images = cached_latents(source_model, to_tensor(class_images["images"].numpy()),
+                            Path(checkpoint_root) / "latents")
+    return images, text_conditioning_of(source_model).encode([class_images["meta"]["class_prompt"]])
+
+
 def _restore(source_model, label: int | None, requires_grad: list[bool]) -> None:
     """The source model as it came, after LoRA trained on it: its own layers, trainable flags and label."""
     remove_lora(source_model)
@@ -145,7 +162,8 @@ def _restore(source_model, label: int | None, requires_grad: list[bool]) -> None
         set_class_label(source_model, label)
 
 
-def _checkpoint_key(run, sched, label, source_model, source_weights: bytes, curated: dict, cond, classifier):
+def _checkpoint_key(run, sched, label, source_model, source_weights: bytes, curated: dict, conditioning: list,
+                    classifier):
     """The run's record, its checkpoint key and the identity each checkpoint records.
 
     Checkpoints are keyed by the configuration, the source weights and the
@@ -160,7 +178,7 @@ def _checkpoint_key(run, sched, label, source_model, source_weights: bytes, cura
     settings = {**trained_by, "schedule": sched.describe(), **space}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     key.update(source_weights)
-    key.update(_fingerprint([curated["images"]] + ([cond] if cond is not None else [])))
+    key.update(_fingerprint([curated["images"]] + [c for c in conditioning if c is not None]))
     if classifier is not None:
         key.update(_fingerprint(classifier.state_dict().values()))
     key = key.hexdigest()[:12]
@@ -185,6 +203,14 @@ def finetune_guided(source_model, curated: dict, method: MethodParams, dataset: 
     """:func:`finetune` with the noisy domain classifier (TAN)."""
     return finetune(source_model, curated, method, dataset, runs, schedule, checkpoint_root,
                     classifier=classifier)
+
+
+def finetune_with_class_images(source_model, curated: dict, method: MethodParams, dataset: DatasetParams,
+                               runs: TrainingRuns, schedule: ScheduleParams, checkpoint_root: str, conditions: dict,
+                               class_images: dict):
+    """:func:`finetune` with DreamBooth's class images."""
+    return finetune(source_model, curated, method, dataset, runs, schedule, checkpoint_root, conditions,
+                    class_images=class_images)
 
 
 def trainable_report(student, source_model, method: str, adapter=None) -> dict[str, Any]:

@@ -12,12 +12,10 @@ from diffusion_transfer.core.data.images import to_tensor, to_uint8
 from diffusion_transfer.core.methods.anl import image_conditions, masked_images, text_conditions
 from diffusion_transfer.core.models.adapted import AdaptedUNet
 from diffusion_transfer.core.models.class_labels import is_class_conditional
-from diffusion_transfer.core.models.pipeline_folder import pipeline_index_of
-from diffusion_transfer.core.models.scheduler_config import scheduler_config_of
 from diffusion_transfer.core.models.text_to_image import text_conditioning_of
 from diffusion_transfer.core.models.unet import learns_variance
 from diffusion_transfer.core.sampling import make_noise_bank
-from diffusion_transfer.core.sampling.text_to_image import diffusers_scheduler, sample_text_to_image
+from diffusion_transfer.core.sampling.text_to_image import model_scheduler, sample_text_to_image
 from diffusion_transfer.project.schema import (
     DatasetParams,
     InvalidParametersError,
@@ -121,8 +119,7 @@ def sample_text_to_image_model(model, noise_bank: dict, sampling: SamplingParams
     prompts = list(sampling.prompts or conditions["meta"]["captions"])
     n = len(noise_bank["noise"])
     prompts = [prompts[i % len(prompts)] for i in range(n)]
-    scheduler = diffusers_scheduler(scheduler_config_of(model), (pipeline_index_of(model) or {}).get("scheduler",
-                                                                                                    [None])[-1])
+    scheduler = model_scheduler(model)
     device, _ = inference_setup(sampling.precision)
     model.eval().to(device)
     gen = torch.Generator().manual_seed(sampling.seed + 1)
