@@ -10,6 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_METHODS = ["scratch", "naive", "sdft", "attn", "a3ft", "anl", "anl_uncond", "naive_clip", "tan"]
+#: Methods run only on text-to-image sources: no run of them on the pixel and latent datasets.
+TEXT_TO_IMAGE_ONLY = ["dreambooth"]
 # Each environment writes under its own data root (conf/<env>/globals.yml).
 SMOKE_DATA = Path("data", "smoke")
 PAPER_DATA = Path("data", "paper")

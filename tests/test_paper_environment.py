@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._pipeline_helpers import ALL_METHODS, PAPER_DATA, _run, _scratch_project
+from tests._pipeline_helpers import ALL_METHODS, PAPER_DATA, TEXT_TO_IMAGE_ONLY, _run, _scratch_project
 
 
 def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp_path):
@@ -38,7 +38,7 @@ def test_paper_environment_loads_validates_and_fails_clearly_without_weights(tmp
             assert params["evaluation"]["max_reference_images"] is None  # the papers' full reference set
             assert params["methods"]["a3ft"]["train"]["lr"] == 0.0002  # A3FT appendix C.2
             assert params["methods"]["anl"]["condition"]["mask_rate"] == 0.5  # ANL section 4
-            assert set(params["methods"]) == set(ALL_METHODS)
+            assert set(params["methods"]) == set(ALL_METHODS + TEXT_TO_IMAGE_ONLY)
             from diffusion_transfer.project.schema import ClassifierParams
 
             clf = ClassifierParams(**params["classifier"])

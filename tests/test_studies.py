@@ -70,7 +70,8 @@ def test_every_shipped_study_expands_on_registered_pipelines():
                      "steps_aahq": 6, "steps_metfaces": 6, "naive_path_aahq": 14, "edit_strength_aahq": 3,
                      "anl_table1_lsketches": 28, "a3ft_table1_metfaces": 6,
                      "a3ft_steps_metfaces": 12, "anl_steps_lsketches_1k": 12,
-                     "every_method_aahq": 21, "every_method_metfaces": 21}  # 7 methods x 3 training seeds
+                     "every_method_aahq": 21, "every_method_metfaces": 21,  # 7 methods x 3 training seeds
+                     "every_method_sunglasses": 21, "every_method_sketches": 21}
     assert root == ROOT / "data" / "studies"
     weightings = [p.overrides["methods.sdft.weighting"] for p in study_points("weighting_aahq",
                                                                               studies["weighting_aahq"], names)]
