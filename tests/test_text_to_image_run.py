@@ -15,6 +15,9 @@ from tests._pipeline_helpers import _scratch_project
 from tests.core._sd_helpers import tiny_sd_folder
 from tests.test_own_data import _write_pngs, kedro
 
+#: conf/base's evaluation.text_to_image.absent_prompts
+ABSENT = yaml.safe_load((Path(__file__).parents[1] / "conf" / "base" / "parameters_finetune.yml").read_text()
+                        )["evaluation"]["text_to_image"]["absent_prompts"]
 CAPTIONS = ["a photo of a cat", "a red painting of a dog", "a blue cat", "a photo of a dog"]
 PARAMS = {
     "sources": {"my_sd": {"model": "data/06_models/my_sd", "images": None}},
@@ -22,6 +25,8 @@ PARAMS = {
     "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_every": 1,
               "adapter": {"type": "lora", "rank": 2}},
     "sampling": {"n_samples": 2, "steps": 3, "batch_size": 2, "guidance_scale": 3.0, "negative_prompt": "blue"},
+    # base's absent prompts (glasses, a woman) on both noises of the bank
+    "evaluation": {"text_to_image": {"n_per_prompt": 2}},
 }
 
 
@@ -47,7 +52,7 @@ def test_an_sd_folder_fine_tunes_with_sdft_and_lora_through_kedro_run(sd_project
     assert done.returncode == 0, done.stderr[-3000:]
     out = sd_project / "data" / "mydata"
     report = (out / "08_reporting" / "sdft_mydata" / "report.md").read_text()
-    assert "Metrics: not computed for text-to-image runs yet" in report
+    _assert_text_to_image_metrics(out / "08_reporting" / "sdft_mydata", report)
     assert "guidance scale 3.0" in report and "`a red painting of a dog`" in report
     history = json.loads((out / "08_reporting" / "sdft_mydata" / "training_history.json").read_text())
     assert {"diffusion", "distill", "aux"} <= set(history["history"][-1])
@@ -61,6 +66,54 @@ def test_an_sd_folder_fine_tunes_with_sdft_and_lora_through_kedro_run(sd_project
     images = [p(["a photo of a cat"], latents=x.clone(), num_inference_steps=3, guidance_scale=3.0,
                 output_type="pt").images for p in pipes]
     torch.testing.assert_close(images[0], images[1], atol=1e-4, rtol=1e-4)
+
+
+def _assert_text_to_image_metrics(folder: Path, report: str) -> None:
+    """metrics.json has FID/KID, the CLIP score and the absent concepts' rates,
+    finite, labelled as computed on substitutes (FaceWorld's models on a user's
+    images), and the report prints them."""
+    import math
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["kind"] == "text_to_image" and metrics["n_samples"] == 2
+    for key in ("source", "finetuned"):
+        row = metrics["models"][key]
+        assert all(math.isfinite(row[k]) for k in ("fid", "kid_x1e3", "clip_score")), row
+        assert 0 <= row["clip_score"] <= 100 and 0 <= row["absent_face_rate"] <= 1
+        assert set(row["absent_concept_rate"]) == {c["prompt"] for c in ABSENT}
+    concepts = metrics["absent_concepts"]["concepts"]
+    assert metrics["absent_concepts"]["n_per_prompt"] == 2 and set(concepts) == {c["prompt"] for c in ABSENT}
+    for row in concepts.values():
+        assert all(math.isfinite(row[k]) for k in ("source_rate", "finetuned_rate", "training_set_rate",
+                                                   "source_clip_score", "finetuned_clip_score"))
+        assert row["kept"] is None or 0 <= row["kept"] <= 1
+    assert "retention_of_absent_concepts" in metrics["models"]["finetuned"]
+    assert metrics["clip_score_substitute"] and metrics["attributes_substitute"]
+    assert "substitute" in metrics["weights"]["clip_score"] and "substitute" in metrics["weights"]["attributes"]
+    assert "not computed" not in report
+    assert "| model | FID | KID (x10^3) | CLIP score-substitute ↑ |" in report
+    assert "## Concepts absent from the training set (substitute classifier)" in report
+    assert f"| `{ABSENT[0]['prompt']}` | eyewear: glasses |" in report
+    assert "- **clip_score**: faceworld-clip" in report and "- **fid_kid**:" in report
+
+
+@pytest.mark.slow
+def test_attn_fine_tunes_only_the_cross_attention_keys_and_values_of_an_sd_folder(sd_project):
+    """attn on a text-to-image model is Custom Diffusion's baseline (docs/METHODS.md): full training, no adapter."""
+    import torch  # in the test, as its neighbours: collecting the file stays light
+    from diffusers import UNet2DConditionModel
+
+    done = kedro(sd_project, "run", "--pipeline=attn_mydata", "--env=mydata", "--params=train.adapter=null")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = sd_project / "data" / "mydata"
+    history = json.loads((out / "08_reporting" / "attn_mydata" / "training_history.json").read_text())
+    assert history["parameters"]["trainable_parameters"] == 4 * 2 * 32 * 64  # to_k, to_v of 4 cross-attentions
+    model_dir = out / "06_models" / "attn_mydata" / "model"
+    assert (model_dir / "model_index.json").is_file() and not (model_dir / "lora").exists()
+    tuned, source = (UNet2DConditionModel.from_pretrained(str(f / "unet"), local_files_only=True).state_dict()
+                     for f in (model_dir, sd_project / "data" / "06_models" / "my_sd"))
+    moved = {k for k in source if not torch.equal(tuned[k], source[k])}
+    assert moved and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in moved), sorted(moved)
 
 
 def test_a_method_that_does_not_train_text_to_image_models_stops_before_compute(sd_project):

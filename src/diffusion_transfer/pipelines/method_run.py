@@ -12,7 +12,10 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from diffusion_transfer.core.methods import METHODS
-from diffusion_transfer.pipelines.evaluate.pipeline import create_evaluate_pipeline
+from diffusion_transfer.pipelines.evaluate.pipeline import (
+    create_evaluate_pipeline,
+    create_text_to_image_evaluate_pipeline,
+)
 from diffusion_transfer.pipelines.finetune.pipeline import (
     create_finetune_pipeline,
     create_text_to_image_finetune_pipeline,
@@ -62,15 +65,17 @@ def create_method_pipeline(method: str, dataset: str, source: dict[str, str], sa
 def create_text_to_image_method_pipeline(method: str, dataset: str, source: dict[str, str],
                                          sampling: str) -> Pipeline:
     """``{method}_{dataset}`` for a text-to-image source (issue 34): captions ->
-    fine-tune -> samples of both models -> report (no translation, no metrics yet)."""
-    template = (create_text_to_image_finetune_pipeline() + create_text_to_image_sample_pipeline()
-                + create_text_to_image_report_pipeline())
+    fine-tune -> samples of both models -> metrics -> report (no translation)."""
+    template = (create_text_to_image_finetune_pipeline(METHODS[method]) + create_text_to_image_sample_pipeline()
+                + create_text_to_image_evaluate_pipeline() + create_text_to_image_report_pipeline())
     return Pipeline(
         template,
         namespace=f"{method}_{dataset}",
         inputs={"source_model": source["source_model"], "noise_bank": source["noise_bank"],
-                "curated": f"{dataset}_curated", "curation_summary": f"{dataset}_curation_summary"},
-        parameters=_run_parameters(method, dataset, sampling),
+                "curated": f"{dataset}_curated", "reference": f"{dataset}_reference",
+                "curation_summary": f"{dataset}_curation_summary",
+                **{s: s for s in ("evaluation_clip", "attribute_classifier")}},
+        parameters={**_run_parameters(method, dataset, sampling), "params:evaluation": "params:evaluation"},
     )
 
 

@@ -206,19 +206,47 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
     return report, grid, _loss_plot(history)
 
 
-def build_text_to_image_report(history: dict, curation_summary: dict, source_samples: dict,
+def _text_to_image_metric_lines(metrics: dict, method: str) -> list[str]:
+    """FID/KID and CLIP score of both models, and the absent concepts' table;
+    a FaceWorld model on another dataset's images heads its column "-substitute"."""
+    sub = "-substitute" if metrics.get("clip_score_substitute") else ""
+    lines = ["## Metrics", "", f"| model | FID | KID (x10^3) | CLIP score{sub} ↑ |", "|---|---|---|---|"]
+    for key, label in (("source", "source (pretrained)"), ("finetuned", f"{method} (fine-tuned)")):
+        row = metrics["models"][key]
+        lines.append(f"| {label} | {fmt(row['fid'], 2)} | {fmt(row['kid_x1e3'], 2)} | {fmt(row['clip_score'], 2)} |")
+    lines += ["", f"FID/KID against the {metrics['fid_reference']}. CLIP score{sub}: max(100 x mean cosine of each "
+                  "sample's image embedding and its prompt's text embedding, 0) (torchmetrics' CLIPScore)."]
+    absent = metrics.get("absent_concepts")
+    if absent:
+        sub = "-substitute" if metrics.get("attributes_substitute") else ""
+        lines += ["", f"## Concepts absent from the training set{' (substitute classifier)' if sub else ''}", "",
+                  f"Each prompt sampled by both models on the same {absent['n_per_prompt']} seeds. Rate: share of "
+                  "samples the attribute classifier reads as a face showing the concept. Kept: of the source "
+                  "samples showing it, the share whose fine-tuned sample (same seed) still shows it.", "",
+                  "| prompt | shows | training set rate | source rate | fine-tuned rate | kept | CLIP score source | "
+                  "CLIP score fine-tuned |", "|---|---|---|---|---|---|---|---|"]
+        for prompt, r in absent["concepts"].items():
+            shows = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["shows"].items())
+            lines.append(f"| `{prompt}` | {shows} | {fmt(r.get('training_set_rate'))} | {fmt(r.get('source_rate'))} "
+                         f"| {fmt(r.get('finetuned_rate'))} | {fmt(r.get('kept'))} | "
+                         f"{fmt(r.get('source_clip_score'), 2)} | {fmt(r.get('finetuned_clip_score'), 2)} |")
+    if metrics.get("skipped"):
+        lines += ["", "Metrics not run: " + "; ".join(metrics["skipped"]) + "."]
+    return lines + [""]
+
+
+def build_text_to_image_report(metrics: dict, history: dict, curation_summary: dict, source_samples: dict,
                                target_samples: dict) -> tuple[str, Image.Image, plt.Figure]:
-    """``report.md`` of a text-to-image run (issue 34): the samples of the
-    source and the fine-tuned model for the same prompts and noise, the
-    training and the saved model. Its metrics (FID against the target, CLIP
-    score, retention of absent concepts) are not computed yet, and it says so."""
+    """``report.md`` of a text-to-image run (issue 34): its metrics (FID/KID
+    against the target, CLIP score, retention of absent concepts), the
+    samples of the source and the fine-tuned model for the same prompts and
+    noise, the training and the saved model, and the weights each metric ran on."""
     run, m = history["run"], target_samples.get("meta") or {}
     prompts = list(dict.fromkeys(m.get("prompts") or []))
     lines = [f"# Report: {run['run']}", "",
              f"Method **{run['method']}** on dataset **{run['dataset']}**, a text-to-image source model; "
              f"{len(target_samples['images'])} samples per model from the same noise bank and prompts.", "",
-             "Metrics: not computed for text-to-image runs yet (FID against the target, CLIP score and the "
-             "retention of concepts absent from the training set are the next part of issue 34).", "",
+             *_text_to_image_metric_lines(metrics, run["method"]),
              "## Samples", "", "Top row: source model; bottom row: fine-tuned model, same noise and prompt.", "",
              f"Sampler: {m.get('sampler')}, {m.get('steps')} steps, guidance scale {m.get('guidance_scale')}, "
              f"negative prompt `{m.get('negative_prompt')!r}`. Prompts: "
@@ -230,6 +258,7 @@ def build_text_to_image_report(history: dict, curation_summary: dict, source_sam
              *([f"Trained at {environment_line(history['environment'])}."] if "environment" in history else []),
              *_noise_schedule_lines(history), *_schedule_lines(history), *_parameter_lines(history), "",
              "![loss curves](loss_curve.png)", "", "## Curation", "", _curation_line(curation_summary),
-             *skipped_file_lines(curation_summary)]
+             *skipped_file_lines(curation_summary), *shortfall_lines(curation_summary, metrics), "",
+             "## Weights each metric ran on", "", *(f"- **{k}**: {v}" for k, v in metrics["weights"].items())]
     grid = _pair_grid(source_samples["images"].numpy(), target_samples["images"].numpy())
     return "\n".join(lines) + "\n", grid, _loss_plot(history)

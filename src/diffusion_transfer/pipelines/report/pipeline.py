@@ -23,9 +23,9 @@ def create_report_pipeline() -> Pipeline:
 
 
 def create_text_to_image_report_pipeline() -> Pipeline:
-    """A text-to-image run's ``report.md``: its samples and training, no metrics yet."""
+    """A text-to-image run's ``report.md``: its metrics, samples and training."""
     return Pipeline([
-        node(build_text_to_image_report, ["training_history", "curation_summary", "source_prompt_samples",
-                                          "target_samples"],
+        node(build_text_to_image_report, ["metrics", "training_history", "curation_summary",
+                                          "source_prompt_samples", "target_samples"],
              ["report", "sample_grid", "loss_curve"], name="report", tags=["report"]),
     ])

@@ -18,6 +18,7 @@ from diffusion_transfer.core.sampling import make_noise_bank
 from diffusion_transfer.core.sampling.text_to_image import model_scheduler, sample_text_to_image
 from diffusion_transfer.project.schema import (
     DatasetParams,
+    EvaluationParams,
     InvalidParametersError,
     MethodParams,
     SamplingParams,
@@ -134,3 +135,19 @@ def sample_text_to_image_model(model, noise_bank: dict, sampling: SamplingParams
             "eta": sampling.eta, "guidance_scale": sampling.guidance_scale,
             "negative_prompt": sampling.negative_prompt, "prompts": prompts, **describe_model_space(model)}
     return {"images": torch.from_numpy(to_uint8(torch.cat(out))), "meta": meta}
+
+
+def sample_absent_concepts(model, noise_bank: dict, sampling: SamplingParams, evaluation: EvaluationParams) -> dict:
+    """Each prompt of ``evaluation.text_to_image.absent_prompts`` on the first
+    ``n_per_prompt`` noises of the bank (prompt-major), sampled as the run's
+    samples are: the source and the fine-tuned model see the same seeds."""
+    t2i = evaluation.text_to_image
+    k = min(t2i.n_per_prompt, len(noise_bank["noise"]))
+    prompts = [c.prompt for c in t2i.absent_prompts for _ in range(k)]
+    if not prompts:
+        return {"images": torch.zeros(0, 1, 1, 3, dtype=torch.uint8), "meta": {"prompts": [], "n_per_prompt": 0}}
+    bank = {"noise": noise_bank["noise"][:k].repeat(len(t2i.absent_prompts), *([1] * (noise_bank["noise"].ndim - 1)))}
+    out = sample_text_to_image_model(model, bank, sampling.model_copy(update={"prompts": prompts}),
+                                     {"meta": {"captions": prompts}})
+    out["meta"]["n_per_prompt"] = k
+    return out

@@ -10,6 +10,7 @@ from diffusion_transfer.core.methods.registry import MethodInfo
 from diffusion_transfer.pipelines.sample.nodes import (
     create_noise_bank,
     sample,
+    sample_absent_concepts,
     sample_prompts,
     sample_target,
     sample_text_to_image_model,
@@ -48,11 +49,18 @@ def create_sample_pipeline(info: MethodInfo) -> Pipeline:
 
 def create_text_to_image_sample_pipeline() -> Pipeline:
     """A text-to-image run's samples: the source and the fine-tuned model on the
-    same noise and prompts (``sampling.prompts`` or the training captions)."""
+    same noise and prompts (``sampling.prompts`` or the training captions), and
+    on the same seeds for the concepts the training set lacks
+    (``evaluation.text_to_image.absent_prompts``, issue 34)."""
     inputs = ["noise_bank", "params:sampling", "training_conditions"]
+    absent = ["noise_bank", "params:sampling", "params:evaluation"]
     return Pipeline([
         node(sample_text_to_image_model, ["source_model", *inputs], "source_prompt_samples",
              name="sample_source_prompts", tags=["sample"]),
         node(sample_text_to_image_model, ["finetuned_model", *inputs], "target_samples", name="sample_finetuned",
              tags=["sample"]),
+        node(sample_absent_concepts, ["source_model", *absent], "source_absent_samples",
+             name="sample_source_absent_concepts", tags=["sample"]),
+        node(sample_absent_concepts, ["finetuned_model", *absent], "finetuned_absent_samples",
+             name="sample_finetuned_absent_concepts", tags=["sample"]),
     ])
