@@ -36,8 +36,11 @@ TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
+# RELEASED=PATH: a JiwanHur/SDFT checkout, timed against the project (issue 35); without it that part says it is skipped.
+RELEASED ?=
 bench: setup
 	$(BIN)/python benchmarks/bench_steps.py
+	$(BIN)/python benchmarks/bench_released.py $(if $(RELEASED),--released $(RELEASED))
 
 viz: setup
 	$(BIN)/kedro viz build
