@@ -16,6 +16,7 @@ from diffusion_transfer.core.world.autoencoder import train_autoencoder
 from diffusion_transfer.core.world.classifier_train import DEFAULT_CLASSIFIER_CONFIG, train_attribute_classifier
 from diffusion_transfer.core.world.latent_source import train_latent_source
 from diffusion_transfer.core.world.source import train_source_model
+from diffusion_transfer.core.world.text_source import train_text_source
 from diffusion_transfer.pipelines.schedule import model_schedule
 
 
@@ -39,6 +40,15 @@ def train_world_latent_source(world: dict[str, Any], schedule: dict[str, Any], a
     return train_latent_source(autoencoder, src.get("unet", {}), src["train"], src["n_images"],
                                schedule=model_schedule(None, schedule), seed=src.get("seed", 0),
                                label_dropout=src.get("label_dropout", 0.1), checkpoint_dir=src.get("checkpoint_dir"))
+
+
+def train_world_text_source(world: dict[str, Any], schedule: dict[str, Any], autoencoder):
+    """The text world's text-to-image latent model (``world.text_source``, issue 34) on the frozen autoencoder."""
+    src = world["text_source"]
+    return train_text_source(autoencoder, src.get("unet", {}), src.get("text_encoder", {}), src["train"],
+                             src["n_images"], schedule=model_schedule(None, schedule), seed=src.get("seed", 0),
+                             caption_dropout=src.get("caption_dropout", 0.1), n_captions=src.get("n_captions", 8),
+                             checkpoint_dir=src.get("checkpoint_dir"))
 
 
 def train_clip(world: dict[str, Any]):

@@ -1,6 +1,6 @@
 """``world``: FaceWorld's models (the curation CLIP, the evaluation CLIP, the attribute
 classifier, the source model, and the latent world's VQ autoencoder and class-conditional
-latent source model)."""
+latent source model; the text world's text-to-image latent model)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from diffusion_transfer.pipelines.world.nodes import (
     train_source,
     train_world_autoencoder,
     train_world_latent_source,
+    train_world_text_source,
 )
 
 
@@ -30,5 +31,7 @@ def create_pipeline() -> Pipeline:
                  name="train_world_autoencoder", tags=["world", "latent_world"]),
             node(train_world_latent_source, ["params:world", "params:schedule", "built_world_autoencoder"],
                  "built_latent_source_model", name="train_world_latent_source", tags=["world", "latent_world"]),
+            node(train_world_text_source, ["params:world", "params:schedule", "built_world_autoencoder"],
+                 "built_text_source_model", name="train_world_text_source", tags=["world", "text_world"]),
         ]
     )
