@@ -71,7 +71,8 @@ def test_every_shipped_study_expands_on_registered_pipelines():
                      "anl_table1_lsketches": 28, "a3ft_table1_metfaces": 6,
                      "a3ft_steps_metfaces": 12, "anl_steps_lsketches_1k": 12,
                      "every_method_aahq": 21, "every_method_metfaces": 21,  # 7 methods x 3 training seeds
-                     "every_method_sunglasses": 21, "every_method_sketches": 21}
+                     "every_method_sunglasses": 21, "every_method_sketches": 21,
+                     "text_to_image_aahq": 12}  # 3 methods x full / LoRA x 2 training seeds
     assert root == ROOT / "data" / "studies"
     weightings = [p.overrides["methods.sdft.weighting"] for p in study_points("weighting_aahq",
                                                                               studies["weighting_aahq"], names)]
