@@ -190,13 +190,23 @@ def test_a_dataset_samples_a_prefix_of_the_shared_noise_bank():
         sample_target(model, bank, sampling, {}, DatasetParams(name="toy", n_samples=6))
 
 
-def test_sampling_and_translation_use_reduced_precision_only_on_a_gpu(monkeypatch):
+def test_sampling_and_translation_use_reduced_precision_on_a_gpu_and_bf16_where_the_cpu_has_it(monkeypatch):
     import torch
 
+    # imported here, as the other tests of this file do: the module's import stays light
+    from diffusion_transfer.core import cpu_precision
     from diffusion_transfer.pipelines.utils import inference_setup
+    from diffusion_transfer.project.schema import InvalidParametersError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert inference_setup("bf16") == (torch.device("cpu"), None)
+    assert inference_setup("fp16") == inference_setup("no") == (torch.device("cpu"), None)
+    for native in (True, False):  # issue 35: bf16 on a CPU only where native, else refused naming the key
+        monkeypatch.setattr(cpu_precision, "cpu_bf16", lambda: cpu_precision.CpuBf16("cpu", (), "AVX2", native))
+        if native:
+            assert inference_setup("bf16") == (torch.device("cpu"), torch.bfloat16)
+        else:
+            with pytest.raises(InvalidParametersError, match="translation.precision"):
+                inference_setup("bf16", "translation.precision")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert inference_setup("bf16") == (torch.device("cuda"), torch.bfloat16)
     assert inference_setup("fp16")[1] == torch.float16 and inference_setup("no")[1] is None

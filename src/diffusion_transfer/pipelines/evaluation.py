@@ -28,10 +28,11 @@ def feature_extractor(p: EvaluationParams, clip) -> FeatureExtractor:
     """Inception (``evaluation.fid_features: inception``) or the given CLIP's
     image encoder, labelled as not comparable to published FID/KID."""
     if p.fid_features == "inception":
-        device, dtype = inference_setup(p.precision)
-        return inception_extractor(p.inception_path, device=device, autocast_dtype=dtype)
+        device, dtype = inference_setup(p.precision, "evaluation.precision")
+        return inception_extractor(p.inception_path, device=device, autocast_dtype=dtype, compile=p.compile)
     label = getattr(clip, "weights_label", getattr(clip, "name", "CLIP"))
-    return clip_extractor(clip.encode_images, name=getattr(clip, "name", "clip"),
+    encode = torch.compile(clip.encode_images) if p.compile else clip.encode_images  # evaluation.compile
+    return clip_extractor(encode, name=getattr(clip, "name", "clip"),
                           weights=f"{label} image encoder (substitute for Inception; not comparable to "
                                   f"published FID/KID)")
 

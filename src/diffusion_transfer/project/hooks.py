@@ -12,6 +12,7 @@ from kedro.framework.hooks import hook_impl
 from diffusion_transfer.project.declared import declarations, path_datasets
 from diffusion_transfer.project.preflight import check_inputs, check_models
 from diffusion_transfer.project.preflight_folders import check_image_folders, check_outputs_writable
+from diffusion_transfer.project.preflight_precision import check_cpu_precision
 from diffusion_transfer.project.resolved import resolve_parameters, typed_parameters
 
 
@@ -40,6 +41,7 @@ class ValidateParametersHook:
         check_models(pipeline, catalog, params)
         check_image_folders(pipeline, catalog, params)
         check_outputs_writable(pipeline, catalog, params)
+        check_cpu_precision(pipeline, resolved)  # bf16 on a CPU without it (issue 35)
         read = {name for node in pipeline.nodes for name in node.inputs}
         for name, value in typed_parameters(resolved).items():
             if name in read:

@@ -103,6 +103,7 @@ class TrainParams(TrainConfig):
         checkpoint keys (and resumes) of runs without them stay as they were."""
         scale = ("num_processes", "gradient_accumulation_steps")
         unset = {k for k in scale if getattr(self, k) == 1} | ({"adapter"} if self.adapter is None else set())
+        unset |= set() if self.compile else {"compile"}  # issue 35: keys of eager runs stay as they were
         return self.model_dump(exclude=unset | set(_SAMPLE_KEYS))
 
     def sample_settings(self) -> dict[str, int] | None:
@@ -122,8 +123,11 @@ class SamplingParams(StrictParams):
     eta: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
     seed: int = 1234
-    #: autocast precision of the model on a GPU (the CPU always samples in float32)
+    #: autocast precision of the model: on a GPU; on a CPU bf16 only where it is
+    #: native (AVX-512 BF16 / AMX, refused elsewhere; fp16 runs float32 there)
     precision: Literal["no", "bf16", "fp16"] = "no"
+    #: torch.compile the UNet call of the sampling loop (issue 35; compiled once per batch shape)
+    compile: bool = False
     #: Classifier-free guidance of a class-conditional model trained with a null
     #: label: eps_null + scale * (eps_label - eps_null); 1 is no guidance.
     guidance_scale: float = Field(1.0, ge=0)
@@ -183,9 +187,13 @@ class EvaluationParams(StrictParams):
     #: Images per batch through the metric networks (Inception, LPIPS, ArcFace),
     #: which run on the GPU when there is one.
     batch_size: int = Field(64, ge=1)
-    #: Inception under bf16/fp16 autocast on a GPU (labelled, cached apart); "no"
-    #: keeps clean-fid's float32 features, comparable with published FID.
+    #: Inception under bf16/fp16 autocast on a GPU, or bf16 on a CPU that has it
+    #: natively (labelled, cached apart); "no" keeps clean-fid's float32
+    #: features, comparable with published FID.
     precision: Literal["no", "bf16", "fp16"] = "no"
+    #: Compile the FID feature network (issue 35): Inception as a Python
+    #: module under torch.compile, or the CLIP image encoder; same features within rounding.
+    compile: bool = False
     #: The Inception Score of both models' samples (ANL Table 3), for every
     #: dataset unless ``datasets.<d>.inception_score`` says otherwise; off by default.
     inception_score: bool = False
@@ -220,7 +228,7 @@ class _SharedTranslationParams(StrictParams):
     n_inputs: int = Field(128, ge=1)
     seed: int = 0
     batch_size: int = Field(64, ge=1)
-    precision: Literal["no", "bf16", "fp16"] = "no"   # on a GPU; the CPU runs float32
+    precision: Literal["no", "bf16", "fp16"] = "no"   # GPU; CPU: bf16 where native (else refused), fp16 as float32
     t0: float = Field(0.5, ge=0, le=1)     # shared editing range of SDEdit and EGSDE
     #: ILVR's and EGSDE's implementation variant unless their block sets one
     variant: Literal["paper", "authors_code"] = "paper"

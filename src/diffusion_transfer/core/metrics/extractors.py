@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from diffusion_transfer.core.metrics.features import FeatureExtractor
+from diffusion_transfer.core.metrics.inception_module import python_inception
 from diffusion_transfer.core.weights import WeightsUnavailable, looks_like_id, resolve_weights
 
 INCEPTION_ENV_VAR = "DT_INCEPTION_WEIGHTS"
@@ -122,6 +123,7 @@ def inception_extractor(
     path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    compile: bool = False,
 ) -> FeatureExtractor:
     """The Inception-v3 pool3 (2048-d) extractor, as clean-fid's "clean" mode.
 
@@ -134,12 +136,16 @@ def inception_extractor(
     ``autocast_dtype`` (e.g. ``torch.bfloat16``, on a GPU) runs the network
     under autocast; the weights label then says so, which also keeps its
     reference features apart in the cache (reduced precision shifts FID).
+    ``compile`` runs the layers as a Python module (``inception_module.py``:
+    Dynamo cannot trace TorchScript) under ``torch.compile``; the features are
+    the same within float rounding, so they share the cache (issue 35).
     """
     from cleanfid.resize import make_resizer
 
     file = resolve_inception_path(path)
     device = torch.device(device)
     layers = _load_inception_layers(file).to(device)
+    net = torch.compile(python_inception(layers)) if compile else layers.forward
     resize = make_resizer("PIL", False, "bicubic", (299, 299))
 
     stat = file.stat()
@@ -169,7 +175,7 @@ def inception_extractor(
         autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
                     else contextlib.nullcontext())
         with torch.no_grad(), torch.jit.optimized_execution(False), autocast:
-            feats = layers.forward(x)
+            feats = net(x)
         return feats.reshape(x.shape[0], INCEPTION_DIM).float()
 
     if autocast_dtype is not None:

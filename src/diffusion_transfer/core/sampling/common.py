@@ -25,7 +25,8 @@ PostStep = Callable[[dict[str, Any]], torch.Tensor]
 Progress = Callable[[Iterable[Any]], Iterable[Any]]
 
 
-def model_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, autocast_dtype: torch.dtype | None = None) -> EpsFn:
+def model_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, autocast_dtype: torch.dtype | None = None,
+                 compile: bool = False) -> EpsFn:
     """Wrap a diffusers ``UNet2DModel`` (or any ``model(x, t)`` returning a
     tensor or an object with ``.sample``) as an eps_fn. The raw output is
     converted to eps with ``schedule.eps_from_output`` (its ``prediction_type``:
@@ -46,11 +47,15 @@ def model_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, autocast_dtype
     variance. ``eps_fn.eps_and_variance(x, t) -> (eps, v)`` is the same call
     without x_0. A wrapper around eps_fn (guidance) drops both attributes:
     the samplers then derive x_0 from eps and use the fixed variance.
+
+    ``compile`` calls the model through ``torch.compile`` (inductor; issue 35):
+    compiled on the first call of each batch shape, ``model`` itself unchanged.
     """
 
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"model_eps_fn(model, schedule, autocast_dtype=None): schedule must be a NoiseSchedule, "
                         f"got {type(schedule).__name__}")
+    net = torch.compile(model) if compile else model
 
     def predictions(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         ctx = (
@@ -59,7 +64,7 @@ def model_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, autocast_dtype
             else contextlib.nullcontext()
         )
         with torch.no_grad(), ctx:
-            out = model(x, t.to(x.device))
+            out = net(x, t.to(x.device))
         if hasattr(out, "sample"):
             out = out.sample
         elif isinstance(out, (tuple, list)):

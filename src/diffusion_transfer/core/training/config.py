@@ -38,6 +38,9 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1)
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    #: torch.compile (inductor) of the trained model's forward and backward
+    #: (issue 35); the same numbers within float rounding, compiled once per run
+    compile: bool = Field(False, description="torch.compile the trained model (inductor)")
     hflip: bool = True
 
     @field_validator("betas")

@@ -42,7 +42,7 @@ from .ema import ema_decay_at, ema_update_, schedule_summary
 from .launch import launch_workers
 from .lr_schedule import lr_at, set_lr_
 from .rng import all_gather, in_distributed_run, reseed_shard, restore_shard, shard_rng, shard_state, stored_shards
-from .run import Run, as_config, check_inputs
+from .run import Run, as_config, check_inputs, uncompile
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "checkpoint_paths", "train"]
 
@@ -306,6 +306,7 @@ def _update(run: Run, optimizer: Any, values: dict[str, float], done: int, last_
 def _result(run: Run, model: torch.nn.Module, state: _State, start: int) -> TrainResult:
     """The live model and its EMA, both in eval mode, with the run's history."""
     final = run.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    uncompile(final)
     final.eval()
     if run.ema is not None:
         # buffers (e.g. running stats) follow the live model

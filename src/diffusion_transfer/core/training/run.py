@@ -69,7 +69,9 @@ class Run:
         model.to(self.device)
         model.train()
         self.params = trainable_parameters_of(model, trainable_parameters)
-        self.ema, self.ema_pairs = make_ema(model, self.params, config.ema_decay)
+        self.ema, self.ema_pairs = make_ema(model, self.params, config.ema_decay)  # before compile: an eager EMA
+        if config.compile:  # in place, so state_dict keys, checkpoints and isinstance stay as they are
+            model.compile()
         if teacher is not None:
             teacher.to(self.device).eval().requires_grad_(False)
         optimizer = torch.optim.AdamW(
@@ -78,6 +80,12 @@ class Run:
         model, optimizer = self.accelerator.prepare(model, optimizer)
         self.optimizer, self.raw_model = optimizer, self.accelerator.unwrap_model(model)
         return model, optimizer
+
+
+def uncompile(model: torch.nn.Module) -> None:
+    """Undo ``model.compile()`` (``config.compile``): the trained model goes on
+    to sampling at other shapes, eagerly, as an uncompiled run's would."""
+    model.__dict__.pop("_compiled_call_impl", None)  # what Module.compile sets; the class default is None
 
 
 def as_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:

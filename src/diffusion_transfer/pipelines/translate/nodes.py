@@ -107,7 +107,7 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
     cond = conditions["embeddings"] if conditions is not None else None
     if cond is None and isinstance(target_model, AdaptedUNet) and target_model.adapter.needs_condition:
         raise ValueError(f"the {target_model.kind} model is conditional: translation needs conditions")
-    device, dtype = inference_setup(p.precision)
+    device, dtype = inference_setup(p.precision, "translation.precision")
     target_model.eval().to(device)
     source_model.eval().to(device)
     target_eps, source_eps = model_eps_fn(target_model, sched, dtype), model_eps_fn(source_model, sched, dtype)

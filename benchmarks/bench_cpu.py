@@ -1,0 +1,186 @@
+"""fp32 against bf16, and eager against compiled, on this CPU (issue 35).
+
+Four workloads, the ones the precision and compile settings act on:
+
+- ``naive step`` and ``sdft step``: one optimiser step (loss, backward, AdamW)
+  of the FaceWorld source UNet (``data/06_models/world/source``, else its
+  config at random init), batch ``--batch`` (+ as many auxiliary for SDFT),
+  at its 32 px; ``train.mixed_precision`` / ``train.compile``;
+- ``DDIM UNet call``: one no-grad UNet call of the sampling loop at batch
+  ``--sample-batch`` (``sampling.precision`` / ``sampling.compile``);
+- ``Inception pass``: clean-fid features of ``--inception-batch`` 32 px images,
+  resize included (``evaluation.precision`` / ``evaluation.compile``).
+
+bf16 is autocast around the forward passes (backward outside), as accelerate
+does. Each table times its arms interleaved in one run (medians of
+``--repeats``, alternating order) and prints the ratios. Compile time, the
+first call of a compiled arm less its median call, is shown apart, with a
+fresh inductor cache (as a fresh clone compiles) unless ``--warm-cache``.
+bf16 is timed only where the CPU does it natively (``core/cpu_precision.py``);
+``--force-bf16`` times the emulated kind too, labelled so.
+
+    python benchmarks/bench_cpu.py [--repeats 5] [--parts precision compile] [--force-bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if "--warm-cache" not in sys.argv:  # before torch reads it: compile as on a fresh clone
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="bench-cpu-inductor-"))
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_steps import load_model  # noqa: E402
+
+from diffusion_transfer.core.allocator import tune_malloc_at_startup  # noqa: E402
+from diffusion_transfer.core.cpu_precision import cpu_bf16  # noqa: E402
+from diffusion_transfer.core.methods import build_method  # noqa: E402
+from diffusion_transfer.core.metrics.extractors import inception_extractor  # noqa: E402
+from diffusion_transfer.core.sampling import model_eps_fn  # noqa: E402
+from diffusion_transfer.core.schedule import make_schedule  # noqa: E402
+
+WORKLOADS = ("naive step", "sdft step", "DDIM UNet call", "Inception pass")
+
+
+def _autocast(dtype: torch.dtype | None):
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def train_step(method: str, model, batch: int, dtype: torch.dtype | None, compiled: bool):
+    """One optimiser step of ``method`` as train() runs it (student compiled in place for train.compile)."""
+    schedule = make_schedule()
+    spec = build_method(method, {}, schedule)
+    torch.manual_seed(0)
+    student = spec.build_student(copy.deepcopy(model), None).train()
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    if compiled:
+        student.compile()
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-6)
+    px = int(model.config.sample_size)
+    images = torch.rand(batch, 3, px, px, generator=torch.Generator().manual_seed(batch)) * 2 - 1
+    gen = torch.Generator().manual_seed(0)
+
+    def step():
+        with _autocast(dtype):
+            loss = spec.loss_fn(student, images, teacher=teacher, generator=gen)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def unet_call(model, batch: int, dtype: torch.dtype | None, compiled: bool):
+    """One UNet call of the DDIM loop (sampling.compile compiles exactly this call)."""
+    eps_fn = model_eps_fn(copy.deepcopy(model).eval(), make_schedule(), autocast_dtype=dtype, compile=compiled)
+    px = int(model.config.sample_size)
+    x = torch.randn(batch, 3, px, px, generator=torch.Generator().manual_seed(1))
+    t = torch.full((batch,), 500)
+    return lambda: eps_fn(x, t)
+
+
+def inception_pass(batch: int, dtype: torch.dtype | None, compiled: bool):
+    extractor = inception_extractor(autocast_dtype=dtype, compile=compiled)
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    return lambda: extractor.fn(images)
+
+
+def build(name: str, model, args, dtype: torch.dtype | None, compiled: bool):
+    if name in ("naive step", "sdft step"):
+        return train_step(name.split()[0], model, args.batch, dtype, compiled)
+    if name == "DDIM UNet call":
+        return unet_call(model, args.sample_batch, dtype, compiled)
+    return inception_pass(args.inception_batch, dtype, compiled)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(arms: dict, warmup: int, repeats: int) -> tuple[dict, dict]:
+    """Median seconds of each arm, and its first call (a compiled arm compiles there)."""
+    first = {k: timed(fn) for k, fn in arms.items()}
+    for _ in range(warmup - 1):
+        for fn in arms.values():
+            fn()
+    times: dict = {k: [] for k in arms}
+    keys = list(arms)
+    for i in range(repeats):
+        for k in (keys if i % 2 == 0 else keys[::-1]):
+            times[k].append(timed(arms[k]))
+    return {k: statistics.median(v) for k, v in times.items()}, first
+
+
+def precision_table(model, args, workloads: list[str]) -> None:
+    cpu = cpu_bf16()
+    print(f"\n## fp32 against bf16 autocast ({args.repeats} interleaved repeats, medians)")
+    if not cpu.supported and not args.force_bf16:
+        print(f"bf16: not supported on this CPU (flags: {' '.join(cpu.flags) or 'none'}; "
+              f"torch kernels {cpu.capability}): no avx512_bf16 or amx_bf16, so `precision: bf16` is refused "
+              "here. --force-bf16 times the emulated kind.")
+        return
+    label = "bf16" if cpu.supported else "bf16 (EMULATED: no native bf16 on this CPU)"
+    print(f"| workload | fp32 | {label} | fp32/bf16 (speed-up) |\n|---|---|---|---|")
+    for name in workloads:
+        arms = {d: build(name, model, args, d, False) for d in (None, torch.bfloat16)}
+        med, _ = interleaved({"fp32": arms[None], "bf16": arms[torch.bfloat16]}, args.warmup, args.repeats)
+        print(f"| {name} | {med['fp32'] * 1e3:,.1f} ms | {med['bf16'] * 1e3:,.1f} ms | "
+              f"**{med['fp32'] / med['bf16']:.2f}** |", flush=True)
+
+
+def compile_table(model, args, workloads: list[str]) -> None:
+    cache = "warm (--warm-cache)" if args.warm_cache else "fresh inductor cache"
+    print(f"\n## eager against torch.compile (inductor, fp32; {args.repeats} interleaved repeats, medians; "
+          f"compile time apart, {cache})")
+    print("| workload | eager | compiled | eager/compiled (speed-up) | compile time |\n|---|---|---|---|---|")
+    for name in workloads:
+        arms = {"eager": build(name, model, args, None, False), "compiled": build(name, model, args, None, True)}
+        med, first = interleaved(arms, args.warmup, args.repeats)
+        compile_s = first["compiled"] - med["compiled"]
+        print(f"| {name} | {med['eager'] * 1e3:,.1f} ms | {med['compiled'] * 1e3:,.1f} ms | "
+              f"**{med['eager'] / med['compiled']:.2f}** | {compile_s:,.1f} s |", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="UNet folder (default: the FaceWorld source model)")
+    ap.add_argument("--batch", type=int, default=16, help="training batch (SDFT adds as many auxiliary)")
+    ap.add_argument("--sample-batch", type=int, default=64)
+    ap.add_argument("--inception-batch", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--parts", nargs="+", choices=("precision", "compile"), default=["precision", "compile"])
+    ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    ap.add_argument("--force-bf16", action="store_true", help="time bf16 on a CPU without it (emulated)")
+    ap.add_argument("--warm-cache", action="store_true", help="keep the inductor cache of earlier runs")
+    args = ap.parse_args(argv)
+    tune_malloc_at_startup()  # as a Kedro run would (project/startup.py)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, what = load_model(args.model)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"CPU: {cpu_bf16().describe()}; native bf16: {'yes' if cpu_bf16().supported else 'no'}")
+    print(f"model: {what} ({n_params / 1e6:.2f}M params), {model.config.sample_size} px; threads "
+          f"{torch.get_num_threads()}; torch {torch.__version__}; batch {args.batch} (train), "
+          f"{args.sample_batch} (UNet call), {args.inception_batch} (Inception)")
+    if "precision" in args.parts:
+        precision_table(model, args, args.workloads)
+    if "compile" in args.parts:
+        compile_table(model, args, args.workloads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
