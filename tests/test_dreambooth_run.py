@@ -10,12 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests._pipeline_helpers import _scratch_project
-from tests.core._sd_helpers import tiny_sd_folder
-from tests.test_own_data import _write_pngs, kedro
-from tests.test_text_to_image_run import CAPTIONS, PARAMS
+from tests.test_own_data import kedro
+from tests.test_text_to_image_run import PARAMS, assert_the_lora_gives_the_saved_pipeline, make_sd_project
 
 CLASS = {"class_prompt": "a photo of a dog", "num_class_images": 3, "prior_loss_weight": 0.5,
          "class_images": {"steps": 2, "batch_size": 2, "guidance_scale": 2.0}}
@@ -23,23 +20,14 @@ CLASS = {"class_prompt": "a photo of a dog", "num_class_images": 3, "prior_loss_
 
 @pytest.fixture(scope="module")
 def db_project(tmp_path_factory) -> Path:
-    proj = _scratch_project(tmp_path_factory.mktemp("db"))
-    images = proj / "data" / "01_raw" / "mydata"
-    _write_pngs(images, 4, 24, seed=1)
-    (images / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"img_{i:03d}.png", "text": c}) + "\n"
-                                                   for i, c in enumerate(CAPTIONS)))
-    tiny_sd_folder(proj / "data" / "06_models" / "my_sd", tmp_path_factory.mktemp("tok"))
     params = copy.deepcopy(PARAMS)
     params["datasets"]["mydata"]["method_overrides"] = {"dreambooth": CLASS}
-    (proj / "conf" / "mydata").mkdir()
-    (proj / "conf" / "mydata" / "parameters.yml").write_text(yaml.safe_dump(params))
-    return proj
+    return make_sd_project(tmp_path_factory, params)
 
 
 @pytest.mark.slow
 def test_dreambooth_samples_its_class_images_once_and_its_lora_loads_in_diffusers(db_project):
     import torch
-    from diffusers import StableDiffusionPipeline
 
     done = kedro(db_project, "run", "--pipeline=dreambooth_mydata", "--env=mydata")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -54,16 +42,7 @@ def test_dreambooth_samples_its_class_images_once_and_its_lora_loads_in_diffuser
     assert first["images"].shape == (3, 16, 16, 3) and first["images"].dtype == torch.uint8
     assert first["meta"]["generated_now"] == 3 and first["meta"]["steps"] == 2
 
-    # the fine-tuned pipeline and the source with the LoRA loaded give the same images
-    model_dir = out / "06_models" / "dreambooth_mydata" / "model"
-    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    pipes = [StableDiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True),
-             StableDiffusionPipeline.from_pretrained(str(db_project / "data" / "06_models" / "my_sd"),
-                                                     local_files_only=True)]
-    pipes[1].load_lora_weights(str(model_dir / "lora"))
-    images = [p(["a photo of a cat"], latents=x.clone(), num_inference_steps=3, guidance_scale=3.0,
-                output_type="pt").images for p in pipes]
-    torch.testing.assert_close(images[0], images[1], atol=1e-4, rtol=1e-4)
+    assert_the_lora_gives_the_saved_pipeline(db_project, "dreambooth_mydata")
 
     # a second run with one more class image samples only that one; the first three are the cached ones
     again = kedro(db_project, "run", "--pipeline=dreambooth_mydata", "--env=mydata", "--nodes=dreambooth_mydata.generate_class_images",

@@ -30,8 +30,9 @@ PARAMS = {
 }
 
 
-@pytest.fixture(scope="module")
-def sd_project(tmp_path_factory) -> Path:
+def make_sd_project(tmp_path_factory, params: dict) -> Path:
+    """A scratch project with captioned images in data/01_raw/mydata, the tiny
+    Stable Diffusion folder as data/06_models/my_sd and ``params`` as env ``mydata``."""
     proj = _scratch_project(tmp_path_factory.mktemp("sd"))
     images = proj / "data" / "01_raw" / "mydata"
     _write_pngs(images, 4, 24, seed=1)
@@ -39,15 +40,33 @@ def sd_project(tmp_path_factory) -> Path:
                                                    for i, c in enumerate(CAPTIONS)))
     tiny_sd_folder(proj / "data" / "06_models" / "my_sd", tmp_path_factory.mktemp("tok"))
     (proj / "conf" / "mydata").mkdir()
-    (proj / "conf" / "mydata" / "parameters.yml").write_text(yaml.safe_dump(PARAMS))
+    (proj / "conf" / "mydata" / "parameters.yml").write_text(yaml.safe_dump(params))
     return proj
+
+
+def assert_the_lora_gives_the_saved_pipeline(project: Path, run: str) -> None:
+    """The run's fine-tuned pipeline and the source with its LoRA loaded by diffusers give the same images."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    model_dir = project / "data" / "mydata" / "06_models" / run / "model"
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    pipes = [StableDiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True),
+             StableDiffusionPipeline.from_pretrained(str(project / "data" / "06_models" / "my_sd"),
+                                                     local_files_only=True)]
+    pipes[1].load_lora_weights(str(model_dir / "lora"))
+    images = [p(["a photo of a cat"], latents=x.clone(), num_inference_steps=3, guidance_scale=3.0,
+                output_type="pt").images for p in pipes]
+    torch.testing.assert_close(images[0], images[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def sd_project(tmp_path_factory) -> Path:
+    return make_sd_project(tmp_path_factory, PARAMS)
 
 
 @pytest.mark.slow
 def test_an_sd_folder_fine_tunes_with_sdft_and_lora_through_kedro_run(sd_project):
-    import torch
-    from diffusers import StableDiffusionPipeline
-
     done = kedro(sd_project, "run", "--pipeline=sdft_mydata", "--env=mydata")
     assert done.returncode == 0, done.stderr[-3000:]
     out = sd_project / "data" / "mydata"
@@ -56,16 +75,7 @@ def test_an_sd_folder_fine_tunes_with_sdft_and_lora_through_kedro_run(sd_project
     assert "guidance scale 3.0" in report and "`a red painting of a dog`" in report
     history = json.loads((out / "08_reporting" / "sdft_mydata" / "training_history.json").read_text())
     assert {"diffusion", "distill", "aux"} <= set(history["history"][-1])
-    model_dir = out / "06_models" / "sdft_mydata" / "model"
-    # the fine-tuned pipeline and the source with the LoRA loaded give the same images
-    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    pipes = [StableDiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True),
-             StableDiffusionPipeline.from_pretrained(str(sd_project / "data" / "06_models" / "my_sd"),
-                                                     local_files_only=True)]
-    pipes[1].load_lora_weights(str(model_dir / "lora"))
-    images = [p(["a photo of a cat"], latents=x.clone(), num_inference_steps=3, guidance_scale=3.0,
-                output_type="pt").images for p in pipes]
-    torch.testing.assert_close(images[0], images[1], atol=1e-4, rtol=1e-4)
+    assert_the_lora_gives_the_saved_pipeline(sd_project, "sdft_mydata")
 
 
 def _assert_text_to_image_metrics(folder: Path, report: str) -> None:
