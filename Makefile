@@ -41,6 +41,7 @@ RELEASED ?=
 bench: setup
 	$(BIN)/python benchmarks/bench_steps.py
 	$(BIN)/python benchmarks/bench_released.py $(if $(RELEASED),--released $(RELEASED))
+	$(BIN)/python benchmarks/bench_text_to_image.py
 	$(BIN)/python benchmarks/bench_cpu.py
 
 viz: setup

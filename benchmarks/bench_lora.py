@@ -72,12 +72,13 @@ def build_step(variant: str, model: torch.nn.Module, batch: int, rank: int, devi
     return {"step": step, "params": sum(p.numel() for p in params), "ema": ema}
 
 
-def memory_child(args) -> dict:
-    """One fresh process, one variant: its peak memory over two steps."""
+def memory_child(args, build=build_step) -> dict:
+    """One fresh process, one variant: its peak memory over two steps (``build``:
+    a script's step builder with ``build_step``'s signature)."""
     device = torch.device(args.device)
     before = torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else rss_kib("VmRSS") / 1024
     model, _ = load_model(args.model)
-    run = build_step(args.memory_child, model, args.batch, args.rank, device)
+    run = build(args.memory_child, model, args.batch, args.rank, device)
     for _ in range(2):
         run["step"]()
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_kib("VmHWM") / 1024
@@ -85,8 +86,9 @@ def memory_child(args) -> dict:
             "what": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM)"}
 
 
-def measure_memory(args, variant: str) -> dict:
-    cmd = [sys.executable, __file__, "--memory-child", variant, "--batch", str(args.batch), "--rank",
+def measure_memory(args, variant: str, script: str = __file__) -> dict:
+    """``variant``'s peak memory, from ``script --memory-child`` run with ``args``' options."""
+    cmd = [sys.executable, script, "--memory-child", variant, "--batch", str(args.batch), "--rank",
            str(args.rank), "--device", args.device] + (["--model", str(args.model)] if args.model else []) + \
           (["--threads", str(args.threads)] if args.threads else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
