@@ -36,14 +36,16 @@ from pathlib import Path
 import torch
 
 from diffusion_transfer.core.allocator import tune_malloc_at_startup
-from diffusion_transfer.core.methods import build_method, method_names
+from diffusion_transfer.core.methods import build_method
+from diffusion_transfer.core.methods.registry import methods_for
 from diffusion_transfer.core.models import build_unet, load_unet, model_output
 from diffusion_transfer.core.models.domain_classifier import DomainClassifier
 from diffusion_transfer.core.schedule import make_schedule
 
 DEFAULT_MODEL = Path("data/06_models/world/source")
-# every method but the two naive-loss baselines, each timed against naive
-ALL_METHODS = tuple(m for m in method_names() if m not in ("scratch", "naive"))
+# every method of a pixel model but the two naive-loss baselines, each timed against naive
+# (DreamBooth trains text-to-image models only: benchmarks/bench_text_to_image.py times it)
+ALL_METHODS = tuple(m for m in methods_for(text_to_image=False) if m not in ("scratch", "naive"))
 CONDITION_DIM = 128  # the world CLIP's embedding size (ANL's condition)
 GRID = ("16x32", "64x32", "16x64", "64x64")
 FACEWORLD_SOURCE = dict(

@@ -32,7 +32,7 @@ from diffusion_transfer.pipelines.utils import inference_setup
 from diffusion_transfer.project.resolved import TrainingRuns
 from diffusion_transfer.project.schema import DatasetParams, MethodParams
 
-__all__ = ["generate_class_images", "settings_of_run"]
+__all__ = ["class_images_of_run", "settings_of_run"]
 
 CACHE_FOLDER = "class_images"
 
@@ -70,8 +70,8 @@ def _sample(source_model, settings: ClassImageSettings, start: int) -> torch.Ten
     return torch.cat(out) if out else torch.zeros((0, 1, 1, 3), dtype=torch.uint8)
 
 
-def generate_class_images(source_model, method: MethodParams, dataset: DatasetParams, runs: TrainingRuns,
-                          checkpoint_root: str) -> dict:
+def class_images_of_run(source_model, method: MethodParams, dataset: DatasetParams, runs: TrainingRuns,
+                        checkpoint_root: str) -> dict:
     """DreamBooth's class images of the run, from the cache or sampled now
     (only those the cache lacks); ``{"images": uint8 (N, H, W, 3), "meta"}``."""
     settings = settings_of_run(method, dataset, runs)

@@ -33,6 +33,7 @@ from diffusion_transfer.core.models.scheduler_config import attach_scheduler_con
 from diffusion_transfer.core.models.text_to_image import text_conditioning_of
 from diffusion_transfer.core.provenance import environment_record
 from diffusion_transfer.core.training import train
+from diffusion_transfer.pipelines.finetune.class_images import class_images_of_run
 from diffusion_transfer.pipelines.model_space import bind_dataset_label, cached_latents, describe_model_space
 from diffusion_transfer.pipelines.schedule import resolve_schedule
 from diffusion_transfer.pipelines.training_samples import training_sampler
@@ -203,6 +204,13 @@ def finetune_guided(source_model, curated: dict, method: MethodParams, dataset: 
     """:func:`finetune` with the noisy domain classifier (TAN)."""
     return finetune(source_model, curated, method, dataset, runs, schedule, checkpoint_root,
                     classifier=classifier)
+
+
+def generate_class_images(source_model, method: MethodParams, dataset: DatasetParams, runs: TrainingRuns,
+                          checkpoint_root: str) -> dict:
+    """DreamBooth's class images of the run: sampled once from the class prompt,
+    then read from the cache (pipelines/finetune/class_images.py)."""
+    return class_images_of_run(source_model, method, dataset, runs, checkpoint_root)
 
 
 def finetune_with_class_images(source_model, curated: dict, method: MethodParams, dataset: DatasetParams,

@@ -6,9 +6,9 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline, node
 
 from diffusion_transfer.core.methods.registry import MethodInfo
-from diffusion_transfer.pipelines.finetune.class_images import generate_class_images
 from diffusion_transfer.pipelines.finetune.nodes import (caption_conditions, embed_conditions, finetune,
-                                                         finetune_guided, finetune_with_class_images)
+                                                         finetune_guided, finetune_with_class_images,
+                                                         generate_class_images)
 
 
 def create_finetune_pipeline(info: MethodInfo) -> Pipeline:
