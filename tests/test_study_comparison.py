@@ -159,3 +159,34 @@ def test_seed_replicates_are_one_row_whose_error_adds_the_replicates_spread(tmp_
     assert rows[1]["replicate_sd"]["retention_of_absent.gender"] == 0.0
     assert 0.04 < 2 * math.hypot(binomial(0.06, 50), binomial(0.02, 50))
     assert "0.060 (0.020, +0.040)" in md  # not bold: the shared noise bank's error remains
+
+
+def test_a_text_to_image_study_reports_clip_score_and_absent_concepts_kept_over_replicates(tmp_path):
+    from diffusion_transfer.studies import write_study_report
+    from diffusion_transfer.studies.spec import Point
+
+    replicates = [{"train.seed": s, "sampling.seed": 1234} for s in (0, 1)]
+    points = [Point("t2i", run, {**r}, {"replicate": r, "pipeline": run})
+              for r in replicates for run in ("naive_aahq_text", "sdft_aahq_text")]
+    values = {"naive_aahq_text": [(164.0, 58.0, 0.80), (166.0, 57.0, 0.70)],
+              "sdft_aahq_text": [(185.0, 52.0, 0.75), (184.0, 53.0, 0.85)]}
+    for i, point in enumerate(points):
+        fid, clip, kept = values[point.pipeline][i // 2]
+        folder = tmp_path / point.id
+        (folder / "08_reporting" / point.namespace).mkdir(parents=True)
+        (folder / "point.json").write_text(json.dumps({"run_seconds": 1.0}))
+        (folder / "08_reporting" / point.namespace / "metrics.json").write_text(json.dumps(
+            {"kind": "text_to_image", "models": {
+                "source": {"fid": 183.0, "clip_score": 44.0},
+                "finetuned": {"fid": fid, "kid_x1e3": 1.0, "clip_score": clip, "absent_face_rate": 0.9,
+                              "retention_of_absent_concepts": {"a man with glasses": kept, "mean": kept}}}}))
+    text = write_study_report("t2i", points, tmp_path).read_text()
+    # over replicates: naive's CLIP score 57.5 ± 0.71 [57, 58]; SDFT's kept share 0.80 ± 0.07 [0.75, 0.85]
+    assert "| naive_aahq_text | 2 | 165.00 ± 1.41 [164.00, 166.00] | 1.00 ± 0.00 [1.00, 1.00] | " \
+           "57.50 ± 0.71 [57.00, 58.00] | 0.75 ± 0.07 [0.70, 0.80] |" in text
+    assert "| sdft_aahq_text | 2 | 184.50 ± 0.71 [184.00, 185.00] |" in text and "separated" in text
+    assert "| CLIP score | absent concepts kept (mean) | face rate (absent prompts) |" in text
+    assert "absent values kept (mean)" not in text.split("| point |")[1]  # the pixel runs' columns are not shown
+    front = json.loads((tmp_path / "study.json").read_text())["pareto_front"]
+    # (FID, kept): naive (164, .80) and SDFT (184, .85) are on the front; naive (166, .70) and SDFT (185, .75) not
+    assert set(front) == {points[0].id, points[3].id}

@@ -18,7 +18,9 @@ from diffusion_transfer.studies.report_common import dataset_of
 from diffusion_transfer.studies.spec import REPLICATE_AXIS
 #: (metrics.json key, column title, lower is better)
 MEASURES = [("fid", "FID", True), ("kid_x1e3", "KID x10^3", True), ("inception_score", "IS", False),
-            ("face_rate", "face rate", False), ("source.fid", "source model's FID", True)]
+            ("face_rate", "face rate", False), ("clip_score", "CLIP score", False),
+            ("retention_of_absent_concepts.mean", "absent concepts kept (mean)", False),
+            ("source.fid", "source model's FID", True)]
 
 
 def replicate_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -26,10 +26,22 @@ from diffusion_transfer.studies.spec import Point  # noqa: E402
 from diffusion_transfer.tracking.records import evaluation_metrics  # noqa: E402
 
 X_KEY, Y_KEY = "retention_of_absent.mean", "fid"
+#: A text-to-image run's retention: of the source's samples of each absent-concept prompt that show
+#: the concept, the share whose fine-tuned sample (same seed) does (pipelines/evaluate/nodes.py).
+TEXT_X_KEY = "retention_of_absent_concepts.mean"
 #: (metric key, column title) of the table, after the grid values.
 COLUMNS = [("fid", "FID"), ("kid_x1e3", "KID x10^3"), (X_KEY, "absent values kept (mean)"),
            ("retention.mean", "retention (mean)"), ("lpips_src_trg", "LPIPS src-trg"),
            ("coverage.overall_rate", "coverage of absent values"), ("face_rate", "face rate")]
+#: A text-to-image run's columns in place of the pixel runs' attribute ones.
+TEXT_COLUMNS = [("fid", "FID"), ("kid_x1e3", "KID x10^3"), ("clip_score", "CLIP score"),
+                (TEXT_X_KEY, "absent concepts kept (mean)"), ("absent_face_rate", "face rate (absent prompts)")]
+
+
+def is_text_to_image(rows: list[dict[str, Any]]) -> bool:
+    """Whether the study's done runs are text-to-image runs (their metrics.json has no attribute retention)."""
+    done = [r for r in rows if r["done"]]
+    return bool(done) and all(X_KEY not in r["metrics"] and TEXT_X_KEY in r["metrics"] for r in done)
 PLOT_FILE = "fid_vs_retention.png"
 
 
@@ -50,9 +62,9 @@ def point_row(point: Point, root: Path) -> dict[str, Any]:
     return row
 
 
-def pareto_front(rows: list[dict[str, Any]]) -> set[str]:
+def pareto_front(rows: list[dict[str, Any]], x_key: str = X_KEY) -> set[str]:
     """Ids of the done rows no other row dominates (FID lower, retention higher)."""
-    scored = [(r["point"], r["metrics"].get(Y_KEY), r["metrics"].get(X_KEY)) for r in rows if r["done"]]
+    scored = [(r["point"], r["metrics"].get(Y_KEY), r["metrics"].get(x_key)) for r in rows if r["done"]]
     scored = [(p, f, k) for p, f, k in scored if f is not None and k is not None]
     front = set()
     for p, f, k in scored:
@@ -76,7 +88,7 @@ def _absent_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 def study_table(rows: list[dict[str, Any]], front: set[str]) -> list[str]:
     axes = list(rows[0]["labels"]) if rows else []
-    columns = COLUMNS[:3] + _absent_columns(rows) + COLUMNS[3:]
+    columns = TEXT_COLUMNS if is_text_to_image(rows) else COLUMNS[:3] + _absent_columns(rows) + COLUMNS[3:]
     lines = ["| point | " + " | ".join(axes + [title for _, title in columns]) + " | Pareto | run (s) |",
              "|" + "---|" * (len(axes) + len(columns) + 3)]
     for row in rows:
@@ -97,28 +109,29 @@ def _near_labels(spans: list[float], at: tuple[float, float], placed: list[tuple
     return sum(abs(px - at[0]) < 0.08 * spans[0] and abs(py - at[1]) < 0.05 * spans[1] for px, py in placed)
 
 
-def study_plot(name: str, rows: list[dict[str, Any]], front: set[str]) -> plt.Figure:
+def study_plot(name: str, rows: list[dict[str, Any]], front: set[str], x_key: str = X_KEY) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    done = [r for r in rows if r["done"] and r["metrics"].get(X_KEY) is not None and r["metrics"].get(Y_KEY)
+    done = [r for r in rows if r["done"] and r["metrics"].get(x_key) is not None and r["metrics"].get(Y_KEY)
             is not None]
     placed: list[tuple[float, float]] = []
     spans = [max(r["metrics"][k] for r in done) - min(r["metrics"][k] for r in done) or 1.0
-             for k in (X_KEY, Y_KEY)] if done else [1.0, 1.0]
+             for k in (x_key, Y_KEY)] if done else [1.0, 1.0]
     for row in done:
-        x, y = row["metrics"][X_KEY], row["metrics"][Y_KEY]
+        x, y = row["metrics"][x_key], row["metrics"][Y_KEY]
         on_front = row["point"] in front
         ax.scatter([x], [y], s=60 if on_front else 30, c="tab:red" if on_front else "tab:blue", zorder=3)
         near = _near_labels(spans, (x, y), placed)  # runs that land on each other get their labels stacked
         placed.append((x, y))
         ax.annotate(" ".join(row["labels"].values()), (x, y), fontsize=7, xytext=(4, 3 - 9 * near),
                     textcoords="offset points")
-    line = sorted((r["metrics"][X_KEY], r["metrics"][Y_KEY]) for r in done if r["point"] in front)
+    line = sorted((r["metrics"][x_key], r["metrics"][Y_KEY]) for r in done if r["point"] in front)
     if line:
         ax.plot([p[0] for p in line], [p[1] for p in line], "--", c="tab:red", label="Pareto front", zorder=2)
     sources = {r["metrics"].get("source.fid") for r in done} - {None}
     if len(sources) == 1:
         ax.axhline(sources.pop(), ls=":", c="grey", label="source model's FID")
-    ax.set_xlabel("retention of attribute values absent from the training set (mean, higher is better)")
+    ax.set_xlabel("retention of " + ("prompted concepts" if x_key == TEXT_X_KEY else "attribute values")
+                  + " absent from the training set (mean, higher is better)")
     ax.set_ylabel("FID (lower is better)")
     ax.set_title(f"study {name}: {len(done)} run(s)")
     if line or ax.get_legend_handles_labels()[0]:
@@ -134,8 +147,9 @@ def write_study_report(name: str, points: list[Point], root: Path) -> Path:
         return write_edit_study_report(name, points, root)
     root.mkdir(parents=True, exist_ok=True)
     rows = [point_row(p, root) for p in points]
-    front = pareto_front(rows)
-    save_figure(study_plot(name, rows, front), root / PLOT_FILE)
+    x_key = TEXT_X_KEY if is_text_to_image(rows) else X_KEY
+    front = pareto_front(rows, x_key)
+    save_figure(study_plot(name, rows, front, x_key), root / PLOT_FILE)
     lines = [*report_header(name, rows, root), "Metrics of the fine-tuned model (`metrics.json`): FID/KID against the "
              "target data; *kept*: of the source samples showing an attribute value absent from the training set, "
              "the share whose fine-tuned sample (same noise) still shows it. Pareto: no other run has both a lower "
