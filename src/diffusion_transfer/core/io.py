@@ -8,6 +8,7 @@ needed and the bytes free; the previous file stays in place."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -199,3 +200,14 @@ def require_weights_folder(folder: str | Path, weights_file: str, meta_file: str
     if missing:
         raise FileNotFoundError(f"{what} not found in folder {folder} (missing {', '.join(missing)}). {rebuild_hint}")
     return weights, meta
+
+
+def tensor_digest(tensors: Iterable[Any]) -> bytes:
+    """sha256 of the tensors' raw bytes, in order (any dtype, bf16 included): the
+    key of a cache or a checkpoint that must change with any weight or image."""
+    import torch  # deferred: the rest of this module is plain file handling
+
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.digest()

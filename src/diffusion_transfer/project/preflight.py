@@ -192,9 +192,14 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
             + _label_problems(unet, dataset, target) + _adapter_problems(pipeline, unet, where, target, params))
 
 
+def _methods_of(pipeline) -> set[str]:
+    """The methods whose runs the pipeline holds (the ``params:methods.<m>`` its nodes read)."""
+    return {i.split(".", 1)[1] for n in pipeline.nodes for i in n.inputs if i.startswith("params:methods.")}
+
+
 def _text_to_image_problems(pipeline, where: str) -> list[str]:
     """Each method of the run that does not train a text-to-image model yet (the method registry says which do)."""
-    used = sorted({i.split(".", 1)[1] for n in pipeline.nodes for i in n.inputs if i.startswith("params:methods.")})
+    used = sorted(_methods_of(pipeline))
     supported = text_to_image_methods()
     return [f"methods.{m}: {where} is a text-to-image model (Stable Diffusion layout: a UNet2DConditionModel "
             f"with its text encoder and tokenizer), which {m} does not train yet; run one of "
@@ -205,7 +210,7 @@ def _text_to_image_problems(pipeline, where: str) -> list[str]:
 def _class_prompt_problems(pipeline, target, params: dict[str, Any]) -> list[str]:
     """Each run of the pipeline that samples class images (DreamBooth) without a class prompt."""
     methods = params.get("methods") or {}
-    used = {i.split(".", 1)[1] for n in pipeline.nodes for i in n.inputs if i.startswith("params:methods.")}
+    used = _methods_of(pipeline)
     d = target.params.name
     return [f"methods.{m}.class_prompt is not set (nor datasets.{d}.method_overrides.{m}.class_prompt): {m} "
             "samples its class images from the source model with the class prompt; set it to the class of the "
@@ -232,7 +237,7 @@ def _adapter_problems(pipeline, unet: dict[str, Any], where: str, target, params
     """Each run of the pipeline on this dataset whose ``train.adapter.target_modules``
     do not work on the source model, built from its config on the meta device
     (a model diffusers cannot build from its config is checked by the node, on the loaded model)."""
-    used = {i.split(".", 1)[1] for n in pipeline.nodes for i in n.inputs if i.startswith("params:methods.")}
+    used = _methods_of(pipeline)
     methods = params.get("methods") or {}
     runs = [resolve_run({"name": m, **methods[m]}, target.params, params.get("train") or {})
             for m in sorted(used & set(methods))]

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from diffusion_transfer.core.data.images import to_uint8
-from diffusion_transfer.core.io import atomic_path
+from diffusion_transfer.core.io import atomic_path, tensor_digest
 from diffusion_transfer.core.methods.dreambooth import ClassImageSettings, class_image_settings
 from diffusion_transfer.core.methods.registry import CLASS_IMAGE_KEYS
 from diffusion_transfer.core.models.text_to_image import text_conditioning_of
@@ -46,8 +46,7 @@ def settings_of_run(method: MethodParams, dataset: DatasetParams, runs: Training
 def _cache_key(source_model, settings: ClassImageSettings) -> str:
     digest = hashlib.sha256(json.dumps({k: v for k, v in settings.record().items() if k != "num_class_images"},
                                        sort_keys=True).encode())
-    for value in source_model.state_dict().values():  # the UNet; the text encoder and codec are fixed by its folder
-        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(tensor_digest(source_model.state_dict().values()))  # the UNet; its folder fixes the rest
     return digest.hexdigest()[:16]
 
 

@@ -17,6 +17,7 @@ import torch
 from diffusion_transfer.core.data.captions import captions_for
 from diffusion_transfer.core.data.embeddings import cached_embeddings
 from diffusion_transfer.core.data.images import to_tensor
+from diffusion_transfer.core.io import tensor_digest
 from diffusion_transfer.core.methods import build_method
 from diffusion_transfer.core.methods.registry import run_supports_text
 from diffusion_transfer.core.methods.a3ft import attention_blocks
@@ -41,13 +42,6 @@ from diffusion_transfer.project.resolved import TrainingRuns
 from diffusion_transfer.project.schema import DatasetParams, MethodParams, ScheduleParams
 
 
-def _fingerprint(tensors) -> bytes:
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.digest()
-
-
 def finetune(source_model, curated: dict, method: MethodParams, dataset: DatasetParams, runs: TrainingRuns,
              schedule: ScheduleParams, checkpoint_root: str, conditions: dict | None = None, classifier=None,
              class_images: dict | None = None):
@@ -70,7 +64,7 @@ def finetune(source_model, curated: dict, method: MethodParams, dataset: Dataset
     if prior is not None:
         spec = spec.with_class_examples(*prior)
     config = run.train
-    source_weights = _fingerprint(source_model.state_dict().values())  # before an adapter goes in
+    source_weights = tensor_digest(source_model.state_dict().values())  # before an adapter goes in
     as_it_came = class_label_of(source_model), [p.requires_grad for p in source_model.parameters()]
     cond = conditions["embeddings"].float() if conditions is not None else None
     if text_conditioning_of(source_model) is not None and (cond is None or not run_supports_text(run.method)):
@@ -179,9 +173,9 @@ def _checkpoint_key(run, sched, label, source_model, source_weights: bytes, cura
     settings = {**trained_by, "schedule": sched.describe(), **space}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     key.update(source_weights)
-    key.update(_fingerprint([curated["images"]] + [c for c in conditioning if c is not None]))
+    key.update(tensor_digest([curated["images"]] + [c for c in conditioning if c is not None]))
     if classifier is not None:
-        key.update(_fingerprint(classifier.state_dict().values()))
+        key.update(tensor_digest(classifier.state_dict().values()))
     key = key.hexdigest()[:12]
     identity = {"method": run.method, "source": source_weights.hex()[:16], "checkpoint_key": key,  # images too
                 "settings": {k: v for k, v in settings.items() if k not in ("method", "run")}}  # named apart
