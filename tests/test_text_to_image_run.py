@@ -134,6 +134,20 @@ def test_a_method_that_does_not_train_text_to_image_models_stops_before_compute(
     assert "sdft_<dataset>" in message and "copy the model folder again" not in message
 
 
+def test_an_attn_lora_target_outside_the_cross_attention_stops_before_compute(tmp_path_factory):
+    """attn's LoRA goes into the cross-attention keys and values it trains: a target
+    such as conv1, which the model has but attn does not train, is refused by the pre-run check."""
+    project = make_sd_project(tmp_path_factory, PARAMS)  # its own: nothing written by other runs
+    done = kedro(project, "run", "--pipeline=attn_mydata", "--env=mydata",
+                 "--params=train.adapter.target_modules=[conv1]")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    message = done.stderr[done.stderr.index("Error: "):]
+    assert "train.adapter.target_modules (run attn_mydata)" in message
+    assert "attn trains only the cross-attention key and value projections" in message
+    assert "none of ['conv1'] is one of them. Layers LoRA can adapt there: to_k, to_v" in message
+    assert not (project / "data" / "mydata").exists()  # before any compute: no curation, no source samples
+
+
 def test_a_few_shot_split_keeps_the_captions_of_its_shots(tmp_path):
     """The captions of metadata.jsonl travel with the curated images (full and few-shot datasets)."""
     from types import SimpleNamespace

@@ -11,21 +11,27 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from diffusion_transfer.core.data.labels import read_labels
 from diffusion_transfer.core.metrics.lpips_metric import smallest_input_size
 from diffusion_transfer.core.models.latent import autoencoder_downscale
 from diffusion_transfer.core.data.captions import CAPTIONS_FILE
-from diffusion_transfer.core.methods.registry import METHODS, text_to_image_methods
+from diffusion_transfer.core.methods.registry import METHODS, build_method, text_to_image_methods
 from diffusion_transfer.core.models.folder_check import (config_class_labels, is_text_to_image_model, meta_unet,
                                                           unet_folder_problems, unsupported_parts)
-from diffusion_transfer.core.models.lora import adaptable_names, target_problems
+from diffusion_transfer.core.models.lora import adaptable_names, base_unet, scope_problems, target_problems
+from diffusion_transfer.core.models.text_to_image import TextConditioning, attach_text_conditioning
+from diffusion_transfer.core.schedule import NoiseSchedule
 from diffusion_transfer.core.weights import missing_weights
 from diffusion_transfer.core.models.scheduler_config import scheduler_config_problems
 from diffusion_transfer.pipelines.schedule import PROJECT_DEFAULT, resolve_schedule
 from diffusion_transfer.project.declared import declarations, is_catalog_name
 from diffusion_transfer.project.resolved import resolve_run
 from diffusion_transfer.project.schema import InvalidParametersError, ScheduleParams, parse, translation_for
+
+#: Any schedule builds a method for the scope check: the schedule only enters its loss.
+_ANY_SCHEDULE = NoiseSchedule(betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
 
 _METRIC_WEIGHTS = {
     "inception_path": "clean-fid's TorchScript Inception-v3 (inception-2015-12-05.pt), for FID/KID",
@@ -172,7 +178,8 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
                 "work'); training this one without those parts would be silently wrong. Set "
                 f"sources.{target.source.name}.model to a supported model"]
     problems = [f"{where}: {p}" for p in (unet_folder_problems(path) if Path(str(path)).is_dir() else [])]
-    if Path(str(path)).is_dir() and is_text_to_image_model(path):
+    text_to_image = Path(str(path)).is_dir() and is_text_to_image_model(path)
+    if text_to_image:
         problems += (_text_to_image_problems(pipeline, where) + _caption_problems(target)
                      + _class_prompt_problems(pipeline, target, params))
     problems += _schedule_problems(dataset, scheduler, params, where)
@@ -189,7 +196,7 @@ def _model_problems(pipeline, dataset, entry: str, target, params: dict[str, Any
                         f"; its UNet must take {space} and predict as many channels (twice with a learned variance)")
     scale = autoencoder_downscale(autoencoder) if autoencoder else 1
     return (problems + _size_problems(pipeline, unet, where, target, params, scale)
-            + _label_problems(unet, dataset, target) + _adapter_problems(pipeline, unet, where, target, params))
+            + _label_problems(unet, dataset, target) + _adapter_problems(pipeline, unet, where, target, params, text_to_image))
 
 
 def _methods_of(pipeline) -> set[str]:
@@ -233,7 +240,8 @@ def _caption_problems(target) -> list[str]:
             "instance prompt (one prompt for every image)"]
 
 
-def _adapter_problems(pipeline, unet: dict[str, Any], where: str, target, params: dict[str, Any]) -> list[str]:
+def _adapter_problems(pipeline, unet: dict[str, Any], where: str, target, params: dict[str, Any],
+                      text_to_image: bool) -> list[str]:
     """Each run of the pipeline on this dataset whose ``train.adapter.target_modules``
     do not work on the source model, built from its config on the meta device
     (a model diffusers cannot build from its config is checked by the node, on the loaded model)."""
@@ -254,7 +262,26 @@ def _adapter_problems(pipeline, unet: dict[str, Any], where: str, target, params
         if found:
             problems.append(f"train.adapter.target_modules (run {run.name}) on {where}: {'; '.join(found)}. Set it "
                             f"to layers LoRA can adapt in this model: {', '.join(adaptable_names(model))}")
+        else:
+            problems += _scope_problems(run, unet, where, text_to_image)
     return problems
+
+
+def _scope_problems(run, unet: dict[str, Any], where: str, text_to_image: bool) -> list[str]:
+    """A method that lets LoRA into its own layers only (``attn`` on a text-to-image
+    model: the cross-attention it trains) refuses targets outside them: said
+    here, on the model built on the meta device, rather than when training starts."""
+    try:
+        method = build_method(run.method, dict(run.hyperparameters), _ANY_SCHEDULE)
+        if method.prepare is None or method.conditional:
+            return []
+        model = meta_unet(unet)
+        if text_to_image:  # methods tell a text-to-image UNet by its text encoder: a stand-in, never called here
+            attach_text_conditioning(model, TextConditioning(torch.nn.Identity(), None, {}))
+        scoped = method.prepare(model)
+    except Exception:  # noqa: BLE001 - a method the meta model cannot take: the node checks it on the real one
+        return []
+    return scope_problems(base_unet(scoped), run.adapter, f"train.adapter.target_modules (run {run.name}) on {where}")
 
 
 def _schedule_problems(dataset, scheduler: dict[str, Any] | None, params: dict[str, Any], where: str) -> list[str]:

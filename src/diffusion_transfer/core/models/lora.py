@@ -51,7 +51,7 @@ from .wrapping import unwrap
 
 __all__ = ["DEFAULT_RANK", "DEFAULT_TARGET_MODULES", "FrozenBaseView", "LoraSpec", "adaptable_names", "add_lora",
            "LoraScope", "base_unet", "has_lora", "limit_lora", "lora_layers", "lora_parameters", "merged_copy",
-           "remove_lora", "target_problems"]
+           "remove_lora", "scope_problems", "target_problems"]
 
 #: The defaults of diffusers' LoRA training examples: examples/text_to_image/train_text_to_image_lora.py
 #: (``--rank`` 4; ``LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
@@ -204,16 +204,30 @@ def _scoped_config(unet: nn.Module, spec: LoraSpec, where: str) -> LoraConfig:
     """``spec``'s LoraConfig; on a UNet with a :class:`LoraScope`, targeting
     by full name the layers inside the scope that ``target_modules`` matches."""
     config = spec.config()
+    problems = scope_problems(unet, spec, where)
+    if problems:
+        raise ValueError(problems[0])
     scope = getattr(unet, _SCOPE, None)
     if not isinstance(scope, LoraScope):
         return config
-    names = [name for name, m in unet.named_modules() if name and scope.holds(name) and isinstance(m, ADAPTABLE)
-             and check_target_module_exists(config, name)]
-    if not names:
-        raise ValueError(f"{where}: {scope.why}, and its LoRA goes into those layers only; none of "
-                         f"{list(spec.target_modules)} is one of them. Layers LoRA can adapt there: "
-                         f"{', '.join(adaptable_names(unet, scope.holds))}")
-    return dataclasses.replace(config, target_modules=names)
+    return dataclasses.replace(config, target_modules=_scoped_names(unet, scope, config))
+
+
+def _scoped_names(unet: nn.Module, scope: LoraScope, config: LoraConfig) -> list[str]:
+    return [name for name, m in unet.named_modules() if name and scope.holds(name) and isinstance(m, ADAPTABLE)
+            and check_target_module_exists(config, name)]
+
+
+def scope_problems(unet: nn.Module, spec: LoraSpec, where: str) -> list[str]:
+    """Why ``spec`` would put no LoRA inside the :class:`LoraScope` a method set
+    on ``unet`` (:func:`limit_lora`); empty when it does or there is no scope.
+    ``unet`` may live on the meta device (the pre-run check's)."""
+    scope = getattr(unet, _SCOPE, None)
+    if not isinstance(scope, LoraScope) or _scoped_names(unet, scope, spec.config()):
+        return []
+    return [f"{where}: {scope.why}, and its LoRA goes into those layers only; none of "
+            f"{list(spec.target_modules)} is one of them. Layers LoRA can adapt there: "
+            f"{', '.join(adaptable_names(unet, scope.holds))}"]
 
 
 def _move_hooks(source: nn.Module, target: nn.Module) -> None:
