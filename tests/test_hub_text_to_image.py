@@ -115,6 +115,41 @@ def test_a_hub_id_absent_from_the_cache_names_what_it_needs(offline_cache):
         load_unet(REPO)
 
 
+@pytest.mark.parametrize("index", [{"_class_name": "StableDiffusionPipeline"}, None])
+def test_online_an_uncached_id_is_told_by_its_model_index_alone(tmp_path, monkeypatch, index):
+    """Online, an id the cache lacks is asked for model_index.json only (here a stand-in for
+    the Hub writes it in the cache's layout; nothing reaches the network): a Stable Diffusion
+    pipeline gets the text-to-image runs, a bare UNet repo (no such file) the UNet runs, and
+    the file, once cached, answers the next look without asking again."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from diffusion_transfer.project.declared import declarations
+
+    cache = _cache(tmp_path / "hub", None)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    asked = []
+
+    def hub(repo_id, filename, cache_dir=None, **kwargs):
+        asked.append((repo_id, filename, cache_dir))
+        if index is None:
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        snapshot = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}" / "snapshots" / COMMIT
+        snapshot.mkdir(parents=True)
+        (snapshot.parents[1] / "refs").mkdir()
+        (snapshot.parents[1] / "refs" / "main").write_text(COMMIT)
+        (snapshot / filename).write_text(json.dumps(index))
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    sources = {"sources": {"my_sd": {"model": REPO, "images": None}}}
+    assert declarations(sources).sources["my_sd"].text_to_image is (index is not None)
+    assert asked == [(REPO, "model_index.json", str(cache))]
+    assert declarations(sources).sources["my_sd"].text_to_image is (index is not None)
+    assert len(asked) == (1 if index is not None else 2)  # cached once found; a bare UNet repo is asked again
+
+
 CAPTIONS = ["a photo of a cat", "a red painting of a dog"]
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusion_transfer.core.models.hub import cached_snapshot, hub_offline, is_hub_id, is_text_to_image_snapshot
+from diffusion_transfer.core.models.hub import (cached_snapshot, hub_offline, hub_pipeline_class, is_hub_id,
+                                                is_text_to_image_pipeline_class, is_text_to_image_snapshot)
 from diffusion_transfer.core.models.text_to_image import is_text_to_image_folder
 from diffusion_transfer.datasets import ImageFolderDataset, UNetDataset
 from diffusion_transfer.project.schema import DatasetParams, InvalidParametersError, SourceParams, parse
@@ -85,15 +86,17 @@ class SourceDomain:
         tokenizer beside a UNet; core/models/text_to_image.py), or a Hub id whose
         snapshot in the local cache is one (core/models/hub.py), or, offline, a
         Hub id absent from it: its runs are the text-to-image template
-        (pipelines/method_run.py). Online, an id not yet cached is taken for a
-        UNet (load_unet downloads it): download a Stable Diffusion id first."""
+        (pipelines/method_run.py). Online, an id not yet cached is asked for its
+        model_index.json alone (load_unet downloads the rest when the run starts)."""
         model = self.params.model
         if is_catalog_name(model):
             return False
         if is_hub_id(model):
             snapshot = cached_snapshot(model)
-            if snapshot is None:  # offline, no run of it can start: the pre-run check lists what is missing, and
-                return hub_offline()  # this template gives every method a pipeline to say it (DreamBooth's too)
+            if snapshot is None and hub_offline():  # no run of it can start: the pre-run check lists what is
+                return True  # missing, and this template gives every method a pipeline to say it (DreamBooth's too)
+            if snapshot is None:
+                return is_text_to_image_pipeline_class(hub_pipeline_class(model))
             return is_text_to_image_snapshot(snapshot)
         return is_text_to_image_folder(Path(model).expanduser())
 
