@@ -37,12 +37,14 @@ test: setup
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # RELEASED=PATH: a JiwanHur/SDFT checkout, timed against the project (issue 35); without it that part says it is skipped.
+# The last line runs the demo in a fresh clone under the FLOP counter (about as long as `make demo`): its floor ratio.
 RELEASED ?=
 bench: setup
 	$(BIN)/python benchmarks/bench_steps.py
 	$(BIN)/python benchmarks/bench_released.py $(if $(RELEASED),--released $(RELEASED))
 	$(BIN)/python benchmarks/bench_text_to_image.py
 	$(BIN)/python benchmarks/bench_cpu.py
+	$(BIN)/python benchmarks/bench_floor.py --fresh-clone
 
 viz: setup
 	$(BIN)/kedro viz build

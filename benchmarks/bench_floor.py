@@ -20,14 +20,20 @@ Run it where nothing is computed yet (a fresh clone, as the demo is timed):
 training nodes resume from their checkpoints and the evaluation reuses cached
 features, and both would then count only what is left.
 
-    python benchmarks/bench_floor.py [--pipeline sdft_aahq] [--env base]
+    python benchmarks/bench_floor.py [--pipeline sdft_aahq] [--env base] [--fresh-clone]
+
+It also prints the floor at the bf16 matrix-product rate, measured in the
+same run, on a CPU with native bf16 (AVX-512 BF16 or AMX); elsewhere it says
+there is none.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,8 @@ import torch
 from kedro.framework.hooks import hook_impl
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
+
+from diffusion_transfer.core.cpu_precision import cpu_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,9 +99,9 @@ class NodeFlopsHook:
             print(f"node {name}: {wall:.1f} s, {counter.flops / 1e9:.1f} GFLOP", flush=True)
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """The best rate of an n x n float32 matrix product on torch's threads, in GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """The best rate of an n x n matrix product of ``dtype`` on torch's threads, in GFLOP/s."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -124,13 +132,34 @@ def format_table(rows: list[dict[str, Any]], peak_gflops: float) -> str:
     return "\n".join(lines)
 
 
+def bf16_floor_line(total_wall_s: float, total_gflop: float, bf16_peak: float | None, why_not: str) -> str:
+    """The demo's floor at the bf16 matrix-product rate of this CPU, and wall over it; or why there is none."""
+    if bf16_peak is None:
+        return f"floor at the bf16 rate: none, {why_not}"
+    floor = total_gflop / bf16_peak
+    return (f"floor at the bf16 rate: {bf16_peak:.1f} GFLOP/s (2048 x 2048 bf16 matrix product), "
+            f"{floor:.1f} s; wall / bf16 floor {total_wall_s / floor:.2f}")
+
+
+def _fresh_clone() -> Path:
+    """A clone of this checkout's HEAD in a temporary folder: a project where nothing is computed yet."""
+    folder = Path(tempfile.mkdtemp(prefix="bench_floor_")) / "project"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(folder)], check=True)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the pipeline with the counting hook; print and return the rows."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", default="sdft_aahq")
     ap.add_argument("--env", default="base")
     ap.add_argument("--project", type=Path, default=ROOT, help="the Kedro project's folder")
+    ap.add_argument("--fresh-clone", action="store_true",
+                    help="run in a clone of this checkout's HEAD made for it (what `make bench` does)")
     args = ap.parse_args(argv)
+    if args.fresh_clone:
+        args.project = _fresh_clone()
+        print(f"project: a fresh clone of {ROOT} at {args.project}")
     for key, value in (("KEDRO_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"), ("HF_HUB_OFFLINE", "1"),
                        ("MLFLOW_DISABLE_TELEMETRY", "true")):
         os.environ.setdefault(key, value)
@@ -144,9 +173,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         session._hook_manager.register(hook)  # Kedro has no public way to add a hook to one session
         session.run(pipeline_name=args.pipeline)
     peak = max(peak, matmul_peak_gflops())
+    cpu = cpu_bf16()
+    bf16_peak = matmul_peak_gflops(dtype=torch.bfloat16) if cpu.supported else None
     rows = floor_rows(hook.rows, peak)
-    print(f"pipeline {args.pipeline} (env {args.env}), walls with the FLOP counter on")
+    print(f"pipeline {args.pipeline} (env {args.env}), walls with the FLOP counter on; CPU: {cpu.describe()}")
     print(format_table(rows, peak))
+    print(bf16_floor_line(sum(r["wall_s"] for r in rows), sum(r["gflop"] for r in rows), bf16_peak,
+                          "this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16)"))
     return rows
 
 

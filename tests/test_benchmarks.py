@@ -145,6 +145,8 @@ def test_bench_floor_counts_each_nodes_flops_through_a_kedro_hook():
 
 
 def test_bench_floor_rows_divide_the_flops_by_the_peak():
+    import torch
+
     bench = _load("bench_floor")
     rows = bench.floor_rows([{"node": "a", "wall_s": 4.0, "gflop": 200.0},
                              {"node": "b", "wall_s": 1.0, "gflop": 0.0}], peak_gflops=100.0)
@@ -153,3 +155,11 @@ def test_bench_floor_rows_divide_the_flops_by_the_peak():
     total = bench.format_table(rows, 100.0).splitlines()[-1].split()
     assert total[:3] == ["total", "5.0s", "200.0"] and total[-2:] == ["2.0s", "2.50"]
     assert bench.matmul_peak_gflops(n=64, repeats=1) > 0
+    assert bench.matmul_peak_gflops(n=64, repeats=1, dtype=torch.bfloat16) > 0
+
+
+def test_bench_floor_states_the_bf16_floor_or_why_there_is_none():
+    bench = _load("bench_floor")
+    line = bench.bf16_floor_line(total_wall_s=300.0, total_gflop=1000.0, bf16_peak=10.0, why_not="")
+    assert line.endswith("10.0 GFLOP/s (2048 x 2048 bf16 matrix product), 100.0 s; wall / bf16 floor 3.00")
+    assert bench.bf16_floor_line(300.0, 1000.0, None, "no bf16 here") == "floor at the bf16 rate: none, no bf16 here"
