@@ -1,4 +1,4 @@
-"""fp32 against bf16, and eager against compiled, on this CPU (issue 35).
+"""fp32 against bf16, eager against compiled, and contiguous against channels-last, on this CPU (issue 35).
 
 Four workloads, the ones the precision and compile settings act on:
 
@@ -17,9 +17,12 @@ does. Each table times its arms interleaved in one run (medians of
 first call of a compiled arm less its median call, is shown apart, with a
 fresh inductor cache (as a fresh clone compiles) unless ``--warm-cache``.
 bf16 is timed only where the CPU does it natively (``core/cpu_precision.py``);
-``--force-bf16`` times the emulated kind too, labelled so.
+``--force-bf16`` times the emulated kind too, labelled so. The layout table
+times the two training steps and a step of the domain classifier (batch
+``--classifier-batch``) with contiguous weights against channels-last ones
+(``train.channels_last``).
 
-    python benchmarks/bench_cpu.py [--repeats 5] [--parts precision compile] [--force-bf16]
+    python benchmarks/bench_cpu.py [--repeats 5] [--parts precision compile layout] [--force-bf16]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ if "--warm-cache" not in sys.argv:  # before torch reads it: compile as on a fre
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="bench-cpu-inductor-"))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_steps import load_model  # noqa: E402
@@ -45,10 +49,13 @@ from bench_steps import load_model  # noqa: E402
 from diffusion_transfer.core.allocator import tune_malloc_at_startup  # noqa: E402
 from diffusion_transfer.core.cpu_precision import cpu_bf16  # noqa: E402
 from diffusion_transfer.core.methods import build_method  # noqa: E402
+from diffusion_transfer.core.models.domain_classifier import DomainClassifier  # noqa: E402
+from diffusion_transfer.core.training.domain_classifier import domain_classifier_loss  # noqa: E402
 from diffusion_transfer.core.metrics.extractors import inception_extractor  # noqa: E402
 from diffusion_transfer.core.sampling import model_eps_fn  # noqa: E402
 from diffusion_transfer.core.schedule import make_schedule  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ("naive step", "sdft step", "DDIM UNet call", "Inception pass")
 
 
@@ -56,13 +63,17 @@ def _autocast(dtype: torch.dtype | None):
     return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def train_step(method: str, model, batch: int, dtype: torch.dtype | None, compiled: bool):
-    """One optimiser step of ``method`` as train() runs it (student compiled in place for train.compile)."""
+def train_step(method: str, model, batch: int, dtype: torch.dtype | None, compiled: bool,
+               channels_last: bool = False):
+    """One optimiser step of ``method`` as train() runs it (student compiled in place for train.compile,
+    student and teacher channels-last for train.channels_last)."""
     schedule = make_schedule()
     spec = build_method(method, {}, schedule)
     torch.manual_seed(0)
     student = spec.build_student(copy.deepcopy(model), None).train()
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    if channels_last:
+        student.to(memory_format=torch.channels_last), teacher.to(memory_format=torch.channels_last)
     if compiled:
         student.compile()
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-6)
@@ -77,6 +88,39 @@ def train_step(method: str, model, batch: int, dtype: torch.dtype | None, compil
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step
+
+
+def classifier_step(batch: int, channels_last: bool):
+    """One optimiser step of the demo's domain classifier (conf/base/parameters_classifier.yml's network)."""
+    params = yaml.safe_load((ROOT / "conf" / "base" / "parameters_classifier.yml").read_text())["classifier"]
+    torch.manual_seed(0)
+    net = DomainClassifier(sample_size=32, **params["network"]).train()
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    loss_fn, opt = domain_classifier_loss(make_schedule()), torch.optim.AdamW(net.parameters(), lr=1e-6)
+    images = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch)) * 2 - 1
+    labels, gen = torch.arange(batch) % 2, torch.Generator().manual_seed(0)
+
+    def step():
+        loss_fn(net, images, generator=gen, condition=labels)["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def layout_table(model, args) -> None:
+    print(f"\n## contiguous against channels-last weights in training (train.channels_last; fp32, eager; "
+          f"{args.repeats} interleaved repeats, medians)")
+    print("| workload | contiguous | channels-last | contiguous/channels-last (speed-up) |\n|---|---|---|---|")
+    for name in ("naive step", "sdft step", "classifier step"):
+        if name == "classifier step":
+            arms = {k: classifier_step(args.classifier_batch, k == "last") for k in ("contiguous", "last")}
+        else:
+            arms = {k: train_step(name.split()[0], model, args.batch, None, False, k == "last")
+                    for k in ("contiguous", "last")}
+        med, _ = interleaved(arms, args.warmup, args.repeats)
+        print(f"| {name} | {med['contiguous'] * 1e3:,.1f} ms | {med['last'] * 1e3:,.1f} ms | "
+              f"**{med['contiguous'] / med['last']:.2f}** |", flush=True)
 
 
 def unet_call(model, batch: int, dtype: torch.dtype | None, compiled: bool):
@@ -161,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--parts", nargs="+", choices=("precision", "compile"), default=["precision", "compile"])
+    ap.add_argument("--classifier-batch", type=int, default=64, help="the domain classifier's training batch")
+    ap.add_argument("--parts", nargs="+", choices=("precision", "compile", "layout"),
+                    default=["precision", "compile", "layout"])
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     ap.add_argument("--force-bf16", action="store_true", help="time bf16 on a CPU without it (emulated)")
     ap.add_argument("--warm-cache", action="store_true", help="keep the inductor cache of earlier runs")
@@ -179,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         precision_table(model, args, args.workloads)
     if "compile" in args.parts:
         compile_table(model, args, args.workloads)
+    if "layout" in args.parts:
+        layout_table(model, args)
     return 0
 
 

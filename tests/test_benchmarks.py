@@ -163,3 +163,22 @@ def test_bench_floor_states_the_bf16_floor_or_why_there_is_none():
     line = bench.bf16_floor_line(total_wall_s=300.0, total_gflop=1000.0, bf16_peak=10.0, why_not="")
     assert line.endswith("10.0 GFLOP/s (2048 x 2048 bf16 matrix product), 100.0 s; wall / bf16 floor 3.00")
     assert bench.bf16_floor_line(300.0, 1000.0, None, "no bf16 here") == "floor at the bf16 rate: none, no bf16 here"
+
+
+def test_bench_cpu_times_the_training_steps_contiguous_against_channels_last(capsys):
+    import re
+
+    import torch
+
+    bench = _load("bench_cpu")
+    threads = torch.get_num_threads()
+    assert bench.main(["--parts", "layout", "--repeats", "1", "--warmup", "1", "--batch", "2",
+                       "--classifier-batch", "2", "--threads", "1"]) == 0
+    torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| (naive step|sdft step|classifier step) \| ([0-9.,]+) ms \| ([0-9.,]+) ms \| \*\*([0-9.]+)\*\* \|$",
+                      out, re.M)
+    assert [r[0] for r in rows] == ["naive step", "sdft step", "classifier step"]
+    for _, contiguous, last, ratio in rows:  # the printed ratio is the two medians' (rounded)
+        a, b = float(contiguous.replace(",", "")), float(last.replace(",", ""))
+        assert abs(a / b - float(ratio)) <= 0.005 + float(ratio) * 0.1 / min(a, b)  # 0.05 ms of print rounding each

@@ -23,7 +23,7 @@ def generate(model, noise: torch.Tensor, p: SamplingParams, sched, conditions: t
     is drawn on the CPU from ``sampling.seed + 1``, so every device gives the same samples."""
     device, dtype = inference_setup(p.precision)
     model.eval().to(device)
-    eps_fn = model_eps_fn(model, sched, autocast_dtype=dtype, compile=p.compile)
+    eps_fn = model_eps_fn(model, sched, autocast_dtype=dtype, compile=p.compile, channels_last=p.channels_last)
     if is_class_conditional(model):  # classifier-free guidance (scale 1: the model as it is)
         eps_fn = guided_eps(eps_fn, model, p.guidance_scale)
     out = []

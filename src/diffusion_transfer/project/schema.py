@@ -103,7 +103,8 @@ class TrainParams(TrainConfig):
         checkpoint keys (and resumes) of runs without them stay as they were."""
         scale = ("num_processes", "gradient_accumulation_steps")
         unset = {k for k in scale if getattr(self, k) == 1} | ({"adapter"} if self.adapter is None else set())
-        unset |= set() if self.compile else {"compile"}  # issue 35: keys of eager runs stay as they were
+        unset |= {k for k in ("compile", "channels_last") if not getattr(self, k)}  # issue 35: keys of runs
+        # without them stay as they were
         return self.model_dump(exclude=unset | set(_SAMPLE_KEYS))
 
     def sample_settings(self) -> dict[str, int] | None:
@@ -128,6 +129,8 @@ class SamplingParams(StrictParams):
     precision: Literal["no", "bf16", "fp16"] = "no"
     #: torch.compile the UNet call of the sampling loop (issue 35; compiled once per batch shape)
     compile: bool = False
+    #: the UNet's 4-D weights in channels-last layout: faster convolutions (issue 35), same values
+    channels_last: bool = False
     #: Classifier-free guidance of a class-conditional model trained with a null
     #: label: eps_null + scale * (eps_label - eps_null); 1 is no guidance.
     guidance_scale: float = Field(1.0, ge=0)
@@ -229,6 +232,7 @@ class _SharedTranslationParams(StrictParams):
     seed: int = 0
     batch_size: int = Field(64, ge=1)
     precision: Literal["no", "bf16", "fp16"] = "no"   # GPU; CPU: bf16 where native (else refused), fp16 as float32
+    channels_last: bool = False   # the two UNets' 4-D weights in channels-last layout, as sampling.channels_last
     t0: float = Field(0.5, ge=0, le=1)     # shared editing range of SDEdit and EGSDE
     #: ILVR's and EGSDE's implementation variant unless their block sets one
     variant: Literal["paper", "authors_code"] = "paper"

@@ -41,6 +41,10 @@ class TrainConfig(BaseModel):
     #: torch.compile (inductor) of the trained model's forward and backward
     #: (issue 35); the same numbers within float rounding, compiled once per run
     compile: bool = Field(False, description="torch.compile the trained model (inductor)")
+    #: the trained model (and the teacher) in channels-last memory layout while
+    #: training, where oneDNN's and cuDNN's convolutions are faster (issue 35);
+    #: the same numbers within float rounding, the model handed back contiguous
+    channels_last: bool = Field(False, description="train with 4-D weights in channels-last layout")
     hflip: bool = True
 
     @field_validator("betas")

@@ -42,7 +42,7 @@ from .ema import ema_decay_at, ema_update_, schedule_summary
 from .launch import launch_workers
 from .lr_schedule import lr_at, set_lr_
 from .rng import all_gather, in_distributed_run, reseed_shard, restore_shard, shard_rng, shard_state, stored_shards
-from .run import Run, as_config, check_inputs, uncompile
+from .run import Run, as_config, check_inputs, hand_back
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "checkpoint_paths", "train"]
 
@@ -76,18 +76,17 @@ def train(
     """Train ``model`` with ``loss_fn`` on ``images`` (N, 3, H, W) in [-1, 1] (with ``latents``, default:
     ``model`` has a latent codec, a latent model's latents (N, C, H, W) of any finite value).
 
-    ``trainable_parameters`` defaults to every parameter of ``model`` that
-    requires grad (freeze the rest beforehand). ``conditions`` (N, ...), one
-    per image, are handed to the loss as ``condition=`` for the minibatch
-    (ANL's CLIP embeddings; the embedding of the unflipped image under hflip). The ``teacher``, if given, is
-    moved to the device, put in eval mode and frozen. With ``checkpoint_dir`` the run checkpoints every
-    ``config.checkpoint_every`` steps and at the end, and resumes from the newest usable checkpoint found
-    there (of this ``run_identity`` only, if given: ``checkpoint.py``). ``on_log(record)`` is called
-    (in the main process) with each history record (after any checkpoint of that step). With
-    ``config.num_processes > 1`` the worker processes are started here (see ``launch.py``;
-    ``checkpoint_dir`` is then required). Returns the trained model and its EMA (both in eval mode) and
-    the history (one record every ``log_every`` steps: ``step``, the loss terms averaged over the
-    shards and the interval, ``grad_norm``, ``lr``, ``sec_per_step``).
+    ``trainable_parameters`` defaults to every parameter of ``model`` that requires grad (freeze the rest
+    beforehand). ``conditions`` (N, ...), one per image, are handed to the loss as ``condition=`` for the
+    minibatch (ANL's CLIP embeddings; the embedding of the unflipped image under hflip). The ``teacher``, if given, is
+    moved to the device, put in eval mode and frozen (``config.channels_last``: see ``run.hand_back``). With
+    ``checkpoint_dir`` the run checkpoints every ``config.checkpoint_every`` steps and at the end, and resumes
+    from the newest usable checkpoint found there (of this ``run_identity`` only, if given: ``checkpoint.py``).
+    ``on_log(record)`` is called (in the main process) with each history record (after any checkpoint of that
+    step). With ``config.num_processes > 1`` the worker processes are started here (see ``launch.py``;
+    ``checkpoint_dir`` is then required). Returns the trained model and its EMA (both in eval mode) and the
+    history (one record every ``log_every`` steps: ``step``, the loss terms averaged over the shards and the
+    interval, ``grad_norm``, ``lr``, ``sec_per_step``).
     """
     # Setup: settings, inputs, processes and their shards.
     config = as_config(config)
@@ -134,6 +133,7 @@ def train(
                 on_log(record)
     finally:
         pbar.close()
+        hand_back(run, run.raw_model)  # also when a step fails: the caller's models in their own layout
 
     # Done.
     return _result(run, model, state, start)
@@ -306,7 +306,7 @@ def _update(run: Run, optimizer: Any, values: dict[str, float], done: int, last_
 def _result(run: Run, model: torch.nn.Module, state: _State, start: int) -> TrainResult:
     """The live model and its EMA, both in eval mode, with the run's history."""
     final = run.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    uncompile(final)
+    hand_back(run, final)
     final.eval()
     if run.ema is not None:
         # buffers (e.g. running stats) follow the live model

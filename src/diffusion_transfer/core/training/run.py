@@ -39,6 +39,7 @@ class Run:
     ema: torch.nn.Module | None = None
     ema_pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (EMA, live) trained
     optimizer: Any = None
+    teacher: torch.nn.Module | None = None  # set when its layout is changed for the run (channels_last)
 
     @property
     def n_shards(self) -> int:
@@ -70,16 +71,32 @@ class Run:
         model.train()
         self.params = trainable_parameters_of(model, trainable_parameters)
         self.ema, self.ema_pairs = make_ema(model, self.params, config.ema_decay)  # before compile: an eager EMA
-        if config.compile:  # in place, so state_dict keys, checkpoints and isinstance stay as they are
-            model.compile()
         if teacher is not None:
             teacher.to(self.device).eval().requires_grad_(False)
+        if config.channels_last:  # after the EMA copy, which stays contiguous; undone by hand_back
+            self.teacher = teacher
+            for net in (model, teacher):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
+        if config.compile:  # in place, so state_dict keys, checkpoints and isinstance stay as they are
+            model.compile()
         optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay
         )
         model, optimizer = self.accelerator.prepare(model, optimizer)
         self.optimizer, self.raw_model = optimizer, self.accelerator.unwrap_model(model)
         return model, optimizer
+
+
+def hand_back(run: Run, model: torch.nn.Module) -> None:
+    """Undo ``model.compile()`` (:func:`uncompile`) and the channels-last layout
+    of the trained model and the teacher: later nodes save them with
+    safetensors, which takes contiguous tensors only."""
+    uncompile(model)
+    if run.config.channels_last:
+        for net in (model, run.teacher):
+            if net is not None:
+                net.to(memory_format=torch.contiguous_format)
 
 
 def uncompile(model: torch.nn.Module) -> None:

@@ -110,7 +110,8 @@ def translate(target_model, source_model, classifier, inputs: dict, translation:
     device, dtype = inference_setup(p.precision, "translation.precision")
     target_model.eval().to(device)
     source_model.eval().to(device)
-    target_eps, source_eps = model_eps_fn(target_model, sched, dtype), model_eps_fn(source_model, sched, dtype)
+    target_eps, source_eps = (model_eps_fn(m, sched, dtype, channels_last=p.channels_last)
+                              for m in (target_model, source_model))
     learned = learns_variance(target_model)
     if classifier is not None:
         classifier.eval().to(device)
