@@ -20,7 +20,7 @@ Run it where nothing is computed yet (a fresh clone, as the demo is timed):
 training nodes resume from their checkpoints and the evaluation reuses cached
 features, and both would then count only what is left.
 
-    python benchmarks/bench_floor.py [--pipeline sdft_aahq] [--env base] [--fresh-clone]
+    python benchmarks/bench_floor.py [--pipeline sdft_aahq] [--env base] [--fresh-clone] [--params k=v,...]
 
 It also prints the floor at the bf16 matrix-product rate, measured in the
 same run, on a CPU with native bf16 (AVX-512 BF16 or AMX); elsewhere it says
@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from kedro.framework.hooks import hook_impl
+from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -141,6 +142,11 @@ def bf16_floor_line(total_wall_s: float, total_gflop: float, bf16_peak: float | 
             f"{floor:.1f} s; wall / bf16 floor {total_wall_s / floor:.2f}")
 
 
+def runtime_params(text: str) -> dict[str, Any]:
+    """``k.j=v,...`` as `kedro run --params` reads it: dotted keys into nested blocks, YAML values."""
+    return OmegaConf.to_container(OmegaConf.from_dotlist(text.split(",")))
+
+
 def _fresh_clone() -> Path:
     """A clone of this checkout's HEAD in a temporary folder: a project where nothing is computed yet."""
     folder = Path(tempfile.mkdtemp(prefix="bench_floor_")) / "project"
@@ -154,6 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--pipeline", default="sdft_aahq")
     ap.add_argument("--env", default="base")
     ap.add_argument("--project", type=Path, default=ROOT, help="the Kedro project's folder")
+    ap.add_argument("--params", default=None, help="Kedro's --params, e.g. train.channels_last=false (a comparison)")
     ap.add_argument("--fresh-clone", action="store_true",
                     help="run in a clone of this checkout's HEAD made for it (what `make bench` does)")
     args = ap.parse_args(argv)
@@ -169,7 +176,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     bootstrap_project(args.project)
     peak = matmul_peak_gflops()
     hook = NodeFlopsHook(echo=True)
-    with KedroSession.create(project_path=args.project, env=args.env) as session:
+    extra = runtime_params(args.params) if args.params else None
+    with KedroSession.create(project_path=args.project, env=args.env, extra_params=extra) as session:
         session._hook_manager.register(hook)  # Kedro has no public way to add a hook to one session
         session.run(pipeline_name=args.pipeline)
     peak = max(peak, matmul_peak_gflops())

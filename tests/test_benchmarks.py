@@ -158,6 +158,12 @@ def test_bench_floor_rows_divide_the_flops_by_the_peak():
     assert bench.matmul_peak_gflops(n=64, repeats=1, dtype=torch.bfloat16) > 0
 
 
+def test_bench_floor_reads_params_as_kedro_run_does():
+    bench = _load("bench_floor")
+    assert bench.runtime_params("train.channels_last=false,classifier.train.channels_last=false,sampling.steps=5") == {
+        "train": {"channels_last": False}, "classifier": {"train": {"channels_last": False}}, "sampling": {"steps": 5}}
+
+
 def test_bench_floor_states_the_bf16_floor_or_why_there_is_none():
     bench = _load("bench_floor")
     line = bench.bf16_floor_line(total_wall_s=300.0, total_gflop=1000.0, bf16_peak=10.0, why_not="")
