@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     peak = matmul_peak_gflops()
     hook = NodeFlopsHook(echo=True)
     extra = runtime_params(args.params) if args.params else None
-    with KedroSession.create(project_path=args.project, env=args.env, extra_params=extra) as session:
+    with KedroSession.create(project_path=args.project, env=args.env, runtime_params=extra) as session:
         session._hook_manager.register(hook)  # Kedro has no public way to add a hook to one session
         session.run(pipeline_name=args.pipeline)
     peak = max(peak, matmul_peak_gflops())
