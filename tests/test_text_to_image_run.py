@@ -60,6 +60,12 @@ def assert_the_lora_gives_the_saved_pipeline(project: Path, run: str) -> None:
     torch.testing.assert_close(images[0], images[1], atol=1e-4, rtol=1e-4)
 
 
+def _refused(done) -> str:
+    """The Error paragraph of a run stopped before compute (exit 1, no traceback)."""
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.stderr[done.stderr.index("Error: "):]
+
+
 @pytest.fixture(scope="module")
 def sd_project(tmp_path_factory) -> Path:
     return make_sd_project(tmp_path_factory, PARAMS)
@@ -128,8 +134,7 @@ def test_attn_fine_tunes_only_the_cross_attention_keys_and_values_of_an_sd_folde
 
 def test_a_method_that_does_not_train_text_to_image_models_stops_before_compute(sd_project):
     done = kedro(sd_project, "run", "--pipeline=a3ft_mydata", "--env=mydata")
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    message = done.stderr[done.stderr.index("Error: "):]
+    message = _refused(done)
     assert "methods.a3ft:" in message and "is a text-to-image model (Stable Diffusion layout" in message
     assert "sdft_<dataset>" in message and "copy the model folder again" not in message
 
@@ -140,8 +145,7 @@ def test_an_attn_lora_target_outside_the_cross_attention_stops_before_compute(tm
     project = make_sd_project(tmp_path_factory, PARAMS)  # its own: nothing written by other runs
     done = kedro(project, "run", "--pipeline=attn_mydata", "--env=mydata",
                  "--params=train.adapter.target_modules=[conv1]")
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    message = done.stderr[done.stderr.index("Error: "):]
+    message = _refused(done)
     assert "train.adapter.target_modules (run attn_mydata)" in message
     assert "attn trains only the cross-attention key and value projections" in message
     assert "none of ['conv1'] is one of them. Layers LoRA can adapt there: to_k, to_v" in message
@@ -177,8 +181,7 @@ def test_a_dataset_without_captions_stops_before_compute(sd_project):
         (bare / "metadata.jsonl").unlink()
     done = kedro(sd_project, "run", "--pipeline=naive_mydata", "--env=mydata",
                  "--params=datasets.mydata.images=data/01_raw/nocaptions")
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    message = done.stderr[done.stderr.index("Error: "):]
+    message = _refused(done)
     assert "datasets.mydata.images (data/01_raw/nocaptions) has no metadata.jsonl" in message
     assert "datasets.mydata.instance_prompt is not set" in message
     assert not (sd_project / "data" / "mydata" / "06_models" / "naive_mydata").exists()
