@@ -17,8 +17,8 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusion_transfer.core.models.hub import (cached_snapshot, hub_offline, hub_pipeline_class, is_hub_id,
-                                                is_text_to_image_pipeline_class, is_text_to_image_snapshot)
+from diffusion_transfer.core.models.hub import (cached_snapshot, hub_is_text_to_image, hub_offline, is_hub_id,
+                                                is_text_to_image_snapshot)
 from diffusion_transfer.core.models.text_to_image import is_text_to_image_folder
 from diffusion_transfer.datasets import ImageFolderDataset, UNetDataset
 from diffusion_transfer.project.schema import DatasetParams, InvalidParametersError, SourceParams, parse
@@ -96,7 +96,7 @@ class SourceDomain:
             if snapshot is None and hub_offline():  # no run of it can start: the pre-run check lists what is
                 return True  # missing, and this template gives every method a pipeline to say it (DreamBooth's too)
             if snapshot is None:
-                return is_text_to_image_pipeline_class(hub_pipeline_class(model))
+                return hub_is_text_to_image(model)
             return is_text_to_image_snapshot(snapshot)
         return is_text_to_image_folder(Path(model).expanduser())
 

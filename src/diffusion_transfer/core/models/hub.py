@@ -10,8 +10,8 @@ snapshot like a folder, without importing diffusers:
 * :func:`is_text_to_image_snapshot` -- a Stable Diffusion pipeline
   (``model_index.json`` names ``StableDiffusionPipeline``, or ``text_encoder/``
   and ``tokenizer/`` beside ``unet/``);
-* :func:`hub_pipeline_class` -- online, for an id not cached yet: the pipeline
-  class its ``model_index.json`` names, fetched alone;
+* :func:`hub_is_text_to_image` -- online, for an id not cached yet: whether the
+  ``model_index.json`` it names, fetched alone, is a Stable Diffusion pipeline's;
 * :func:`snapshot_problems` -- the parts and files a cached snapshot lacks;
 * :func:`hub_missing` -- the pre-run message for an id that cannot be used
   offline, naming the YAML key, the id, what is missing and the fix.
@@ -24,8 +24,8 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["HUB_PATTERNS", "cached_snapshot", "hub_cache_dir", "hub_missing", "hub_offline", "hub_pipeline_class",
-           "is_hub_id", "is_text_to_image_pipeline_class", "is_text_to_image_snapshot", "snapshot_problems"]
+__all__ = ["HUB_PATTERNS", "cached_snapshot", "hub_cache_dir", "hub_missing", "hub_is_text_to_image",
+           "hub_offline", "is_hub_id", "is_text_to_image_snapshot", "snapshot_problems"]
 
 #: What a Hub id's snapshot brings: a bare UNet repo's files, or a pipeline's used parts.
 HUB_PATTERNS = ["model_index.json", "config.json", "scheduler_config.json", "diffusion_pytorch_model.*",
@@ -89,24 +89,19 @@ def cached_snapshot(repo_id: str) -> Path | None:
         return None
 
 
-def hub_pipeline_class(repo_id: str) -> str | None:
-    """Online, for an id the cache lacks: the ``_class_name`` of its
-    ``model_index.json``, fetched alone (a few hundred bytes, kept in the cache,
-    so the next look finds it there); None for a bare UNet repo (it has no such
-    file) or when the Hub cannot answer (``load_unet`` then says why)."""
+def hub_is_text_to_image(repo_id: str) -> bool:
+    """Online, for an id the cache lacks: whether its ``model_index.json``,
+    fetched alone (a few hundred bytes, kept in the cache), names a Stable
+    Diffusion pipeline. False for a bare UNet repo (it has no such file) or when
+    the Hub cannot answer (``load_unet`` then says why)."""
     # deferred: huggingface_hub costs ~0.4 s to import, and only a source declared by Hub id needs it
     from huggingface_hub import hf_hub_download
 
     try:
         index = Path(hf_hub_download(repo_id, "model_index.json", cache_dir=str(hub_cache_dir())))
     except Exception:  # noqa: BLE001 - no model_index.json (EntryNotFoundError), or no answer from the Hub
-        return None
-    value = _index(index.parent).get("_class_name")
-    return value if isinstance(value, str) else None
-
-
-def is_text_to_image_pipeline_class(name: str | None) -> bool:
-    return name in _TEXT_PIPELINES
+        return False
+    return _index(index.parent).get("_class_name") in _TEXT_PIPELINES
 
 
 def _index(folder: Path) -> dict:

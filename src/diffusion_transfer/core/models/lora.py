@@ -204,18 +204,24 @@ def _scoped_config(unet: nn.Module, spec: LoraSpec, where: str) -> LoraConfig:
     """``spec``'s LoraConfig; on a UNet with a :class:`LoraScope`, targeting
     by full name the layers inside the scope that ``target_modules`` matches."""
     config = spec.config()
-    problems = scope_problems(unet, spec, where)
-    if problems:
-        raise ValueError(problems[0])
     scope = getattr(unet, _SCOPE, None)
     if not isinstance(scope, LoraScope):
         return config
-    return dataclasses.replace(config, target_modules=_scoped_names(unet, scope, config))
+    names = _scoped_names(unet, scope, config)
+    if not names:
+        raise ValueError(_scope_message(unet, scope, spec, where))
+    return dataclasses.replace(config, target_modules=names)
 
 
 def _scoped_names(unet: nn.Module, scope: LoraScope, config: LoraConfig) -> list[str]:
     return [name for name, m in unet.named_modules() if name and scope.holds(name) and isinstance(m, ADAPTABLE)
             and check_target_module_exists(config, name)]
+
+
+def _scope_message(unet: nn.Module, scope: LoraScope, spec: LoraSpec, where: str) -> str:
+    return (f"{where}: {scope.why}, and its LoRA goes into those layers only; none of "
+            f"{list(spec.target_modules)} is one of them. Layers LoRA can adapt there: "
+            f"{', '.join(adaptable_names(unet, scope.holds))}")
 
 
 def scope_problems(unet: nn.Module, spec: LoraSpec, where: str) -> list[str]:
@@ -225,9 +231,7 @@ def scope_problems(unet: nn.Module, spec: LoraSpec, where: str) -> list[str]:
     scope = getattr(unet, _SCOPE, None)
     if not isinstance(scope, LoraScope) or _scoped_names(unet, scope, spec.config()):
         return []
-    return [f"{where}: {scope.why}, and its LoRA goes into those layers only; none of "
-            f"{list(spec.target_modules)} is one of them. Layers LoRA can adapt there: "
-            f"{', '.join(adaptable_names(unet, scope.holds))}"]
+    return [_scope_message(unet, scope, spec, where)]
 
 
 def _move_hooks(source: nn.Module, target: nn.Module) -> None:

@@ -305,8 +305,7 @@ def _update(run: Run, optimizer: Any, values: dict[str, float], done: int, last_
 
 def _result(run: Run, model: torch.nn.Module, state: _State, start: int) -> TrainResult:
     """The live model and its EMA, both in eval mode, with the run's history."""
-    final = run.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    hand_back(run, final)
+    final = run.accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # run.raw_model, handed back by train()
     final.eval()
     if run.ema is not None:
         # buffers (e.g. running stats) follow the live model
