@@ -18,9 +18,13 @@ first call of a compiled arm less its median call, is shown apart, with a
 fresh inductor cache (as a fresh clone compiles) unless ``--warm-cache``.
 bf16 is timed only where the CPU does it natively (``core/cpu_precision.py``);
 ``--force-bf16`` times the emulated kind too, labelled so. The layout table
-times the two training steps and a step of the domain classifier (batch
-``--classifier-batch``) with contiguous weights against channels-last ones
-(``train.channels_last``).
+times the two training steps, a step of the domain classifier (batch
+``--classifier-batch``), one UNet call of the sampling loop (contiguous input), the same call with
+a channels-last input (translation's: ``to_tensor`` moves the channel axis of
+NHWC images, so its contiguous arm is channels-last in activations) and
+EGSDE's classifier gradient (batch ``--sample-batch``) with contiguous weights
+against channels-last ones (``train.channels_last``, ``sampling.channels_last``,
+``translation.channels_last``).
 
     python benchmarks/bench_cpu.py [--repeats 5] [--parts precision compile layout] [--force-bf16]
 """
@@ -108,13 +112,38 @@ def classifier_step(batch: int, channels_last: bool):
     return step
 
 
+def classifier_gradient(batch: int, channels_last: bool):
+    """EGSDE's realism guidance: the gradient of the domain classifier's last features with respect to x_t
+    (translation keeps the classifier contiguous, in float32)."""
+    params = yaml.safe_load((ROOT / "conf" / "base" / "parameters_classifier.yml").read_text())["classifier"]
+    torch.manual_seed(0)
+    net = DomainClassifier(sample_size=32, **params["network"]).eval()
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    t = torch.full((batch,), 300)
+
+    def step():
+        xg = x.clone().requires_grad_(True)
+        torch.autograd.grad(net.features(xg, t)[-1].square().sum(), xg)
+    return step
+
+
 def layout_table(model, args) -> None:
-    print(f"\n## contiguous against channels-last weights in training (train.channels_last; fp32, eager; "
-          f"{args.repeats} interleaved repeats, medians)")
+    print(f"\n## contiguous against channels-last weights (train.channels_last, sampling.channels_last, "
+          f"translation.channels_last; fp32, eager; {args.repeats} interleaved repeats, medians)")
     print("| workload | contiguous | channels-last | contiguous/channels-last (speed-up) |\n|---|---|---|---|")
-    for name in ("naive step", "sdft step", "classifier step"):
+    for name in ("naive step", "sdft step", "classifier step", "DDIM UNet call", "UNet call, channels-last input",
+                 "classifier gradient"):
         if name == "classifier step":
             arms = {k: classifier_step(args.classifier_batch, k == "last") for k in ("contiguous", "last")}
+        elif name.endswith("channels-last input"):  # translation's inputs: only the weights' layout differs
+            arms = {k: unet_call(model, args.sample_batch, None, False, k == "last", input_channels_last=True)
+                    for k in ("contiguous", "last")}
+        elif name == "DDIM UNet call":
+            arms = {k: unet_call(model, args.sample_batch, None, False, k == "last") for k in ("contiguous", "last")}
+        elif name == "classifier gradient":
+            arms = {k: classifier_gradient(args.sample_batch, k == "last") for k in ("contiguous", "last")}
         else:
             arms = {k: train_step(name.split()[0], model, args.batch, None, False, k == "last")
                     for k in ("contiguous", "last")}
@@ -123,11 +152,16 @@ def layout_table(model, args) -> None:
               f"**{med['contiguous'] / med['last']:.2f}** |", flush=True)
 
 
-def unet_call(model, batch: int, dtype: torch.dtype | None, compiled: bool):
-    """One UNet call of the DDIM loop (sampling.compile compiles exactly this call)."""
-    eps_fn = model_eps_fn(copy.deepcopy(model).eval(), make_schedule(), autocast_dtype=dtype, compile=compiled)
+def unet_call(model, batch: int, dtype: torch.dtype | None, compiled: bool, channels_last: bool = False,
+              input_channels_last: bool = False):
+    """One UNet call of the DDIM loop (sampling.compile compiles exactly this call). ``input_channels_last``:
+    x in channels-last layout, as translation's inputs are (``to_tensor`` moves the channel axis of NHWC images)."""
+    eps_fn = model_eps_fn(copy.deepcopy(model).eval(), make_schedule(), autocast_dtype=dtype, compile=compiled,
+                          channels_last=channels_last)
     px = int(model.config.sample_size)
     x = torch.randn(batch, 3, px, px, generator=torch.Generator().manual_seed(1))
+    if input_channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     t = torch.full((batch,), 500)
     return lambda: eps_fn(x, t)
 

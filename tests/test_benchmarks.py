@@ -179,12 +179,13 @@ def test_bench_cpu_times_the_training_steps_contiguous_against_channels_last(cap
     bench = _load("bench_cpu")
     threads = torch.get_num_threads()
     assert bench.main(["--parts", "layout", "--repeats", "1", "--warmup", "1", "--batch", "2",
-                       "--classifier-batch", "2", "--threads", "1"]) == 0
+                       "--classifier-batch", "2", "--sample-batch", "2", "--threads", "1"]) == 0
     torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    rows = re.findall(r"^\| (naive step|sdft step|classifier step) \| ([0-9.,]+) ms \| ([0-9.,]+) ms \| \*\*([0-9.]+)\*\* \|$",
-                      out, re.M)
-    assert [r[0] for r in rows] == ["naive step", "sdft step", "classifier step"]
+    names = "naive step|sdft step|classifier step|DDIM UNet call|UNet call, channels-last input|classifier gradient"
+    rows = re.findall(rf"^\| ({names}) \| ([0-9.,]+) ms \| ([0-9.,]+) ms \| \*\*([0-9.]+)\*\* \|$", out, re.M)
+    assert [r[0] for r in rows] == ["naive step", "sdft step", "classifier step", "DDIM UNet call",
+                                    "UNet call, channels-last input", "classifier gradient"]
     for _, contiguous, last, ratio in rows:  # the printed ratio is the two medians' (rounded)
         a, b = float(contiguous.replace(",", "")), float(last.replace(",", ""))
         assert abs(a / b - float(ratio)) <= 0.005 + float(ratio) * 0.1 / min(a, b)  # 0.05 ms of print rounding each
