@@ -72,6 +72,7 @@ def test_every_shipped_study_expands_on_registered_pipelines():
                      "a3ft_steps_metfaces": 12, "anl_steps_lsketches_1k": 12,
                      "every_method_aahq": 21, "every_method_metfaces": 21,  # 7 methods x 3 training seeds
                      "every_method_sunglasses": 21, "every_method_sketches": 21,
+                     "translation_aahq": 6, "translation_metfaces": 6,  # naive and SDFT x 3 training seeds
                      "text_to_image_aahq": 18}  # 3 methods x full / LoRA x 3 training seeds
     assert root == ROOT / "data" / "studies"
     weightings = [p.overrides["methods.sdft.weighting"] for p in study_points("weighting_aahq",

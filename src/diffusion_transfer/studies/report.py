@@ -23,6 +23,7 @@ from diffusion_transfer.studies.edit_report import write_edit_study_report  # no
 from diffusion_transfer.studies.replicates import replicate_table  # noqa: E402
 from diffusion_transfer.studies.report_common import grid_label, report_header, save_figure  # noqa: E402
 from diffusion_transfer.studies.spec import Point  # noqa: E402
+from diffusion_transfer.studies.translation_report import translation_table  # noqa: E402
 from diffusion_transfer.tracking.records import evaluation_metrics  # noqa: E402
 
 X_KEY, Y_KEY = "retention_of_absent.mean", "fid"
@@ -154,7 +155,7 @@ def write_study_report(name: str, points: list[Point], root: Path) -> Path:
              "target data; *kept*: of the source samples showing an attribute value absent from the training set, "
              "the share whose fine-tuned sample (same noise) still shows it. Pareto: no other run has both a lower "
              "or equal FID and a higher or equal retention of absent values (one of them strictly).", "",
-             *replicate_table(rows), *study_table(rows, front), "",
+             *replicate_table(rows), *translation_table(points, root), *study_table(rows, front), "",
              f"![FID against retention of absent values]({PLOT_FILE})", ""]
     sources = {r["metrics"].get("source.fid") for r in rows if r["done"]} - {None}
     if sources:
