@@ -120,7 +120,8 @@ def test_online_an_uncached_id_is_told_by_its_model_index_alone(tmp_path, monkey
     """Online, an id the cache lacks is asked for model_index.json only (here a stand-in for
     the Hub writes it in the cache's layout; nothing reaches the network): a Stable Diffusion
     pipeline gets the text-to-image runs, a bare UNet repo (no such file) the UNet runs, and
-    the file, once cached, answers the next look without asking again."""
+    the file, once cached, answers the next look without asking again; a bare repo's answer
+    is remembered for the process, a Hub that did not answer is asked again."""
     import huggingface_hub
     from huggingface_hub.errors import EntryNotFoundError
 
@@ -147,7 +148,15 @@ def test_online_an_uncached_id_is_told_by_its_model_index_alone(tmp_path, monkey
     assert declarations(sources).sources["my_sd"].text_to_image is (index is not None)
     assert asked == [(REPO, "model_index.json", str(cache))]
     assert declarations(sources).sources["my_sd"].text_to_image is (index is not None)
-    assert len(asked) == (1 if index is not None else 2)  # cached once found; a bare UNet repo is asked again
+    assert len(asked) == 1  # cached on disk once found; a bare UNet repo remembered for the process
+    if index is None:  # a Hub that did not answer is asked again next time
+        from diffusion_transfer.core.models import hub as hub_module
+
+        hub_module._BARE_REPOS.clear()
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: asked.append(a) or 1 / 0)
+        assert declarations(sources).sources["my_sd"].text_to_image is False
+        assert declarations(sources).sources["my_sd"].text_to_image is False
+        assert len(asked) == 3
 
 
 CAPTIONS = ["a photo of a cat", "a red painting of a dog"]

@@ -89,6 +89,11 @@ def cached_snapshot(repo_id: str) -> Path | None:
         return None
 
 
+#: (repo id, cache folder) of the repos the Hub said have no model_index.json: bare UNet repos, not asked
+#: again in this process (a found index is cached on disk; a Hub that did not answer is asked again).
+_BARE_REPOS: set[tuple[str, str]] = set()
+
+
 def hub_is_text_to_image(repo_id: str) -> bool:
     """Online, for an id the cache lacks: whether its ``model_index.json``,
     fetched alone (a few hundred bytes, kept in the cache), names a Stable
@@ -96,10 +101,17 @@ def hub_is_text_to_image(repo_id: str) -> bool:
     the Hub cannot answer (``load_unet`` then says why)."""
     # deferred: huggingface_hub costs ~0.4 s to import, and only a source declared by Hub id needs it
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
+    key = (repo_id, str(hub_cache_dir()))
+    if key in _BARE_REPOS:
+        return False
     try:
-        index = Path(hf_hub_download(repo_id, "model_index.json", cache_dir=str(hub_cache_dir())))
-    except Exception:  # noqa: BLE001 - no model_index.json (EntryNotFoundError), or no answer from the Hub
+        index = Path(hf_hub_download(repo_id, "model_index.json", cache_dir=key[1]))
+    except EntryNotFoundError:  # the Hub answered: a bare UNet repo
+        _BARE_REPOS.add(key)
+        return False
+    except Exception:  # noqa: BLE001 - no answer from the Hub
         return False
     return _index(index.parent).get("_class_name") in _TEXT_PIPELINES
 
