@@ -133,20 +133,18 @@ def layout_table(model, args) -> None:
     print(f"\n## contiguous against channels-last weights (train.channels_last, sampling.channels_last, "
           f"translation.channels_last; fp32, eager; {args.repeats} interleaved repeats, medians)")
     print("| workload | contiguous | channels-last | contiguous/channels-last (speed-up) |\n|---|---|---|---|")
-    for name in ("naive step", "sdft step", "classifier step", "DDIM UNet call", "UNet call, channels-last input",
-                 "classifier gradient"):
-        if name == "classifier step":
-            arms = {k: classifier_step(args.classifier_batch, k == "last") for k in ("contiguous", "last")}
-        elif name.endswith("channels-last input"):  # translation's inputs: only the weights' layout differs
-            arms = {k: unet_call(model, args.sample_batch, None, False, k == "last", input_channels_last=True)
-                    for k in ("contiguous", "last")}
-        elif name == "DDIM UNet call":
-            arms = {k: unet_call(model, args.sample_batch, None, False, k == "last") for k in ("contiguous", "last")}
-        elif name == "classifier gradient":
-            arms = {k: classifier_gradient(args.sample_batch, k == "last") for k in ("contiguous", "last")}
-        else:
-            arms = {k: train_step(name.split()[0], model, args.batch, None, False, k == "last")
-                    for k in ("contiguous", "last")}
+    builders = {  # workload -> its arm, given whether the weights are channels-last
+        "naive step": lambda last: train_step("naive", model, args.batch, None, False, last),
+        "sdft step": lambda last: train_step("sdft", model, args.batch, None, False, last),
+        "classifier step": lambda last: classifier_step(args.classifier_batch, last),
+        "DDIM UNet call": lambda last: unet_call(model, args.sample_batch, None, False, last),
+        # translation's inputs: only the weights' layout differs
+        "UNet call, channels-last input": lambda last: unet_call(model, args.sample_batch, None, False, last,
+                                                                 input_channels_last=True),
+        "classifier gradient": lambda last: classifier_gradient(args.sample_batch, last),
+    }
+    for name, build_arm in builders.items():
+        arms = {k: build_arm(k == "last") for k in ("contiguous", "last")}
         med, _ = interleaved(arms, args.warmup, args.repeats)
         print(f"| {name} | {med['contiguous'] * 1e3:,.1f} ms | {med['last'] * 1e3:,.1f} ms | "
               f"**{med['contiguous'] / med['last']:.2f}** |", flush=True)

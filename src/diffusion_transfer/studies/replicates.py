@@ -59,11 +59,12 @@ def _cohort(labels: dict[str, Any]) -> tuple:
     return tuple((a, dataset_of(str(v)) if a == "pipeline" else v) for a, v in labels.items())
 
 
-def _cell(s: dict[str, Any] | None) -> str:
+def spread_cell(s: dict[str, Any] | None, digits: int = 2) -> str:
+    """A :func:`spread` as tables show it: mean ± sd [min, max] ("" for none)."""
     if s is None:
         return ""
-    std = "n/a" if s["std"] is None else f"{s['std']:.2f}"
-    return f"{s['mean']:.2f} ± {std} [{s['min']:.2f}, {s['max']:.2f}]"
+    std = "n/a" if s["std"] is None else f"{s['std']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {std} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
 
 
 def replicate_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -94,6 +95,6 @@ def replicate_table(rows: list[dict[str, Any]]) -> list[str]:
             "one replicate: no verdict" if min(fid["n"], top["n"]) < 2 else \
             "separated" if separated(top, fid, True) else "within noise"
         cells = [str(group["labels"][a]) for a in axes] + [str(len(group["replicates"]))]
-        cells += [_cell(s.get(key)) for key, _, _ in measures] + [verdict]
+        cells += [spread_cell(s.get(key)) for key, _, _ in measures] + [verdict]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]

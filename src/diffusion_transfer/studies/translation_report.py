@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from diffusion_transfer.studies.replicates import separated, spread
+from diffusion_transfer.studies.replicates import separated, spread, spread_cell
 from diffusion_transfer.studies.report_common import dataset_of
 from diffusion_transfer.studies.spec import REPLICATE_AXIS, Point
 
@@ -49,8 +49,7 @@ def _groups(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, list[
 
 
 def _cell(s: dict[str, Any], digits: int, mark: str) -> str:
-    std = "n/a" if s["std"] is None else f"{s['std']:.{digits}f}"
-    return f"{mark}{s['mean']:.{digits}f} ± {std} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]{mark} (n={s['n']})"
+    return f"{mark}{spread_cell(s, digits)}{mark} (n={s['n']})"
 
 
 def translation_table(points: list[Point], root: Path) -> list[str]:
