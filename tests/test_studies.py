@@ -73,6 +73,7 @@ def test_every_shipped_study_expands_on_registered_pipelines():
                      "every_method_aahq": 21, "every_method_metfaces": 21,  # 7 methods x 3 training seeds
                      "every_method_sunglasses": 21, "every_method_sketches": 21,
                      "translation_aahq": 6, "translation_metfaces": 6,  # naive and SDFT x 3 training seeds
+                     "editing_aahq": 6, "editing_metfaces": 6,  # Asyrp on naive's and SDFT's models x 3 seeds
                      "text_to_image_aahq": 18}  # 3 methods x full / LoRA x 3 training seeds
     assert root == ROOT / "data" / "studies"
     weightings = [p.overrides["methods.sdft.weighting"] for p in study_points("weighting_aahq",
@@ -270,6 +271,27 @@ def test_the_smoke_study_runs_each_point_once_tracked_and_reports_it(tmp_path):
     assert len(client.search_runs([runs[0].info.experiment_id])) == 2
     listed = _study(proj, env, "list")
     assert listed.returncode == 0 and "smoke: 2 points, 2 done" in listed.stdout
+    _edits_reuse_the_smoke_run(proj, env, folders[first])
+
+
+def _edits_reuse_the_smoke_run(proj: Path, env: dict, trained: Path) -> None:
+    """smoke_edit (reuse_runs_from: [smoke]) edits the constant-weighting model the smoke study trained:
+    the run is copied in, not trained again, and only the edit stage runs."""
+    model = Path("06_models") / "sdft_aahq" / "model"
+    before = {f.relative_to(trained): (f.read_bytes(), f.stat().st_mtime_ns) for f in (trained / model).rglob("*")
+              if f.is_file()}
+    done = _study(proj, {**env, "DT_TRACKING": "off"}, "run", "smoke_edit")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    (folder,) = [f for f in (trained.parent.parent / "smoke_edit").iterdir() if f.is_dir()]
+    record = json.loads((folder / "point.json").read_text())
+    assert record["reused_run_from"]["from"] == f"smoke/{trained.name}"
+    assert record["pipelines_run"] == ["sdft_aahq", "edit_sdft_aahq"]
+    # the same bytes with the same times: copied in, not trained again (a retrained model would be written now)
+    assert {f.relative_to(folder): (f.read_bytes(), f.stat().st_mtime_ns) for f in (folder / model).rglob("*")
+            if f.is_file()} == before
+    edits = json.loads((folder / "08_reporting" / "sdft_aahq" / "edit_metrics.json").read_text())
+    assert set(edits["rows"]) == {"smiling", "sad", "angry", "young", "old"}
+    assert "1 of 1 points run" in (folder.parent / "study.md").read_text()
 
 
 def test_an_unknown_study_names_the_declared_ones():

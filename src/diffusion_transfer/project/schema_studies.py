@@ -25,6 +25,10 @@ class StudyParams(StrictParams):
     replicates: int = Field(1, ge=1)
     sampling_seeds: int = Field(1, ge=1)
     first_sampling_seed: int = 1234
+    #: Studies whose finished runs a point may start from: a point of one of them with the same method run
+    #: (an edit point's is the run it edits), the same overrides and the same env has its files copied in
+    #: before the run, so only what it lacks is computed (studies/reuse.py).
+    reuse_runs_from: list[str] = Field(default_factory=list)
 
     def replicate_axis(self) -> list[dict[str, int]]:
         """The ``replicate`` axis ``replicates`` and ``sampling_seeds`` make (empty for one of each)."""

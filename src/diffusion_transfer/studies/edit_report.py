@@ -25,8 +25,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from diffusion_transfer.studies.edit_replicates import edit_replicate_table  # noqa: E402
 from diffusion_transfer.studies.report_common import grid_label, report_header, save_figure  # noqa: E402
-from diffusion_transfer.studies.spec import Point  # noqa: E402
+from diffusion_transfer.studies.spec import PIPELINE_AXIS, Point  # noqa: E402
 
 FACE_RATE_FLOOR = 0.9
 PLOT_FILE = "edit_strength.png"
@@ -116,19 +117,22 @@ def edit_study_plot(name: str, rows: list[dict[str, Any]], chosen: str | None) -
 
 
 def write_edit_study_report(name: str, points: list[Point], root: Path) -> Path:
-    """Write study.md, study.json and the plot under ``root``; returns study.md's path."""
+    """Write study.md, study.json and the plot under ``root``; returns study.md's path.
+    A study whose grid varies the pipeline compares models: the selection rule,
+    made for a strength grid on one model, is not applied to it."""
     root.mkdir(parents=True, exist_ok=True)
     rows = [edit_point_row(p, root) for p in points]
-    chosen = chosen_point(rows)
+    picks = not any(PIPELINE_AXIS in p.labels for p in points)
+    chosen = chosen_point(rows) if picks else None
     save_figure(edit_study_plot(name, rows, chosen), root / PLOT_FILE)
     rule = (f"Chosen: among the points whose edits stay faces for every prompt (face rate >= {FACE_RATE_FLOOR}), "
             "the highest mean edit success (ties: the higher mean preservation). Means are over the prompts "
-            "where a measure is defined.")
+            "where a measure is defined.") if picks else None
+    choice = [rule, "", f"**Chosen point: {chosen or 'none (no point keeps faces for every prompt)'}**", ""]
     lines = [*report_header(name, rows, root),
              "Per prompt: S_dir (run's CLIP) / FaceWorld edit success / preservation / face rate of the edits "
-             "(`edit_metrics.json`, docs/EDITING.md).", "", rule, "",
-             f"**Chosen point: {chosen or 'none (no point keeps faces for every prompt)'}**", "",
-             *edit_study_table(rows, chosen), "", f"![edit strength]({PLOT_FILE})", ""]
+             "(`edit_metrics.json`, docs/EDITING.md).", "", *(choice if picks else []),
+             *edit_replicate_table(rows), *edit_study_table(rows, chosen), "", f"![edit strength]({PLOT_FILE})", ""]
     (root / "study.json").write_text(json.dumps({"study": name, "chosen": chosen, "rule": rule, "rows": rows},
                                                 indent=2, default=str))
     (root / "study.md").write_text("\n".join(lines))

@@ -38,13 +38,12 @@ from diffusion_transfer.core.io import atomic_path
 from diffusion_transfer.project.resolved import resolve_parameters
 from diffusion_transfer.project.schema import InvalidParametersError
 from diffusion_transfer.studies.report import write_study_report
+from diffusion_transfer.studies.reuse import POINT_RECORD, SPEC_FILE, reuse_finished_run
 from diffusion_transfer.studies.spec import Point, namespace_of, study_points
 from diffusion_transfer.tracking.hook import POINT_ENV, STUDY_ENV
 
 log = logging.getLogger(__name__)
 
-POINT_RECORD = "point.json"
-SPEC_FILE = "spec.json"
 #: Parameter subtrees only the method run reads: left out of the shared stages' signature.
 _RUN_ONLY = re.compile(r"^datasets\.[^.]+\.(method_overrides|train)$")
 
@@ -73,8 +72,13 @@ def points_of(name: str, project: Path, env: str | None) -> tuple[list[Point], P
         raise InvalidParametersError(f"no study {name!r} in 'studies' (env {env or 'local'}); declared: "
                                      f"{', '.join(sorted(studies)) or 'none'} (conf/base/parameters_studies.yml)")
     points = study_points(name, studies[name], set(pipelines))
+    unknown = sorted({s for p in points for s in p.reuse_from} - set(studies))
+    if unknown:
+        raise InvalidParametersError(f"Invalid parameters in 'studies.{name}.reuse_runs_from': no study "
+                                     f"{', '.join(map(repr, unknown))}; declared: {', '.join(sorted(studies))}")
     for point in points:
-        _check_outputs(name, point, pipelines[point.pipeline].all_outputs())
+        produced = set().union(*(pipelines[n].all_outputs() for n in point.run_pipelines(set(pipelines))))
+        _check_outputs(name, point, produced)
     return points, root / name
 
 
@@ -142,7 +146,7 @@ def run_point(point: Point, project: Path, env: str | None, point_root: Path, in
     point_root.mkdir(parents=True, exist_ok=True)
     spec = {"study": point.study, "point": point.id, "pipeline": point.pipeline, "overrides": point.overrides,
             "labels": point.labels, "outputs": point.to_outputs(), "env": env, "project": str(project),
-            "data_root": os.path.relpath(point_root, project)}
+            "data_root": os.path.relpath(point_root, project), "reuse_runs_from": list(point.reuse_from)}
     spec_path = point_root / SPEC_FILE
     spec_path.write_text(json.dumps(spec, indent=2, default=str))
     if in_process:
@@ -175,24 +179,34 @@ def _point_environment(spec: dict[str, Any]) -> Iterator[None]:
 
 
 def execute_point(spec_path: Path) -> dict[str, Any]:
-    """The point's ``kedro run``: reuse the shared stages' outputs of a finished
+    """The point's ``kedro run``: start from a finished run of a study it may
+    reuse (``reuse_runs_from``), reuse the shared stages' outputs of a finished
     point with the same signature, run the missing nodes, write ``point.json``."""
+    from kedro.framework.project import pipelines
     from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
 
     spec = json.loads(Path(spec_path).read_text())
     project, point_root = Path(spec["project"]), Path(spec["project"]) / spec["data_root"]
-    runtime = Point(spec["study"], spec["pipeline"], spec["overrides"]).runtime_params()
+    point = Point(spec["study"], spec["pipeline"], spec["overrides"])
+    runtime = point.runtime_params()
     with _point_environment(spec):
-        shared = shared_stage(project, spec["env"], runtime, spec["pipeline"], point_root)
+        bootstrap_project(project)  # the registry is empty until the project is configured
+        names = point.run_pipelines(set(pipelines))
+        run = reuse_finished_run(point_root, tuple(spec.get("reuse_runs_from") or ()), names[0],
+                                 spec["overrides"], spec["env"])
+        shared = shared_stage(project, spec["env"], runtime, names, point_root)
         reused = reuse_shared_outputs(shared, point_root)
         features = reuse_feature_cache(shared.get("feature_cache"), point_root)
+        # an edit point that also trains its model runs only what its edits need
+        outputs = spec.get("outputs") or (sorted(pipelines[point.pipeline].all_outputs()) if len(names) > 1 else None)
         start = time.perf_counter()
         with KedroSession.create(project_path=project, env=spec["env"], runtime_params=runtime) as session:
-            session.run(pipeline_names=[spec["pipeline"]], only_missing_outputs=True,
-                        to_outputs=spec.get("outputs"))
+            session.run(pipeline_names=names, only_missing_outputs=True, to_outputs=outputs)
         seconds = time.perf_counter() - start
     record = {**{k: spec.get(k) for k in ("study", "point", "pipeline", "overrides", "labels", "outputs", "env")},
-              "data_root": spec["data_root"], "run_seconds": round(seconds, 1),
+              "data_root": spec["data_root"], "run_seconds": round(seconds, 1), "pipelines_run": names,
+              "reused_run_from": run,
               "shared": {**shared, "reused_from": reused, "feature_files_reused": features}}
     (point_root / POINT_RECORD).write_text(json.dumps(record, indent=2, default=str))
     return record
@@ -215,16 +229,18 @@ def _lookup(params: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def shared_stage(project: Path, env: str | None, runtime: dict[str, Any], pipeline_name: str,
+def shared_stage(project: Path, env: str | None, runtime: dict[str, Any], pipeline_names: list[str],
                  point_root: Path) -> dict[str, Any]:
-    """The pipeline's nodes outside the run's namespace: the signature of the
-    parameter values they read and their output files (relative to the data root)."""
+    """The pipelines' nodes outside the run's namespace (that of the last: an
+    edit run's): the signature of the parameter values they read and their
+    output files (relative to the data root)."""
     from kedro.framework.project import pipelines, settings
+    from kedro.pipeline import Pipeline
 
     loader = _loader(project, env, runtime)
     params = loader["parameters"]
-    pipeline = pipelines[pipeline_name]
-    namespace = namespace_of(pipeline_name)
+    pipeline = sum((pipelines[name] for name in pipeline_names), Pipeline([]))
+    namespace = namespace_of(pipeline_names[-1])
     shared = [n for n in pipeline.nodes if (n.namespace or "").split(".")[0] != namespace]
     names = sorted({i for n in shared for i in n.inputs if i.startswith("params:") or i == "parameters"})
     values = {n: _run_independent(n[7:], _lookup(params, n[7:])) if n != "parameters" else params for n in names}

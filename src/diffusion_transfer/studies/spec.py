@@ -8,6 +8,7 @@ and the points of its grid.
         pipeline: sdft_aahq                 # a method run: <method>_<dataset>
         base: {train.steps: 600}            # overrides shared by every point (dotted keys)
         outputs: [metrics]                  # optional: only what metrics.json needs (no translation)
+        reuse_runs_from: [every_method_aahq]  # optional: start from their finished runs (studies/reuse.py)
         grid:                               # one point per combination, in this order
           methods.sdft.weighting: [constant, min_snr, p2]
           gamma:                            # an axis of override sets: each value is a mapping
@@ -51,6 +52,7 @@ class Point:
     overrides: dict[str, Any]
     labels: dict[str, Any] = field(default_factory=dict)  # grid axis -> the value shown in tables
     outputs: tuple[str, ...] | None = None  # the run's outputs to compute (None: the whole pipeline)
+    reuse_from: tuple[str, ...] = ()  # studies whose finished run of the same method run it starts from
 
     @property
     def id(self) -> str:
@@ -68,6 +70,15 @@ class Point:
     @property
     def is_edit(self) -> bool:
         return self.pipeline.startswith(EDIT_PREFIX)
+
+    def run_pipelines(self, registered: set[str]) -> list[str]:
+        """The pipelines the point's run combines: an edit point's method run
+        first when it is a registered pipeline (``sdft_aahq`` for
+        ``edit_sdft_aahq``; the source model's is not: its edits need no
+        training), so a point trains the model it edits unless it reuses one."""
+        if self.is_edit and self.namespace in registered:
+            return [self.namespace, self.pipeline]
+        return [self.pipeline]
 
     def to_outputs(self) -> list[str] | None:
         """The catalog names Kedro runs up to (``to_outputs``), or None for the whole pipeline."""
@@ -141,7 +152,7 @@ def study_points(name: str, block: Any, pipelines: set[str] | None = None) -> li
         except InvalidParametersError as err:
             raise InvalidParametersError(f"Invalid parameters in 'studies.{name}': {err}") from None
         points.append(Point(name, str(pipeline), overrides, labels,
-                            tuple(study.outputs) if study.outputs else None))
+                            tuple(study.outputs) if study.outputs else None, tuple(study.reuse_runs_from)))
     ids = [p.id for p in points]
     if len(set(ids)) != len(ids):
         raise InvalidParametersError(f"Invalid parameters in 'studies.{name}.grid': two points have the same "
