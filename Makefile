@@ -8,7 +8,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test bench viz lock
+.PHONY: setup demo test bench viz lock gpu-wheels
 
 # Every package at the version and hash requirements.lock gives (torch 2.14.1 with
 # torchvision 0.29.1: other pairs fail to import torchvision), then the project itself.
@@ -45,6 +45,14 @@ bench: setup
 	$(BIN)/python benchmarks/bench_text_to_image.py
 	$(BIN)/python benchmarks/bench_cpu.py
 	$(BIN)/python benchmarks/bench_floor.py --fresh-clone
+
+# The packages the GPU machine's image lacks, at their locked versions, as wheels for its Python 3.12
+# (docs/BENCHMARK.md, "A GPU session": benchmarks/gpu_session.sh installs them there).
+GPU_WHEELS := diffusers pydantic pydantic-core annotated-types typing-inspection
+gpu-wheels: setup
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 -d build/gpu_wheels \
+		$(foreach p,$(GPU_WHEELS),$(shell grep -m1 -i '^$(p)==' requirements.lock | cut -d' ' -f1))
 
 viz: setup
 	$(BIN)/kedro viz build

@@ -103,7 +103,8 @@ class TrainParams(TrainConfig):
         checkpoint keys (and resumes) of runs without them stay as they were."""
         scale = ("num_processes", "gradient_accumulation_steps")
         unset = {k for k in scale if getattr(self, k) == 1} | ({"adapter"} if self.adapter is None else set())
-        unset |= {k for k in ("compile", "channels_last") if not getattr(self, k)}  # issue 35: keys of runs
+        unset |= {k for k in ("compile", "channels_last", "fused_optimizer", "tf32")  # issue 35: keys of runs
+                  if not getattr(self, k)}
         # without them stay as they were
         return self.model_dump(exclude=unset | set(_SAMPLE_KEYS))
 

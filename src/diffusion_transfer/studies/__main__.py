@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for command, text in (("list", "the declared studies and their points"), ("run", "run a study's points"),
                           ("report", "rewrite a study's report from the points done"),
-                          ("compare", "the done runs of several studies against a reference method at equal or better FID")):
+                          ("compare", "the done runs of several studies against a reference method at equal "
+                                      "or better FID")):
         p = sub.add_parser(command, help=text)
         if command == "compare":
             p.add_argument("names", nargs="+", metavar="name")

@@ -45,6 +45,12 @@ class TrainConfig(BaseModel):
     #: training, where oneDNN's and cuDNN's convolutions are faster (issue 35);
     #: the same numbers within float rounding, the model handed back contiguous
     channels_last: bool = Field(False, description="train with 4-D weights in channels-last layout")
+    #: AdamW's fused kernel (``torch.optim.AdamW(fused=True)``: one kernel for
+    #: every parameter, on CUDA and CPU) in place of its per-tensor loop (issue 35)
+    fused_optimizer: bool = Field(False, description="AdamW's fused kernel")
+    #: TF32 for the float32 matrix products and convolutions left outside
+    #: autocast, on CUDA (Ampere and later) only; restored when training ends
+    tf32: bool = Field(False, description="TF32 float32 matmuls and convolutions on CUDA")
     hflip: bool = True
 
     @field_validator("betas")

@@ -40,6 +40,7 @@ class Run:
     ema_pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (EMA, live) trained
     optimizer: Any = None
     teacher: torch.nn.Module | None = None  # set when its layout is changed for the run (channels_last)
+    saved_tf32: tuple[str, bool] | None = None  # the float32 precision settings ``tf32`` replaced
 
     @property
     def n_shards(self) -> int:
@@ -80,8 +81,11 @@ class Run:
                     net.to(memory_format=torch.channels_last)
         if config.compile:  # in place, so state_dict keys, checkpoints and isinstance stay as they are
             model.compile()
+        if config.tf32:
+            self.saved_tf32 = enable_tf32(self.device)
         optimizer = torch.optim.AdamW(
-            self.params, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay
+            self.params, lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay,
+            fused=True if config.fused_optimizer else None,
         )
         model, optimizer = self.accelerator.prepare(model, optimizer)
         self.optimizer, self.raw_model = optimizer, self.accelerator.unwrap_model(model)
@@ -93,10 +97,31 @@ def hand_back(run: Run, model: torch.nn.Module) -> None:
     of the trained model and the teacher: later nodes save them with
     safetensors, which takes contiguous tensors only."""
     uncompile(model)
+    restore_tf32(run.saved_tf32)
+    run.saved_tf32 = None
     if run.config.channels_last:
         for net in (model, run.teacher):
             if net is not None:
                 net.to(memory_format=torch.contiguous_format)
+
+
+def enable_tf32(device: torch.device) -> tuple[str, bool] | None:
+    """TF32 for float32 matrix products (``set_float32_matmul_precision("high")``)
+    and cuDNN convolutions on a CUDA device; returns the settings it replaced
+    (None elsewhere: a CPU's float32 stays float32)."""
+    if device.type != "cuda":
+        return None
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    return saved
+
+
+def restore_tf32(saved: tuple[str, bool] | None) -> None:
+    """Put back what :func:`enable_tf32` replaced (nothing for None)."""
+    if saved is not None:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
 
 
 def uncompile(model: torch.nn.Module) -> None:
