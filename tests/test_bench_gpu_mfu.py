@@ -14,7 +14,7 @@ from tests._pipeline_helpers import load_script
 
 def test_the_tiny_mfu_benchmark_times_each_arm_and_batch_and_derives_its_rates(tmp_path, capsys):
     bench = load_script("benchmarks/bench_gpu_mfu.py")
-    arms = ["base", "tf32", "channels_last", "fused_adamw"]
+    arms = ["base", "fused_adamw"]  # cumulative: the second has tf32 and channels_last too
     assert bench.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--warmup", "0", "--arms", *arms]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert capsys.readouterr().out.strip() == (tmp_path / "results.md").read_text().strip()
