@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusion_transfer.studies.replicates import separated, spread, spread_cell
-from diffusion_transfer.studies.report_common import dataset_of
-from diffusion_transfer.studies.spec import PIPELINE_AXIS, REPLICATE_AXIS, namespace_of
+from diffusion_transfer.studies.replicates import cohort_of, separated, spread, spread_cell
+from diffusion_transfer.studies.spec import REPLICATE_AXIS
 
 #: (row measure, column title), all higher-is-better; each prompt's success follows.
 EDIT_MEASURES = [("s_dir", "mean S_dir"), ("success", "mean edit success"), ("preservation", "mean preservation"),
@@ -28,11 +27,6 @@ def _values(row: dict[str, Any]) -> dict[str, float | None]:
     values["reconstruction"] = row.get("reconstruction")
     values.update({f"prompt:{p}": r.get("success") for p, r in row["prompts"].items()})
     return values
-
-
-def _cohort(labels: dict[str, Any]) -> tuple:
-    """What a group is compared within: its other grid values and its pipeline's dataset."""
-    return tuple((a, dataset_of(namespace_of(str(v))) if a == PIPELINE_AXIS else v) for a, v in labels.items())
 
 
 def edit_replicate_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -59,7 +53,7 @@ def edit_replicate_table(rows: list[dict[str, Any]]) -> list[str]:
     keys = EDIT_MEASURES + [(k, f"{k.removeprefix('prompt:')} success") for k in _prompt_order(rows)]
     keys = [(k, t) for k, t in keys if any(k in g["values"] for g in groups)]
     stats = [{k: spread(v) for k, v in g["values"].items()} for g in groups]
-    cohorts = [_cohort(g["labels"]) for g in groups]
+    cohorts = [cohort_of(g["labels"]) for g in groups]
     axes = list(groups[0]["labels"])
     lines = ["## Over seed replicates", "",
              "Mean ± sample sd [min, max] over the replicates done (n). Bold: the best mean of the dataset's "

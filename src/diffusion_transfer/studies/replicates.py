@@ -15,7 +15,7 @@ import statistics
 from typing import Any
 
 from diffusion_transfer.studies.report_common import dataset_of
-from diffusion_transfer.studies.spec import REPLICATE_AXIS
+from diffusion_transfer.studies.spec import REPLICATE_AXIS, namespace_of
 #: (metrics.json key, column title, lower is better)
 MEASURES = [("fid", "FID", True), ("kid_x1e3", "KID x10^3", True), ("inception_score", "IS", False),
             ("face_rate", "face rate", False), ("clip_score", "CLIP score", False),
@@ -54,9 +54,10 @@ def separated(a: dict[str, Any], b: dict[str, Any], lower_is_better: bool) -> bo
     return a["max"] < b["min"] if lower_is_better else a["min"] > b["max"]
 
 
-def _cohort(labels: dict[str, Any]) -> tuple:
-    """What a group is compared within: its other grid values and its pipeline's dataset."""
-    return tuple((a, dataset_of(str(v)) if a == "pipeline" else v) for a, v in labels.items())
+def cohort_of(labels: dict[str, Any]) -> tuple:
+    """What a group is compared within: its other grid values and its pipeline's
+    dataset (an edit run's: that of the run it edits)."""
+    return tuple((a, dataset_of(namespace_of(str(v))) if a == "pipeline" else v) for a, v in labels.items())
 
 
 def spread_cell(s: dict[str, Any] | None, digits: int = 2) -> str:
@@ -76,7 +77,7 @@ def replicate_table(rows: list[dict[str, Any]]) -> list[str]:
     groups = replicate_groups(rows)
     measures = [m for m in MEASURES if any(m[0] in g["values"] for g in groups)]
     stats = [{key: spread(g["values"][key]) for key, _, _ in measures if g["values"].get(key)} for g in groups]
-    cohorts = [_cohort(g["labels"]) for g in groups]
+    cohorts = [cohort_of(g["labels"]) for g in groups]
     best: dict[tuple, dict[str, Any]] = {}
     for cohort, s in zip(cohorts, stats):
         if "fid" in s and (cohort not in best or s["fid"]["mean"] < best[cohort]["mean"]):
