@@ -6,7 +6,7 @@ an exported tree) with ``--released PATH``. Without it, or when PATH holds no
 ``guided_diffusion/train_util_distill.py``, the benchmark prints one line
 saying it is skipped and exits 0.
 
-What runs, on the CPU in fp32:
+What runs (on the CPU in fp32 by default; ``--device cuda`` below):
 
 - a guided-diffusion ``UNetModel`` at 64 px (a small config, below; random
   weights from a fixed seed, the zero-initialised output layers included, so
@@ -38,7 +38,16 @@ Steps are timed interleaved (medians; wall clock, or with ``--clock cpu`` this
 process's CPU time); the ratio printed is
 released / project images per second.
 
+On a GPU (``--device cuda``, issue 35: the project's step at twice the released images/s or more) each
+side runs as it would there: the released loop in fp16 with its own loss scaling
+(``use_fp16``, its teacher in fp16, as the authors' run script), through its DDP wrapper on a
+one-process NCCL group; the project with the ``train`` speed settings named by
+``--project-settings`` (``bf16``: autocast student and bf16 teacher, ``channels_last``,
+``fused_adamw``, ``tf32``, ``compile``). The weights are compared on the CPU in fp32 first.
+
     python benchmarks/bench_released.py --released /tmp/released_sdft [--batch 4] [--repeats 5]
+    python benchmarks/bench_released.py --released build/released_sdft --device cuda --preset ffhq_p2 \
+        --batch 8 --project-settings bf16 channels_last fused_adamw tf32
 """
 
 from __future__ import annotations
@@ -59,9 +68,12 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu import with_mixed_precision  # noqa: E402
+from bench_gpu_mfu import tf32_on  # noqa: E402
 from bench_lora import machine_line  # noqa: E402
 from bench_steps import ran_as_memory_child, rss_kib, time_interleaved  # noqa: E402
 
+from diffusion_transfer.core.cpu_precision import cpu_bf16  # noqa: E402
 from diffusion_transfer.core.methods import build_method  # noqa: E402
 from diffusion_transfer.core.models import load_unet, model_output  # noqa: E402
 from diffusion_transfer.core.models.adm_cli import main as convert_adm_cli  # noqa: E402
@@ -82,6 +94,13 @@ FIXED_ADM = dict(learn_sigma=True, num_heads=4, num_heads_upsample=-1, use_scale
                  diffusion_steps=1000, noise_schedule="linear", rescale_timesteps=False)
 RELEASED_LR, RELEASED_EMA = 1e-4, "0.9999"  # image_distill_train.py's defaults
 PROJECT_LR, PROJECT_EMA, PROJECT_CLIP = 1e-4, 0.999, 1.0  # TrainConfig's defaults
+#: The project's speed settings a run may turn on (each as the training loop applies its ``train`` key).
+SPEED_SETTINGS = ("bf16", "channels_last", "fused_adamw", "tf32", "compile")
+#: Architectures by name: the default small 64 px net, and P2-weighting's FFHQ 256 px model (conf/paper's source).
+PRESETS = {"small64": dict(image_size=64, num_channels=64, num_res_blocks=1, channel_mult="1,2,3,4",
+                           attention_resolutions="16,8", num_head_channels=64),
+           "ffhq_p2": dict(image_size=256, num_channels=128, num_res_blocks=1, channel_mult="1,1,2,2,4,4",
+                           attention_resolutions="16", num_head_channels=64)}
 
 
 def skip_reason(released: Path | None) -> str | None:
@@ -115,8 +134,8 @@ class _OneProcessComm:
         return value
 
 
-def import_released(path: Path, scratch: Path) -> types.SimpleNamespace:
-    """The released modules, importable from ``path``, with a one-process group."""
+def import_released(path: Path, scratch: Path, backend: str = "gloo") -> types.SimpleNamespace:
+    """The released modules, importable from ``path``, with a one-process group (NCCL for CUDA)."""
     for name in ("mpi4py", "blobfile"):
         try:
             importlib.import_module(name)
@@ -129,7 +148,7 @@ def import_released(path: Path, scratch: Path) -> types.SimpleNamespace:
     mods = {m: importlib.import_module(f"guided_diffusion.{m}")
             for m in ("script_util", "train_util_distill", "logger", "resample")}
     if not dist.is_initialized():  # TrainLoop asks the world size and broadcasts the weights
-        dist.init_process_group("gloo", init_method=f"file://{scratch / 'pg'}", rank=0, world_size=1)
+        dist.init_process_group(backend, init_method=f"file://{scratch / 'pg'}", rank=0, world_size=1)
     mods["logger"].configure(dir=str(scratch / "log"), format_strs=[])  # its key-values, not printed
     return types.SimpleNamespace(**mods)
 
@@ -178,16 +197,17 @@ def same_output(released: torch.nn.Module, project: torch.nn.Module, px: int, to
     return rel
 
 
-def released_step(gd, model, diffusion, images: torch.Tensor) -> dict:
-    """``TrainLoop.run_step`` of the released trainer on ``images`` (fp32 on the CPU)."""
+def released_step(gd, model, diffusion, images: torch.Tensor, use_fp16: bool = False) -> dict:
+    """``TrainLoop.run_step`` of the released trainer on ``images`` (fp32 on the CPU, fp16 on a GPU)."""
     model.train()
     teacher = copy.deepcopy(model).eval()
     loop = gd.train_util_distill.TrainLoop(
         model=model, model_t=teacher, diffusion=diffusion, data=None, batch_size=images.shape[0],
         microbatch=-1, lr=RELEASED_LR, ema_rate=RELEASED_EMA, log_interval=10, save_interval=10000,
-        resume_checkpoint="", use_fp16=False, schedule_sampler=gd.resample.UniformSampler(diffusion),
+        resume_checkpoint="", use_fp16=use_fp16, schedule_sampler=gd.resample.UniformSampler(diffusion),
         distill_kwargs=dict(DISTILL))
-    teacher.convert_to_fp32()  # its __init__ cast the teacher to fp16, which the fp32 input cannot meet on the CPU
+    if not use_fp16:
+        teacher.convert_to_fp32()  # its __init__ cast the teacher to fp16, which fp32 inputs cannot meet on the CPU
 
     def step():
         loop.run_step(images, {})
@@ -195,27 +215,47 @@ def released_step(gd, model, diffusion, images: torch.Tensor) -> dict:
     return {"step": step, "params": sum(p.numel() for p in model.parameters())}
 
 
-def project_step(unet: torch.nn.Module, images: torch.Tensor, skip_distill_below: float | None) -> dict:
-    """The project's SDFT step (loss, backward, clip, AdamW, EMA) as ``core/training/loop.py`` runs it."""
-    params = dict(PROJECT_SDFT) if skip_distill_below is None else {**PROJECT_SDFT,
-                                                                     "skip_distill_below": skip_distill_below}
+def project_step(unet: torch.nn.Module, images: torch.Tensor, skip_distill_below: float | None,
+                 settings: tuple[str, ...] = ()) -> dict:
+    """The project's SDFT step (loss, backward, clip, AdamW, EMA) as ``core/training/loop.py`` runs it,
+    with the speed ``settings`` on (``SPEED_SETTINGS``)."""
+    params = dict(PROJECT_SDFT, teacher_dtype="bf16" if "bf16" in settings else None)
+    if skip_distill_below is not None:
+        params["skip_distill_below"] = skip_distill_below
     loss_fn = build_method("sdft", params, make_schedule()).loss_fn
-    student = copy.deepcopy(unet).train().requires_grad_(True)
-    teacher = copy.deepcopy(unet).eval().requires_grad_(False)
+    device = images.device
+    layout = torch.channels_last if "channels_last" in settings else torch.contiguous_format
+    student = copy.deepcopy(unet).train().requires_grad_(True).to(memory_format=layout)
+    teacher = copy.deepcopy(unet).eval().requires_grad_(False).to(memory_format=layout)
     ema = copy.deepcopy(student).eval().requires_grad_(False)
     trained = list(student.parameters())
-    opt = torch.optim.AdamW(trained, lr=PROJECT_LR)
-    gen = torch.Generator().manual_seed(0)
+    if "compile" in settings:
+        student.compile()
+    student = with_mixed_precision(student, torch.bfloat16 if "bf16" in settings else None, device)
+    opt = torch.optim.AdamW(trained, lr=PROJECT_LR, fused=True if "fused_adamw" in settings else None)
+    gen = torch.Generator(device=device).manual_seed(0)
+    batch = images.contiguous(memory_format=layout)
 
     def step():
-        terms = loss_fn(student, images, teacher=teacher, generator=gen)
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(trained, PROJECT_CLIP)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema_update_(list(ema.parameters()), trained, PROJECT_EMA)
+        with tf32_on(device, "tf32" in settings):
+            terms = loss_fn(student, batch, teacher=teacher, generator=gen)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(trained, PROJECT_CLIP)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema_update_(list(ema.parameters()), trained, PROJECT_EMA)
         {k: float(v.detach()) for k, v in terms.items()}  # noqa: B018 (the loop reads every term each step)
     return {"step": step, "params": sum(p.numel() for p in trained)}
+
+
+def settings_refusal(device: torch.device, settings: tuple[str, ...]) -> str | None:
+    """Why the project's ``settings`` cannot run on ``device`` (one sentence with the fix), or None."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "--device cuda, but torch sees no CUDA device here: run it on a GPU machine, or leave --device out."
+    if device.type == "cpu" and "bf16" in settings and not cpu_bf16().supported:
+        return (f"--project-settings bf16 on this CPU, {cpu_bf16().describe()}, which has no native bf16 "
+                "(bf16 autocast would be emulated, over ten times slower): leave bf16 out here.")
+    return None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -223,12 +263,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--released", type=Path, default=None,
                     help="the released SDFT code (a JiwanHur/SDFT checkout); absent: skipped")
     ap.add_argument("--batch", type=int, default=4, help="images per step, the same on both sides")
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--num-channels", type=int, default=64)
-    ap.add_argument("--num-res-blocks", type=int, default=1)
-    ap.add_argument("--channel-mult", default="1,2,3,4")
-    ap.add_argument("--attention-resolutions", default="16,8")
-    ap.add_argument("--num-head-channels", type=int, default=64)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="small64",
+                    help="the architecture; the flags below override its fields")
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--num-channels", type=int, default=None)
+    ap.add_argument("--num-res-blocks", type=int, default=None)
+    ap.add_argument("--channel-mult", default=None)
+    ap.add_argument("--attention-resolutions", default=None)
+    ap.add_argument("--num-head-channels", type=int, default=None)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--project-settings", nargs="*", default=[], choices=SPEED_SETTINGS,
+                    help="the project's speed settings for its step (bf16 needs a GPU or a CPU with native bf16)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -238,8 +283,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tolerance", type=float, default=1e-4, help="max relative L2 between the two nets' outputs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     args.memory_child = None  # bench_steps' start-up helper also serves its memory children
     return args
+
+
+def gpu_peak(device: torch.device) -> str:
+    """The CUDA allocator's peak (every model of all three steps resident), or nothing on a CPU."""
+    if device.type != "cuda":
+        return ""
+    return f", peak GPU memory allocated {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
 
 
 def report(medians: dict, runs: dict, batch: int) -> dict[str, float]:
@@ -261,30 +316,38 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(reason)
         return {}
     ran_as_memory_child(args, None)  # malloc tuning and --threads, as a Kedro run would
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    refusal = settings_refusal(device, tuple(args.project_settings))
+    if refusal:
+        raise SystemExit(f"Error: {refusal}")
     print(machine_line(device))
     adm = adm_args(args)
     with tempfile.TemporaryDirectory(prefix="bench_released_") as tmp:
         scratch = Path(tmp)
-        gd = import_released(args.released.resolve(), scratch)
+        gd = import_released(args.released.resolve(), scratch, "nccl" if device.type == "cuda" else "gloo")
         model, diffusion = build_released_model(gd, adm, args.seed)
         unet = convert_with_cli(model, adm, scratch)
-        rel = same_output(model, unet, args.image_size, args.tolerance)
-        images = torch.rand(args.batch, 3, args.image_size, args.image_size,
-                            generator=torch.Generator().manual_seed(args.seed)) * 2 - 1
+        rel = same_output(model, unet, args.image_size, args.tolerance)  # on the CPU, in fp32
+        model, unet = model.to(device), unet.to(device)
+        images = (torch.rand(args.batch, 3, args.image_size, args.image_size,
+                             generator=torch.Generator().manual_seed(args.seed)) * 2 - 1).to(device)
         torch.manual_seed(args.seed)  # the released loop draws t (numpy) and its noise (torch) globally
         np.random.seed(args.seed)
-        runs = {"released": released_step(gd, model, diffusion, images),
-                "project": project_step(unet, images, None),
-                "project, skip_distill_below 0": project_step(unet, images, 0.0)}
+        settings = tuple(args.project_settings)
+        runs = {"released": released_step(gd, model, diffusion, images, use_fp16=device.type == "cuda"),
+                "project": project_step(unet, images, None, settings),
+                "project, skip_distill_below 0": project_step(unet, images, 0.0, settings)}
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         medians = time_interleaved(runs, args.warmup, args.repeats, device, clock)
-    print(f"released code: {args.released} (TrainLoop.run_step, fp32 on the CPU: teacher cast back from fp16, "
-          f"no loss scaling); ADM {json.dumps({k: adm[k] for k in sorted(adm)})}; converted by dt-convert-adm, "
+    precision = ("fp16 with its loss scaling, teacher fp16" if device.type == "cuda"
+                 else "fp32 on the CPU: teacher cast back from fp16, no loss scaling")
+    print(f"project settings: {', '.join(settings) or 'none (fp32, contiguous, per-tensor AdamW, eager)'}")
+    print(f"released code: {args.released} (TrainLoop.run_step, {precision}); "
+          f"ADM {json.dumps({k: adm[k] for k in sorted(adm)})}; converted by dt-convert-adm, "
           f"outputs agree to {rel:.1e} (relative L2)")
     print(f"batch {args.batch} at {args.image_size} px, SDFT as the authors' run script (auxiliary input = the "
           f"noise, gamma 3 / 100, lambda 0.1 / 0.1); {args.clock} time, {args.repeats} interleaved repeats after "
-          f"{args.warmup} warm-up; peak RSS {rss_kib('VmHWM') / 1024:.0f} MB")
+          f"{args.warmup} warm-up; peak RSS {rss_kib('VmHWM') / 1024:.0f} MB{gpu_peak(device)}")
     return report(medians, runs, args.batch)
 
 

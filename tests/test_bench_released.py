@@ -4,6 +4,7 @@ named by DT_RELEASED_SDFT) a tiny run through the released TrainLoop."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -44,6 +45,29 @@ def test_arguments_default_to_64_px_at_batch_4(bench):
         bench.parse_args(["--batch", "four"])
 
 
+def test_a_preset_fills_the_architecture_and_flags_override_it(bench):
+    args = bench.parse_args(["--preset", "ffhq_p2", "--image-size", "128"])
+    assert (args.image_size, args.num_channels, args.channel_mult, args.attention_resolutions) == (
+        128, 128, "1,1,2,2,4,4", "16")
+    assert args.device == "cpu" and args.project_settings == []
+    assert bench.parse_args(["--project-settings", "bf16", "compile"]).project_settings == ["bf16", "compile"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--project-settings", "fp8"])
+
+
+def test_settings_the_device_cannot_run_are_refused_in_one_sentence(bench, monkeypatch):
+    import torch  # the refusal depends on what torch sees
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA device" in bench.settings_refusal(torch.device("cuda"), ())
+    cpu = bench.cpu_bf16()
+    monkeypatch.setattr(bench, "cpu_bf16", lambda: dataclasses.replace(cpu, supported=False))
+    assert "leave bf16 out" in bench.settings_refusal(torch.device("cpu"), ("bf16", "channels_last"))
+    assert bench.settings_refusal(torch.device("cpu"), ("channels_last", "fused_adamw", "tf32")) is None
+    monkeypatch.setattr(bench, "cpu_bf16", lambda: dataclasses.replace(cpu, supported=True))
+    assert bench.settings_refusal(torch.device("cpu"), ("bf16",)) is None
+
+
 @pytest.mark.slow
 def test_tiny_run_checks_the_weights_and_prints_the_ratio(bench):
     released = os.environ.get("DT_RELEASED_SDFT")
@@ -52,9 +76,11 @@ def test_tiny_run_checks_the_weights_and_prints_the_ratio(bench):
     # its own process: the run starts a process group and puts stand-ins in sys.modules
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_released.py"), "--released", released,
                            "--image-size", "16", "--num-channels", "32", "--channel-mult", "1,2",
-                           "--num-head-channels", "32", "--batch", "2", "--warmup", "0", "--repeats", "1"],
+                           "--num-head-channels", "32", "--batch", "2", "--warmup", "0", "--repeats", "1",
+                           "--project-settings", "channels_last", "fused_adamw"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "project settings: channels_last, fused_adamw" in proc.stdout
     assert re.search(r"outputs agree to [0-9.e-]+ \(relative L2\)", proc.stdout)
     rows = dict(re.findall(r"^(released|project\S*) +([0-9]+) ms", proc.stdout, re.M))
     assert set(rows) == {"released", "project"}
