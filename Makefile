@@ -47,8 +47,10 @@ bench: setup
 	$(BIN)/python benchmarks/bench_floor.py --fresh-clone
 
 # The packages the GPU machine's image lacks, at their locked versions, as wheels for its Python 3.12
-# (docs/BENCHMARK.md, "A GPU session": benchmarks/gpu_session.sh installs them there).
-GPU_WHEELS := diffusers pydantic pydantic-core annotated-types typing-inspection
+# (docs/BENCHMARK.md, "A GPU session": benchmarks/gpu_session.sh installs them there). The second line is
+# what a Kedro run of the paper pipeline imports beyond that (benchmarks/paper_rehearsal.py).
+GPU_WHEELS := diffusers pydantic pydantic-core annotated-types typing-inspection \
+	kedro kedro-datasets omegaconf dynaconf more-itertools parse tomli-w appdirs clean-fid lpips open-clip-torch ftfy wcwidth torch-fidelity
 gpu-wheels: setup
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--platform manylinux2014_x86_64 -d build/gpu_wheels \
