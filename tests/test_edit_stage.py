@@ -104,6 +104,7 @@ def test_smoke_edit_run_writes_grids_and_metrics(tmp_path, kind):
     assert rows["smiling"]["attribute"] == "expression" and "identity" not in rows["smiling"]
     assert metrics["weights"]["s_dir"] == "hash clip (test stand-in)"
     assert metrics["settings"]["f_t"] == {"lr": 0.05, "epochs": 1, "train_steps": 4, "n_train": 2}  # what trained f_t
+    assert metrics["environment"]["torch"] == torch.__version__ and metrics["environment"]["commit"]  # the edit's own
     # the no-edit baseline: an "edit" that is the reconstruction scores exactly the baseline
     unedited = evaluate_edits({**edits, "smiling": edits["reconstructed"]}, clip, classifier, evaluation,
                               EDITING_PARAMS, dataset)["rows"]["smiling"]

@@ -96,6 +96,8 @@ def test_sdft_aahq_smoke_run_end_to_end(smoke_run):
     assert len(env["lock"]) == 12 or env["lock"] == "none"  # requirements.lock's digest, if the copy has one
     assert (f"Trained at commit unknown (not a git checkout), lock {env['lock']} (torch {torch.__version__}, "
             "diffusers ") in report
+    # the metrics carry their own record (a reused model's metrics can be computed at another commit)
+    assert metrics["environment"] == env and "Metrics computed at commit unknown (not a git checkout)" in report
     # Attribute values absent from the curated set (AAHQ: men only) are reported with their retention.
     assert "woman" in metrics["training_set_attributes"]["absent_values"]["gender"]
     assert "## Attribute values absent from the training set" in report
@@ -107,6 +109,7 @@ def test_sdft_aahq_smoke_run_end_to_end(smoke_run):
         assert 0 <= row["retention"] <= 1
     assert tm["settings"]["sdedit"]["t0"] == 0.625 and tm["settings"]["egsde"]["t0"] == 0.625  # AAHQ's 0.625T
     assert "RGB" in tm["weights"]["psnr_ssim"]
+    assert tm["environment"]["torch"] == torch.__version__ and tm["environment"]["lock"] == env["lock"]
     assert "## Domain translation" in report and "| SDEdit |" in report and "| DDIB |" in report
     from PIL import Image
 

@@ -1,6 +1,7 @@
 """What produced a result: the commit, the lock file the environment was
-installed from, the versions that change numbers and the device, recorded beside every training history, report and tracked run,
-so two numbers are compared only when they came from the same environment."""
+installed from, the versions that change numbers and the device, recorded beside every training
+history, metrics file, report and tracked run, so two numbers are compared only when they came from
+the same environment."""
 
 from __future__ import annotations
 

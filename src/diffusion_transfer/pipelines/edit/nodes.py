@@ -40,6 +40,7 @@ from diffusion_transfer.core.methods.anl import image_conditions
 from diffusion_transfer.core.metrics import attributes as attr_metrics
 from diffusion_transfer.core.metrics.editing import directional_similarity, edit_success, prompt_attribute
 from diffusion_transfer.core.metrics.identity import IdentitySimilarity
+from diffusion_transfer.core.provenance import environment_record
 from diffusion_transfer.core.world.classifier import predict_attributes
 from diffusion_transfer.project.resolved import ResolvedDataset
 from diffusion_transfer.project.schema_editing import EditingParams
@@ -241,7 +242,8 @@ def evaluate_edits(edits: dict, clip, attribute_classifier, evaluation: Evaluati
         weights["attributes"] = "FaceWorld attribute classifier (evaluation only, never a training signal)"
     return {"dataset": dataset.name, "n_inputs": int(len(x_in)), "rows": rows, "reconstruction": baseline,
             "settings": edits["meta"]["settings"], "weights": weights,
-            SHORTFALLS: edits["meta"].get(SHORTFALLS, []) + _grid_shortfall(p, len(x_in))}
+            SHORTFALLS: edits["meta"].get(SHORTFALLS, []) + _grid_shortfall(p, len(x_in)),
+            "environment": environment_record()}  # the edit's own commit and versions, not the model's
 
 
 def _grid_shortfall(p: EditingParams, n_inputs: int) -> list[dict]:

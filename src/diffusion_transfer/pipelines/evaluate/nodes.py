@@ -17,6 +17,7 @@ from diffusion_transfer.core.metrics.inception_score import extract_logits, ince
 from diffusion_transfer.core.metrics.intra_lpips import intra_lpips
 from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric
 from diffusion_transfer.core.metrics.text_to_image import clip_score, concept_rates, shows_concept
+from diffusion_transfer.core.provenance import environment_record
 from diffusion_transfer.core.world.classifier import predict_attributes
 from diffusion_transfer.core.world.render import ATTRIBUTES
 from diffusion_transfer.pipelines.evaluation import (
@@ -95,6 +96,7 @@ def evaluate(source_samples: dict, target_samples: dict, curated: dict, referenc
     metrics["models"] = models
     metrics["weights"] = weights
     metrics["skipped"] = skipped
+    metrics["environment"] = environment_record()  # commit, lock, versions, device (core/provenance.py)
     return metrics
 
 
@@ -175,7 +177,7 @@ def evaluate_text_to_image(source_samples: dict, target_samples: dict, source_ab
                                                       evaluation, models, skipped)
         if classifier is not None and evaluation.attributes:
             weights["attributes"] = ATTRIBUTES_WEIGHTS + (_outside(dataset) if attr_sub else "")
-    metrics.update(models=models, weights=weights, skipped=skipped)
+    metrics.update(models=models, weights=weights, skipped=skipped, environment=environment_record())
     return metrics
 
 

@@ -121,6 +121,11 @@ def _translation_lines(tm: dict) -> list[str]:
             "Top row: the inputs; then one row per method.", "", "![translations](translations.png)"]
 
 
+def _measured_at_lines(metrics: dict) -> list[str]:
+    """Where the metrics were computed: the commit and versions can differ from training's (a reused model)."""
+    return [f"Metrics computed at {environment_line(metrics['environment'])}."] if "environment" in metrics else []
+
+
 def _metrics_table(metrics: dict, method: str) -> list[str]:
     """The source and fine-tuned rows; an IS column when it ran, headed
     "IS-substitute" when its network is not Inception."""
@@ -189,6 +194,7 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
               f"batch {run['train']['batch_size']}, lr {run['train']['lr']}, EMA {run['train']['ema_decay']}.",
               f"Resumed from step: {history.get('resumed_from_step')}.", *_model_lines(history),
               *([f"Trained at {environment_line(history['environment'])}."] if "environment" in history else []),
+              *_measured_at_lines(metrics),
               *_noise_schedule_lines(history),
               *_schedule_lines(history),
               *_parameter_lines(history), "",
@@ -256,6 +262,7 @@ def build_text_to_image_report(metrics: dict, history: dict, curation_summary: d
              f"batch {run['train']['batch_size']}, lr {run['train']['lr']}, EMA {run['train']['ema_decay']}.",
              f"Resumed from step: {history.get('resumed_from_step')}.", *_model_lines(history),
              *([f"Trained at {environment_line(history['environment'])}."] if "environment" in history else []),
+              *_measured_at_lines(metrics),
              *_noise_schedule_lines(history), *_schedule_lines(history), *_parameter_lines(history), "",
              "![loss curves](loss_curve.png)", "", "## Curation", "", _curation_line(curation_summary),
              *skipped_file_lines(curation_summary), *shortfall_lines(curation_summary, metrics), "",

@@ -29,6 +29,7 @@ from diffusion_transfer.core.metrics.identity import IdentitySimilarity
 from diffusion_transfer.core.metrics.lpips_metric import LPIPSMetric
 from diffusion_transfer.core.models.adapted import AdaptedUNet
 from diffusion_transfer.core.models.unet import learns_variance
+from diffusion_transfer.core.provenance import environment_record
 from diffusion_transfer.core.sampling import make_noise_bank, model_eps_fn
 from diffusion_transfer.core.translation.common import TranslationBatch
 from diffusion_transfer.core.translation.registry import TranslatorInfo, translator
@@ -210,7 +211,7 @@ def evaluate_translations(translations: dict, reference: dict, clip, attribute_c
             # unusable files met while drawing the inputs from the source images
             "inputs_folder": translations["meta"].get("inputs"),
             "skipped_inputs": translations["meta"].get("skipped_inputs", []),
-            SHORTFALLS: translations["meta"].get(SHORTFALLS, [])}
+            SHORTFALLS: translations["meta"].get(SHORTFALLS, []), "environment": environment_record()}
 
 
 def translation_grid(translations: dict, translation: TranslationParams, scale: int = 2) -> Image.Image:
