@@ -187,7 +187,7 @@ def test_an_edit_study_reports_each_prompt_and_picks_its_point_by_the_declared_r
     assert row["means"]["min_face_rate"] == pytest.approx(0.9)
     text = report.read_text()
     assert f"**Chosen point: {points[1].id}**" in text and "0.400" in text
-    assert (tmp_path / "edit_strength.png").stat().st_size > 0
+    assert (tmp_path / "edit_means.png").stat().st_size > 0
 
 
 def test_an_edit_study_with_no_point_keeping_faces_chooses_none():

@@ -10,7 +10,7 @@ preservation. A strength study runs on the source model, so the choice
 favours no fine-tuning method; every method is then edited with it.
 
 Written to ``<data root>/studies/<study>/``: ``study.md``, ``study.json``,
-``edit_strength.png``.
+``edit_means.png`` (mean success, preservation and lowest face rate by point).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from diffusion_transfer.studies.report_common import grid_label, report_header, 
 from diffusion_transfer.studies.spec import PIPELINE_AXIS, Point  # noqa: E402
 
 FACE_RATE_FLOOR = 0.9
-PLOT_FILE = "edit_strength.png"
+PLOT_FILE = "edit_means.png"
 _MEASURES = ("s_dir", "success", "preservation", "face_rate")
 
 
@@ -132,7 +132,7 @@ def write_edit_study_report(name: str, points: list[Point], root: Path) -> Path:
     lines = [*report_header(name, rows, root),
              "Per prompt: S_dir (run's CLIP) / FaceWorld edit success / preservation / face rate of the edits "
              "(`edit_metrics.json`, docs/EDITING.md).", "", *(choice if picks else []),
-             *edit_replicate_table(rows), *edit_study_table(rows, chosen), "", f"![edit strength]({PLOT_FILE})", ""]
+             *edit_replicate_table(rows), *edit_study_table(rows, chosen), "", f"![edit means by point]({PLOT_FILE})", ""]
     (root / "study.json").write_text(json.dumps({"study": name, "chosen": chosen, "rule": rule, "rows": rows},
                                                 indent=2, default=str))
     (root / "study.md").write_text("\n".join(lines))
