@@ -4,8 +4,8 @@ a folder of random images."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,15 +27,13 @@ def load_script(relative: str):
 
 
 def _scratch_project(tmp_path: Path) -> Path:
-    proj = tmp_path / "project"
-    proj.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", proj / "pyproject.toml")
-    shutil.copytree(ROOT / "conf", proj / "conf", ignore=shutil.ignore_patterns("local"))
-    (proj / "conf" / "local").mkdir()
-    shutil.copytree(ROOT / "src", proj / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (proj / "data" / "06_models").mkdir(parents=True)
-    (proj / "data" / "06_models" / "world").symlink_to(ROOT / "data" / "06_models" / "world")
-    return proj
+    """A copy of the project under ``tmp_path/project`` to run in (benchmarks/paper_rehearsal.py makes it)."""
+    return _rehearsal().scratch_project(tmp_path)
+
+
+@functools.lru_cache(maxsize=1)
+def _rehearsal():
+    return load_script("benchmarks/paper_rehearsal.py")
 
 
 def _run(proj: Path, env: str, pipeline: str, runtime_params: dict | None = None,
