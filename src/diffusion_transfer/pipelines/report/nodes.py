@@ -121,9 +121,10 @@ def _translation_lines(tm: dict) -> list[str]:
             "Top row: the inputs; then one row per method.", "", "![translations](translations.png)"]
 
 
-def _measured_at_lines(metrics: dict) -> list[str]:
-    """Where the metrics were computed: the commit and versions can differ from training's (a reused model)."""
-    return [f"Metrics computed at {environment_line(metrics['environment'])}."] if "environment" in metrics else []
+def _environment_lines(history: dict, metrics: dict) -> list[str]:
+    """Where the model was trained and where its metrics were computed (they can differ: a reused model)."""
+    return [f"{what} at {environment_line(record['environment'])}." for what, record in
+            (("Trained", history), ("Metrics computed", metrics)) if "environment" in record]
 
 
 def _metrics_table(metrics: dict, method: str) -> list[str]:
@@ -193,8 +194,7 @@ def build_report(metrics: dict, history: dict, curation_summary: dict, source_sa
               f"Hyperparameters: `{run['hyperparameters']}`; steps {run['train']['steps']}, "
               f"batch {run['train']['batch_size']}, lr {run['train']['lr']}, EMA {run['train']['ema_decay']}.",
               f"Resumed from step: {history.get('resumed_from_step')}.", *_model_lines(history),
-              *([f"Trained at {environment_line(history['environment'])}."] if "environment" in history else []),
-              *_measured_at_lines(metrics),
+              *_environment_lines(history, metrics),
               *_noise_schedule_lines(history),
               *_schedule_lines(history),
               *_parameter_lines(history), "",
@@ -261,8 +261,7 @@ def build_text_to_image_report(metrics: dict, history: dict, curation_summary: d
              f"Hyperparameters: `{run['hyperparameters']}`; steps {run['train']['steps']}, "
              f"batch {run['train']['batch_size']}, lr {run['train']['lr']}, EMA {run['train']['ema_decay']}.",
              f"Resumed from step: {history.get('resumed_from_step')}.", *_model_lines(history),
-             *([f"Trained at {environment_line(history['environment'])}."] if "environment" in history else []),
-              *_measured_at_lines(metrics),
+             *_environment_lines(history, metrics),
              *_noise_schedule_lines(history), *_schedule_lines(history), *_parameter_lines(history), "",
              "![loss curves](loss_curve.png)", "", "## Curation", "", _curation_line(curation_summary),
              *skipped_file_lines(curation_summary), *shortfall_lines(curation_summary, metrics), "",
