@@ -78,3 +78,25 @@ def test_replicates_and_sampling_seeds_make_the_replicate_axis():
     assert [len(g["values"]["fid"]) for g in groups] == [4, 4]  # one group per pipeline, over the seeds
     with pytest.raises(InvalidParametersError, match="'replicates' / 'sampling_seeds' both make"):
         study_points("s", {**block, "grid": {**block["grid"], "replicate": [{"train.seed": 0}]}})
+
+
+def test_a_few_shot_study_shows_intra_lpips_to_three_decimals_only_where_measured():
+    from diffusion_transfer.studies.report import study_table
+
+    def few_shot(pipeline: str, replicate: str, fid: float, diversity: float) -> dict:
+        row = _row(pipeline, replicate, fid)
+        row.update(point=f"{replicate}_{pipeline}", metrics={**row["metrics"], "intra_lpips": diversity})
+        return row
+
+    rows = [few_shot("naive_s", "0-1234", 50.0, 0.2114), few_shot("naive_s", "1-1234", 52.0, 0.2246),
+            few_shot("sdft_s", "0-1234", 55.0, 0.2541), few_shot("sdft_s", "1-1234", 54.0, 0.2619)]
+    lines = {line.split(" | ")[0].strip("| "): line for line in replicate_table(rows)}
+    assert "intra-LPIPS" in lines["pipeline"]
+    assert "0.218 ± 0.009 [0.211, 0.225]" in lines["naive_s"]  # mean 0.2180, sd 0.00933
+    assert "0.258 ± 0.006 [0.254, 0.262]" in lines["sdft_s"]
+    header, *_ = study_table(rows, front=set())
+    assert header.endswith("| intra-LPIPS | Pareto | run (s) |")
+    assert "| 0.254 |" in study_table(rows, front=set())[4]
+    plain = [_row("naive_x", "0-1234", 10.0) | {"point": "p"}]
+    assert "intra-LPIPS" not in study_table(plain, front=set())[0]  # no few-shot run: no column
+    assert "intra-LPIPS" not in replicate_table(ROWS)[4]

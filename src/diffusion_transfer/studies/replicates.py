@@ -20,7 +20,9 @@ from diffusion_transfer.studies.spec import REPLICATE_AXIS, namespace_of
 MEASURES = [("fid", "FID", True), ("kid_x1e3", "KID x10^3", True), ("inception_score", "IS", False),
             ("face_rate", "face rate", False), ("clip_score", "CLIP score", False),
             ("retention_of_absent_concepts.mean", "absent concepts kept (mean)", False),
-            ("source.fid", "source model's FID", True)]
+            ("intra_lpips", "intra-LPIPS", False), ("source.fid", "source model's FID", True)]
+#: Measures shown with more than two decimals: few-shot diversity differs in the third.
+DIGITS = {"intra_lpips": 3}
 
 
 def replicate_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -96,6 +98,6 @@ def replicate_table(rows: list[dict[str, Any]]) -> list[str]:
             "one replicate: no verdict" if min(fid["n"], top["n"]) < 2 else \
             "separated" if separated(top, fid, True) else "within noise"
         cells = [str(group["labels"][a]) for a in axes] + [str(len(group["replicates"]))]
-        cells += [spread_cell(s.get(key)) for key, _, _ in measures] + [verdict]
+        cells += [spread_cell(s.get(key), DIGITS.get(key, 2)) for key, _, _ in measures] + [verdict]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]

@@ -34,6 +34,8 @@ TEXT_X_KEY = "retention_of_absent_concepts.mean"
 COLUMNS = [("fid", "FID"), ("kid_x1e3", "KID x10^3"), (X_KEY, "absent values kept (mean)"),
            ("retention.mean", "retention (mean)"), ("lpips_src_trg", "LPIPS src-trg"),
            ("coverage.overall_rate", "coverage of absent values"), ("face_rate", "face rate")]
+#: A few-shot run's diversity (datasets.<name>.intra_lpips), a column only where a run measured it.
+INTRA_LPIPS_COLUMN = ("intra_lpips", "intra-LPIPS")
 #: A text-to-image run's columns in place of the pixel runs' attribute ones.
 TEXT_COLUMNS = [("fid", "FID"), ("kid_x1e3", "KID x10^3"), ("clip_score", "CLIP score"),
                 (TEXT_X_KEY, "absent concepts kept (mean)"), ("absent_face_rate", "face rate (absent prompts)")]
@@ -90,6 +92,8 @@ def _absent_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 def study_table(rows: list[dict[str, Any]], front: set[str]) -> list[str]:
     axes = list(rows[0]["labels"]) if rows else []
     columns = TEXT_COLUMNS if is_text_to_image(rows) else COLUMNS[:3] + _absent_columns(rows) + COLUMNS[3:]
+    if any(r["done"] and INTRA_LPIPS_COLUMN[0] in r["metrics"] for r in rows):
+        columns = columns + [INTRA_LPIPS_COLUMN]
     lines = ["| point | " + " | ".join(axes + [title for _, title in columns]) + " | Pareto | run (s) |",
              "|" + "---|" * (len(axes) + len(columns) + 3)]
     for row in rows:
