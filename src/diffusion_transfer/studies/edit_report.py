@@ -132,7 +132,8 @@ def write_edit_study_report(name: str, points: list[Point], root: Path) -> Path:
     lines = [*report_header(name, rows, root),
              "Per prompt: S_dir (run's CLIP) / FaceWorld edit success / preservation / face rate of the edits "
              "(`edit_metrics.json`, docs/EDITING.md).", "", *(choice if picks else []),
-             *edit_replicate_table(rows), *edit_study_table(rows, chosen), "", f"![edit means by point]({PLOT_FILE})", ""]
+             *edit_replicate_table(rows), *edit_study_table(rows, chosen), "",
+             f"![edit means by point]({PLOT_FILE})", ""]
     (root / "study.json").write_text(json.dumps({"study": name, "chosen": chosen, "rule": rule, "rows": rows},
                                                 indent=2, default=str))
     (root / "study.md").write_text("\n".join(lines))
