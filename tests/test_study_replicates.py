@@ -94,9 +94,9 @@ def test_a_few_shot_study_shows_intra_lpips_to_three_decimals_only_where_measure
     assert "intra-LPIPS" in lines["pipeline"]
     assert "0.218 ± 0.009 [0.211, 0.225]" in lines["naive_s"]  # mean 0.2180, sd 0.00933
     assert "0.258 ± 0.006 [0.254, 0.262]" in lines["sdft_s"]
-    header, *_ = study_table(rows, front=set())
-    assert header.endswith("| intra-LPIPS | Pareto | run (s) |")
-    assert "| 0.254 |" in study_table(rows, front=set())[4]
+    table = study_table(rows, front=set())
+    assert table[0].endswith("| intra-LPIPS | Pareto | run (s) |")
+    assert "| 0.254 |" in table[4]
     plain = [_row("naive_x", "0-1234", 10.0) | {"point": "p"}]
     assert "intra-LPIPS" not in study_table(plain, front=set())[0]  # no few-shot run: no column
     assert "intra-LPIPS" not in replicate_table(ROWS)[4]
