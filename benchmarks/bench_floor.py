@@ -25,11 +25,20 @@ features, and both would then count only what is left.
 It also prints the floor at the bf16 matrix-product rate, measured in the
 same run, on a CPU with native bf16 (AVX-512 BF16 or AMX); elsewhere it says
 there is none.
+
+A compiled run cannot be counted: Dynamo does not compile while a dispatch
+mode is active, so under the counter ``compile: true`` runs eager. Count an
+eager run once (``--save eager.json``), then time the compiled one without the
+counter, taking each node's GFLOP from that file (compiling does not change
+the arithmetic):
+
+    python benchmarks/bench_floor.py --fresh-clone --params train.compile=true,... --flops-from eager.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -69,15 +78,17 @@ class MatrixFlopCounter(TorchDispatchMode):
 class NodeFlopsHook:
     """Each node's wall and its FLOPs in convolutions, matrix products and attention."""
 
-    def __init__(self, echo: bool = False) -> None:
+    def __init__(self, echo: bool = False, count: bool = True) -> None:
         self.echo = echo
+        self.count = count  # False: walls only (a compiled run; see the module's docstring)
         self.rows: list[dict[str, Any]] = []
         self._open: tuple[str, MatrixFlopCounter, float] | None = None
 
     @hook_impl
     def before_node_run(self, node) -> None:
         counter = MatrixFlopCounter()
-        counter.__enter__()
+        if self.count:
+            counter.__enter__()
         self._open = (node.name, counter, time.perf_counter())
 
     @hook_impl
@@ -93,7 +104,8 @@ class NodeFlopsHook:
             return
         name, counter, t0 = self._open
         wall = time.perf_counter() - t0
-        counter.__exit__(None, None, None)
+        if self.count:
+            counter.__exit__(None, None, None)
         self.rows.append({"node": name, "wall_s": wall, "gflop": counter.flops / 1e9})
         self._open = None
         if self.echo:  # each row as its node ends: a long run's partial results survive
@@ -147,6 +159,31 @@ def runtime_params(text: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.from_dotlist(text.split(",")))
 
 
+def compiles(params: dict[str, Any] | None) -> list[str]:
+    """The dotted keys of ``params`` that turn torch.compile on."""
+    found: list[str] = []
+
+    def walk(block: dict[str, Any], prefix: str) -> None:
+        for key, value in block.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif key == "compile" and value is True:
+                found.append(f"{prefix}{key}")
+
+    walk(params or {}, "")
+    return found
+
+
+def with_saved_flops(rows: list[dict[str, Any]], saved: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    """``rows`` (walls of an uncounted run) with each node's GFLOP from a counted run's saved rows."""
+    gflop = {r["node"]: r["gflop"] for r in saved}
+    missing = [r["node"] for r in rows if r["node"] not in gflop]
+    if missing:
+        raise SystemExit(f"Error: {source} has no GFLOP for the node(s) {', '.join(missing)}. Save it from a "
+                         "counted run of the same pipeline (--save) and pass that file to --flops-from.")
+    return [{**r, "gflop": gflop[r["node"]]} for r in rows]
+
+
 def _fresh_clone() -> Path:
     """A clone of this checkout's HEAD in a temporary folder: a project where nothing is computed yet."""
     folder = Path(tempfile.mkdtemp(prefix="bench_floor_")) / "project"
@@ -163,7 +200,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--params", default=None, help="Kedro's --params, e.g. train.channels_last=false (a comparison)")
     ap.add_argument("--fresh-clone", action="store_true",
                     help="run in a clone of this checkout's HEAD made for it (what `make bench` does)")
+    ap.add_argument("--save", type=Path, default=None, help="write the rows (node, wall_s, gflop) to this JSON file")
+    ap.add_argument("--flops-from", type=Path, default=None,
+                    help="time without the counter, each node's GFLOP from a counted run's --save file")
     args = ap.parse_args(argv)
+    extra = runtime_params(args.params) if args.params else None
+    if compiles(extra) and args.flops_from is None:
+        raise SystemExit(f"Error: --params turns on {', '.join(compiles(extra))}, but under the FLOP counter "
+                         "Dynamo does not compile, so the walls would be eager ones. Count an eager run first "
+                         "(--save eager.json) and time this one with --flops-from eager.json.")
+    saved = json.loads(args.flops_from.read_text())["rows"] if args.flops_from else None
     if args.fresh_clone:
         args.project = _fresh_clone()
         print(f"project: a fresh clone of {ROOT} at {args.project}")
@@ -175,16 +221,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     bootstrap_project(args.project)
     peak = matmul_peak_gflops()
-    hook = NodeFlopsHook(echo=True)
-    extra = runtime_params(args.params) if args.params else None
+    hook = NodeFlopsHook(echo=True, count=saved is None)
     with KedroSession.create(project_path=args.project, env=args.env, runtime_params=extra) as session:
         session._hook_manager.register(hook)  # Kedro has no public way to add a hook to one session
         session.run(pipeline_name=args.pipeline)
     peak = max(peak, matmul_peak_gflops())
     cpu = cpu_bf16()
     bf16_peak = matmul_peak_gflops(dtype=torch.bfloat16) if cpu.supported else None
-    rows = floor_rows(hook.rows, peak)
-    print(f"pipeline {args.pipeline} (env {args.env}), walls with the FLOP counter on; CPU: {cpu.describe()}")
+    counted = hook.rows if saved is None else with_saved_flops(hook.rows, saved, str(args.flops_from))
+    rows = floor_rows(counted, peak)
+    if args.save:
+        args.save.write_text(json.dumps({"pipeline": args.pipeline, "params": args.params, "peak_gflops": peak,
+                                         "rows": counted}, indent=1))
+    how = "with the FLOP counter on" if saved is None else f"uncounted, GFLOP from {args.flops_from}"
+    print(f"pipeline {args.pipeline} (env {args.env}), walls {how}; CPU: {cpu.describe()}")
     print(format_table(rows, peak))
     print(bf16_floor_line(sum(r["wall_s"] for r in rows), sum(r["gflop"] for r in rows), bf16_peak,
                           "this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16)"))

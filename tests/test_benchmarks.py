@@ -144,6 +144,26 @@ def test_bench_floor_counts_each_nodes_flops_through_a_kedro_hook():
     assert all(r["wall_s"] > 0 for r in hook.rows)
 
 
+def test_bench_floor_times_a_compiled_run_with_a_counted_runs_flops(tmp_path):
+    import pytest
+    import torch
+
+    bench = _load("bench_floor")
+    hook = bench.NodeFlopsHook(count=False)  # walls only: under the counter Dynamo would not compile
+    hook.before_node_run(type("Node", (), {"name": "conv"})())
+    torch.nn.functional.conv2d(torch.ones(1, 3, 8, 8), torch.ones(4, 3, 3, 3))
+    hook.after_node_run(type("Node", (), {"name": "conv"})())
+    assert hook.rows[0]["node"] == "conv" and hook.rows[0]["gflop"] == 0 and hook.rows[0]["wall_s"] > 0
+    rows = bench.with_saved_flops(hook.rows, [{"node": "conv", "wall_s": 9.0, "gflop": 2.5}], "eager.json")
+    assert rows[0]["gflop"] == 2.5 and rows[0]["wall_s"] == hook.rows[0]["wall_s"]  # this run's wall, saved GFLOP
+    with pytest.raises(SystemExit, match="eager.json has no GFLOP for the node"):
+        bench.with_saved_flops(hook.rows, [{"node": "other", "wall_s": 1.0, "gflop": 1.0}], "eager.json")
+    params = bench.runtime_params("train.compile=true,classifier.train.compile=true,sampling.compile=false")
+    assert bench.compiles(params) == ["train.compile", "classifier.train.compile"]
+    with pytest.raises(SystemExit, match=r"^Error: --params turns on sampling.compile, .* --flops-from eager.json"):
+        bench.main(["--project", str(tmp_path), "--params", "sampling.compile=true"])  # refused before any run
+
+
 def test_bench_floor_rows_divide_the_flops_by_the_peak():
     import torch
 
