@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(args.project)
+    # The catalog's and parameters' relative paths (data/...) resolve against the working folder, not
+    # project_path: without this a fresh clone's run would read this checkout's checkpoints and caches.
+    os.chdir(args.project)
     peak = matmul_peak_gflops()
     hook = NodeFlopsHook(echo=True, count=saved is None)
     with KedroSession.create(project_path=args.project, env=args.env, runtime_params=extra) as session:

@@ -164,6 +164,41 @@ def test_bench_floor_times_a_compiled_run_with_a_counted_runs_flops(tmp_path):
         bench.main(["--project", str(tmp_path), "--params", "sampling.compile=true"])  # refused before any run
 
 
+def test_bench_floor_runs_the_pipeline_from_inside_the_project(tmp_path, monkeypatch):
+    import kedro.framework.session
+    import kedro.framework.startup
+
+    bench = _load("bench_floor")
+    seen = {}
+
+    class Session:  # stands in for KedroSession: records where the run would resolve data/...
+        _hook_manager = type("Manager", (), {"register": lambda self, hook: None})()
+
+        @classmethod
+        def create(cls, project_path, env, runtime_params):
+            seen["project"], seen["cwd"] = project_path, os.getcwd()
+            return cls()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def run(self, pipeline_name):
+            seen["pipeline"] = pipeline_name
+
+    monkeypatch.setattr(kedro.framework.startup, "bootstrap_project", lambda path: None)
+    monkeypatch.setattr(kedro.framework.session, "KedroSession", Session)
+    monkeypatch.setattr(bench, "matmul_peak_gflops", lambda **kw: 1.0)
+    monkeypatch.chdir(ROOT)
+    project = tmp_path / "clone"
+    project.mkdir()
+    bench.main(["--project", str(project), "--save", str(tmp_path / "rows.json")])
+    assert seen == {"project": project, "cwd": str(project), "pipeline": "sdft_aahq"}
+    assert json.loads((tmp_path / "rows.json").read_text())["rows"] == []  # the saved rows of this (empty) run
+
+
 def test_bench_floor_rows_divide_the_flops_by_the_peak():
     import torch
 
