@@ -38,6 +38,7 @@ the arithmetic):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -82,12 +83,12 @@ class NodeFlopsHook:
         self.echo = echo
         self.count = count  # False: walls only (a compiled run; see the module's docstring)
         self.rows: list[dict[str, Any]] = []
-        self._open: tuple[str, MatrixFlopCounter, float] | None = None
+        self._open: tuple[str, MatrixFlopCounter | None, float] | None = None
 
     @hook_impl
     def before_node_run(self, node) -> None:
-        counter = MatrixFlopCounter()
-        if self.count:
+        counter = MatrixFlopCounter() if self.count else None
+        if counter is not None:
             counter.__enter__()
         self._open = (node.name, counter, time.perf_counter())
 
@@ -104,9 +105,9 @@ class NodeFlopsHook:
             return
         name, counter, t0 = self._open
         wall = time.perf_counter() - t0
-        if self.count:
+        if counter is not None:
             counter.__exit__(None, None, None)
-        self.rows.append({"node": name, "wall_s": wall, "gflop": counter.flops / 1e9})
+        self.rows.append({"node": name, "wall_s": wall, "gflop": counter.flops / 1e9 if counter else 0.0})
         self._open = None
         if self.echo:  # each row as its node ends: a long run's partial results survive
             print(f"node {name}: {wall:.1f} s, {counter.flops / 1e9:.1f} GFLOP", flush=True)
@@ -205,8 +206,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     help="time without the counter, each node's GFLOP from a counted run's --save file")
     args = ap.parse_args(argv)
     extra = runtime_params(args.params) if args.params else None
-    if compiles(extra) and args.flops_from is None:
-        raise SystemExit(f"Error: --params turns on {', '.join(compiles(extra))}, but under the FLOP counter "
+    compiled = compiles(extra)
+    if compiled and args.flops_from is None:
+        raise SystemExit(f"Error: --params turns on {', '.join(compiled)}, but under the FLOP counter "
                          "Dynamo does not compile, so the walls would be eager ones. Count an eager run first "
                          "(--save eager.json) and time this one with --flops-from eager.json.")
     saved = json.loads(args.flops_from.read_text())["rows"] if args.flops_from else None
@@ -220,12 +222,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(args.project)
-    # The catalog's and parameters' relative paths (data/...) resolve against the working folder, not
-    # project_path: without this a fresh clone's run would read this checkout's checkpoints and caches.
-    os.chdir(args.project)
     peak = matmul_peak_gflops()
     hook = NodeFlopsHook(echo=True, count=saved is None)
-    with KedroSession.create(project_path=args.project, env=args.env, runtime_params=extra) as session:
+    # The catalog's and parameters' relative paths (data/...) resolve against the working folder, not
+    # project_path: run elsewhere, a fresh clone's run would read the caller's checkpoints and caches.
+    with contextlib.chdir(args.project), KedroSession.create(project_path=args.project, env=args.env,
+                                                             runtime_params=extra) as session:
         session._hook_manager.register(hook)  # Kedro has no public way to add a hook to one session
         session.run(pipeline_name=args.pipeline)
     peak = max(peak, matmul_peak_gflops())

@@ -196,6 +196,7 @@ def test_bench_floor_runs_the_pipeline_from_inside_the_project(tmp_path, monkeyp
     project.mkdir()
     bench.main(["--project", str(project), "--save", str(tmp_path / "rows.json")])
     assert seen == {"project": project, "cwd": str(project), "pipeline": "sdft_aahq"}
+    assert os.getcwd() == str(ROOT)  # the caller's folder back: a relative --save lands where it was asked
     assert json.loads((tmp_path / "rows.json").read_text())["rows"] == []  # the saved rows of this (empty) run
 
 
