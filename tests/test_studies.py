@@ -76,7 +76,7 @@ def test_every_shipped_study_expands_on_registered_pipelines():
                      "editing_aahq": 6, "editing_metfaces": 6,  # Asyrp on naive's and SDFT's models x 3 seeds
                      "text_to_image_aahq": 18,  # 3 methods x full / LoRA x 3 training seeds
                      "sdft_settings_aahq": 9, "naive_short_aahq": 12,  # the README's candidate rows x 3 seeds
-                     "weighting_seeds_aahq": 6, "weighting_seeds_metfaces": 6,  # constant, min-SNR x 3 seeds
+                     "weighting_seeds_aahq": 9, "weighting_seeds_metfaces": 9,  # constant, 2 min-SNRs x 3 seeds
                      "steps_seeds_aahq": 12, "steps_seeds_metfaces": 12}  # 2 methods x 2 lengths x 3 seeds
     assert root == ROOT / "data" / "studies"
     weightings = [p.overrides["methods.sdft.weighting"] for p in study_points("weighting_aahq",

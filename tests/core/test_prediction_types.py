@@ -203,6 +203,25 @@ def test_denoising_loss_by_hand(kind):
 
 
 @pytest.mark.parametrize("kind", TYPES)
+def test_min_snr_x0_is_min_snr_on_the_x0_error(kind):
+    # Hang et al.'s Min-SNR-5: min(SNR, 5) ||x0 - x0_hat||^2, whatever the model predicts.
+    sched = make_schedule("linear", 1000, prediction_type=kind)
+    net, x0 = TinyNet(0), images()
+    terms = DenoisingLoss(sched, weighting="min_snr_x0")(net, x0, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    t = torch.randint(0, 1000, (B,), generator=g)
+    eps = torch.randn(B, 3, H, H, generator=g)
+    a, s = coefs(sched, t)
+    x_t = noised(sched, x0, eps, t)
+    out = net(x_t, t).sample
+    x0_hat = {"epsilon": (x_t - s * out) / a, "v_prediction": a * x_t - s * out, "sample": out}[kind]
+    abar = sched.alphas_cumprod[t]
+    snr = (abar / (1 - abar)).float()
+    want = (torch.clamp(snr, max=5.0) * mse(x0_hat, x0)).mean()
+    torch.testing.assert_close(terms["loss"], want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", TYPES)
 def test_sdft_loss_terms_by_hand(kind):
     sched = make_schedule("linear", 1000, prediction_type=kind)
     student, teacher, x0 = TinyNet(0), TinyNet(1), images()

@@ -11,6 +11,7 @@ from diffusion_transfer.core.schedule import (
     ddpm_weight,
     make_schedule,
     min_snr_weight,
+    min_snr_x0_weight,
     p2_weight,
 )
 
@@ -82,8 +83,42 @@ def test_weights_closed_forms():
     for k, gamma in [(1.0, 1.0), (1.0, 3.0), (1.0, 0.5)]:
         np.testing.assert_allclose(p2_weight(s, t, k=k, gamma=gamma).numpy(), 1.0 / (k + snr) ** gamma, rtol=1e-5)
     np.testing.assert_allclose(min_snr_weight(s, t, gamma=5.0).numpy(), np.minimum(snr, 5.0), rtol=1e-5)
-    for fn in (ddpm_weight, constant_weight, p2_weight, min_snr_weight):
+    for fn in (ddpm_weight, constant_weight, p2_weight, min_snr_weight, min_snr_x0_weight):
         assert fn(s, t).dtype == torch.float32
+
+
+@pytest.mark.parametrize("prediction_type, divisor", [("epsilon", 0.0), ("v_prediction", 1.0), ("sample", None)])
+def test_min_snr_x0_weight_closed_form(prediction_type, divisor):
+    # min(SNR, 5) on the x0 error: eps's squared error is SNR times x0's, v's is SNR + 1 times.
+    s = make_schedule(prediction_type=prediction_type)
+    _, abar = np_linear()
+    idx = np.array([0, 1, 100, 250, 500, 999])
+    snr = abar[idx] / (1 - abar[idx])
+    expected = np.minimum(snr, 5.0) if divisor is None else np.minimum(snr, 5.0) / (snr + divisor)
+    np.testing.assert_allclose(min_snr_x0_weight(s, torch.tensor(idx), gamma=5.0).numpy(), expected, rtol=1e-5)
+    if prediction_type == "epsilon":  # 1 where SNR <= 5 (high noise), 5 / SNR below: the reverse of min_snr
+        low_noise = snr > 5.0
+        assert low_noise[0] and not low_noise[-1]
+        np.testing.assert_allclose(min_snr_x0_weight(s, torch.tensor(idx)).numpy()[~low_noise], 1.0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_x0_weight_is_diffusers_snr_gamma(prediction_type):
+    # The loss weights of diffusers' examples/text_to_image/train_text_to_image.py with --snr_gamma 5.
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    scheduler = DDPMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, prediction_type=prediction_type)
+    timesteps = torch.tensor([3, 40, 250, 600, 999])
+    snr = compute_snr(scheduler, timesteps)
+    weights = torch.stack([snr, 5.0 * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
+    if prediction_type == "epsilon":
+        weights = weights / snr
+    elif prediction_type == "v_prediction":
+        weights = weights / (snr + 1)
+    ours = min_snr_x0_weight(make_schedule(prediction_type=prediction_type), timesteps, gamma=5.0)
+    # diffusers forms SNR in float32 from float32 abar: 1 - abar loses digits near t = 0.
+    torch.testing.assert_close(ours, weights.float(), rtol=1e-3, atol=0)
 
 
 def test_p2_gamma_50_is_finite():

@@ -249,5 +249,21 @@ def p2_weight(schedule: NoiseSchedule, t: torch.Tensor, k: float = 1.0, gamma: f
 
 
 def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
-    """min(SNR(t), gamma) (Min-SNR-gamma, Hang et al.; SDFT ablation)."""
+    """min(SNR(t), gamma) on the squared error of the model's own output, as
+    SDFT's ablation (Sec. 5) writes it: for an eps-model it puts the most
+    weight on the low-noise timesteps."""
     return torch.clamp(schedule.snr(t), max=gamma)
+
+
+def min_snr_x0_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """min(SNR(t), gamma) on the x_0 error, carried to the model's output:
+    divided by SNR for eps and by SNR + 1 for v (the squared errors of eps and
+    v are SNR and SNR + 1 times the x_0 error's). Min-SNR-gamma as Hang et al.
+    define it (Sec. 3.4 and 4.2) and as diffusers' ``--snr_gamma`` computes it."""
+    snr = schedule.snr(t)
+    weight = torch.clamp(snr, max=gamma)
+    if schedule.prediction_type == "epsilon":
+        return weight / snr
+    if schedule.prediction_type == "v_prediction":
+        return weight / (snr + 1.0)
+    return weight

@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from ..schedule import NoiseSchedule, constant_weight, ddpm_weight, min_snr_weight, p2_weight
+from ..schedule import NoiseSchedule, constant_weight, ddpm_weight, min_snr_weight, min_snr_x0_weight, p2_weight
 
 __all__ = [
     "WEIGHTINGS",
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 LossFn = Callable[..., dict[str, torch.Tensor]]
-WEIGHTINGS = ("constant", "p2", "min_snr")
+WEIGHTINGS = ("constant", "p2", "min_snr", "min_snr_x0")
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,8 @@ def timestep_weight(
     """Per-sample weight w(t), float32 on ``t``'s device.
 
     ``"p2"``: 1 / (k + SNR(t))^gamma; ``"constant"``: 1; ``"min_snr"``:
-    min(SNR(t), min_snr_gamma). With ``include_ddpm_weight`` the result is
+    min(SNR(t), min_snr_gamma) as SDFT writes it; ``"min_snr_x0"``: the same on
+    the x_0 error, as Hang et al. and diffusers' ``--snr_gamma`` weight. With ``include_ddpm_weight`` the result is
     multiplied by w_t = (1 - beta_t)(1 - abar_t) / beta_t (SDFT Eq. 2/4).
     """
     if weighting == "p2":
@@ -115,6 +116,8 @@ def timestep_weight(
         w = constant_weight(schedule, t)
     elif weighting == "min_snr":
         w = min_snr_weight(schedule, t, gamma=min_snr_gamma)
+    elif weighting == "min_snr_x0":
+        w = min_snr_x0_weight(schedule, t, gamma=min_snr_gamma)
     else:
         raise ValueError(f"weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}")
     if include_ddpm_weight:

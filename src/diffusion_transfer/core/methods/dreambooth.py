@@ -9,7 +9,7 @@ once from the class prompt, with the class prompt's hidden states) into one
 batch of 2B, draws t and eps for each of the 2B, runs the student once, and
 splits its output in two (``torch.chunk(model_pred, 2, dim=0)`` in the
 released script). The instance half takes the method's timestep weighting
-(``constant`` by default; the script's ``--snr_gamma`` is ``min_snr``); the
+(``constant`` by default; diffusers' ``--snr_gamma`` is ``min_snr_x0``); the
 prior half is the plain mean, as the script's ``prior_loss`` is.
 
 The released script pairs example i with class image ``i % num_class_images``
