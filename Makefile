@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_released.py $(if $(RELEASED),--released $(RELEASED))
 	$(BIN)/python benchmarks/bench_text_to_image.py
 	$(BIN)/python benchmarks/bench_cpu.py
+	$(BIN)/python benchmarks/bench_ops.py
 	$(BIN)/python benchmarks/bench_floor.py --fresh-clone
 
 # The packages the GPU machine's image lacks, at their locked versions, as wheels for its Python 3.12

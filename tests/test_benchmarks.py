@@ -245,3 +245,54 @@ def test_bench_cpu_times_the_training_steps_contiguous_against_channels_last(cap
     for _, contiguous, last, ratio in rows:  # the printed ratio is the two medians' (rounded)
         a, b = float(contiguous.replace(",", "")), float(last.replace(",", ""))
         assert abs(a / b - float(ratio)) <= 0.005 + float(ratio) * 0.1 / min(a, b)  # 0.05 ms of print rounding each
+
+
+def test_bench_ops_counts_each_op_once_in_its_outermost_family():
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    bench = _load("bench_ops")
+    conv, x = torch.nn.Conv2d(3, 8, 3), torch.randn(2, 3, 16, 16)
+    q = torch.randn(1, 2, 8, 4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.relu(conv(x))  # one convolution, one activation
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)  # attention: its inner products count once
+        torch.nn.functional.group_norm(x, 3)
+    events = prof.events()
+    seconds = bench.family_seconds(events, wall_s=10.0)
+    outermost = [e for e in events if bench.family_of(e.name) == "matrix"
+                 and not any(bench.family_of(p.name) for p in _ancestors(e))]
+    assert {e.name for e in outermost} >= {"aten::convolution"}
+    assert abs(seconds["matrix"] - sum(e.cpu_time_total for e in outermost) / 1e6) < 1e-9
+    assert seconds["norm"] > 0 and seconds["optimizer"] == 0
+    assert abs(sum(seconds.values()) - 10.0) < 1e-9  # other: the wall less the families
+
+
+def _ancestors(event):
+    parent = event.cpu_parent
+    while parent is not None:
+        yield parent
+        parent = parent.cpu_parent
+
+
+def test_bench_ops_prints_a_row_per_workload_with_its_matrix_floor(capsys):
+    import re
+
+    import torch
+
+    threads = torch.get_num_threads()
+    assert _load("bench_ops").main(["--workloads", "naive step", "DDIM UNet call", "--repeats", "1", "--warmup", "1",
+                                    "--batch", "2", "--sample-batch", "2", "--threads", "1"]) == 0
+    torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| (naive step|DDIM UNet call) \| [0-9.,]+ ms \| ([0-9.,]+) ms \| ([0-9]+)% \| ([0-9]+)% \| "
+                      r"([0-9]+)% \| ([0-9]+)% \| ([0-9.,]+) \| ([0-9.,]+) \| ([0-9.,]+) \| ([0-9.]+) \| "
+                      r"\*\*([0-9.]+)\*\* \|$", out, re.M)
+    assert [r[0] for r in rows] == ["naive step", "DDIM UNet call"]
+    for name, profiled_ms, matrix_share, *shares, gflop, rate, peak, _, matrix_over_floor in rows:
+        peak = float(peak.replace(",", ""))
+        assert 95 <= int(matrix_share) + sum(map(int, shares)) <= 105 and float(gflop) > 0
+        matrix_s = float(gflop) / float(rate.replace(",", ""))  # the matrix ops' own time, re-derived
+        assert abs(matrix_s / (float(profiled_ms.replace(",", "")) / 1e3) - int(matrix_share) / 100) <= 0.01
+        assert abs(float(matrix_over_floor) - matrix_s * peak / float(gflop)) <= 0.01 * float(matrix_over_floor)
+    assert int(rows[0][4]) > 0 and int(rows[1][4]) == 0  # only the training step runs the optimiser

@@ -1,0 +1,165 @@
+"""Where the demo's steps spend their time on this CPU, by op family, and the floor the matrix ops alone set (issue 35).
+
+``bench_floor.py`` divides a node's wall by its FLOPs in convolutions, matrix
+products and attention at the rate of a 2048 x 2048 float32 matrix product.
+This benchmark splits one call of each of the demo's workloads (``bench_cpu``'s:
+naive and SDFT steps, the domain classifier's step, a DDIM UNet call, an
+Inception pass) into op families with torch's profiler:
+
+- ``matrix``: convolutions, matrix products and attention, forward and backward
+  (the ops the floor counts);
+- ``norm``: group, layer and batch normalisation, forward and backward;
+- ``optimizer``: everything inside ``Optimizer.step``;
+- ``other``: the rest (activations, elementwise arithmetic, copies, the loss).
+
+Each family's time is the inclusive time of its outermost op (a matrix product
+inside attention counts once). The ``matrix / floor`` column is the matrix
+ops' own time over their floor: with every other op free, a workload could not
+get below it, so it bounds what fusing elementwise work can reach. The floor's
+rate is measured between the workload's timed calls. The profiler adds a few
+microseconds an op; the profiled wall is printed beside the unprofiled median.
+
+    python benchmarks/bench_ops.py [--repeats 3] [--workloads "naive step" ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cpu import classifier_step, inception_pass, train_step, unet_call  # noqa: E402
+from bench_floor import MatrixFlopCounter, matmul_peak_gflops  # noqa: E402
+from bench_steps import load_model  # noqa: E402
+
+from diffusion_transfer.core.allocator import tune_malloc_at_startup  # noqa: E402
+from diffusion_transfer.core.cpu_precision import cpu_bf16  # noqa: E402
+
+WORKLOADS = ("naive step", "sdft step", "classifier step", "DDIM UNet call", "Inception pass")
+FAMILIES = ("matrix", "norm", "optimizer", "other")
+MATRIX_OPS = frozenset({
+    "aten::convolution", "aten::convolution_backward", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    "aten::_scaled_dot_product_attention_math",
+})
+NORM_OPS = frozenset({
+    "aten::group_norm", "aten::native_group_norm", "aten::native_group_norm_backward", "aten::layer_norm",
+    "aten::native_layer_norm", "aten::native_layer_norm_backward", "aten::batch_norm",
+    "aten::native_batch_norm", "aten::native_batch_norm_backward",
+})
+
+
+def family_of(name: str) -> str | None:
+    if name in MATRIX_OPS:
+        return "matrix"
+    if name in NORM_OPS:
+        return "norm"
+    if name.startswith("Optimizer.step#"):
+        return "optimizer"
+    return None
+
+
+def family_seconds(events, wall_s: float) -> dict[str, float]:
+    """Seconds in each family: the inclusive time of each event whose family is set and whose ancestors'
+    are not; ``other`` is the wall less the rest."""
+    out = dict.fromkeys(FAMILIES, 0.0)
+    for event in events:
+        family = family_of(event.name)
+        if family is None:
+            continue
+        parent, nested = event.cpu_parent, False
+        while parent is not None and not nested:
+            nested, parent = family_of(parent.name) is not None, parent.cpu_parent
+        if not nested:
+            out[family] += event.cpu_time_total / 1e6
+    out["other"] = max(wall_s - sum(out[f] for f in FAMILIES if f != "other"), 0.0)
+    return out
+
+
+def matrix_gflop(fn) -> float:
+    """GFLOP of one call in the ops the floor counts."""
+    counter = MatrixFlopCounter()
+    with counter:
+        fn()
+    return counter.flops / 1e9
+
+
+def measure(fn, warmup: int, repeats: int) -> dict[str, float]:
+    """Unprofiled median wall, with the median of the matrix-product rates measured between its calls (the
+    cores' speed drifts within minutes on a shared machine), then ``repeats`` calls under the profiler: per
+    call, the profiled wall and each family's seconds."""
+    for _ in range(warmup):
+        fn()
+    walls, peaks = [], []
+    for _ in range(repeats):
+        peaks.append(matmul_peak_gflops(repeats=3))
+        t0 = time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        profiled = (time.perf_counter() - t0) / repeats
+    seconds = family_seconds(prof.events(), profiled * repeats)
+    return {"wall_s": statistics.median(walls), "peak_gflops": statistics.median(peaks), "profiled_s": profiled,
+            **{f: s / repeats for f, s in seconds.items()}}
+
+
+def row(name: str, m: dict[str, float], gflop: float) -> str:
+    floor = gflop / m["peak_gflops"]
+    shares = " | ".join(f"{m[f] / m['profiled_s']:.0%}" for f in FAMILIES)
+    return (f"| {name} | {m['wall_s'] * 1e3:,.1f} ms | {m['profiled_s'] * 1e3:,.1f} ms | {shares} | {gflop:,.2f} | "
+            f"{gflop / m['matrix']:,.1f} | {m['peak_gflops']:,.1f} | {m['wall_s'] / floor:.2f} | "
+            f"**{m['matrix'] / floor:.2f}** |")
+
+
+def build(name: str, model, args):
+    if name in ("naive step", "sdft step"):
+        return train_step(name.split()[0], model, args.batch, None, False, args.channels_last)
+    if name == "classifier step":
+        return classifier_step(args.classifier_batch, args.channels_last)
+    if name == "DDIM UNet call":
+        return unet_call(model, args.sample_batch, None, False, args.channels_last)
+    return inception_pass(args.inception_batch, None, False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="UNet folder (default: the FaceWorld source model)")
+    ap.add_argument("--batch", type=int, default=16, help="training batch (SDFT adds as many auxiliary)")
+    ap.add_argument("--classifier-batch", type=int, default=64)
+    ap.add_argument("--sample-batch", type=int, default=64)
+    ap.add_argument("--inception-batch", type=int, default=64, help="evaluation's batch")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--contiguous", dest="channels_last", action="store_false",
+                    help="contiguous weights (the demo's default is channels-last)")
+    ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    args = ap.parse_args(argv)
+    tune_malloc_at_startup()  # as a Kedro run would (project/startup.py)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, what = load_model(args.model)
+    print(f"CPU: {cpu_bf16().describe()}; threads {torch.get_num_threads()}; torch {torch.__version__}; "
+          f"model: {what}; weights {'channels-last' if args.channels_last else 'contiguous'}, fp32, eager")
+    print("peak: the fp32 2048 x 2048 matrix product's rate (the floor's), median of its runs between the "
+          "workload's timed calls\n")
+    print("| workload | wall | profiled | " + " | ".join(FAMILIES) + " | GFLOP | matrix GFLOP/s | peak GFLOP/s "
+          "| wall / floor | matrix / floor |\n|" + "---|" * (8 + len(FAMILIES)))
+    for name in args.workloads:
+        fn = build(name, model, args)
+        m = measure(fn, args.warmup, args.repeats)
+        print(row(name, m, matrix_gflop(fn)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
