@@ -107,8 +107,9 @@ def timestep_weight(
 
     ``"p2"``: 1 / (k + SNR(t))^gamma; ``"constant"``: 1; ``"min_snr"``:
     min(SNR(t), min_snr_gamma) as SDFT writes it; ``"min_snr_x0"``: the same on
-    the x_0 error, as Hang et al. and diffusers' ``--snr_gamma`` weight. With ``include_ddpm_weight`` the result is
-    multiplied by w_t = (1 - beta_t)(1 - abar_t) / beta_t (SDFT Eq. 2/4).
+    the x_0 error, as Hang et al. and diffusers' ``--snr_gamma`` weight. With
+    ``include_ddpm_weight`` the result is multiplied by
+    w_t = (1 - beta_t)(1 - abar_t) / beta_t (SDFT Eq. 2/4).
     """
     if weighting == "p2":
         w = p2_weight(schedule, t, k=k, gamma=gamma)
