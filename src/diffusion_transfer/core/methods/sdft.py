@@ -17,7 +17,8 @@ at timestep t'. The weights are P2-style (Eq. 4):
 
 with ``gamma_distill`` / ``gamma_aux`` (a large gamma_aux makes w_aux ~ 0 at
 small t, where pure-noise inputs are meaningless). Ablation weightings:
-``weighting="constant"`` (w = 1) and ``"min_snr"`` (min(SNR, 5)).
+``weighting="constant"`` (w = 1), ``"min_snr"`` (min(SNR, 5), as the paper
+writes it) and ``"min_snr_x0"`` (min(SNR, 5) / SNR for eps, Hang et al.'s).
 Expectations over the batch are means; the paper's squared norm is a mean over
 pixels here (a constant factor, the same for every term).
 
