@@ -228,26 +228,36 @@ def compile_table(model, args, workloads: list[str]) -> None:
               f"**{med['eager'] / med['compiled']:.2f}** | {compile_s:,.1f} s |", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_workload_arguments(ap: argparse.ArgumentParser, inception_batch: int, repeats: int) -> None:
+    """The arguments every CPU workload benchmark takes (this one and bench_ops.py)."""
     ap.add_argument("--model", type=Path, default=None, help="UNet folder (default: the FaceWorld source model)")
     ap.add_argument("--batch", type=int, default=16, help="training batch (SDFT adds as many auxiliary)")
     ap.add_argument("--sample-batch", type=int, default=64)
-    ap.add_argument("--inception-batch", type=int, default=8)
+    ap.add_argument("--inception-batch", type=int, default=inception_batch)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--classifier-batch", type=int, default=64, help="the domain classifier's training batch")
+
+
+def start(args: argparse.Namespace):
+    """The process as a Kedro run sets it up (allocator, threads), and the model: (model, what it is)."""
+    tune_malloc_at_startup()  # as a Kedro run would (project/startup.py)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_model(args.model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_workload_arguments(ap, inception_batch=8, repeats=5)
     ap.add_argument("--parts", nargs="+", choices=("precision", "compile", "layout"),
                     default=["precision", "compile", "layout"])
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     ap.add_argument("--force-bf16", action="store_true", help="time bf16 on a CPU without it (emulated)")
     ap.add_argument("--warm-cache", action="store_true", help="keep the inductor cache of earlier runs")
     args = ap.parse_args(argv)
-    tune_malloc_at_startup()  # as a Kedro run would (project/startup.py)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, what = load_model(args.model)
+    model, what = start(args)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"CPU: {cpu_bf16().describe()}; native bf16: {'yes' if cpu_bf16().supported else 'no'}")
     print(f"model: {what} ({n_params / 1e6:.2f}M params), {model.config.sample_size} px; threads "

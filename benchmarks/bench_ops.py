@@ -34,11 +34,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu import classifier_step, inception_pass, train_step, unet_call  # noqa: E402
+from bench_cpu import (  # noqa: E402
+    add_workload_arguments, classifier_step, inception_pass, start, train_step, unet_call,
+)
 from bench_floor import MatrixFlopCounter, matmul_peak_gflops  # noqa: E402
-from bench_steps import load_model  # noqa: E402
 
-from diffusion_transfer.core.allocator import tune_malloc_at_startup  # noqa: E402
 from diffusion_transfer.core.cpu_precision import cpu_bf16  # noqa: E402
 
 WORKLOADS = ("naive step", "sdft step", "classifier step", "DDIM UNet call", "Inception pass")
@@ -132,22 +132,12 @@ def build(name: str, model, args):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="UNet folder (default: the FaceWorld source model)")
-    ap.add_argument("--batch", type=int, default=16, help="training batch (SDFT adds as many auxiliary)")
-    ap.add_argument("--classifier-batch", type=int, default=64)
-    ap.add_argument("--sample-batch", type=int, default=64)
-    ap.add_argument("--inception-batch", type=int, default=64, help="evaluation's batch")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    add_workload_arguments(ap, inception_batch=64, repeats=3)  # evaluation's Inception batch
     ap.add_argument("--contiguous", dest="channels_last", action="store_false",
                     help="contiguous weights (the demo's default is channels-last)")
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     args = ap.parse_args(argv)
-    tune_malloc_at_startup()  # as a Kedro run would (project/startup.py)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, what = load_model(args.model)
+    model, what = start(args)
     print(f"CPU: {cpu_bf16().describe()}; threads {torch.get_num_threads()}; torch {torch.__version__}; "
           f"model: {what}; weights {'channels-last' if args.channels_last else 'contiguous'}, fp32, eager")
     print("peak: the fp32 2048 x 2048 matrix product's rate (the floor's), median of its runs between the "
