@@ -32,17 +32,21 @@ against channels-last ones (``train.channels_last``, ``sampling.channels_last``,
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import copy
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-if "--warm-cache" not in sys.argv:  # before torch reads it: compile as on a fresh clone
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="bench-cpu-inductor-"))
+if "--warm-cache" not in sys.argv and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    # before torch reads it: compile as on a fresh clone, in a cache removed at exit
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-cpu-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import torch  # noqa: E402
 import yaml  # noqa: E402

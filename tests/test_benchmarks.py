@@ -247,6 +247,19 @@ def test_bench_cpu_times_the_training_steps_contiguous_against_channels_last(cap
         assert abs(a / b - float(ratio)) <= 0.005 + float(ratio) * 0.1 / min(a, b)  # 0.05 ms of print rounding each
 
 
+def test_bench_cpu_removes_its_fresh_inductor_cache_at_exit(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["TMPDIR"] = str(tmp_path)  # where tempfile puts the fresh cache
+    code = ("import os, runpy, sys; sys.argv = ['bench_cpu.py']; "
+            "runpy.run_path('benchmarks/bench_cpu.py', run_name='bench'); "
+            "print(os.environ['TORCHINDUCTOR_CACHE_DIR'])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=True)
+    cache = done.stdout.strip().splitlines()[-1]
+    assert cache.startswith(str(tmp_path / "bench-cpu-inductor-"))
+    assert not os.path.exists(cache) and not list(tmp_path.glob("bench-cpu-inductor-*"))
+
+
 def test_bench_ops_counts_each_op_once_in_its_outermost_family():
     import torch
     from torch.profiler import ProfilerActivity, profile
