@@ -77,7 +77,7 @@ def test_the_pre_run_check_lists_every_bf16_key_the_pipeline_reads(monkeypatch, 
     run = SimpleNamespace(name="sdft_toy", method="sdft", dataset="toy",
                           train=TrainConfig(steps=1, mixed_precision="bf16"))
     resolved = SimpleNamespace(
-        runs={"sdft_toy": run}, sampling={},
+        runs={"sdft_toy": run}, sampling={}, classifiers={},
         blocks={"evaluation": EvaluationParams(precision="bf16"), "sampling": SamplingParams(n_samples=2)})
     pipeline = SimpleNamespace(nodes=[SimpleNamespace(inputs=["params:train", "params:evaluation"])])
     with pytest.raises(InvalidParametersError) as err:
@@ -88,6 +88,20 @@ def test_the_pre_run_check_lists_every_bf16_key_the_pipeline_reads(monkeypatch, 
     check_cpu_precision(SimpleNamespace(nodes=[SimpleNamespace(inputs=["params:sampling"])]), resolved)  # fp32
     _cpu(monkeypatch, WITH_AMX)
     check_cpu_precision(pipeline, resolved)  # supported: nothing to refuse
+
+
+def test_the_pre_run_check_refuses_a_bf16_domain_classifier(monkeypatch, cpu_only):
+    _cpu(monkeypatch, AVX2_ONLY)
+    classifier = SimpleNamespace(train={"steps": 1, "mixed_precision": "bf16"})
+    resolved = SimpleNamespace(runs={}, sampling={}, blocks={}, classifiers={"aahq": classifier})
+    pipeline = SimpleNamespace(nodes=[SimpleNamespace(inputs=["params:classifier"])])
+    with pytest.raises(InvalidParametersError) as err:
+        check_cpu_precision(pipeline, resolved)
+    text = err.value.message
+    assert text.startswith("Invalid parameters in 'classifier.train.mixed_precision'")
+    assert "classifier.datasets.aahq" in text and "Nothing was computed" in text
+    classifier.train["mixed_precision"] = "no"
+    check_cpu_precision(pipeline, resolved)  # float32: nothing to refuse
 
 
 def test_bf16_sampling_on_a_cpu_with_it_is_within_tolerance_of_float32(monkeypatch, cpu_only):

@@ -20,6 +20,9 @@ def _bf16_keys(read: set[str], resolved: Any) -> list[str]:
         runs = [resolved.runs[name] for name in resolved.runs]
         keys += [f"train.mixed_precision (run {run.name}, with methods.{run.method}.train and "
                  f"datasets.{run.dataset}.train)" for run in runs if run.train.mixed_precision == "bf16"]
+    if "params:classifier" in read:  # the domain classifier trains with its own train block
+        keys += [f"classifier.train.mixed_precision (with classifier.datasets.{name})"
+                 for name, block in resolved.classifiers.items() if block.train.get("mixed_precision") == "bf16"]
     evaluation = resolved.blocks.get("evaluation")
     if "params:evaluation" in read and evaluation is not None and evaluation.precision == "bf16":
         keys.append("evaluation.precision")
