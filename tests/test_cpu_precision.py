@@ -74,7 +74,7 @@ def test_bf16_is_refused_naming_the_key_and_the_fix_where_the_cpu_lacks_it(monke
 
 def test_the_pre_run_check_lists_every_bf16_key_the_pipeline_reads(monkeypatch, cpu_only):
     _cpu(monkeypatch, AVX2_ONLY)
-    run = SimpleNamespace(name="sdft_toy", method="sdft", dataset="toy",
+    run = SimpleNamespace(name="sdft_toy", method="sdft", dataset="toy", hyperparameters={},
                           train=TrainConfig(steps=1, mixed_precision="bf16"))
     resolved = SimpleNamespace(
         runs={"sdft_toy": run}, sampling={}, classifiers={},
@@ -102,6 +102,30 @@ def test_the_pre_run_check_refuses_a_bf16_domain_classifier(monkeypatch, cpu_onl
     assert "classifier.datasets.aahq" in text and "Nothing was computed" in text
     classifier.train["mixed_precision"] = "no"
     check_cpu_precision(pipeline, resolved)  # float32: nothing to refuse
+
+
+@pytest.mark.parametrize(("method", "hyperparameters", "refused"), [
+    ("sdft", {"teacher_dtype": "bfloat16"}, True),
+    ("sdft", {"teacher_dtype": "half"}, True),  # bfloat16 on a CPU
+    ("sdft", {"variant": "authors_code"}, True),  # its teacher_dtype is 'half'
+    ("sdft", {"variant": "authors_code", "teacher_dtype": "float32"}, False),
+    ("sdft", {"variant": "paper"}, False),
+    ("tan", {"variant": "authors_code"}, False),  # TAN's variant has no teacher dtype
+])
+def test_the_pre_run_check_refuses_a_bf16_sdft_teacher(monkeypatch, cpu_only, method, hyperparameters, refused):
+    _cpu(monkeypatch, AVX2_ONLY)
+    run = SimpleNamespace(name=f"{method}_toy", method=method, dataset="toy", hyperparameters=hyperparameters,
+                          train=TrainConfig(steps=1))
+    resolved = SimpleNamespace(runs={run.name: run}, sampling={}, blocks={}, classifiers={})
+    pipeline = SimpleNamespace(nodes=[SimpleNamespace(inputs=["params:train"])])
+    if not refused:
+        check_cpu_precision(pipeline, resolved)
+        return
+    with pytest.raises(InvalidParametersError) as err:
+        check_cpu_precision(pipeline, resolved)
+    text = err.value.message
+    assert text.startswith("Invalid parameters in 'methods.sdft.teacher_dtype'")
+    assert "'methods.sdft.teacher_dtype: float32'" in text and "run sdft_toy" in text
 
 
 def test_bf16_sampling_on_a_cpu_with_it_is_within_tolerance_of_float32(monkeypatch, cpu_only):

@@ -64,13 +64,13 @@ def cpu_bf16() -> CpuBf16:
     return CpuBf16(name, tuple(f for f in SHOWN_FLAGS if f in flags), capability, supported)
 
 
-def bf16_refusal(key: str) -> str | None:
+def bf16_refusal(key: str, fix: str = '"no"') -> str | None:
     """None where the CPU does bf16 natively; else the message refusing
-    ``<key>: bf16`` (the YAML key), with the fix."""
+    ``<key>: bf16`` (the YAML key), with the fix (``<key>: <fix>``, float32)."""
     cpu = cpu_bf16()
     if cpu.supported:
         return None
     return (f"Invalid parameters in '{key}': bf16 on this CPU, {cpu.describe()}, which has no native bf16 "
             f"arithmetic (neither {' nor '.join(BF16_FLAGS)}): bf16 autocast would be emulated, over ten times "
-            f"slower than float32 (docs/BENCHMARK.md). Set '{key}: \"no\"' (float32) on this machine; bf16 pays "
+            f"slower than float32 (docs/BENCHMARK.md). Set '{key}: {fix}' (float32) on this machine; bf16 pays "
             "on CPUs with AVX-512 BF16 or AMX, and on GPUs.")

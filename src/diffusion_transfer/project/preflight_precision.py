@@ -10,7 +10,14 @@ from typing import Any
 import torch
 
 from diffusion_transfer.core.cpu_precision import bf16_refusal
+from diffusion_transfer.core.methods import SDFT_VARIANTS
 from diffusion_transfer.project.schema import InvalidParametersError
+
+
+def _bf16_teacher(hyperparameters: dict[str, Any]) -> bool:
+    """SDFT's teacher forward under bf16 autocast on a CPU (``SDFTLoss.teacher_dtype``)."""
+    variant = SDFT_VARIANTS.get(hyperparameters.get("variant"), {})
+    return hyperparameters.get("teacher_dtype", variant.get("teacher_dtype")) in ("half", "bfloat16", "bf16")
 
 
 def _bf16_keys(read: set[str], resolved: Any) -> list[str]:
@@ -20,6 +27,8 @@ def _bf16_keys(read: set[str], resolved: Any) -> list[str]:
         runs = [resolved.runs[name] for name in resolved.runs]
         keys += [f"train.mixed_precision (run {run.name}, with methods.{run.method}.train and "
                  f"datasets.{run.dataset}.train)" for run in runs if run.train.mixed_precision == "bf16"]
+        keys += [f"methods.{run.method}.teacher_dtype (run {run.name}; 'half' is bfloat16 on a CPU, and variant "
+                 "authors_code sets it)" for run in runs if run.method == "sdft" and _bf16_teacher(run.hyperparameters)]
     if "params:classifier" in read:  # the domain classifier trains with its own train block
         keys += [f"classifier.train.mixed_precision (with classifier.datasets.{name})"
                  for name, block in resolved.classifiers.items() if block.train.get("mixed_precision") == "bf16"]
@@ -44,7 +53,9 @@ def check_cpu_precision(pipeline, resolved: Any) -> None:
         return
     read = {name for node in pipeline.nodes for name in node.inputs}
     keys = _bf16_keys(read, resolved)
-    first = bf16_refusal(keys[0].split(" ")[0]) if keys else None  # None: no bf16 key, or a CPU with bf16
+    key = keys[0].split(" ")[0] if keys else ""
+    first = bf16_refusal(key, "float32" if key.endswith("teacher_dtype") else '"no"') if keys else None
+    # first is None: no bf16 key, or a CPU with bf16
     if first is None:
         return
     others = "".join(f"\n  - {k}" for k in keys)
