@@ -12,7 +12,8 @@ Four workloads, the ones the precision and compile settings act on:
   resize included (``evaluation.precision`` / ``evaluation.compile``).
 
 bf16 is autocast around the forward passes (backward outside), as accelerate
-does. Each table times its arms interleaved in one run (medians of
+does: in the training steps around the trained model's forward only, so SDFT's
+teacher runs in float32, as in a pipeline run with ``teacher_dtype``'s default. Each table times its arms interleaved in one run (medians of
 ``--repeats``, alternating order) and prints the ratios. Compile time, the
 first call of a compiled arm less its median call, is shown apart, with a
 fresh inductor cache (as a fresh clone compiles) unless ``--warm-cache``.
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import copy
 import os
 import shutil
@@ -50,6 +50,7 @@ if "--warm-cache" not in sys.argv and "TORCHINDUCTOR_CACHE_DIR" not in os.enviro
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from accelerate.utils import convert_outputs_to_fp32  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_steps import load_model  # noqa: E402
@@ -67,10 +68,6 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ("naive step", "sdft step", "DDIM UNet call", "Inception pass")
 
 
-def _autocast(dtype: torch.dtype | None):
-    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
 def train_step(method: str, model, batch: int, dtype: torch.dtype | None, compiled: bool,
                channels_last: bool = False):
     """One optimiser step of ``method`` as train() runs it (student compiled in place for train.compile,
@@ -84,14 +81,15 @@ def train_step(method: str, model, batch: int, dtype: torch.dtype | None, compil
         student.to(memory_format=torch.channels_last), teacher.to(memory_format=torch.channels_last)
     if compiled:
         student.compile()
+    if dtype is not None:  # as train.mixed_precision: accelerate autocasts the trained model's forward only
+        student.forward = convert_outputs_to_fp32(torch.autocast("cpu", dtype=dtype)(student.forward))
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-6)
     px = int(model.config.sample_size)
     images = torch.rand(batch, 3, px, px, generator=torch.Generator().manual_seed(batch)) * 2 - 1
     gen = torch.Generator().manual_seed(0)
 
     def step():
-        with _autocast(dtype):
-            loss = spec.loss_fn(student, images, teacher=teacher, generator=gen)["loss"]
+        loss = spec.loss_fn(student, images, teacher=teacher, generator=gen)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

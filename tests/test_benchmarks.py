@@ -260,6 +260,23 @@ def test_bench_cpu_removes_its_fresh_inductor_cache_at_exit(tmp_path):
     assert not os.path.exists(cache) and not list(tmp_path.glob("bench-cpu-inductor-*"))
 
 
+def test_bench_cpu_bf16_step_autocasts_the_trained_model_only_as_accelerate_does():
+    import torch
+
+    from tests.core._adapter_helpers import tiny_unet
+
+    bench = _load("bench_cpu")
+    model = tiny_unet()
+    seen = []  # (trained?, output dtype) of the first convolution, student's and teacher's copies
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, o: seen.append((m.weight.requires_grad, o.dtype)))
+    bench.train_step("sdft", model, 2, torch.bfloat16, compiled=False)()
+    assert set(seen) == {(True, torch.bfloat16), (False, torch.float32)}  # SDFT's teacher stays float32
+    seen.clear()
+    bench.train_step("naive", model, 2, None, compiled=False)()
+    assert set(seen) == {(True, torch.float32)}
+
+
 def test_bench_ops_counts_each_op_once_in_its_outermost_family():
     import torch
     from torch.profiler import ProfilerActivity, profile
