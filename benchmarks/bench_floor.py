@@ -152,7 +152,7 @@ def bf16_floor_line(total_wall_s: float, total_gflop: float, bf16_peak: float | 
         return f"floor at the bf16 rate: none, {why_not}"
     floor = total_gflop / bf16_peak
     return (f"floor at the bf16 rate: {bf16_peak:.1f} GFLOP/s (2048 x 2048 bf16 matrix product), "
-            f"{floor:.1f} s; wall / bf16 floor {total_wall_s / floor:.2f}")
+            f"{floor:.1f} s; wall / bf16 floor {total_wall_s / floor if floor > 0 else float('inf'):.2f}")
 
 
 def runtime_params(text: str) -> dict[str, Any]:

@@ -225,6 +225,8 @@ def test_bench_floor_states_the_bf16_floor_or_why_there_is_none():
     line = bench.bf16_floor_line(total_wall_s=300.0, total_gflop=1000.0, bf16_peak=10.0, why_not="")
     assert line.endswith("10.0 GFLOP/s (2048 x 2048 bf16 matrix product), 100.0 s; wall / bf16 floor 3.00")
     assert bench.bf16_floor_line(300.0, 1000.0, None, "no bf16 here") == "floor at the bf16 rate: none, no bf16 here"
+    # a run that counted nothing (as the stand-in session above) on a CPU with bf16: no division by zero
+    assert bench.bf16_floor_line(0.0, 0.0, 10.0, "").endswith("0.0 s; wall / bf16 floor inf")
 
 
 def test_bench_cpu_times_the_training_steps_contiguous_against_channels_last(capsys):
