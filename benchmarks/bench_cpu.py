@@ -13,8 +13,9 @@ Four workloads, the ones the precision and compile settings act on:
 
 bf16 is autocast around the forward passes (backward outside), as accelerate
 does: in the training steps around the trained model's forward only, so SDFT's
-teacher runs in float32, as in a pipeline run with ``teacher_dtype``'s default. Each table times its arms interleaved in one run (medians of
-``--repeats``, alternating order) and prints the ratios. Compile time, the
+teacher runs in float32, as in a pipeline run with ``teacher_dtype``'s default.
+Each table times its arms interleaved in one run (medians of ``--repeats``,
+alternating order) and prints the ratios. Compile time, the
 first call of a compiled arm less its median call, is shown apart, with a
 fresh inductor cache (as a fresh clone compiles) unless ``--warm-cache``.
 bf16 is timed only where the CPU does it natively (``core/cpu_precision.py``);
