@@ -11,13 +11,15 @@ import torch
 
 from diffusion_transfer.core.cpu_precision import bf16_refusal
 from diffusion_transfer.core.methods import SDFT_VARIANTS
+from diffusion_transfer.core.methods.sdft import teacher_autocast_dtype
 from diffusion_transfer.project.schema import InvalidParametersError
 
 
 def _bf16_teacher(hyperparameters: dict[str, Any]) -> bool:
     """SDFT's teacher forward under bf16 autocast on a CPU (``SDFTLoss.teacher_dtype``)."""
     variant = SDFT_VARIANTS.get(hyperparameters.get("variant"), {})
-    return hyperparameters.get("teacher_dtype", variant.get("teacher_dtype")) in ("half", "bfloat16", "bf16")
+    dtype = hyperparameters.get("teacher_dtype", variant.get("teacher_dtype"))
+    return teacher_autocast_dtype(dtype, "cpu") == torch.bfloat16
 
 
 def _bf16_keys(read: set[str], resolved: Any) -> list[str]:
