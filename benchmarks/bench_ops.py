@@ -19,7 +19,10 @@ get below it, so it bounds what fusing elementwise work can reach. The floor's
 rate is measured between the workload's timed calls. The profiler adds a few
 microseconds an op; the profiled wall is printed beside the unprofiled median.
 
-    python benchmarks/bench_ops.py [--repeats 3] [--workloads "naive step" ...]
+    python benchmarks/bench_ops.py [--repeats 3] [--workloads "naive step" ...] [--top 12]
+
+``--top N`` then lists, per workload, the N ops of ``other`` with the most time of their own (ops nested in a
+family's op are that family's), to show what fusing could remove.
 """
 
 from __future__ import annotations
@@ -82,6 +85,27 @@ def family_seconds(events, wall_s: float) -> dict[str, float]:
     return out
 
 
+def in_family(event) -> bool:
+    """Whether ``event`` or one of its ancestors belongs to a family (its time is counted there)."""
+    while event is not None:
+        if family_of(event.name) is not None:
+            return True
+        event = event.cpu_parent
+    return False
+
+
+def other_ops(events, calls: int, other_s: float, top: int) -> list[tuple[str, float]]:
+    """The ``top`` parts of ``other`` (``other_s`` seconds a call) by seconds a call: each op outside every
+    family by its own (self) time, and what no op accounts for (Python, the loop, the profiler's own cost) as
+    ``(outside any op)``."""
+    own: dict[str, float] = {}
+    for event in events:
+        if not in_family(event):
+            own[event.name] = own.get(event.name, 0.0) + event.self_cpu_time_total / 1e6 / calls
+    own["(outside any op)"] = max(other_s - sum(own.values()), 0.0)
+    return sorted(own.items(), key=lambda item: -item[1])[:top]
+
+
 def matrix_gflop(fn) -> float:
     """GFLOP of one call in the ops the floor counts."""
     counter = MatrixFlopCounter()
@@ -90,7 +114,7 @@ def matrix_gflop(fn) -> float:
     return counter.flops / 1e9
 
 
-def measure(fn, warmup: int, repeats: int) -> dict[str, float]:
+def measure(fn, warmup: int, repeats: int, top: int = 0) -> dict:
     """Unprofiled median wall, with the median of the matrix-product rates measured between its calls (the
     cores' speed drifts within minutes on a shared machine), then ``repeats`` calls under the profiler: per
     call, the profiled wall and each family's seconds."""
@@ -109,7 +133,8 @@ def measure(fn, warmup: int, repeats: int) -> dict[str, float]:
         profiled = (time.perf_counter() - t0) / repeats
     seconds = family_seconds(prof.events(), profiled * repeats)
     return {"wall_s": statistics.median(walls), "peak_gflops": statistics.median(peaks), "profiled_s": profiled,
-            **{f: s / repeats for f, s in seconds.items()}}
+            **{f: s / repeats for f, s in seconds.items()},
+            "other_ops": other_ops(prof.events(), repeats, seconds["other"] / repeats, top) if top else []}
 
 
 def row(name: str, m: dict[str, float], gflop: float) -> str:
@@ -136,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contiguous", dest="channels_last", action="store_false",
                     help="contiguous weights (the demo's default is channels-last)")
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    ap.add_argument("--top", type=int, default=0, metavar="N",
+                    help="after the table, each workload's N costliest ops of 'other' by their own time")
     args = ap.parse_args(argv)
     model, what = start(args)
     print(f"CPU: {cpu_bf16().describe()}; threads {torch.get_num_threads()}; torch {torch.__version__}; "
@@ -144,10 +171,16 @@ def main(argv: list[str] | None = None) -> int:
           "workload's timed calls\n")
     print("| workload | wall | profiled | " + " | ".join(FAMILIES) + " | GFLOP | matrix GFLOP/s | peak GFLOP/s "
           "| wall / floor | matrix / floor |\n|" + "---|" * (8 + len(FAMILIES)))
+    breakdowns = []
     for name in args.workloads:
         fn = build(name, model, args)
-        m = measure(fn, args.warmup, args.repeats)
+        m = measure(fn, args.warmup, args.repeats, args.top)
         print(row(name, m, matrix_gflop(fn)), flush=True)
+        breakdowns.append((name, m))
+    for name, m in breakdowns if args.top else ():
+        print(f"\n{name}, 'other' ({m['other'] * 1e3:,.1f} ms a call): its {args.top} costliest ops by own time")
+        for op, op_s in m["other_ops"]:
+            print(f"  {op_s * 1e3:9.2f} ms  {op_s / m['profiled_s']:4.0%}  {op}")
     return 0
 
 

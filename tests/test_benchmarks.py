@@ -300,6 +300,29 @@ def test_bench_ops_counts_each_op_once_in_its_outermost_family():
     assert abs(sum(seconds.values()) - 10.0) < 1e-9  # other: the wall less the families
 
 
+def test_bench_ops_lists_other_by_own_time_leaving_out_what_a_family_holds():
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    bench = _load("bench_ops")
+    conv, x = torch.nn.Conv2d(3, 8, 3), torch.randn(2, 3, 16, 16)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.relu(conv(x))
+        torch.nn.functional.group_norm(x, 3)
+    events = prof.events()
+    inside_conv = {e.name for e in events if any(p.name == "aten::convolution" for p in _ancestors(e))}
+    outside = [e for e in events if not bench.in_family(e)]
+    listed = dict(bench.other_ops(events, calls=2, other_s=1.0, top=100))
+    assert "aten::relu" in listed and "aten::convolution" not in listed and "aten::group_norm" not in listed
+    assert all(name in {e.name for e in outside} for name in listed if name != "(outside any op)")
+    only_inside = inside_conv - {e.name for e in outside}  # ops the convolution runs, and nothing else
+    assert only_inside and not only_inside & set(listed)
+    by_hand = sum(e.self_cpu_time_total for e in outside if e.name == "aten::relu") / 1e6 / 2
+    assert abs(listed["aten::relu"] - by_hand) < 1e-12
+    assert abs(sum(listed.values()) - 1.0) < 1e-9  # the ops' own time and the rest make up 'other'
+    assert len(bench.other_ops(events, calls=2, other_s=1.0, top=1)) == 1
+
+
 def _ancestors(event):
     parent = event.cpu_parent
     while parent is not None:
@@ -314,7 +337,7 @@ def test_bench_ops_prints_a_row_per_workload_with_its_matrix_floor(capsys):
 
     threads = torch.get_num_threads()
     assert _load("bench_ops").main(["--workloads", "naive step", "DDIM UNet call", "--repeats", "1", "--warmup", "1",
-                                    "--batch", "2", "--sample-batch", "2", "--threads", "1"]) == 0
+                                    "--batch", "2", "--sample-batch", "2", "--threads", "1", "--top", "3"]) == 0
     torch.set_num_threads(threads)
     out = capsys.readouterr().out
     rows = re.findall(r"^\| (naive step|DDIM UNet call) \| [0-9.,]+ ms \| ([0-9.,]+) ms \| ([0-9]+)% \| ([0-9]+)% \| "
@@ -328,3 +351,6 @@ def test_bench_ops_prints_a_row_per_workload_with_its_matrix_floor(capsys):
         assert abs(matrix_s / (float(profiled_ms.replace(",", "")) / 1e3) - int(matrix_share) / 100) <= 0.01
         assert abs(float(matrix_over_floor) - matrix_s * peak / float(gflop)) <= 0.01 * float(matrix_over_floor)
     assert int(rows[0][4]) > 0 and int(rows[1][4]) == 0  # only the training step runs the optimiser
+    for name in ("naive step", "DDIM UNet call"):  # --top 3: each workload's three costliest parts of 'other'
+        block = out.split(f"\n{name}, 'other' (")[1].split("\n\n")[0].splitlines()[1:]
+        assert len(block) == 3 and all(re.match(r"^ +[0-9.]+ ms +[0-9]+% +\S", line) for line in block)
