@@ -19,10 +19,11 @@ get below it, so it bounds what fusing elementwise work can reach. The floor's
 rate is measured between the workload's timed calls. The profiler adds a few
 microseconds an op; the profiled wall is printed beside the unprofiled median.
 
-    python benchmarks/bench_ops.py [--repeats 3] [--workloads "naive step" ...] [--top 12]
+    python benchmarks/bench_ops.py [--repeats 3] [--workloads "naive step" ...] [--top 12] [--loop-steps 60]
 
 ``--top N`` then lists, per workload, the N ops of ``other`` with the most time of their own (ops nested in a
-family's op are that family's), to show what fusing could remove.
+family's op are that family's), to show what fusing could remove. ``--loop-steps N`` times the domain
+classifier's step inside core's ``train()`` against the same step bare: what the loop adds around a step.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from torch.profiler import ProfilerActivity, profile
 
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu import (  # noqa: E402
     add_workload_arguments, classifier_step, inception_pass, start, train_step, unet_call,
@@ -43,6 +46,11 @@ from bench_cpu import (  # noqa: E402
 from bench_floor import MatrixFlopCounter, matmul_peak_gflops  # noqa: E402
 
 from diffusion_transfer.core.cpu_precision import cpu_bf16  # noqa: E402
+from diffusion_transfer.core.models.domain_classifier import DomainClassifier  # noqa: E402
+from diffusion_transfer.core.schedule import make_schedule  # noqa: E402
+from diffusion_transfer.core.training.config import TrainConfig  # noqa: E402
+from diffusion_transfer.core.training.domain_classifier import domain_classifier_loss  # noqa: E402
+from diffusion_transfer.core.training.loop import train  # noqa: E402
 
 WORKLOADS = ("naive step", "sdft step", "classifier step", "DDIM UNet call", "Inception pass")
 FAMILIES = ("matrix", "norm", "optimizer", "other")
@@ -145,6 +153,37 @@ def row(name: str, m: dict[str, float], gflop: float) -> str:
             f"**{m['matrix'] / floor:.2f}** |")
 
 
+def loop_against_bare(batch: int, steps: int, runs: int) -> tuple[float, float]:
+    """Median seconds a step of the domain classifier inside core's ``train()`` (the demo's network and
+    settings, ``steps`` steps on random images, no checkpoints) and bare (``classifier_step``), in ``runs``
+    interleaved runs after one of each: what the loop adds around a step (batch sampling, clipping, the lr,
+    logging)."""
+    params = yaml.safe_load((ROOT / "conf" / "base" / "parameters_classifier.yml").read_text())["classifier"]
+    n = max(2 * batch, 64)
+    images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels = (torch.arange(n) >= n // 2).float()
+    config = TrainConfig(**{"hflip": True, **params["train"], "batch_size": batch, "steps": steps,  # hflip: the
+                            "seed": 0, "checkpoint_every": steps + 1})  # node's default
+
+    def in_loop() -> float:
+        torch.manual_seed(0)
+        net = DomainClassifier(sample_size=32, **params["network"])
+        t0 = time.perf_counter()
+        train(net, domain_classifier_loss(make_schedule()), images, config, conditions=labels, progress=False)
+        return (time.perf_counter() - t0) / steps
+
+    def bare() -> float:
+        step = classifier_step(batch, params["train"].get("channels_last", False))
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - t0) / steps
+
+    in_loop(), bare()
+    timed = [(in_loop(), bare()) for _ in range(runs)]
+    return statistics.median(t for t, _ in timed), statistics.median(b for _, b in timed)
+
+
 def build(name: str, model, args):
     if name in ("naive step", "sdft step"):
         return train_step(name.split()[0], model, args.batch, None, False, args.channels_last)
@@ -163,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     ap.add_argument("--top", type=int, default=0, metavar="N",
                     help="after the table, each workload's N costliest ops of 'other' by their own time")
+    ap.add_argument("--loop-steps", type=int, default=0, metavar="N",
+                    help="also time N classifier steps inside train() against N bare ones (3 interleaved runs)")
     args = ap.parse_args(argv)
     model, what = start(args)
     print(f"CPU: {cpu_bf16().describe()}; threads {torch.get_num_threads()}; torch {torch.__version__}; "
@@ -181,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{name}, 'other' ({m['other'] * 1e3:,.1f} ms a call): its {args.top} costliest ops by own time")
         for op, op_s in m["other_ops"]:
             print(f"  {op_s * 1e3:9.2f} ms  {op_s / m['profiled_s']:4.0%}  {op}")
+    if args.loop_steps:
+        in_loop, bare = loop_against_bare(args.classifier_batch, args.loop_steps, runs=3)
+        print(f"\nclassifier step inside train(): {in_loop * 1e3:,.1f} ms against {bare * 1e3:,.1f} ms bare "
+              f"(ratio {in_loop / bare:.3f}; medians of 3 interleaved runs of {args.loop_steps} steps)")
     return 0
 
 

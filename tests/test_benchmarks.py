@@ -323,6 +323,11 @@ def test_bench_ops_lists_other_by_own_time_leaving_out_what_a_family_holds():
     assert len(bench.other_ops(events, calls=2, other_s=1.0, top=1)) == 1
 
 
+def test_bench_ops_times_the_classifier_step_in_the_training_loop_and_bare():
+    in_loop, bare = _load("bench_ops").loop_against_bare(batch=4, steps=2, runs=1)
+    assert 0 < bare < 60 and 0 < in_loop < 60
+
+
 def _ancestors(event):
     parent = event.cpu_parent
     while parent is not None:
