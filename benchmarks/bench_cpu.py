@@ -97,9 +97,14 @@ def train_step(method: str, model, batch: int, dtype: torch.dtype | None, compil
     return step
 
 
+def classifier_params() -> dict:
+    """conf/base/parameters_classifier.yml's ``classifier`` block: the demo's domain classifier."""
+    return yaml.safe_load((ROOT / "conf" / "base" / "parameters_classifier.yml").read_text())["classifier"]
+
+
 def classifier_step(batch: int, channels_last: bool):
     """One optimiser step of the demo's domain classifier (conf/base/parameters_classifier.yml's network)."""
-    params = yaml.safe_load((ROOT / "conf" / "base" / "parameters_classifier.yml").read_text())["classifier"]
+    params = classifier_params()
     torch.manual_seed(0)
     net = DomainClassifier(sample_size=32, **params["network"]).train()
     if channels_last:
@@ -118,7 +123,7 @@ def classifier_step(batch: int, channels_last: bool):
 def classifier_gradient(batch: int, channels_last: bool):
     """EGSDE's realism guidance: the gradient of the domain classifier's last features with respect to x_t
     (translation keeps the classifier contiguous, in float32)."""
-    params = yaml.safe_load((ROOT / "conf" / "base" / "parameters_classifier.yml").read_text())["classifier"]
+    params = classifier_params()
     torch.manual_seed(0)
     net = DomainClassifier(sample_size=32, **params["network"]).eval()
     if channels_last:

@@ -35,13 +35,11 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.profiler import ProfilerActivity, profile
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu import (  # noqa: E402
-    add_workload_arguments, classifier_step, inception_pass, start, train_step, unet_call,
+    add_workload_arguments, classifier_params, classifier_step, inception_pass, start, train_step, unet_call,
 )
 from bench_floor import MatrixFlopCounter, matmul_peak_gflops  # noqa: E402
 
@@ -139,10 +137,11 @@ def measure(fn, warmup: int, repeats: int, top: int = 0) -> dict:
         for _ in range(repeats):
             fn()
         profiled = (time.perf_counter() - t0) / repeats
-    seconds = family_seconds(prof.events(), profiled * repeats)
+    events = prof.events()
+    seconds = family_seconds(events, profiled * repeats)
     return {"wall_s": statistics.median(walls), "peak_gflops": statistics.median(peaks), "profiled_s": profiled,
             **{f: s / repeats for f, s in seconds.items()},
-            "other_ops": other_ops(prof.events(), repeats, seconds["other"] / repeats, top) if top else []}
+            "other_ops": other_ops(events, repeats, seconds["other"] / repeats, top) if top else []}
 
 
 def row(name: str, m: dict[str, float], gflop: float) -> str:
@@ -158,7 +157,7 @@ def loop_against_bare(batch: int, steps: int, runs: int) -> tuple[float, float]:
     settings, ``steps`` steps on random images, no checkpoints) and bare (``classifier_step``), in ``runs``
     interleaved runs after one of each: what the loop adds around a step (batch sampling, clipping, the lr,
     logging)."""
-    params = yaml.safe_load((ROOT / "conf" / "base" / "parameters_classifier.yml").read_text())["classifier"]
+    params = classifier_params()
     n = max(2 * batch, 64)
     images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     labels = (torch.arange(n) >= n // 2).float()
@@ -218,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         m = measure(fn, args.warmup, args.repeats, args.top)
         print(row(name, m, matrix_gflop(fn)), flush=True)
         breakdowns.append((name, m))
-    for name, m in breakdowns if args.top else ():
-        print(f"\n{name}, 'other' ({m['other'] * 1e3:,.1f} ms a call): its {args.top} costliest ops by own time")
-        for op, op_s in m["other_ops"]:
+    for name, m in breakdowns:
+        if args.top:
+            print(f"\n{name}, 'other' ({m['other'] * 1e3:,.1f} ms a call): its {args.top} costliest ops by own time")
+        for op, op_s in m["other_ops"]:  # empty without --top
             print(f"  {op_s * 1e3:9.2f} ms  {op_s / m['profiled_s']:4.0%}  {op}")
     if args.loop_steps:
         in_loop, bare = loop_against_bare(args.classifier_batch, args.loop_steps, runs=3)

@@ -96,16 +96,6 @@ SDFT_VARIANTS: dict[str, dict[str, Any]] = {
     "authors_code": {"include_ddpm_weight": False, "aux_input": "shared", "teacher_dtype": "half"},
 }
 
-def teacher_autocast_dtype(teacher_dtype: str | torch.dtype | None, device_type: str) -> torch.dtype | None:
-    """The dtype SDFT's teacher forward is autocast to on ``device_type``
-    ("half": float16 on CUDA, bfloat16 elsewhere); None: float32, no autocast."""
-    dt = teacher_dtype
-    if dt == "half":
-        dt = torch.float16 if device_type == "cuda" else torch.bfloat16
-    elif isinstance(dt, str):
-        dt = _TEACHER_DTYPES.get(dt)
-    return None if dt is None or dt == torch.float32 else dt
-
 
 AUX_INPUTS = ("independent", "shared")
 #: The prompt a text-to-image model's auxiliary input x_T is fed with (docs/METHODS.md, "SDFT on a
@@ -119,6 +109,17 @@ _TEACHER_DTYPES: dict[str, torch.dtype | None] = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
+
+
+def teacher_autocast_dtype(teacher_dtype: str | torch.dtype | None, device_type: str) -> torch.dtype | None:
+    """The dtype SDFT's teacher forward is autocast to on ``device_type``
+    ("half": float16 on CUDA, bfloat16 elsewhere); None: float32, no autocast."""
+    dt = teacher_dtype
+    if dt == "half":
+        dt = torch.float16 if device_type == "cuda" else torch.bfloat16
+    elif isinstance(dt, str):
+        dt = _TEACHER_DTYPES.get(dt)
+    return None if dt is None or dt == torch.float32 else dt
 
 
 class SDFTLoss:
