@@ -26,9 +26,14 @@ a channels-last input (translation's: ``to_tensor`` moves the channel axis of
 NHWC images, so its contiguous arm is channels-last in activations) and
 EGSDE's classifier gradient (batch ``--sample-batch``) with contiguous weights
 against channels-last ones (``train.channels_last``, ``sampling.channels_last``,
-``translation.channels_last``).
+``translation.channels_last``). The kept-layout table times, all with
+channels-last weights, diffusers' own ``Upsample2D`` and ``ResnetBlock2D``
+(which convert activations to NCHW: at batch 64 and above, and before the
+shortcut in training) against the layout-keeping ones the project runs
+(``core/models/layout.py``): the training steps, the classifier step, and
+the UNet call at the demo's sampling and translation batches.
 
-    python benchmarks/bench_cpu.py [--repeats 5] [--parts precision compile layout] [--force-bf16]
+    python benchmarks/bench_cpu.py [--repeats 5] [--parts precision compile layout kept] [--force-bf16]
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from diffusion_transfer.core.methods import build_method  # noqa: E402
 from diffusion_transfer.core.models.domain_classifier import DomainClassifier  # noqa: E402
 from diffusion_transfer.core.training.domain_classifier import domain_classifier_loss  # noqa: E402
 from diffusion_transfer.core.metrics.extractors import inception_extractor  # noqa: E402
+from diffusion_transfer.core.models.layout import keep_channels_last  # noqa: E402
 from diffusion_transfer.core.sampling import model_eps_fn  # noqa: E402
 from diffusion_transfer.core.schedule import make_schedule  # noqa: E402
 
@@ -70,9 +76,10 @@ WORKLOADS = ("naive step", "sdft step", "DDIM UNet call", "Inception pass")
 
 
 def train_step(method: str, model, batch: int, dtype: torch.dtype | None, compiled: bool,
-               channels_last: bool = False):
+               channels_last: bool = False, kept: bool = True):
     """One optimiser step of ``method`` as train() runs it (student compiled in place for train.compile,
-    student and teacher channels-last for train.channels_last)."""
+    student and teacher channels-last for train.channels_last, with their layout kept unless ``kept`` is
+    false: diffusers' own layers)."""
     schedule = make_schedule()
     spec = build_method(method, {}, schedule)
     torch.manual_seed(0)
@@ -80,6 +87,8 @@ def train_step(method: str, model, batch: int, dtype: torch.dtype | None, compil
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     if channels_last:
         student.to(memory_format=torch.channels_last), teacher.to(memory_format=torch.channels_last)
+        if kept and not compiled:  # as core/training/run.py
+            keep_channels_last(student), keep_channels_last(teacher)
     if compiled:
         student.compile()
     if dtype is not None:  # as train.mixed_precision: accelerate autocasts the trained model's forward only
@@ -102,13 +111,15 @@ def classifier_params() -> dict:
     return yaml.safe_load((ROOT / "conf" / "base" / "parameters_classifier.yml").read_text())["classifier"]
 
 
-def classifier_step(batch: int, channels_last: bool):
+def classifier_step(batch: int, channels_last: bool, kept: bool = True):
     """One optimiser step of the demo's domain classifier (conf/base/parameters_classifier.yml's network)."""
     params = classifier_params()
     torch.manual_seed(0)
     net = DomainClassifier(sample_size=32, **params["network"]).train()
     if channels_last:
         net.to(memory_format=torch.channels_last)
+        if kept:
+            keep_channels_last(net)
     loss_fn, opt = domain_classifier_loss(make_schedule()), torch.optim.AdamW(net.parameters(), lr=1e-6)
     images = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch)) * 2 - 1
     labels, gen = torch.arange(batch) % 2, torch.Generator().manual_seed(0)
@@ -159,17 +170,55 @@ def layout_table(model, args) -> None:
 
 
 def unet_call(model, batch: int, dtype: torch.dtype | None, compiled: bool, channels_last: bool = False,
-              input_channels_last: bool = False):
+              input_channels_last: bool = False, kept: bool = True):
     """One UNet call of the DDIM loop (sampling.compile compiles exactly this call). ``input_channels_last``:
-    x in channels-last layout, as translation's inputs are (``to_tensor`` moves the channel axis of NHWC images)."""
-    eps_fn = model_eps_fn(copy.deepcopy(model).eval(), make_schedule(), autocast_dtype=dtype, compile=compiled,
-                          channels_last=channels_last)
+    x in channels-last layout, as translation's inputs are (``to_tensor`` moves the channel axis of NHWC images).
+    ``kept`` false: diffusers' own layers, not the layout-keeping ones model_eps_fn gives a channels-last model."""
+    net = copy.deepcopy(model).eval()
+    eps_fn = model_eps_fn(net, make_schedule(), autocast_dtype=dtype, compile=compiled, channels_last=channels_last)
+    if not kept:
+        diffusers_own_layers(net)
     px = int(model.config.sample_size)
     x = torch.randn(batch, 3, px, px, generator=torch.Generator().manual_seed(1))
     if input_channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     t = torch.full((batch,), 500)
     return lambda: eps_fn(x, t)
+
+
+def diffusers_own_layers(model) -> None:
+    """Undo keep_channels_last: each layout-keeping layer back to the diffusers class it extends."""
+    for module in model.modules():
+        if type(module).__module__ == keep_channels_last.__module__:
+            module.__class__ = type(module).__mro__[1]
+
+
+def demo_batches() -> dict[str, int]:
+    """The demo's sampling and translation batches (conf/base)."""
+    conf = ROOT / "conf" / "base"
+    return {"sampling": yaml.safe_load((conf / "parameters_finetune.yml").read_text())["sampling"]["batch_size"],
+            "translation": yaml.safe_load((conf / "parameters_translate.yml").read_text())["translation"]["batch_size"]}
+
+
+def kept_table(model, args) -> None:
+    print(f"\n## diffusers' own layers against layout-keeping ones (core/models/layout.py; channels-last weights, "
+          f"fp32, eager; {args.repeats} interleaved repeats, medians)")
+    print("| workload | diffusers' own | layout kept | own/kept (speed-up) |\n|---|---|---|---|")
+    batches = demo_batches()
+    builders = {  # workload -> its arm, given whether the layout is kept
+        "naive step": lambda kept: train_step("naive", model, args.batch, None, False, True, kept),
+        "sdft step": lambda kept: train_step("sdft", model, args.batch, None, False, True, kept),
+        "classifier step": lambda kept: classifier_step(args.classifier_batch, True, kept),
+        f"DDIM UNet call, batch {batches['sampling']} (sampling)":
+            lambda kept: unet_call(model, batches["sampling"], None, False, True, kept=kept),
+        f"UNet call, channels-last input, batch {batches['translation']} (translation)":
+            lambda kept: unet_call(model, batches["translation"], None, False, True, True, kept),
+    }
+    for name, build_arm in builders.items():
+        arms = {k: build_arm(k == "kept") for k in ("own", "kept")}
+        med, _ = interleaved(arms, args.warmup, args.repeats)
+        print(f"| {name} | {med['own'] * 1e3:,.1f} ms | {med['kept'] * 1e3:,.1f} ms | "
+              f"**{med['own'] / med['kept']:.2f}** |", flush=True)
 
 
 def inception_pass(batch: int, dtype: torch.dtype | None, compiled: bool):
@@ -259,8 +308,8 @@ def start(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_workload_arguments(ap, inception_batch=8, repeats=5)
-    ap.add_argument("--parts", nargs="+", choices=("precision", "compile", "layout"),
-                    default=["precision", "compile", "layout"])
+    ap.add_argument("--parts", nargs="+", choices=("precision", "compile", "layout", "kept"),
+                    default=["precision", "compile", "layout", "kept"])
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     ap.add_argument("--force-bf16", action="store_true", help="time bf16 on a CPU without it (emulated)")
     ap.add_argument("--warm-cache", action="store_true", help="keep the inductor cache of earlier runs")
@@ -277,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         compile_table(model, args, args.workloads)
     if "layout" in args.parts:
         layout_table(model, args)
+    if "kept" in args.parts:
+        kept_table(model, args)
     return 0
 
 

@@ -249,6 +249,35 @@ def test_bench_cpu_times_the_training_steps_contiguous_against_channels_last(cap
         assert abs(a / b - float(ratio)) <= 0.005 + float(ratio) * 0.1 / min(a, b)  # 0.05 ms of print rounding each
 
 
+def test_bench_cpu_times_diffusers_own_layers_against_the_layout_keeping_ones(capsys):
+    import torch
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.upsampling import Upsample2D
+
+    from diffusion_transfer.core.models.layout import keep_channels_last
+    from tests.core._adapter_helpers import tiny_unet
+
+    bench = _load("bench_cpu")
+    model = tiny_unet()
+    keep_channels_last(model)
+    bench.diffusers_own_layers(model)  # the "own" arm: every layer back to diffusers' class
+    assert {type(m) for m in model.modules() if isinstance(m, (Upsample2D, ResnetBlock2D))} == {Upsample2D,
+                                                                                               ResnetBlock2D}
+    assert bench.demo_batches() == {"sampling": 128, "translation": 64}  # conf/base's
+    threads = torch.get_num_threads()
+    assert bench.main(["--parts", "kept", "--repeats", "1", "--warmup", "1", "--batch", "2",
+                       "--classifier-batch", "2", "--threads", "1"]) == 0
+    torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| ([^|]+) \| ([0-9.,]+) ms \| ([0-9.,]+) ms \| \*\*([0-9.]+)\*\* \|$", out, re.M)
+    assert [r[0] for r in rows] == ["naive step", "sdft step", "classifier step",
+                                    "DDIM UNet call, batch 128 (sampling)",
+                                    "UNet call, channels-last input, batch 64 (translation)"]
+    for _, own, kept, ratio in rows:
+        a, b = float(own.replace(",", "")), float(kept.replace(",", ""))
+        assert abs(a / b - float(ratio)) <= 0.005 + float(ratio) * 0.1 / min(a, b)
+
+
 def test_bench_cpu_removes_its_fresh_inductor_cache_at_exit(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     env["TMPDIR"] = str(tmp_path)  # where tempfile puts the fresh cache

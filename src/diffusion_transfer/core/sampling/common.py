@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from diffusion_transfer.core.models.layout import keep_channels_last
 from diffusion_transfer.core.schedule import NoiseSchedule
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,7 +52,9 @@ def model_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, autocast_dtype
     ``compile`` calls the model through ``torch.compile`` (inductor; issue 35):
     compiled on the first call of each batch shape, ``model`` itself unchanged.
     ``channels_last`` puts ``model``'s 4-D weights in channels-last layout, in
-    place (faster oneDNN / cuDNN convolutions; the same values), and hands the
+    place (faster oneDNN / cuDNN convolutions; the same values), keeps the
+    activations channels-last through diffusers' upsampling on a CPU
+    (``core/models/layout.py``; bit for bit the same outputs), and hands the
     outputs back contiguous.
     """
 
@@ -60,6 +63,7 @@ def model_eps_fn(model: torch.nn.Module, schedule: NoiseSchedule, autocast_dtype
                         f"got {type(schedule).__name__}")
     if channels_last:
         model.to(memory_format=torch.channels_last)
+        keep_channels_last(model)
     net = torch.compile(model) if compile else model
 
     def predictions(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

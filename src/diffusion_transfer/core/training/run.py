@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 import torch
 
+from diffusion_transfer.core.models.layout import keep_channels_last
+
 from .checkpoint import identity_record
 from .config import TrainConfig
 from .rng import Shard, make_shards
@@ -79,6 +81,8 @@ class Run:
             for net in (model, teacher):
                 if net is not None:
                     net.to(memory_format=torch.channels_last)
+                    if not config.compile:  # compile traces the model's own layers: no flag flipped mid-forward
+                        keep_channels_last(net)  # diffusers' NCHW conversions skipped, the same bits
         if config.compile:  # in place, so state_dict keys, checkpoints and isinstance stay as they are
             model.compile()
         if config.tf32:

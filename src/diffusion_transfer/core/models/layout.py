@@ -1,0 +1,74 @@
+"""Keeping a diffusers UNet's activations channels-last on the CPU.
+
+Two of diffusers' layers make a tensor contiguous (NCHW) for the sake of a
+GPU: ``Upsample2D`` whenever the batch has 64 images or more (a CUDA kernel's
+limit, diffusers issue #984), and ``ResnetBlock2D`` before its 1x1 shortcut
+convolution in training mode (a DDP gradient-stride warning, diffusers issue
+#12975). On a CPU with channels-last weights each costs two layout
+conversions, to NCHW and back to channels-last in the convolution after it:
+1.13x on a DDIM UNet call of the FaceWorld model at batch 128, 1.08x on an
+SDFT step at batch 16 (issue 35, docs/BENCHMARK.md). Nearest upsampling only
+copies values, and each convolution receives the same channels-last tensor
+either way, so skipping the conversions changes no bit of the outputs or the
+gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.upsampling import Upsample2D
+
+__all__ = ["LayoutKeepingResnetBlock2D", "LayoutKeepingUpsample2D", "keep_channels_last"]
+
+
+def _channels_last_on_cpu(x: torch.Tensor, conv: torch.nn.Module | None) -> bool:
+    return (x.device.type == "cpu" and isinstance(conv, torch.nn.Conv2d)
+            and conv.weight.is_contiguous(memory_format=torch.channels_last))
+
+
+class LayoutKeepingUpsample2D(Upsample2D):
+    """``Upsample2D`` that interpolates in the input's own layout when its convolution's weights are
+    channels-last on the CPU; every other case runs diffusers' own forward."""
+
+    def forward(self, hidden_states: torch.Tensor, output_size: int | None = None, *args, **kwargs) -> torch.Tensor:
+        conv = (self.conv if self.name == "conv" else self.Conv2d_0) if self.use_conv else None
+        if (args or kwargs or not _channels_last_on_cpu(hidden_states, conv) or self.norm is not None
+                or self.use_conv_transpose or not self.interpolate):
+            return super().forward(hidden_states, output_size, *args, **kwargs)
+        if output_size is None:
+            hidden_states = F.interpolate(hidden_states, scale_factor=2.0, mode="nearest")
+        else:
+            hidden_states = F.interpolate(hidden_states, size=output_size, mode="nearest")
+        return conv(hidden_states)
+
+
+class LayoutKeepingResnetBlock2D(ResnetBlock2D):
+    """``ResnetBlock2D`` whose shortcut convolution takes its input as it comes when its weights are
+    channels-last on the CPU. diffusers reads ``self.training`` only for that conversion (its dropout is a
+    child module with its own flag), so the block runs its own forward with the flag off."""
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if not self.training or not _channels_last_on_cpu(input_tensor, self.conv_shortcut):
+            return super().forward(input_tensor, temb, *args, **kwargs)
+        self.training = False
+        try:
+            return super().forward(input_tensor, temb, *args, **kwargs)
+        finally:
+            self.training = True
+
+
+_LAYOUT_KEEPING = {Upsample2D: LayoutKeepingUpsample2D, ResnetBlock2D: LayoutKeepingResnetBlock2D}
+
+
+def keep_channels_last(model: torch.nn.Module) -> int:
+    """Give each ``Upsample2D`` and ``ResnetBlock2D`` of ``model`` its layout-keeping class, in place (the
+    class only: weights, config and state dict are unchanged, and copies keep it); returns how many changed."""
+    changed = 0
+    for module in model.modules():
+        keeping = _LAYOUT_KEEPING.get(type(module))
+        if keeping is not None:
+            module.__class__ = keeping
+            changed += 1
+    return changed
