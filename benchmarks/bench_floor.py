@@ -9,7 +9,11 @@ normalisation and pooling is not counted). In the same run it times a
 reaches (before and after the pipeline; the higher is used). Per node it
 prints the wall, the GFLOP, the rate achieved, and the floor: the time those
 GFLOP take at the peak rate. Elementwise work, and any rate below the peak,
-come on top of the floor.
+come on top of the floor. The cores' speed drifts within a run (the product
+at 142-184 GFLOP/s on one machine within an hour), so the hook also times the
+product right before and right after each node, outside its wall, and prints
+each node's floor at the better of those two rates ("peak beside") and the
+demo's floor as their sum: a ratio that follows the drift.
 
 The walls are measured with the counter on, which passes every torch call
 through Python: its cost was within the noise for the demo on a quiet machine
@@ -46,7 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from kedro.framework.hooks import hook_impl
@@ -77,20 +81,23 @@ class MatrixFlopCounter(TorchDispatchMode):
 
 
 class NodeFlopsHook:
-    """Each node's wall and its FLOPs in convolutions, matrix products and attention."""
+    """Each node's wall and its FLOPs in convolutions, matrix products and attention; with ``peak``, also the
+    peak rate measured right before and right after the node (the better of the two, outside its wall)."""
 
-    def __init__(self, echo: bool = False, count: bool = True) -> None:
+    def __init__(self, echo: bool = False, count: bool = True, peak: Callable[[], float] | None = None) -> None:
         self.echo = echo
         self.count = count  # False: walls only (a compiled run; see the module's docstring)
+        self.peak = peak
         self.rows: list[dict[str, Any]] = []
-        self._open: tuple[str, MatrixFlopCounter | None, float] | None = None
+        self._open: tuple[str, MatrixFlopCounter | None, float, float | None] | None = None
 
     @hook_impl
     def before_node_run(self, node) -> None:
+        peak_before = self.peak() if self.peak is not None else None
         counter = MatrixFlopCounter() if self.count else None
         if counter is not None:
             counter.__enter__()
-        self._open = (node.name, counter, time.perf_counter())
+        self._open = (node.name, counter, time.perf_counter(), peak_before)
 
     @hook_impl
     def after_node_run(self, node) -> None:
@@ -103,14 +110,18 @@ class NodeFlopsHook:
     def _close(self) -> None:
         if self._open is None:
             return
-        name, counter, t0 = self._open
+        name, counter, t0, peak_before = self._open
         wall = time.perf_counter() - t0
         if counter is not None:
             counter.__exit__(None, None, None)
-        self.rows.append({"node": name, "wall_s": wall, "gflop": counter.flops / 1e9 if counter else 0.0})
+        row = {"node": name, "wall_s": wall, "gflop": counter.flops / 1e9 if counter else 0.0}
+        if peak_before is not None:
+            row["peak_gflops"] = max(peak_before, self.peak())
+        self.rows.append(row)
         self._open = None
         if self.echo:  # each row as its node ends: a long run's partial results survive
-            print(f"node {name}: {wall:.1f} s, {counter.flops / 1e9:.1f} GFLOP", flush=True)
+            print(f"node {name}: {wall:.1f} s, {row['gflop']:.1f} GFLOP"
+                  + (f", peak beside it {row['peak_gflops']:.1f} GFLOP/s" if "peak_gflops" in row else ""), flush=True)
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
@@ -135,14 +146,33 @@ def floor_rows(rows: list[dict[str, Any]], peak_gflops: float) -> list[dict[str,
     return out
 
 
+def beside_floor(rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """(floor, wall / floor) of ``rows`` with each node's GFLOP at the peak measured beside it."""
+    floor = sum(r["gflop"] / r["peak_gflops"] for r in rows if r["gflop"] > 0)
+    wall = sum(r["wall_s"] for r in rows)
+    return floor, wall / floor if floor > 0 else float("inf")
+
+
 def format_table(rows: list[dict[str, Any]], peak_gflops: float) -> str:
+    """The table at the run's peak; where each node has its own peak (``peak_gflops``), two more columns:
+    that peak and the node's wall over its floor there, and a last line with the demo's floor at them."""
+    beside = bool(rows) and all("peak_gflops" in r for r in rows)
     lines = [f"peak: {peak_gflops:.1f} GFLOP/s (2048 x 2048 float32 matrix product, {torch.get_num_threads()} "
              "threads); floor = the node's convolution, matrix-product and attention GFLOP at that rate",
-             f"{'node':<44} {'wall':>8} {'GFLOP':>10} {'GFLOP/s':>8} {'floor':>8} {'wall/floor':>10}"]
+             f"{'node':<44} {'wall':>8} {'GFLOP':>10} {'GFLOP/s':>8} {'floor':>8} {'wall/floor':>10}"
+             + (f" {'peak beside':>11} {'w/f beside':>10}" if beside else "")]
     total = {"node": "total", "wall_s": sum(r["wall_s"] for r in rows), "gflop": sum(r["gflop"] for r in rows)}
-    for r in [*rows, *floor_rows([total], peak_gflops)]:
-        lines.append(f"{r['node'][:44]:<44} {r['wall_s']:>7.1f}s {r['gflop']:>10.1f} {r['gflops']:>8.1f} "
-                     f"{r['floor_s']:>7.1f}s {r['wall_over_floor']:>10.2f}")
+    for r in [*floor_rows(rows, peak_gflops), *floor_rows([total], peak_gflops)]:
+        line = (f"{r['node'][:44]:<44} {r['wall_s']:>7.1f}s {r['gflop']:>10.1f} {r['gflops']:>8.1f} "
+                f"{r['floor_s']:>7.1f}s {r['wall_over_floor']:>10.2f}")
+        if beside and "peak_gflops" in r:
+            _, ratio = beside_floor([r])
+            line += f" {r['peak_gflops']:>11.1f} {ratio:>10.2f}"
+        lines.append(line)
+    if beside:
+        floor, ratio = beside_floor(rows)
+        lines.append(f"floor at the peak measured beside each node (before and after it, the better): {floor:.1f} s; "
+                     f"wall / floor {ratio:.2f}")
     return "\n".join(lines)
 
 
@@ -223,7 +253,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     bootstrap_project(args.project)
     peak = matmul_peak_gflops()
-    hook = NodeFlopsHook(echo=True, count=saved is None)
+    hook = NodeFlopsHook(echo=True, count=saved is None, peak=matmul_peak_gflops)
     # The catalog's and parameters' relative paths (data/...) resolve against the working folder, not
     # project_path: run elsewhere, a fresh clone's run would read the caller's checkpoints and caches.
     with contextlib.chdir(args.project), KedroSession.create(project_path=args.project, env=args.env,
@@ -240,7 +270,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                          "rows": counted}, indent=1))
     how = "with the FLOP counter on" if saved is None else f"uncounted, GFLOP from {args.flops_from}"
     print(f"pipeline {args.pipeline} (env {args.env}), walls {how}; CPU: {cpu.describe()}")
-    print(format_table(rows, peak))
+    print(format_table(counted, peak))
     print(bf16_floor_line(sum(r["wall_s"] for r in rows), sum(r["gflop"] for r in rows), bf16_peak,
                           "this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16)"))
     return rows

@@ -214,6 +214,23 @@ def test_bench_floor_rows_divide_the_flops_by_the_peak():
     assert bench.matmul_peak_gflops(n=64, repeats=1, dtype=torch.bfloat16) > 0
 
 
+def test_bench_floor_takes_each_nodes_floor_at_the_peak_measured_beside_it():
+    bench = _load("bench_floor")
+    peaks = iter([100.0, 50.0, 20.0, 40.0])  # before and after node a, then node b
+    hook = bench.NodeFlopsHook(count=False, peak=lambda: next(peaks))
+    for name in ("a", "b"):
+        hook.before_node_run(type("Node", (), {"name": name})())
+        hook.after_node_run(type("Node", (), {"name": name})())
+    assert [r["peak_gflops"] for r in hook.rows] == [100.0, 40.0]  # the better of before and after
+    rows = [{**hook.rows[0], "wall_s": 4.0, "gflop": 200.0}, {**hook.rows[1], "wall_s": 6.0, "gflop": 80.0}]
+    assert bench.beside_floor(rows) == (4.0, 2.5)  # 200 / 100 + 80 / 40 seconds; 10 s of wall
+    lines = bench.format_table(rows, 200.0).splitlines()
+    assert lines[2].split()[-2:] == ["100.0", "2.00"] and lines[3].split()[-2:] == ["40.0", "3.00"]
+    assert lines[4].split()[-2:] == ["1.4s", "7.14"]  # the total at the run's peak: 280 GFLOP / 200
+    assert lines[-1].endswith("4.0 s; wall / floor 2.50")
+    assert "beside" not in bench.format_table([{"node": "a", "wall_s": 1.0, "gflop": 1.0}], 1.0)
+
+
 def test_bench_floor_reads_params_as_kedro_run_does():
     bench = _load("bench_floor")
     assert bench.runtime_params("train.channels_last=false,classifier.train.channels_last=false,sampling.steps=5") == {
