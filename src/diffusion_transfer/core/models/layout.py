@@ -6,8 +6,9 @@ limit, diffusers issue #984), and ``ResnetBlock2D`` before its 1x1 shortcut
 convolution in training mode (a DDP gradient-stride warning, diffusers issue
 #12975). On a CPU with channels-last weights each costs two layout
 conversions, to NCHW and back to channels-last in the convolution after it:
-1.13x on a DDIM UNet call of the FaceWorld model at batch 128, 1.08x on an
-SDFT step at batch 16 (issue 35, docs/BENCHMARK.md). Nearest upsampling only
+skipping them made a DDIM UNet call of the FaceWorld model at batch 128
+1.12x faster and its training steps 1.03-1.08x (issue 35, docs/BENCHMARK.md
+"diffusers' conversions to NCHW, skipped"). Nearest upsampling only
 copies values, and each convolution receives the same channels-last tensor
 either way, so skipping the conversions changes no bit of the outputs or the
 gradients.
