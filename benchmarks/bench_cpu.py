@@ -67,7 +67,7 @@ from diffusion_transfer.core.methods import build_method  # noqa: E402
 from diffusion_transfer.core.models.domain_classifier import DomainClassifier  # noqa: E402
 from diffusion_transfer.core.training.domain_classifier import domain_classifier_loss  # noqa: E402
 from diffusion_transfer.core.metrics.extractors import inception_extractor  # noqa: E402
-from diffusion_transfer.core.models.layout import keep_channels_last  # noqa: E402
+from diffusion_transfer.core.models.layout import LAYOUT_KEEPING, keep_channels_last  # noqa: E402
 from diffusion_transfer.core.sampling import model_eps_fn  # noqa: E402
 from diffusion_transfer.core.schedule import make_schedule  # noqa: E402
 
@@ -188,9 +188,9 @@ def unet_call(model, batch: int, dtype: torch.dtype | None, compiled: bool, chan
 
 def diffusers_own_layers(model) -> None:
     """Undo keep_channels_last: each layout-keeping layer back to the diffusers class it extends."""
+    own = {keeping: diffusers_class for diffusers_class, keeping in LAYOUT_KEEPING.items()}
     for module in model.modules():
-        if type(module).__module__ == keep_channels_last.__module__:
-            module.__class__ = type(module).__mro__[1]
+        module.__class__ = own.get(type(module), type(module))
 
 
 def demo_batches() -> dict[str, int]:

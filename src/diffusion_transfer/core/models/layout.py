@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 
-__all__ = ["LayoutKeepingResnetBlock2D", "LayoutKeepingUpsample2D", "keep_channels_last"]
+__all__ = ["LAYOUT_KEEPING", "LayoutKeepingResnetBlock2D", "LayoutKeepingUpsample2D", "keep_channels_last"]
 
 
 def _channels_last_on_cpu(x: torch.Tensor, conv: torch.nn.Module | None) -> bool:
@@ -60,7 +60,8 @@ class LayoutKeepingResnetBlock2D(ResnetBlock2D):
             self.training = True
 
 
-_LAYOUT_KEEPING = {Upsample2D: LayoutKeepingUpsample2D, ResnetBlock2D: LayoutKeepingResnetBlock2D}
+#: diffusers class -> its layout-keeping subclass
+LAYOUT_KEEPING = {Upsample2D: LayoutKeepingUpsample2D, ResnetBlock2D: LayoutKeepingResnetBlock2D}
 
 
 def keep_channels_last(model: torch.nn.Module) -> int:
@@ -68,7 +69,7 @@ def keep_channels_last(model: torch.nn.Module) -> int:
     class only: weights, config and state dict are unchanged, and copies keep it); returns how many changed."""
     changed = 0
     for module in model.modules():
-        keeping = _LAYOUT_KEEPING.get(type(module))
+        keeping = LAYOUT_KEEPING.get(type(module))
         if keeping is not None:
             module.__class__ = keeping
             changed += 1
