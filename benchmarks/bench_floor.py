@@ -15,10 +15,15 @@ product right before and right after each node, outside its wall, and prints
 each node's floor at the better of those two rates ("peak beside") and the
 demo's floor as their sum: a ratio that follows the drift.
 
-The walls are measured with the counter on, which passes every torch call
-through Python: its cost was within the noise for the demo on a quiet machine
-(fine-tuning 256 s counted, 259 s in a plain run), but grows when other jobs
-share the cores.
+The counter passes every torch call through Python, which lengthens the
+nodes with many small ops, the training ones most (docs/BENCHMARK.md, "The
+counter's own cost"), so walls measured with it on overstate the demo's. ``--uncounted-walls`` runs the pipeline
+twice, each in a fresh clone: once counted, for the GFLOP, then without the
+counter, for the walls and the peaks beside each node; it prints both
+tables and each node's counted wall over its plain one (``make bench`` runs
+it so):
+
+    python benchmarks/bench_floor.py --fresh-clone --uncounted-walls
 
 Run it where nothing is computed yet (a fresh clone, as the demo is timed):
 training nodes resume from their checkpoints and the evaluation reuses cached
@@ -222,8 +227,39 @@ def _fresh_clone() -> Path:
     return folder
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run the pipeline with the counting hook; print and return the rows."""
+def counter_cost_lines(counted: list[dict[str, Any]], plain: list[dict[str, Any]]) -> str:
+    """Each computing node's wall with the counter on over its wall without, and the same for the total."""
+    plain_wall = {r["node"]: r["wall_s"] for r in plain}
+    lines = ["the counter's own cost: each node's counted wall over its uncounted one"]
+    both = [r for r in counted if r["gflop"] > 0 and plain_wall.get(r["node"], 0) > 0]
+    for r in both:
+        lines.append(f"  {r['node'][:44]:<44} {r['wall_s']:>7.1f}s / {plain_wall[r['node']]:>7.1f}s = "
+                     f"{r['wall_s'] / plain_wall[r['node']]:.2f}")
+    total_c, total_p = sum(r["wall_s"] for r in counted), sum(r["wall_s"] for r in plain)
+    lines.append(f"  {'total':<44} {total_c:>7.1f}s / {total_p:>7.1f}s = {total_c / total_p:.2f}")
+    return "\n".join(lines)
+
+
+def run_once(project: Path, pipeline: str, env: str, extra: dict[str, Any] | None,
+             count: bool) -> tuple[list[dict[str, Any]], float]:
+    """One Kedro run of ``pipeline`` in ``project`` with the hook (counting or not): its rows and the better of
+    the peaks measured before and after it."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    peak = matmul_peak_gflops()
+    hook = NodeFlopsHook(echo=True, count=count, peak=matmul_peak_gflops)
+    # The catalog's and parameters' relative paths (data/...) resolve against the working folder, not
+    # project_path: run elsewhere, a fresh clone's run would read the caller's checkpoints and caches.
+    with contextlib.chdir(project), KedroSession.create(project_path=project, env=env,
+                                                        runtime_params=extra) as session:
+        session._hook_manager.register(hook)  # Kedro has no public way to add a hook to one session
+        session.run(pipeline_name=pipeline)
+    return hook.rows, max(peak, matmul_peak_gflops())
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", default="sdft_aahq")
     ap.add_argument("--env", default="base")
@@ -234,45 +270,59 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--save", type=Path, default=None, help="write the rows (node, wall_s, gflop) to this JSON file")
     ap.add_argument("--flops-from", type=Path, default=None,
                     help="time without the counter, each node's GFLOP from a counted run's --save file")
+    ap.add_argument("--uncounted-walls", action="store_true",
+                    help="two runs, each in a fresh clone: counted for the GFLOP, then uncounted for the walls")
     args = ap.parse_args(argv)
-    extra = runtime_params(args.params) if args.params else None
-    compiled = compiles(extra)
-    if compiled and args.flops_from is None:
+    if args.uncounted_walls and args.flops_from is not None:
+        raise SystemExit("Error: --uncounted-walls counts the GFLOP in its own first run; drop --flops-from "
+                         f"{args.flops_from} (or drop --uncounted-walls to take them from that file).")
+    if args.uncounted_walls and not args.fresh_clone:
+        raise SystemExit("Error: --uncounted-walls needs --fresh-clone: a second run in the same project would "
+                         "resume the first one's checkpoints and reuse its caches, and time only what is left.")
+    compiled = compiles(runtime_params(args.params) if args.params else None)
+    if compiled and args.flops_from is None and not args.uncounted_walls:
         raise SystemExit(f"Error: --params turns on {', '.join(compiled)}, but under the FLOP counter "
                          "Dynamo does not compile, so the walls would be eager ones. Count an eager run first "
-                         "(--save eager.json) and time this one with --flops-from eager.json.")
+                         "(--save eager.json) and time this one with --flops-from eager.json, or use "
+                         "--fresh-clone --uncounted-walls.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the pipeline with the counting hook (or twice: ``--uncounted-walls``); print and return the rows."""
+    args = _arguments(argv)
+    extra = runtime_params(args.params) if args.params else None
     saved = json.loads(args.flops_from.read_text())["rows"] if args.flops_from else None
-    if args.fresh_clone:
-        args.project = _fresh_clone()
-        print(f"project: a fresh clone of {ROOT} at {args.project}")
     for key, value in (("KEDRO_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"), ("HF_HUB_OFFLINE", "1"),
                        ("MLFLOW_DISABLE_TELEMETRY", "true")):
         os.environ.setdefault(key, value)
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    bootstrap_project(args.project)
-    peak = matmul_peak_gflops()
-    hook = NodeFlopsHook(echo=True, count=saved is None, peak=matmul_peak_gflops)
-    # The catalog's and parameters' relative paths (data/...) resolve against the working folder, not
-    # project_path: run elsewhere, a fresh clone's run would read the caller's checkpoints and caches.
-    with contextlib.chdir(args.project), KedroSession.create(project_path=args.project, env=args.env,
-                                                             runtime_params=extra) as session:
-        session._hook_manager.register(hook)  # Kedro has no public way to add a hook to one session
-        session.run(pipeline_name=args.pipeline)
-    peak = max(peak, matmul_peak_gflops())
     cpu = cpu_bf16()
+    counted_run = None
+    if args.uncounted_walls:  # the GFLOP first (eager under the counter), in a clone of its own
+        project = _fresh_clone()
+        print(f"counted run: a fresh clone of {ROOT} at {project}")
+        counted_run, counted_peak = run_once(project, args.pipeline, args.env, extra, count=True)
+        print(f"pipeline {args.pipeline} (env {args.env}), walls with the FLOP counter on; CPU: {cpu.describe()}")
+        print(format_table(counted_run, counted_peak))
+        saved = counted_run
+    if args.fresh_clone:
+        args.project = _fresh_clone()
+        print(f"project: a fresh clone of {ROOT} at {args.project}")
+    walls, peak = run_once(args.project, args.pipeline, args.env, extra, count=saved is None)
     bf16_peak = matmul_peak_gflops(dtype=torch.bfloat16) if cpu.supported else None
-    counted = hook.rows if saved is None else with_saved_flops(hook.rows, saved, str(args.flops_from))
+    source = "the counted run before it" if counted_run is not None else str(args.flops_from)
+    counted = walls if saved is None else with_saved_flops(walls, saved, source)
     rows = floor_rows(counted, peak)
     if args.save:
         args.save.write_text(json.dumps({"pipeline": args.pipeline, "params": args.params, "peak_gflops": peak,
-                                         "rows": counted}, indent=1))
-    how = "with the FLOP counter on" if saved is None else f"uncounted, GFLOP from {args.flops_from}"
+                                         "rows": counted, "counted_rows": counted_run}, indent=1))
+    how = "with the FLOP counter on" if saved is None else f"uncounted, GFLOP from {source}"
     print(f"pipeline {args.pipeline} (env {args.env}), walls {how}; CPU: {cpu.describe()}")
     print(format_table(counted, peak))
     print(bf16_floor_line(sum(r["wall_s"] for r in rows), sum(r["gflop"] for r in rows), bf16_peak,
                           "this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16)"))
+    if counted_run is not None:
+        print(counter_cost_lines(counted_run, walls))
     return rows
 
 

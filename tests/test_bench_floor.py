@@ -142,3 +142,33 @@ def test_bench_floor_states_the_bf16_floor_or_why_there_is_none():
     assert bench.bf16_floor_line(300.0, 1000.0, None, "no bf16 here") == "floor at the bf16 rate: none, no bf16 here"
     # a run that counted nothing (as the stand-in session above) on a CPU with bf16: no division by zero
     assert bench.bf16_floor_line(0.0, 0.0, 10.0, "").endswith("0.0 s; wall / bf16 floor inf")
+
+
+def test_bench_floor_counts_in_one_fresh_clone_and_times_the_walls_in_another(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    bench = _load("bench_floor")
+    calls, clones = [], iter([tmp_path / "first", tmp_path / "second"])
+
+    def run_once(project, pipeline, env, extra, count):  # the counted run is slower: the counter's own cost
+        calls.append((project.name, count))
+        wall = 12.0 if count else 10.0
+        return [{"node": "train", "wall_s": wall, "gflop": 40.0 if count else 0.0, "peak_gflops": 4.0}], 4.0
+
+    monkeypatch.setattr(bench, "run_once", run_once)
+    monkeypatch.setattr(bench, "_fresh_clone", lambda: next(clones))
+    monkeypatch.setattr(bench, "matmul_peak_gflops", lambda **kw: 4.0)
+    rows = bench.main(["--fresh-clone", "--uncounted-walls", "--save", str(tmp_path / "rows.json")])
+    assert calls == [("first", True), ("second", False)]  # counted first, each run in a clone of its own
+    assert rows[0]["wall_s"] == 10.0 and rows[0]["gflop"] == 40.0  # the plain run's wall, the counted GFLOP
+    assert rows[0]["wall_over_floor"] == 10.0 / (40.0 / 4.0)
+    out = capsys.readouterr().out
+    assert "walls uncounted, GFLOP from the counted run before it" in out
+    assert "train" in out and "12.0s /    10.0s = 1.20" in out  # the counter's cost, node by node
+    saved = json.loads((tmp_path / "rows.json").read_text())
+    assert saved["rows"][0]["wall_s"] == 10.0 and saved["counted_rows"][0]["wall_s"] == 12.0
+    with pytest.raises(SystemExit, match="^Error: --uncounted-walls needs --fresh-clone"):
+        bench.main(["--uncounted-walls"])
+    with pytest.raises(SystemExit, match="^Error: --uncounted-walls counts the GFLOP in its own first run"):
+        bench.main(["--fresh-clone", "--uncounted-walls", "--flops-from", "eager.json"])
+    assert len(calls) == 2  # both refused before any run
