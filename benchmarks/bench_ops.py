@@ -20,10 +20,12 @@ rate is measured between the workload's timed calls. The profiler adds a few
 microseconds an op; the profiled wall is printed beside the unprofiled median.
 
     python benchmarks/bench_ops.py [--repeats 3] [--workloads "naive step" ...] [--top 12] [--loop-steps 60]
+                                   [--counter-cost]
 
 ``--top N`` then lists, per workload, the N ops of ``other`` with the most time of their own (ops nested in a
 family's op are that family's), to show what fusing could remove. ``--loop-steps N`` times the domain
 classifier's step inside core's ``train()`` against the same step bare: what the loop adds around a step.
+``--counter-cost`` times each workload with ``bench_floor.py``'s FLOP counter off and on: what counting adds.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu import (  # noqa: E402
-    add_workload_arguments, classifier_params, classifier_step, inception_pass, start, train_step, unet_call,
+    add_workload_arguments, classifier_params, classifier_step, inception_pass, interleaved, start, train_step,
+    unet_call,
 )
 from bench_floor import MatrixFlopCounter, matmul_peak_gflops  # noqa: E402
 
@@ -183,6 +186,16 @@ def loop_against_bare(batch: int, steps: int, runs: int) -> tuple[float, float]:
     return statistics.median(t for t, _ in timed), statistics.median(b for _, b in timed)
 
 
+def counter_cost(fn, warmup: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``fn`` without and with bench_floor's FLOP counter, interleaved: what counting adds
+    to the walls of a counted bench_floor run."""
+    def counted():
+        with MatrixFlopCounter():
+            fn()
+    med, _ = interleaved({"plain": fn, "counted": counted}, warmup, repeats)
+    return med["plain"], med["counted"]
+
+
 def build(name: str, model, args):
     if name in ("naive step", "sdft step"):
         return train_step(name.split()[0], model, args.batch, None, False, args.channels_last)
@@ -203,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="after the table, each workload's N costliest ops of 'other' by their own time")
     ap.add_argument("--loop-steps", type=int, default=0, metavar="N",
                     help="also time N classifier steps inside train() against N bare ones (3 interleaved runs)")
+    ap.add_argument("--counter-cost", action="store_true",
+                    help="also time each workload with bench_floor's FLOP counter on and off, interleaved")
     args = ap.parse_args(argv)
     model, what = start(args)
     print(f"CPU: {cpu_bf16().describe()}; threads {torch.get_num_threads()}; torch {torch.__version__}; "
@@ -226,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         in_loop, bare = loop_against_bare(args.classifier_batch, args.loop_steps, runs=3)
         print(f"\nclassifier step inside train(): {in_loop * 1e3:,.1f} ms against {bare * 1e3:,.1f} ms bare "
               f"(ratio {in_loop / bare:.3f}; medians of 3 interleaved runs of {args.loop_steps} steps)")
+    if args.counter_cost:
+        print(f"\n## bench_floor's FLOP counter: each workload with it off and on ({args.repeats} interleaved "
+              "repeats, medians)\n| workload | plain | counted | counted / plain |\n|---|---|---|---|")
+        for name in args.workloads:
+            plain, counted = counter_cost(build(name, model, args), args.warmup, args.repeats)
+            print(f"| {name} | {plain * 1e3:,.1f} ms | {counted * 1e3:,.1f} ms | **{counted / plain:.2f}** |",
+                  flush=True)
     return 0
 
 

@@ -276,3 +276,30 @@ def test_bench_ops_prints_a_row_per_workload_with_its_matrix_floor(capsys):
     for name in ("naive step", "DDIM UNet call"):  # --top 3: each workload's three costliest parts of 'other'
         block = out.split(f"\n{name}, 'other' (")[1].split("\n\n")[0].splitlines()[1:]
         assert len(block) == 3 and all(re.match(r"^ +[0-9.]+ ms +[0-9]+% +\S", line) for line in block)
+
+
+def test_bench_ops_times_each_workload_with_the_flop_counter_off_and_on(capsys):
+    import re
+
+    import torch
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    bench = _load("bench_ops")
+    modes = []
+
+    def fn():
+        modes.append(type(_get_current_dispatch_mode()).__name__)
+        torch.mm(torch.ones(4, 4), torch.ones(4, 4))
+
+    plain, counted = bench.counter_cost(fn, warmup=1, repeats=3)
+    assert plain > 0 and counted > 0
+    assert modes.count("MatrixFlopCounter") == modes.count("NoneType") == 4  # a first call and 3 repeats each
+    threads = torch.get_num_threads()
+    assert bench.main(["--workloads", "DDIM UNet call", "--repeats", "1", "--warmup", "1", "--sample-batch", "2",
+                       "--threads", "1", "--counter-cost"]) == 0
+    torch.set_num_threads(threads)
+    rows = re.findall(r"^\| DDIM UNet call \| ([0-9.,]+) ms \| ([0-9.,]+) ms \| \*\*([0-9.]+)\*\* \|$",
+                      capsys.readouterr().out, re.M)
+    assert len(rows) == 1
+    plain_ms, counted_ms, ratio = (float(v.replace(",", "")) for v in rows[0])
+    assert abs(ratio - counted_ms / plain_ms) <= 0.01 * ratio + 0.005  # the ratio of the two columns
