@@ -172,3 +172,7 @@ def test_bench_floor_counts_in_one_fresh_clone_and_times_the_walls_in_another(tm
     with pytest.raises(SystemExit, match="^Error: --uncounted-walls counts the GFLOP in its own first run"):
         bench.main(["--fresh-clone", "--uncounted-walls", "--flops-from", "eager.json"])
     assert len(calls) == 2  # both refused before any run
+    clones = iter([tmp_path / "third", tmp_path / "fourth"])
+    bench.main(["--fresh-clone", "--uncounted-walls", "--params", "train.compile=true"])  # eager count, compiled walls
+    assert calls[2:] == [("third", True), ("fourth", False)]
+    assert "the counter's own cost" not in capsys.readouterr().out  # compiling, not counting, would set that ratio
