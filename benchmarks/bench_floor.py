@@ -279,9 +279,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     if args.uncounted_walls and not args.fresh_clone:
         raise SystemExit("Error: --uncounted-walls needs --fresh-clone: a second run in the same project would "
                          "resume the first one's checkpoints and reuse its caches, and time only what is left.")
-    compiled = compiles(runtime_params(args.params) if args.params else None)
-    if compiled and args.flops_from is None and not args.uncounted_walls:
-        raise SystemExit(f"Error: --params turns on {', '.join(compiled)}, but under the FLOP counter "
+    args.extra = runtime_params(args.params) if args.params else None  # parsed once, for every run
+    args.compiled = compiles(args.extra)
+    if args.compiled and args.flops_from is None and not args.uncounted_walls:
+        raise SystemExit(f"Error: --params turns on {', '.join(args.compiled)}, but under the FLOP counter "
                          "Dynamo does not compile, so the walls would be eager ones. Count an eager run first "
                          "(--save eager.json) and time this one with --flops-from eager.json, or use "
                          "--fresh-clone --uncounted-walls.")
@@ -291,7 +292,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the pipeline with the counting hook (or twice: ``--uncounted-walls``); print and return the rows."""
     args = _arguments(argv)
-    extra = runtime_params(args.params) if args.params else None
+    extra = args.extra
     saved = json.loads(args.flops_from.read_text())["rows"] if args.flops_from else None
     for key, value in (("KEDRO_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"), ("HF_HUB_OFFLINE", "1"),
                        ("MLFLOW_DISABLE_TELEMETRY", "true")):
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(format_table(counted, peak))
     print(bf16_floor_line(sum(r["wall_s"] for r in rows), sum(r["gflop"] for r in rows), bf16_peak,
                           "this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16)"))
-    if counted_run is not None and not compiles(extra):  # compiled, the two walls differ by more than counting
+    if counted_run is not None and not args.compiled:  # compiled, the two walls differ by more than counting
         print(counter_cost_lines(counted_run, walls))
     return rows
 
