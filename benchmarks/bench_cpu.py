@@ -31,7 +31,9 @@ channels-last weights, diffusers' own ``Upsample2D`` and ``ResnetBlock2D``
 (which convert activations to NCHW: at batch 64 and above, and before the
 shortcut in training) against the layout-keeping ones the project runs
 (``core/models/layout.py``): the training steps, the classifier step, and
-the UNet call at the demo's sampling and translation batches.
+the UNet call at the demo's sampling and translation batches; its middle arm
+keeps the layout but divides by an output scale factor of 1 as diffusers
+does, so its last column is what skipping that division gains.
 
     python benchmarks/bench_cpu.py [--repeats 5] [--parts precision compile layout kept] [--force-bf16]
 """
@@ -67,7 +69,9 @@ from diffusion_transfer.core.methods import build_method  # noqa: E402
 from diffusion_transfer.core.models.domain_classifier import DomainClassifier  # noqa: E402
 from diffusion_transfer.core.training.domain_classifier import domain_classifier_loss  # noqa: E402
 from diffusion_transfer.core.metrics.extractors import inception_extractor  # noqa: E402
-from diffusion_transfer.core.models.layout import LAYOUT_KEEPING, keep_channels_last  # noqa: E402
+from diffusion_transfer.core.models.layout import (  # noqa: E402
+    LAYOUT_KEEPING, LayoutKeepingResnetBlock2D, keep_channels_last,
+)
 from diffusion_transfer.core.sampling import model_eps_fn  # noqa: E402
 from diffusion_transfer.core.schedule import make_schedule  # noqa: E402
 
@@ -76,10 +80,10 @@ WORKLOADS = ("naive step", "sdft step", "DDIM UNet call", "Inception pass")
 
 
 def train_step(method: str, model, batch: int, dtype: torch.dtype | None, compiled: bool,
-               channels_last: bool = False, kept: bool = True):
+               channels_last: bool = False, kept: bool | str = True):
     """One optimiser step of ``method`` as train() runs it (student compiled in place for train.compile,
     student and teacher channels-last for train.channels_last, with their layout kept unless ``kept`` is
-    false: diffusers' own layers)."""
+    false: diffusers' own layers; ``"dividing"``: kept, the blocks dividing by 1 as before)."""
     schedule = make_schedule()
     spec = build_method(method, {}, schedule)
     torch.manual_seed(0)
@@ -89,6 +93,8 @@ def train_step(method: str, model, batch: int, dtype: torch.dtype | None, compil
         student.to(memory_format=torch.channels_last), teacher.to(memory_format=torch.channels_last)
         if kept and not compiled:  # as core/training/run.py
             keep_channels_last(student), keep_channels_last(teacher)
+            if kept == "dividing":
+                dividing_blocks(student), dividing_blocks(teacher)
     if compiled:
         student.compile()
     if dtype is not None:  # as train.mixed_precision: accelerate autocasts the trained model's forward only
@@ -111,7 +117,7 @@ def classifier_params() -> dict:
     return yaml.safe_load((ROOT / "conf" / "base" / "parameters_classifier.yml").read_text())["classifier"]
 
 
-def classifier_step(batch: int, channels_last: bool, kept: bool = True):
+def classifier_step(batch: int, channels_last: bool, kept: bool | str = True):
     """One optimiser step of the demo's domain classifier (conf/base/parameters_classifier.yml's network)."""
     params = classifier_params()
     torch.manual_seed(0)
@@ -120,6 +126,8 @@ def classifier_step(batch: int, channels_last: bool, kept: bool = True):
         net.to(memory_format=torch.channels_last)
         if kept:
             keep_channels_last(net)
+        if kept == "dividing":
+            dividing_blocks(net)
     loss_fn, opt = domain_classifier_loss(make_schedule()), torch.optim.AdamW(net.parameters(), lr=1e-6)
     images = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch)) * 2 - 1
     labels, gen = torch.arange(batch) % 2, torch.Generator().manual_seed(0)
@@ -170,7 +178,7 @@ def layout_table(model, args) -> None:
 
 
 def unet_call(model, batch: int, dtype: torch.dtype | None, compiled: bool, channels_last: bool = False,
-              input_channels_last: bool = False, kept: bool = True):
+              input_channels_last: bool = False, kept: bool | str = True):
     """One UNet call of the DDIM loop (sampling.compile compiles exactly this call). ``input_channels_last``:
     x in channels-last layout, as translation's inputs are (``to_tensor`` moves the channel axis of NHWC images).
     ``kept`` false: diffusers' own layers, not the layout-keeping ones model_eps_fn gives a channels-last model."""
@@ -178,12 +186,29 @@ def unet_call(model, batch: int, dtype: torch.dtype | None, compiled: bool, chan
     eps_fn = model_eps_fn(net, make_schedule(), autocast_dtype=dtype, compile=compiled, channels_last=channels_last)
     if not kept:
         diffusers_own_layers(net)
+    elif kept == "dividing":
+        dividing_blocks(net)
     px = int(model.config.sample_size)
     x = torch.randn(batch, 3, px, px, generator=torch.Generator().manual_seed(1))
     if input_channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     t = torch.full((batch,), 500)
     return lambda: eps_fn(x, t)
+
+
+class DividingResnetBlock2D(LayoutKeepingResnetBlock2D):
+    """The layout-keeping block before it skipped the division by an output scale factor of 1 (the kept
+    table's middle arm)."""
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.forward_as_diffusers(input_tensor, temb, *args, **kwargs)
+
+
+def dividing_blocks(model) -> None:
+    """Each layout-keeping ResnetBlock2D of ``model`` back to dividing by its output scale factor of 1."""
+    for module in model.modules():
+        if type(module) is LayoutKeepingResnetBlock2D:
+            module.__class__ = DividingResnetBlock2D
 
 
 def diffusers_own_layers(model) -> None:
@@ -203,7 +228,8 @@ def demo_batches() -> dict[str, int]:
 def kept_table(model, args) -> None:
     print(f"\n## diffusers' own layers against layout-keeping ones (core/models/layout.py; channels-last weights, "
           f"fp32, eager; {args.repeats} interleaved repeats, medians)")
-    print("| workload | diffusers' own | layout kept | own/kept (speed-up) |\n|---|---|---|---|")
+    print("| workload | diffusers' own | layout kept, dividing by 1 | kept | own/kept (speed-up) | dividing/kept |"
+          "\n|---|---|---|---|---|---|")
     batches = demo_batches()
     builders = {  # workload -> its arm, given whether the layout is kept
         "naive step": lambda kept: train_step("naive", model, args.batch, None, False, True, kept),
@@ -215,10 +241,11 @@ def kept_table(model, args) -> None:
             lambda kept: unet_call(model, batches["translation"], None, False, True, True, kept),
     }
     for name, build_arm in builders.items():
-        arms = {k: build_arm(k == "kept") for k in ("own", "kept")}
+        arms = {"own": build_arm(False), "dividing": build_arm("dividing"), "kept": build_arm(True)}
         med, _ = interleaved(arms, args.warmup, args.repeats)
-        print(f"| {name} | {med['own'] * 1e3:,.1f} ms | {med['kept'] * 1e3:,.1f} ms | "
-              f"**{med['own'] / med['kept']:.2f}** |", flush=True)
+        print(f"| {name} | {med['own'] * 1e3:,.1f} ms | {med['dividing'] * 1e3:,.1f} ms | "
+              f"{med['kept'] * 1e3:,.1f} ms | **{med['own'] / med['kept']:.2f}** | "
+              f"**{med['dividing'] / med['kept']:.3f}** |", flush=True)
 
 
 def inception_pass(batch: int, dtype: torch.dtype | None, compiled: bool):

@@ -151,19 +151,29 @@ def test_bench_cpu_times_diffusers_own_layers_against_the_layout_keeping_ones(ca
     bench.diffusers_own_layers(model)  # the "own" arm: every layer back to diffusers' class
     assert {type(m) for m in model.modules() if isinstance(m, (Upsample2D, ResnetBlock2D))} == {Upsample2D,
                                                                                                ResnetBlock2D}
+    dividing = tiny_unet()
+    keep_channels_last(dividing)
+    bench.dividing_blocks(dividing)  # the middle arm: layout kept, the division by 1 as diffusers does it
+    blocks = [m for m in dividing.modules() if isinstance(m, ResnetBlock2D)]
+    assert blocks and {type(m) for m in blocks} == {bench.DividingResnetBlock2D}
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 700])
+    with torch.no_grad():
+        assert torch.equal(dividing(x, t).sample, tiny_unet()(x, t).sample)
     assert bench.demo_batches() == {"sampling": 128, "translation": 64}  # conf/base's
     threads = torch.get_num_threads()
     assert bench.main(["--parts", "kept", "--repeats", "1", "--warmup", "1", "--batch", "2",
                        "--classifier-batch", "2", "--threads", "1"]) == 0
     torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    rows = re.findall(r"^\| ([^|]+) \| ([0-9.,]+) ms \| ([0-9.,]+) ms \| \*\*([0-9.]+)\*\* \|$", out, re.M)
+    rows = re.findall(r"^\| ([^|]+) \| ([0-9.,]+) ms \| ([0-9.,]+) ms \| ([0-9.,]+) ms \| \*\*([0-9.]+)\*\* \| "
+                      r"\*\*([0-9.]+)\*\* \|$", out, re.M)
     assert [r[0] for r in rows] == ["naive step", "sdft step", "classifier step",
                                     "DDIM UNet call, batch 128 (sampling)",
                                     "UNet call, channels-last input, batch 64 (translation)"]
-    for _, own, kept, ratio in rows:
-        a, b = float(own.replace(",", "")), float(kept.replace(",", ""))
+    for _, own, dividing, kept, ratio, dividing_ratio in rows:  # each printed ratio is its two medians' (rounded)
+        a, d, b = (float(v.replace(",", "")) for v in (own, dividing, kept))
         assert abs(a / b - float(ratio)) <= 0.005 + float(ratio) * 0.1 / min(a, b)
+        assert abs(d / b - float(dividing_ratio)) <= 0.0005 + float(dividing_ratio) * 0.1 / min(d, b)
 
 
 def test_bench_cpu_removes_its_fresh_inductor_cache_at_exit(tmp_path):

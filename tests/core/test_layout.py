@@ -130,3 +130,54 @@ def test_a_channels_last_training_run_keeps_the_layout_of_the_model_and_the_teac
         for net in (model, teacher):
             kept = {type(m) for m in net.modules() if isinstance(m, ResnetBlock2D)}
             assert kept == ({LayoutKeepingResnetBlock2D} if layout else {ResnetBlock2D})
+
+
+def _block_pair(layout: bool, **kwargs) -> tuple[ResnetBlock2D, ResnetBlock2D]:
+    torch.manual_seed(11)
+    own = ResnetBlock2D(temb_channels=6, groups=4, **kwargs)
+    if layout:
+        own.to(memory_format=torch.channels_last)
+    kept = copy.deepcopy(own)
+    keep_channels_last(kept)
+    assert type(kept) is LayoutKeepingResnetBlock2D
+    return own, kept
+
+
+BLOCKS = [  # every branch of the kept forward: time-embedding norms, shortcut, scale factor, resampling
+    dict(in_channels=8, out_channels=8),
+    dict(in_channels=8, out_channels=12, output_scale_factor=2.0),
+    dict(in_channels=8, out_channels=8, time_embedding_norm="scale_shift", skip_time_act=True),
+    dict(in_channels=8, out_channels=12, time_embedding_norm="scale_shift", output_scale_factor=1.5),
+    dict(in_channels=8, out_channels=8, down=True),
+    dict(in_channels=8, out_channels=12, up=True),
+]
+
+
+def test_the_kept_block_gives_diffusers_outputs_and_gradients_bit_for_bit_in_every_branch():
+    for layout in (False, True):
+        for kwargs in BLOCKS:
+            own, kept = _block_pair(layout, **kwargs)
+            h = torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(2))
+            if layout:
+                h = h.contiguous(memory_format=torch.channels_last)
+            temb = torch.randn(3, 6, generator=torch.Generator().manual_seed(3))
+            results = []
+            for block in (own.train(), kept.train()):
+                x, e = h.clone().requires_grad_(True), temb.clone().requires_grad_(True)
+                out = block(x, e)
+                (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+                results.append([out.detach(), x.grad, e.grad, *[p.grad for p in block.parameters()]])
+                with torch.no_grad():
+                    results[-1].append(block.eval()(h, temb))
+            assert len(results[0]) == len(results[1])
+            for a, b in zip(*results):
+                assert torch.equal(a, b), (layout, kwargs)
+
+
+def test_the_kept_block_divides_by_a_scale_factor_other_than_one():
+    own, kept = _block_pair(False, in_channels=8, out_channels=8, output_scale_factor=2.0)
+    h, temb = torch.randn(2, 8, 4, 4), torch.randn(2, 6)
+    with torch.no_grad():
+        halved = kept(h, temb)
+        kept.output_scale_factor = 1.0
+        assert torch.equal(kept(h, temb), 2 * halved)

@@ -12,6 +12,12 @@ skipping them made a DDIM UNet call of the FaceWorld model at batch 128
 copies values, and each convolution receives the same channels-last tensor
 either way, so skipping the conversions changes no bit of the outputs or the
 gradients.
+
+``LayoutKeepingResnetBlock2D`` also leaves out the block's last operation,
+the division by ``output_scale_factor``, when that factor is 1 (every
+FaceWorld and ADM block): x / 1 is x bit for bit in IEEE arithmetic, in the
+forward and in the gradient, and the division is a full pass over the block's
+output and its gradient, about 2% of a FaceWorld training step (issue 35).
 """
 
 from __future__ import annotations
@@ -47,10 +53,47 @@ class LayoutKeepingUpsample2D(Upsample2D):
 
 class LayoutKeepingResnetBlock2D(ResnetBlock2D):
     """``ResnetBlock2D`` whose shortcut convolution takes its input as it comes when its weights are
-    channels-last on the CPU. diffusers reads ``self.training`` only for that conversion (its dropout is a
-    child module with its own flag), so the block runs its own forward with the flag off."""
+    channels-last on the CPU, and which skips the division by an ``output_scale_factor`` of 1. Blocks
+    that resample (``up`` / ``down``) or get diffusers' deprecated extra arguments run diffusers' own
+    forward (training mode flipped off around it for the shortcut: diffusers reads ``self.training``
+    only there, its dropout being a child module with its own flag)."""
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs or self.upsample is not None or self.downsample is not None:
+            return self.forward_as_diffusers(input_tensor, temb, *args, **kwargs)
+        # diffusers' ResnetBlock2D.forward (0.42) for a block that does not resample, less the division by 1
+        hidden_states = self.nonlinearity(self.norm1(input_tensor))
+        hidden_states = self.conv1(hidden_states)
+        if self.time_emb_proj is not None:
+            if not self.skip_time_act:
+                temb = self.nonlinearity(temb)
+            temb = self.time_emb_proj(temb)[:, :, None, None]
+        if self.time_embedding_norm == "default":
+            if temb is not None:
+                hidden_states = hidden_states + temb
+            hidden_states = self.norm2(hidden_states)
+        elif self.time_embedding_norm == "scale_shift":
+            if temb is None:
+                raise ValueError(
+                    f" `temb` should not be None when `time_embedding_norm` is {self.time_embedding_norm}")
+            time_scale, time_shift = torch.chunk(temb, 2, dim=1)
+            hidden_states = self.norm2(hidden_states)
+            hidden_states = hidden_states * (1 + time_scale) + time_shift
+        else:
+            hidden_states = self.norm2(hidden_states)
+        hidden_states = self.dropout(self.nonlinearity(hidden_states))
+        hidden_states = self.conv2(hidden_states)
+        if self.conv_shortcut is not None:
+            if self.training and not _channels_last_on_cpu(input_tensor, self.conv_shortcut):
+                input_tensor = input_tensor.contiguous()  # diffusers' conversion, kept where it is not skipped
+            input_tensor = self.conv_shortcut(input_tensor)
+        output_tensor = input_tensor + hidden_states
+        if self.output_scale_factor != 1:  # x / 1 == x: a full pass saved, forward and backward
+            output_tensor = output_tensor / self.output_scale_factor
+        return output_tensor
+
+    def forward_as_diffusers(self, input_tensor: torch.Tensor, temb: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """diffusers' own forward, the shortcut's input kept channels-last (the division by 1 included)."""
         if not self.training or not _channels_last_on_cpu(input_tensor, self.conv_shortcut):
             return super().forward(input_tensor, temb, *args, **kwargs)
         self.training = False
