@@ -17,7 +17,8 @@ gradients.
 the division by ``output_scale_factor``, when that factor is 1 (every
 FaceWorld and ADM block): x / 1 is x bit for bit in IEEE arithmetic, in the
 forward and in the gradient, and the division is a full pass over the block's
-output and its gradient, about 2% of a FaceWorld training step (issue 35).
+output and its gradient: 1-2% of a FaceWorld training step or UNet call,
+at the edge of what interleaved medians resolve (issue 35; docs/BENCHMARK.md).
 """
 
 from __future__ import annotations
